@@ -1,0 +1,835 @@
+//! The datapath on this host: loading sg's eBPF object, attaching it to
+//! ports, and reading and writing its pinned maps.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/sg`):
+//!
+//! ```text
+//! maps/SG_PORTS  SG_STATS  SG_BLOCKED     shared by every port
+//! ports/<slot>/xdp  ports/<slot>/tc       the links of one port
+//! ```
+//!
+//! Links and maps are pinned, so enforcement goes on when sg-ctl exits;
+//! detaching a port removes its links, and the last detach removes the maps.
+
+use std::{
+    ffi::CString,
+    fmt,
+    fs::{self, File},
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use ipnet::IpNet;
+use serde::Serialize;
+use sg_common::{
+    BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, IPV4_MAPPED_PREFIX_BITS, MAX_PORTS, Outcome,
+    PORT_ACTIVE, PORT_SLOT_GLOBAL, PortConfig, ipv4_mapped, map_names, program_names,
+};
+
+use crate::netns;
+
+/// The compiled eBPF object, embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT"));
+
+/// Default pin directory on the host's bpffs.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sg";
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{action} needs root (CAP_BPF and CAP_NET_ADMIN): run sg-ctl as root, e.g. with sudo")]
+    NotRoot { action: &'static str },
+    #[error(
+        "interface '{name}' does not exist in network namespace {netns}: \
+         `ip link show` lists the interfaces (use --netns NAME for another namespace)"
+    )]
+    NoSuchInterface { name: String, netns: String },
+    #[error(
+        "interface '{name}' has no sg filter in network namespace {netns}: \
+         `sg-ctl status` lists the attached ports"
+    )]
+    NotAttached { name: String, netns: String },
+    #[error("all {MAX_PORTS} port slots are in use: detach a port first (`sg-ctl detach IFACE`)")]
+    PortsFull,
+    #[error(
+        "attaching XDP to '{iface}' in {mode} mode failed: {source}; \
+         try --xdp-mode generic, which every interface supports"
+    )]
+    XdpAttach {
+        iface: String,
+        mode: XdpModeArg,
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "attaching the TC egress program to '{iface}' failed: {source}; \
+         sg needs TCX links (Linux 6.6 or newer)"
+    )]
+    TcAttach {
+        iface: String,
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "the pinned maps under {dir} do not match this sg-ctl ({source}): \
+         they come from another version; `sg-ctl detach --all` removes them"
+    )]
+    IncompatiblePins {
+        dir: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+}
+
+pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| DatapathError::Kernel {
+            what: what(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    /// Native if the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// In the driver (veth, tap, most physical NICs).
+    Native,
+    /// In the kernel's network stack, after the skb is built.
+    Generic,
+}
+
+impl XdpModeArg {
+    fn to_aya(self) -> XdpMode {
+        match self {
+            XdpModeArg::Auto => XdpMode::Default,
+            XdpModeArg::Native => XdpMode::Driver,
+            XdpModeArg::Generic => XdpMode::Skb,
+        }
+    }
+
+    fn from_raw(raw: u32) -> Self {
+        match raw {
+            1 => XdpModeArg::Native,
+            2 => XdpModeArg::Generic,
+            _ => XdpModeArg::Auto,
+        }
+    }
+
+    fn to_raw(self) -> u32 {
+        match self {
+            XdpModeArg::Auto => 0,
+            XdpModeArg::Native => 1,
+            XdpModeArg::Generic => 2,
+        }
+    }
+}
+
+impl fmt::Display for XdpModeArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpModeArg::Auto => "auto",
+            XdpModeArg::Native => "native",
+            XdpModeArg::Generic => "generic",
+        })
+    }
+}
+
+/// Paths under the pin directory.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Pins { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    fn port_dir(&self, slot: u32) -> PathBuf {
+        self.root.join("ports").join(slot.to_string())
+    }
+
+    fn xdp_link(&self, slot: u32) -> PathBuf {
+        self.port_dir(slot).join("xdp")
+    }
+
+    fn tc_link(&self, slot: u32) -> PathBuf {
+        self.port_dir(slot).join("tc")
+    }
+
+    /// Serialises changes to the pins by concurrent sg-ctl processes.
+    fn lock(&self) -> Result<File> {
+        let dir = Path::new("/run/lock");
+        fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        let name = self.root.to_string_lossy().replace('/', "_");
+        let path = dir.join(format!("sg{name}.lock"));
+        let file = File::create(&path).context(|| format!("creating {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| format!("locking {}", path.display()));
+        }
+        Ok(file)
+    }
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Pins::new(DEFAULT_PIN_DIR)
+    }
+}
+
+fn require_root(action: &'static str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(DatapathError::NotRoot { action })
+    }
+}
+
+/// Mounts the BPF filesystem at `/sys/fs/bpf` where nothing mounted it.
+fn ensure_bpffs(pins: &Pins) -> Result<()> {
+    if !pins.root.starts_with(BPFFS_ROOT) {
+        return Ok(());
+    }
+    let stat = nix::sys::statfs::statfs(BPFFS_ROOT).context(|| format!("statfs {BPFFS_ROOT}"))?;
+    if stat.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS_ROOT,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context(|| format!("mounting the BPF filesystem at {BPFFS_ROOT}"))
+}
+
+fn ifname_bytes(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+fn ifname_of(config: &PortConfig) -> String {
+    let end = config.ifname.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&config.ifname[..end]).into_owned()
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// The shared maps, opened from their pins.
+pub struct Maps {
+    ports: Array<MapData, PortConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+    blocked: LpmTrie<MapData, BlockKey, u32>,
+}
+
+fn open_pinned(pins: &Pins, name: &str) -> Result<Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).context(|| format!("opening {}", path.display()))?;
+    Map::from_map_data(data).context(|| format!("opening {}", path.display()))
+}
+
+impl Maps {
+    /// Opens the pinned maps; `None` when nothing is attached yet.
+    pub fn open(pins: &Pins) -> Result<Option<Maps>> {
+        if !pins.map(map_names::PORTS).exists() {
+            return Ok(None);
+        }
+        let what = || "the pinned maps have unexpected types".to_string();
+        Ok(Some(Maps {
+            ports: open_pinned(pins, map_names::PORTS)?
+                .try_into()
+                .context(what)?,
+            stats: open_pinned(pins, map_names::STATS)?
+                .try_into()
+                .context(what)?,
+            blocked: open_pinned(pins, map_names::BLOCKED)?
+                .try_into()
+                .context(what)?,
+        }))
+    }
+
+    /// Every used slot with its port.
+    pub fn ports(&self) -> Result<Vec<(u32, PortConfig)>> {
+        let mut out = Vec::new();
+        for slot in 0..self.ports.len() {
+            let config = self
+                .ports
+                .get(&slot, 0)
+                .context(|| format!("reading port slot {slot}"))?;
+            if config != PortConfig::EMPTY {
+                out.push((slot, config));
+            }
+        }
+        Ok(out)
+    }
+
+    fn find(&self, netns: u64, ifname: &str) -> Result<Option<(u32, PortConfig)>> {
+        let name = ifname_bytes(ifname);
+        Ok(self
+            .ports()?
+            .into_iter()
+            .find(|(_, p)| p.netns == netns && p.ifname == name))
+    }
+
+    fn free_slot(&self) -> Result<u32> {
+        let used: Vec<u32> = self.ports()?.into_iter().map(|(slot, _)| slot).collect();
+        (0..MAX_PORTS)
+            .find(|slot| !used.contains(slot))
+            .ok_or(DatapathError::PortsFull)
+    }
+
+    pub fn set_port(&mut self, slot: u32, config: &PortConfig) -> Result<()> {
+        self.ports
+            .set(slot, config, 0)
+            .context(|| format!("writing port slot {slot}"))
+    }
+
+    /// Counter of one outcome, summed over CPUs.
+    pub fn counter(&self, slot: u32, direction: Direction, outcome: Outcome) -> Result<Counter> {
+        let index = outcome.stat_index(slot, direction);
+        let values = self
+            .stats
+            .get(&index, 0)
+            .context(|| format!("reading counter {index}"))?;
+        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+
+    fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Kernel {
+            what: what.to_string(),
+            source: Box::new(e),
+        })?;
+        for direction in Direction::ALL {
+            for outcome in Outcome::ALL {
+                let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
+                    .context(|| "building zero counters".to_string())?;
+                let index = outcome.stat_index(slot, direction);
+                self.stats
+                    .set(index, zero, 0)
+                    .context(|| format!("resetting counter {index}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocked prefixes of a slot.
+    pub fn blocked(&self, slot: u32) -> Result<Vec<IpNet>> {
+        let mut out = Vec::new();
+        for key in self.blocked.keys() {
+            let key = key.context(|| "reading the blocklist".to_string())?;
+            let data = key.data();
+            if data.slot == slot {
+                out.push(prefix_of(data.addr, key.prefix_len() - BLOCK_KEY_SLOT_BITS));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn block(&mut self, slot: u32, prefix: IpNet) -> Result<()> {
+        self.blocked
+            .insert(&block_key(slot, prefix), 1, 0)
+            .context(|| format!("blocking {prefix}"))
+    }
+
+    pub fn unblock(&mut self, slot: u32, prefix: IpNet) -> Result<bool> {
+        match self.blocked.remove(&block_key(slot, prefix)) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context(|| format!("unblocking {prefix}")),
+        }
+    }
+}
+
+fn block_key(slot: u32, prefix: IpNet) -> Key<BlockKey> {
+    let prefix = prefix.trunc();
+    let (addr, bits) = match prefix {
+        IpNet::V4(net) => (
+            ipv4_mapped(net.addr().octets()),
+            IPV4_MAPPED_PREFIX_BITS + u32::from(net.prefix_len()),
+        ),
+        IpNet::V6(net) => (net.addr().octets(), u32::from(net.prefix_len())),
+    };
+    Key::new(BLOCK_KEY_SLOT_BITS + bits, BlockKey { slot, addr })
+}
+
+fn prefix_of(addr: [u8; 16], bits: u32) -> IpNet {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if bits >= IPV4_MAPPED_PREFIX_BITS => {
+            IpNet::new(IpAddr::V4(v4), (bits - IPV4_MAPPED_PREFIX_BITS) as u8)
+        }
+        _ => IpNet::new(IpAddr::V6(v6), bits as u8),
+    }
+    .expect("prefix lengths in the trie are valid")
+}
+
+/// Loads the eBPF object for one port slot, creating or reusing the pinned
+/// maps. The programs are loaded into the kernel but not attached.
+pub fn load(pins: &Pins, slot: u32) -> Result<Ebpf> {
+    let maps = pins.maps();
+    fs::create_dir_all(&maps).context(|| format!("creating {}", maps.display()))?;
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .override_global(PORT_SLOT_GLOBAL, &slot, true)
+        .load(EBPF_OBJECT)
+        .map_err(|source| match source {
+            aya::EbpfError::MapError(_) => DatapathError::IncompatiblePins {
+                dir: maps,
+                source: Box::new(source),
+            },
+            source => DatapathError::Kernel {
+                what: "loading the eBPF object".to_string(),
+                source: Box::new(source),
+            },
+        })?;
+    Ok(ebpf)
+}
+
+/// The loaded XDP program of an object from `load`.
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::XDP)
+        .expect("the object has the XDP program")
+        .try_into()
+        .context(|| "the XDP program has another type".to_string())?;
+    program
+        .load()
+        .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
+    Ok(program)
+}
+
+/// The loaded TC program of an object from `load`.
+pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC)
+        .expect("the object has the TC program")
+        .try_into()
+        .context(|| "the TC program has another type".to_string())?;
+    program
+        .load()
+        .context(|| "the kernel's verifier rejected the TC program".to_string())?;
+    Ok(program)
+}
+
+/// What `attach` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    New { slot: u32 },
+    Already { slot: u32 },
+}
+
+/// Attaches the filter to an interface of the calling thread's namespace.
+/// Attaching an attached interface changes nothing.
+pub fn attach(pins: &Pins, iface: &str, mode: XdpModeArg) -> Result<Attached> {
+    require_root("attaching a filter")?;
+    let netns = netns::current()?;
+    let ifindex = ifindex_of(iface).ok_or_else(|| DatapathError::NoSuchInterface {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    })?;
+    ensure_bpffs(pins)?;
+    let _lock = pins.lock()?;
+
+    let slot = match Maps::open(pins)? {
+        None => 0,
+        Some(maps) => match maps.find(netns, iface)? {
+            Some((slot, port))
+                if port.is_active()
+                    && port.ifindex == ifindex
+                    && pins.xdp_link(slot).exists()
+                    && pins.tc_link(slot).exists() =>
+            {
+                return Ok(Attached::Already { slot });
+            }
+            // Left over from an interface of the same name that is gone,
+            // or from an attach that did not finish.
+            Some((slot, _)) => {
+                release(pins, maps, slot)?;
+                slot
+            }
+            None => maps.free_slot()?,
+        },
+    };
+
+    let mut ebpf = load(pins, slot)?;
+    let mut maps = Maps::open(pins)?.expect("load pinned the maps");
+    let mut config = PortConfig {
+        ifname: ifname_bytes(iface),
+        netns,
+        ifindex,
+        flags: 0,
+        xdp_mode: mode.to_raw(),
+        _pad: 0,
+    };
+    maps.set_port(slot, &config)?;
+    maps.reset_counters(slot)?;
+
+    if let Err(e) = link(pins, &mut ebpf, slot, iface, mode) {
+        release(pins, maps, slot)?;
+        return Err(e);
+    }
+    config.flags = PORT_ACTIVE;
+    maps.set_port(slot, &config)?;
+    Ok(Attached::New { slot })
+}
+
+fn link(pins: &Pins, ebpf: &mut Ebpf, slot: u32, iface: &str, mode: XdpModeArg) -> Result<()> {
+    let dir = pins.port_dir(slot);
+    fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+
+    let xdp = xdp_program(ebpf)?;
+    let id = xdp
+        .attach(iface, mode.to_aya())
+        .map_err(|source| DatapathError::XdpAttach {
+            iface: iface.to_string(),
+            mode,
+            source: Box::new(source),
+        })?;
+    let link: FdLink = xdp
+        .take_link(id)
+        .context(|| "taking the XDP link".to_string())?
+        .try_into()
+        .context(|| format!("the XDP link of '{iface}' is not a bpf_link"))?;
+    link.pin(pins.xdp_link(slot))
+        .context(|| format!("pinning the XDP link of '{iface}'"))?;
+
+    let tc = tc_program(ebpf)?;
+    let id = tc
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|source| DatapathError::TcAttach {
+            iface: iface.to_string(),
+            source: Box::new(source),
+        })?;
+    let link: FdLink = tc
+        .take_link(id)
+        .context(|| "taking the TC link".to_string())?
+        .try_into()
+        .context(|| format!("the TC link of '{iface}' is not a bpf_link"))?;
+    link.pin(pins.tc_link(slot))
+        .context(|| format!("pinning the TC link of '{iface}'"))?;
+    Ok(())
+}
+
+/// Frees a slot: links, blocked prefixes, counters, record; and the maps
+/// when it was the last port.
+fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
+    if let Ok(mut config) = maps.ports.get(&slot, 0) {
+        config.flags &= !PORT_ACTIVE;
+        maps.set_port(slot, &config)?;
+    }
+    // Removing the pins drops the last references to the links, which
+    // detaches the programs.
+    let dir = pins.port_dir(slot);
+    for link in [pins.xdp_link(slot), pins.tc_link(slot)] {
+        remove_if_exists(&link)?;
+    }
+    if dir.exists() {
+        fs::remove_dir(&dir).context(|| format!("removing {}", dir.display()))?;
+    }
+    for prefix in maps.blocked(slot)? {
+        maps.unblock(slot, prefix)?;
+    }
+    maps.reset_counters(slot)?;
+    maps.set_port(slot, &PortConfig::EMPTY)?;
+
+    if maps.ports()?.is_empty() {
+        drop(maps);
+        for name in [map_names::PORTS, map_names::STATS, map_names::BLOCKED] {
+            remove_if_exists(&pins.map(name))?;
+        }
+        for dir in [pins.maps(), pins.root.join("ports"), pins.root.clone()] {
+            if dir.exists() {
+                fs::remove_dir(&dir).context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Detaches the filter from an interface of the calling thread's namespace.
+/// The interface itself may be gone already.
+pub fn detach(pins: &Pins, iface: &str) -> Result<()> {
+    require_root("detaching a filter")?;
+    let netns = netns::current()?;
+    let not_attached = || DatapathError::NotAttached {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    };
+    let _lock = pins.lock()?;
+    let maps = Maps::open(pins)?.ok_or_else(not_attached)?;
+    let (slot, _) = maps.find(netns, iface)?.ok_or_else(not_attached)?;
+    release(pins, maps, slot)
+}
+
+/// Detaches every port, in every namespace, and removes all pins.
+pub fn detach_all(pins: &Pins) -> Result<usize> {
+    require_root("detaching filters")?;
+    let _lock = pins.lock()?;
+    let Some(maps) = Maps::open(pins)? else {
+        return Ok(0);
+    };
+    let ports = maps.ports()?;
+    drop(maps);
+    for (slot, _) in &ports {
+        let maps = Maps::open(pins)?.expect("maps stay until the last port goes");
+        release(pins, maps, *slot)?;
+    }
+    Ok(ports.len())
+}
+
+/// One attached port as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub slot: u32,
+    pub interface: String,
+    pub ifindex: u32,
+    pub netns: String,
+    pub xdp_mode: XdpModeArg,
+    /// `active`, `attaching`, or `interface-gone` when its links were
+    /// removed with the interface.
+    pub state: &'static str,
+    pub blocked: Vec<IpNet>,
+    pub counters: Vec<CounterRow>,
+}
+
+/// A non-zero counter.
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every attached port with its blocked prefixes and non-zero counters.
+pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
+    require_root("reading the filter's maps")?;
+    let Some(maps) = Maps::open(pins)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (slot, config) in maps.ports()? {
+        let links = pins.xdp_link(slot).exists() && pins.tc_link(slot).exists();
+        let state = match (config.is_active(), links) {
+            (true, true) if link_alive(&pins.xdp_link(slot)) => "active",
+            (true, _) => "interface-gone",
+            (false, _) => "attaching",
+        };
+        let mut counters = Vec::new();
+        for direction in Direction::ALL {
+            for outcome in Outcome::ALL {
+                let c = maps.counter(slot, direction, outcome)?;
+                if c.packets > 0 {
+                    counters.push(CounterRow {
+                        direction: direction.name(),
+                        outcome: outcome.name(),
+                        drop: outcome.is_drop(),
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    });
+                }
+            }
+        }
+        out.push(PortStatus {
+            slot,
+            interface: ifname_of(&config),
+            ifindex: config.ifindex,
+            netns: netns::describe(config.netns),
+            xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
+            state,
+            blocked: maps.blocked(slot)?,
+            counters,
+        });
+    }
+    Ok(out)
+}
+
+/// A pinned link whose device went away is defunct: its program id is gone.
+fn link_alive(path: &Path) -> bool {
+    PinnedLink::from_pin(path)
+        .ok()
+        .map(FdLink::from)
+        .and_then(|link| link.info().ok())
+        .is_some_and(|info| info.program_id() != 0)
+}
+
+/// Opens the maps and finds the port of an interface of the calling
+/// thread's namespace.
+fn port_of(pins: &Pins, iface: &str) -> Result<(Maps, u32)> {
+    require_root("changing the filter's maps")?;
+    let netns = netns::current()?;
+    let not_attached = || DatapathError::NotAttached {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    };
+    let maps = Maps::open(pins)?.ok_or_else(not_attached)?;
+    let (slot, _) = maps.find(netns, iface)?.ok_or_else(not_attached)?;
+    Ok((maps, slot))
+}
+
+/// Drops, on the port of `iface`, packets from (XDP) or to (TC) addresses
+/// in the prefixes.
+pub fn block(pins: &Pins, iface: &str, prefixes: &[IpNet]) -> Result<()> {
+    let _lock = pins.lock()?;
+    let (mut maps, slot) = port_of(pins, iface)?;
+    for prefix in prefixes {
+        maps.block(slot, *prefix)?;
+    }
+    Ok(())
+}
+
+/// Removes blocked prefixes; returns the ones that were not blocked.
+pub fn unblock(pins: &Pins, iface: &str, prefixes: &[IpNet]) -> Result<Vec<IpNet>> {
+    let _lock = pins.lock()?;
+    let (mut maps, slot) = port_of(pins, iface)?;
+    let mut missing = Vec::new();
+    for prefix in prefixes {
+        if !maps.unblock(slot, *prefix)? {
+            missing.push(*prefix);
+        }
+    }
+    Ok(missing)
+}
+
+/// A prefix as users write it: `198.18.0.0/15`, `2001:db8::/32`, or a bare
+/// address meaning a single host.
+pub fn parse_prefix(s: &str) -> std::result::Result<IpNet, String> {
+    IpNet::from_str(s)
+        .or_else(|_| IpAddr::from_str(s).map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            format!("'{s}' is not an address or prefix: write e.g. 198.18.0.0/15, 2001:db8::/32 or 198.18.0.2")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_with_and_without_length() {
+        assert_eq!(
+            parse_prefix("198.18.0.7").unwrap().to_string(),
+            "198.18.0.7/32"
+        );
+        assert_eq!(
+            parse_prefix("198.18.3.7/16").unwrap().to_string(),
+            "198.18.0.0/16"
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        let err = parse_prefix("198.18.0.0/33").unwrap_err();
+        assert!(err.contains("198.18.0.0/33"), "{err}");
+        assert!(parse_prefix("web").is_err());
+    }
+
+    #[test]
+    fn block_keys_round_trip() {
+        for s in [
+            "198.18.0.0/15",
+            "0.0.0.0/0",
+            "198.18.0.2/32",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            let net: IpNet = s.parse().unwrap();
+            let key = block_key(7, net);
+            assert_eq!(key.data().slot, 7);
+            let back = prefix_of(key.data().addr, key.prefix_len() - BLOCK_KEY_SLOT_BITS);
+            assert_eq!(back, net, "{s}");
+        }
+    }
+
+    #[test]
+    fn ipv4_prefixes_live_under_the_mapped_prefix() {
+        let key = block_key(0, "198.18.0.0/15".parse().unwrap());
+        assert_eq!(key.prefix_len(), 32 + 96 + 15);
+        assert_eq!(
+            &key.data().addr[..12],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+        );
+    }
+
+    #[test]
+    fn interface_names_are_nul_padded() {
+        let config = PortConfig {
+            ifname: ifname_bytes("tap0"),
+            ..PortConfig::EMPTY
+        };
+        assert_eq!(ifname_of(&config), "tap0");
+        assert_eq!(ifname_bytes("a-very-long-interface-name")[15], 0);
+    }
+}

@@ -1,0 +1,5 @@
+//! sg's control plane as a library: the datapath loader and its maps.
+//! The `sg-ctl` binary is a thin CLI over it.
+
+pub mod datapath;
+pub mod netns;
