@@ -17,7 +17,7 @@ use std::{
     fs::{self, File},
     io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -26,9 +26,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
+        XdpMode, links::FdLink, tc::TcAttachOptions,
     },
 };
 use ipnet::IpNet;
@@ -95,6 +94,10 @@ pub enum DatapathError {
         what: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the {direction:?} program returned {code}, which sg does not use; is the object out of date? Rebuild with `cargo xtask build`"
+    )]
+    UnexpectedReturn { direction: Direction, code: u32 },
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
 }
@@ -468,6 +471,78 @@ pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     Ok(program)
 }
 
+/// What a program did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    Pass,
+    Drop,
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
+/// The programs of one port slot, loaded into the kernel and attached
+/// nowhere, run on frames through `BPF_PROG_TEST_RUN`: the real datapath on
+/// the real maps, without traffic.
+pub struct TestRun {
+    ebpf: Ebpf,
+}
+
+impl TestRun {
+    pub fn load(pins: &Pins, slot: u32) -> Result<TestRun> {
+        require_root("running the filter on test frames")?;
+        ensure_bpffs(pins)?;
+        let mut ebpf = load(pins, slot)?;
+        xdp_program(&mut ebpf)?;
+        tc_program(&mut ebpf)?;
+        Ok(TestRun { ebpf })
+    }
+
+    /// Runs the program of `direction` on an Ethernet frame (at least 14
+    /// bytes, as the kernel requires).
+    pub fn run(&self, direction: Direction, frame: &[u8]) -> Result<Forward> {
+        let opts = || TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        let what = || format!("running the {direction:?} program on a test frame");
+        let code = match direction {
+            Direction::Egress => {
+                let program: &Xdp = self.program(program_names::XDP)?;
+                program.test_run(opts()).context(what)?.return_value
+            }
+            Direction::Ingress => {
+                let program: &SchedClassifier = self.program(program_names::TC)?;
+                program.test_run(opts()).context(what)?.return_value
+            }
+        };
+        match (direction, code) {
+            (Direction::Egress, XDP_PASS) => Ok(Forward::Pass),
+            (Direction::Egress, XDP_DROP) => Ok(Forward::Drop),
+            (Direction::Ingress, code) if matches!(code as i32, TC_ACT_UNSPEC | TC_ACT_OK) => {
+                Ok(Forward::Pass)
+            }
+            (Direction::Ingress, code) if code as i32 == TC_ACT_SHOT => Ok(Forward::Drop),
+            (_, code) => Err(DatapathError::UnexpectedReturn { direction, code }),
+        }
+    }
+
+    fn program<'a, T>(&'a self, name: &str) -> Result<&'a T>
+    where
+        &'a T: TryFrom<&'a aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program(name)
+            .expect("the object has both programs")
+            .try_into()
+            .context(|| format!("the program {name} has another type"))
+    }
+}
+
 /// What `attach` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Attached {
@@ -715,13 +790,66 @@ pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
     Ok(out)
 }
 
-/// A pinned link whose device went away is defunct: its program id is gone.
+/// A pinned link whose device went away is defunct: the kernel reports no
+/// interface for it any more.
 fn link_alive(path: &Path) -> bool {
-    PinnedLink::from_pin(path)
-        .ok()
-        .map(FdLink::from)
-        .and_then(|link| link.info().ok())
-        .is_some_and(|info| info.program_id() != 0)
+    link_ifindex(path).is_some_and(|ifindex| ifindex != 0)
+}
+
+/// The interface of a pinned XDP or TCX link, from `BPF_OBJ_GET_INFO_BY_FD`
+/// (aya does not expose the per-type part of the link info).
+fn link_ifindex(path: &Path) -> Option<u32> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `bpf_link_info`: type, id, prog_id, then the per-type union at
+    /// offset 16, where both `xdp` and `tcx` start with the ifindex.
+    const IFINDEX_OFFSET: usize = 16;
+
+    /// `bpf_attr` for BPF_OBJ_GET.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the attribute and the path outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &get, size_of::<ObjGet>()) };
+    // SAFETY: a descriptor the kernel just gave us, owned from here on.
+    let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
+    let mut info = [0u8; 128];
+    let query = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the attribute and the info buffer outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &query,
+            size_of::<InfoByFd>(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let bytes = info[IFINDEX_OFFSET..IFINDEX_OFFSET + 4].try_into().ok()?;
+    Some(u32::from_ne_bytes(bytes))
 }
 
 /// Opens the maps and finds the port of an interface of the calling

@@ -2,4 +2,5 @@
 //! The `sg-ctl` binary is a thin CLI over it.
 
 pub mod datapath;
+pub mod frame;
 pub mod netns;

@@ -104,10 +104,16 @@ fn main() -> ExitCode {
 /// Exit codes: 1 anything else, 2 invalid arguments (clap), 3 not found,
 /// 4 forbidden.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<DatapathError>() {
-        Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => 3,
-        Some(DatapathError::NotRoot { .. }) => 4,
-        Some(DatapathError::Netns(netns::NetnsError::NotFound { .. })) => 3,
+    let netns = match e.downcast_ref::<DatapathError>() {
+        Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => {
+            return 3;
+        }
+        Some(DatapathError::NotRoot { .. }) => return 4,
+        Some(DatapathError::Netns(netns)) => Some(netns),
+        _ => e.downcast_ref::<netns::NetnsError>(),
+    };
+    match netns {
+        Some(netns::NetnsError::NotFound { .. }) => 3,
         _ => 1,
     }
 }

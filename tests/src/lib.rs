@@ -1,1 +1,408 @@
+//! The harness of sg's integration tests: network namespaces, veth pairs and
+//! tap devices made per test and removed when the test ends, panics
+//! included; a pin directory of its own per test; the `sg-ctl` binary.
+//!
+//! Test hosts use 198.18.0.0/15 and 2001:db8::/32 and talk only to the
+//! namespaces their test made.
 
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde_json::Value;
+use sg_ctl::datapath::{self, Pins};
+
+/// Whether the tests may create namespaces and load eBPF programs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns from the test, saying why, when it is not run as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        $crate::require_root!(())
+    };
+    ($skipped:expr) => {
+        if !$crate::is_root() {
+            eprintln!(
+                "skipped {}: needs root (network namespaces and eBPF); \
+                 `cargo xtask test` as root runs it",
+                module_path!()
+            );
+            return $skipped;
+        }
+    };
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test of any running test process uses.
+fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Runs a command to completion; fails with its stderr when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// A network namespace, deleted when dropped.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new() -> Result<Netns> {
+        let name = unique("sgt");
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs a command inside the namespace; its output, success or not.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program} in {}", self.name))
+    }
+
+    /// Whether one ping (IPv4 or IPv6) from this namespace gets its reply
+    /// within a second.
+    pub fn ping(&self, to: IpAddr) -> Result<bool> {
+        let to = to.to_string();
+        let out = self.exec("ping", &["-c", "1", "-W", "1", "-q", &to])?;
+        Ok(out.status.success())
+    }
+
+    /// Runs `f` on a thread inside the namespace. Sockets it opens stay in
+    /// the namespace after the thread ends.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> thread::JoinHandle<Result<T>> {
+        let name = self.name.clone();
+        thread::spawn(move || {
+            sg_ctl::netns::enter(&name)?;
+            f()
+        })
+    }
+
+    /// Runs `f` inside the namespace and waits for it.
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        join(self.spawn(f))
+    }
+
+    /// Adds an address; IPv6 addresses skip duplicate address detection.
+    pub fn add_addr(&self, dev: &str, addr: &str) -> Result<()> {
+        let mut args = vec!["addr", "add", addr, "dev", dev];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(&args).map(drop)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("cleaning up: {e:#}");
+        }
+    }
+}
+
+/// Waits for a thread and passes on its error or panic.
+pub fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
+    match handle.join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The addresses of the two ends of a test link.
+pub const HOST_V4: &str = "198.18.0.1";
+pub const WORKLOAD_V4: &str = "198.18.0.2";
+pub const HOST_V6: &str = "2001:db8::1";
+pub const WORKLOAD_V6: &str = "2001:db8::2";
+/// The port: the host side of a workload's veth or tap.
+pub const PORT: &str = "port0";
+
+pub fn addr(s: &str) -> IpAddr {
+    s.parse().expect("a valid test address")
+}
+
+/// A workload behind a veth pair: `workload` holds `eth0`, `host` holds the
+/// port `port0`, with HOST_* and WORKLOAD_* addresses on them.
+pub struct VethPort {
+    pub host: Netns,
+    pub workload: Netns,
+}
+
+impl VethPort {
+    pub fn new() -> Result<VethPort> {
+        let host = Netns::new()?;
+        let workload = Netns::new()?;
+        host.ip(&[
+            "link",
+            "add",
+            PORT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            workload.name(),
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&host, PORT, HOST_V4, HOST_V6),
+            (&workload, "eth0", WORKLOAD_V4, WORKLOAD_V6),
+        ] {
+            ns.add_addr(dev, &format!("{v4}/24"))?;
+            ns.add_addr(dev, &format!("{v6}/64"))?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        // A fresh link takes a moment before IPv6 neighbour discovery
+        // answers; tests start once both families do.
+        for to in [WORKLOAD_V4, WORKLOAD_V6] {
+            let reachable = (0..5).any(|_| host.ping(addr(to)).unwrap_or(false));
+            ensure!(reachable, "{to} is unreachable over a fresh veth");
+        }
+        Ok(VethPort { host, workload })
+    }
+}
+
+/// A tap device `port0` in `host`, with HOST_* addresses; the test is the
+/// guest: it writes the frames the workload sends and reads those it
+/// receives. The guest has WORKLOAD_* addresses and GUEST_MAC, known to the
+/// host as static neighbours.
+pub struct TapPort {
+    pub host: Netns,
+    pub host_mac: [u8; 6],
+    file: File,
+}
+
+pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
+
+nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+
+impl TapPort {
+    pub fn new() -> Result<TapPort> {
+        let host = Netns::new()?;
+        let file = host.within(|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .context("opening /dev/net/tun")?;
+            // SAFETY: an all-zero ifreq is valid.
+            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (dst, src) in req.ifr_name.iter_mut().zip(PORT.bytes()) {
+                *dst = src as libc::c_char;
+            }
+            req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+            // SAFETY: TUNSETIFF with an ifreq that outlives the call.
+            unsafe { tun_set_iff(file.as_raw_fd(), &req) }.context("creating the tap")?;
+            Ok(file)
+        })?;
+        let mac = GUEST_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        host.add_addr(PORT, &format!("{HOST_V4}/24"))?;
+        host.add_addr(PORT, &format!("{HOST_V6}/64"))?;
+        host.ip(&["link", "set", PORT, "up"])?;
+        for guest in [WORKLOAD_V4, WORKLOAD_V6] {
+            host.ip(&[
+                "neigh",
+                "replace",
+                guest,
+                "lladdr",
+                &mac,
+                "dev",
+                PORT,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        let link = host.ip(&["-j", "link", "show", PORT])?;
+        let link: Value = serde_json::from_slice(&link.stdout)?;
+        let host_mac = parse_mac(link[0]["address"].as_str().unwrap_or_default())?;
+        Ok(TapPort {
+            host,
+            host_mac,
+            file,
+        })
+    }
+
+    /// Sends a frame as the guest.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        self.file.write_all(frame).context("writing to the tap")
+    }
+
+    /// Waits up to `timeout` for a frame to the guest that `want` accepts;
+    /// other frames (neighbour discovery, say) are skipped.
+    pub fn receive(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(millis))? == 0 {
+                return Ok(None);
+            }
+            let n = self.file.read(&mut buf).context("reading from the tap")?;
+            if want(&buf[..n]) {
+                return Ok(Some(buf[..n].to_vec()));
+            }
+        }
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let bytes = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("MAC address {s:?}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("MAC address {s:?}"))
+}
+
+/// A pin directory of the test's own, emptied when dropped: the test's
+/// ports are detached and its maps removed whatever happens.
+pub struct TestPins {
+    pub pins: Pins,
+}
+
+impl TestPins {
+    pub fn new() -> TestPins {
+        TestPins {
+            pins: Pins::new(format!("/sys/fs/bpf/{}", unique("sg-test"))),
+        }
+    }
+
+    pub fn dir(&self) -> &str {
+        self.pins.root().to_str().expect("a UTF-8 path")
+    }
+
+    /// Runs `sg-ctl --pin-dir DIR ARGS` and returns its output, whatever
+    /// its exit status.
+    pub fn sg_ctl(&self, args: &[&str]) -> Result<Output> {
+        Command::new(sg_ctl_binary())
+            .arg("--pin-dir")
+            .arg(self.dir())
+            .args(args)
+            .output()
+            .context("running sg-ctl")
+    }
+
+    /// Runs `sg-ctl` and fails when it fails.
+    pub fn sg_ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.sg_ctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "sg-ctl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Packets counted on `iface` for a direction and outcome, from
+    /// `sg-ctl status --output json`.
+    pub fn counter(&self, iface: &str, direction: &str, outcome: &str) -> Result<u64> {
+        let status: Value = serde_json::from_str(&self.sg_ctl_ok(&["-o", "json", "status"])?)?;
+        let ports = status.as_array().context("status is a list")?;
+        let port = ports
+            .iter()
+            .find(|p| p["interface"] == iface)
+            .with_context(|| format!("{iface} is not in the status"))?;
+        Ok(port["counters"]
+            .as_array()
+            .context("counters is a list")?
+            .iter()
+            .filter(|c| c["direction"] == direction && c["outcome"] == outcome)
+            .filter_map(|c| c["packets"].as_u64())
+            .sum())
+    }
+}
+
+impl Default for TestPins {
+    fn default() -> Self {
+        TestPins::new()
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        if let Err(e) = datapath::detach_all(&self.pins) {
+            eprintln!("cleaning up {}: {e}", self.dir());
+        }
+        match fs::remove_dir_all(self.pins.root()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                eprintln!("cleaning up {}: {e}", self.dir());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `sg-ctl` binary under test: `$SG_CTL`, or the workspace's debug
+/// build.
+pub fn sg_ctl_binary() -> PathBuf {
+    std::env::var_os("SG_CTL").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sg-ctl"),
+        PathBuf::from,
+    )
+}

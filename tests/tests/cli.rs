@@ -1,0 +1,120 @@
+//! `sg-ctl` as users meet it: errors that name what is wrong and how to fix
+//! it, exit codes, idempotent attach, and detach leaving nothing behind.
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use anyhow::Result;
+use serde_json::Value;
+use sg_tests::{Netns, PORT, TestPins, VethPort, require_root, sg_ctl_binary};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_interface_is_named_with_the_fix() -> Result<()> {
+    require_root!(Ok(()));
+    let ns = Netns::new()?;
+    let pins = TestPins::new();
+    let out = pins.sg_ctl(&["--netns", ns.name(), "attach", "nosuch0"])?;
+    assert_eq!(out.status.code(), Some(3));
+    let message = stderr(&out);
+    assert!(message.contains("'nosuch0' does not exist"), "{message}");
+    assert!(message.contains("ip link show"), "{message}");
+    assert!(!pins.pins.root().join("maps").exists(), "nothing pinned");
+    Ok(())
+}
+
+#[test]
+fn a_missing_namespace_and_an_unattached_port_are_not_found() -> Result<()> {
+    require_root!(Ok(()));
+    let pins = TestPins::new();
+    let out = pins.sg_ctl(&["--netns", "sg-no-such-netns", "status"])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
+
+    let ns = Netns::new()?;
+    let out = pins.sg_ctl(&["--netns", ns.name(), "detach", "lo"])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("has no sg filter"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn without_root_it_says_root_is_needed() -> Result<()> {
+    require_root!(Ok(()));
+    let pins = TestPins::new();
+    let out = Command::new(sg_ctl_binary())
+        .args(["--pin-dir", pins.dir(), "attach", "lo"])
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("root"), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
+fn a_malformed_prefix_is_refused_with_the_accepted_forms() -> Result<()> {
+    require_root!(Ok(()));
+    let pins = TestPins::new();
+    let out = pins.sg_ctl(&["block", PORT, "198.18.0.300/24"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("2001:db8::/32"), "{}", stderr(&out));
+    Ok(())
+}
+
+fn ports(pins: &TestPins) -> Result<Vec<Value>> {
+    let status: Value = serde_json::from_str(&pins.sg_ctl_ok(&["-o", "json", "status"])?)?;
+    Ok(status.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn attaching_twice_is_harmless_and_detach_removes_every_pin() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    let netns = port.host.name();
+    let first = pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
+    assert!(first.contains("attached to port0"), "{first}");
+    let again = pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
+    assert!(again.contains("already attached"), "{again}");
+    let status = ports(&pins)?;
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0]["state"], "active");
+
+    pins.sg_ctl_ok(&["--netns", netns, "detach", PORT])?;
+    assert!(ports(&pins)?.is_empty());
+    let left: Vec<_> = std::fs::read_dir(pins.pins.root())
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn a_port_whose_interface_went_away_can_be_attached_anew() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    let netns = port.host.name();
+    pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
+    port.host.ip(&["link", "del", PORT])?;
+    assert_eq!(ports(&pins)?[0]["state"], "interface-gone");
+
+    port.host
+        .ip(&["link", "add", PORT, "type", "veth", "peer", "name", "eth1"])?;
+    let out = pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
+    assert!(out.contains("attached to port0"), "{out}");
+    let status = ports(&pins)?;
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0]["state"], "active");
+
+    let out = pins.sg_ctl_ok(&["detach", "--all"])?;
+    assert!(out.contains("detached 1 port"), "{out}");
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The programs run on crafted frames through BPF_PROG_TEST_RUN: what they
+//! pass, drop and count, malformed frames included.
+
+use std::net::IpAddr;
+
+use sg_common::{Direction, Outcome, PORT_ACTIVE, PortConfig};
+use sg_ctl::{
+    datapath::{Forward, Maps, TestRun},
+    frame::{Packet, TcpFlags, Transport},
+};
+use sg_tests::{TestPins, addr, require_root};
+
+const SLOT: u32 = 7;
+const WORKLOAD: &str = "198.18.0.2";
+const PEER: &str = "198.18.1.1";
+const WORKLOAD6: &str = "2001:db8::2";
+const PEER6: &str = "2001:db8:1::1";
+
+/// One port's programs on test pins, with the port active.
+struct Port {
+    run: TestRun,
+    maps: Maps,
+    _pins: TestPins,
+}
+
+impl Port {
+    fn new() -> Port {
+        let pins = TestPins::new();
+        let run = TestRun::load(&pins.pins, SLOT).expect("loading the programs");
+        let mut maps = Maps::open(&pins.pins).unwrap().expect("maps pinned");
+        maps.set_port(SLOT, &port_config(PORT_ACTIVE)).unwrap();
+        Port {
+            run,
+            maps,
+            _pins: pins,
+        }
+    }
+
+    fn block(&mut self, prefix: &str) {
+        self.maps.block(SLOT, prefix.parse().unwrap()).unwrap();
+    }
+
+    /// Runs the frame and checks the verdict and the counter it landed in.
+    fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
+        let before = self.maps.counter(SLOT, direction, outcome).unwrap();
+        let got = self.run.run(direction, frame).unwrap();
+        assert_eq!(got, want, "{direction:?} verdict on {frame:02x?}");
+        let after = self.maps.counter(SLOT, direction, outcome).unwrap();
+        assert_eq!(
+            after.packets,
+            before.packets + 1,
+            "{direction:?}: one packet counted as {}",
+            outcome.name()
+        );
+        assert_eq!(after.bytes, before.bytes + frame.len() as u64);
+    }
+}
+
+fn port_config(flags: u32) -> PortConfig {
+    PortConfig {
+        ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
+        netns: 0,
+        ifindex: 1,
+        flags,
+        xdp_mode: 0,
+        _pad: 0,
+    }
+}
+
+/// What the workload sends (`Egress`) or receives (`Ingress`).
+fn packet(direction: Direction, workload: &str, peer: &str, transport: Transport) -> Packet {
+    let (src, dst) = match direction {
+        Direction::Egress => (addr(workload), addr(peer)),
+        Direction::Ingress => (addr(peer), addr(workload)),
+    };
+    let mut packet = Packet::udp(src, dst, 0, 0);
+    packet.transport = transport;
+    packet
+}
+
+fn transports() -> [Transport; 4] {
+    [
+        Transport::Tcp {
+            src_port: 40000,
+            dst_port: 443,
+            flags: TcpFlags::SYN,
+        },
+        Transport::Udp {
+            src_port: 5353,
+            dst_port: 53,
+        },
+        Transport::Icmp { type_: 8, code: 0 },
+        Transport::Other { protocol: 47 },
+    ]
+}
+
+fn icmp_echo(ip: IpAddr) -> Transport {
+    let type_ = if ip.is_ipv4() { 8 } else { 128 };
+    Transport::Icmp { type_, code: 0 }
+}
+
+#[test]
+fn passes_and_counts_unblocked_traffic_both_ways() {
+    require_root!();
+    let port = Port::new();
+    for direction in [Direction::Egress, Direction::Ingress] {
+        for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
+            for transport in transports() {
+                let transport = match transport {
+                    Transport::Icmp { .. } => icmp_echo(addr(peer)),
+                    t => t,
+                };
+                let frame = packet(direction, workload, peer, transport)
+                    .frame()
+                    .unwrap();
+                port.check(direction, &frame, Forward::Pass, Outcome::Pass);
+            }
+        }
+    }
+}
+
+#[test]
+fn drops_the_blocked_prefixes_source_when_sent_destination_when_received() {
+    require_root!();
+    let mut port = Port::new();
+    port.block("198.18.0.0/24");
+    port.block("2001:db8::/64");
+    for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let frame = packet(direction, workload, peer, icmp_echo(addr(peer)))
+                .frame()
+                .unwrap();
+            port.check(direction, &frame, Forward::Drop, Outcome::DropBlocked);
+        }
+        // The peer's address is not the workload's side: it passes.
+        let frame = packet(Direction::Egress, peer, workload, icmp_echo(addr(peer)))
+            .frame()
+            .unwrap();
+        port.check(Direction::Egress, &frame, Forward::Pass, Outcome::Pass);
+    }
+}
+
+#[test]
+fn prefix_edges_decide_exactly() {
+    require_root!();
+    let mut port = Port::new();
+    port.block("198.18.0.128/25");
+    port.block("2001:db8::8000/113");
+    for (inside, outside) in [
+        ("198.18.0.128", "198.18.0.127"),
+        ("198.18.0.255", "198.18.1.0"),
+        ("2001:db8::8000", "2001:db8::7fff"),
+        ("2001:db8::ffff", "2001:db8::1:0"),
+    ] {
+        let peer = if inside.contains(':') { PEER6 } else { PEER };
+        let udp = Transport::Udp {
+            src_port: 1,
+            dst_port: 2,
+        };
+        let frame = packet(Direction::Egress, inside, peer, udp)
+            .frame()
+            .unwrap();
+        port.check(
+            Direction::Egress,
+            &frame,
+            Forward::Drop,
+            Outcome::DropBlocked,
+        );
+        let frame = packet(Direction::Egress, outside, peer, udp)
+            .frame()
+            .unwrap();
+        port.check(Direction::Egress, &frame, Forward::Pass, Outcome::Pass);
+    }
+}
+
+#[test]
+fn an_inactive_port_passes_everything_uncounted() {
+    require_root!();
+    let mut port = Port::new();
+    port.block("0.0.0.0/0");
+    port.maps.set_port(SLOT, &port_config(0)).unwrap();
+    let frame = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)))
+        .frame()
+        .unwrap();
+    assert_eq!(
+        port.run.run(Direction::Egress, &frame).unwrap(),
+        Forward::Pass
+    );
+    let counted = port
+        .maps
+        .counter(SLOT, Direction::Egress, Outcome::Pass)
+        .unwrap();
+    assert_eq!(counted.packets, 0);
+}
+
+fn eth(ether_type: u16) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame
+}
+
+#[test]
+fn non_ip_frames_pass_as_non_ip() {
+    require_root!();
+    let port = Port::new();
+    // An ARP request and an LLDP frame.
+    for ether_type in [0x0806, 0x88cc] {
+        let mut frame = eth(ether_type);
+        frame.resize(60, 0);
+        for direction in [Direction::Egress, Direction::Ingress] {
+            port.check(direction, &frame, Forward::Pass, Outcome::PassNonIp);
+        }
+    }
+}
+
+#[test]
+fn truncated_and_malformed_headers_are_dropped_as_malformed() {
+    require_root!();
+    let port = Port::new();
+    let v4 = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)))
+        .frame()
+        .unwrap();
+    let v6 = packet(Direction::Egress, WORKLOAD6, PEER6, icmp_echo(addr(PEER6)))
+        .frame()
+        .unwrap();
+    let mut bad_ihl = v4.clone();
+    bad_ihl[14] = 0x44;
+    let mut v6_in_v4 = v4.clone();
+    v6_in_v4[14] = 0x65;
+    let mut v4_in_v6 = v6.clone();
+    v4_in_v6[14] = 0x45;
+    let cases: [(&str, Vec<u8>); 7] = [
+        ("IPv4 ethertype, no header", eth(0x0800)),
+        ("IPv4 header cut short", v4[..14 + 19].to_vec()),
+        ("IPv6 header cut short", v6[..14 + 39].to_vec()),
+        ("VLAN tag cut short", [eth(0x8100), vec![0, 10]].concat()),
+        ("IPv4 header length 4", bad_ihl),
+        ("version 6 in an IPv4 frame", v6_in_v4),
+        ("version 4 in an IPv6 frame", v4_in_v6),
+    ];
+    for (what, frame) in cases {
+        eprintln!("{what}");
+        port.check(
+            Direction::Egress,
+            &frame,
+            Forward::Drop,
+            Outcome::DropMalformed,
+        );
+        // The kernel makes no test skb of an IP ethertype shorter than its
+        // IP header; behind a VLAN tag it does.
+        let tagged = [&frame[..12], &[0x81, 0x00, 0x00, 0x0a], &frame[12..]].concat();
+        port.check(
+            Direction::Ingress,
+            &tagged,
+            Forward::Drop,
+            Outcome::DropMalformed,
+        );
+    }
+}
+
+#[test]
+fn vlan_tagged_frames_are_filtered_on_their_ip_header() {
+    require_root!();
+    let mut port = Port::new();
+    port.block("198.18.0.2/32");
+    port.block("2001:db8::2/128");
+    for tags in [vec![10], vec![100, 10]] {
+        for (workload, peer, blocked) in [
+            (WORKLOAD, PEER, true),
+            (WORKLOAD6, PEER6, true),
+            (PEER, WORKLOAD, false),
+        ] {
+            let mut packet = packet(Direction::Egress, workload, peer, icmp_echo(addr(peer)));
+            packet.vlans = tags.clone();
+            let frame = packet.frame().unwrap();
+            let (want, outcome) = if blocked {
+                (Forward::Drop, Outcome::DropBlocked)
+            } else {
+                (Forward::Pass, Outcome::Pass)
+            };
+            port.check(Direction::Egress, &frame, want, outcome);
+        }
+    }
+    // A third tag is more than sg looks through.
+    let v4 = packet(Direction::Egress, PEER, WORKLOAD, icmp_echo(addr(PEER)))
+        .frame()
+        .unwrap();
+    let mut frame = v4[..12].to_vec();
+    for _ in 0..3 {
+        frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+    }
+    frame.extend_from_slice(&v4[12..]);
+    for direction in [Direction::Egress, Direction::Ingress] {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropVlanTags);
+    }
+}
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AH: u8 = 51;
+const DEST_OPTS: u8 = 60;
+
+/// Inserts IPv6 extension headers of the given kinds (8 bytes each, AH 12)
+/// after the IPv6 header of an untagged frame.
+fn with_ext_headers(frame: &[u8], kinds: &[u8]) -> Vec<u8> {
+    const IP: usize = 14;
+    let upper = frame[IP + 6];
+    let mut headers = Vec::new();
+    for (i, &kind) in kinds.iter().enumerate() {
+        let next = kinds.get(i + 1).copied().unwrap_or(upper);
+        match kind {
+            // Payload length in 4-byte units minus 2: 12 bytes, no ICV.
+            AH => headers.extend_from_slice(&[next, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]),
+            // The first fragment of a datagram, more to come.
+            FRAGMENT => headers.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0, 42]),
+            _ => headers.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
+        }
+    }
+    let mut out = frame[..IP + 40].to_vec();
+    if let Some(&first) = kinds.first() {
+        out[IP + 6] = first;
+    }
+    let payload_len = u16::from_be_bytes([out[IP + 4], out[IP + 5]]) + headers.len() as u16;
+    out[IP + 4..IP + 6].copy_from_slice(&payload_len.to_be_bytes());
+    out.extend_from_slice(&headers);
+    out.extend_from_slice(&frame[IP + 40..]);
+    out
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_up_to_the_limit() {
+    require_root!();
+    let mut port = Port::new();
+    port.block("2001:db8::2/128");
+    let udp = Transport::Udp {
+        src_port: 5353,
+        dst_port: 53,
+    };
+    let blocked = packet(Direction::Egress, WORKLOAD6, PEER6, udp)
+        .frame()
+        .unwrap();
+    let allowed = packet(Direction::Egress, PEER6, WORKLOAD6, udp)
+        .frame()
+        .unwrap();
+    let chains: [&[u8]; 4] = [
+        &[HOP_BY_HOP],
+        &[HOP_BY_HOP, DEST_OPTS, ROUTING, FRAGMENT, AH, DEST_OPTS],
+        &[FRAGMENT],
+        &[DEST_OPTS; 8],
+    ];
+    for chain in chains {
+        let frame = with_ext_headers(&blocked, chain);
+        port.check(
+            Direction::Egress,
+            &frame,
+            Forward::Drop,
+            Outcome::DropBlocked,
+        );
+        let frame = with_ext_headers(&allowed, chain);
+        port.check(Direction::Egress, &frame, Forward::Pass, Outcome::Pass);
+    }
+    // Nine headers are more than sg walks: dropped whatever the addresses.
+    let frame = with_ext_headers(&allowed, &[DEST_OPTS; 9]);
+    for direction in [Direction::Egress, Direction::Ingress] {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropExtHeaders);
+    }
+}
+
+#[test]
+fn truncated_ipv6_extension_headers_are_malformed() {
+    require_root!();
+    let port = Port::new();
+    let frame = packet(Direction::Egress, PEER6, WORKLOAD6, icmp_echo(addr(PEER6)))
+        .frame()
+        .unwrap();
+    let chained = with_ext_headers(&frame, &[HOP_BY_HOP, DEST_OPTS]);
+    // Cut inside the second header, and right after the first one's two
+    // leading bytes.
+    for cut in [14 + 40 + 8 + 4, 14 + 40 + 2] {
+        port.check(
+            Direction::Egress,
+            &chained[..cut],
+            Forward::Drop,
+            Outcome::DropMalformed,
+        );
+    }
+    // A header that announces more length than the frame holds.
+    let mut long = chained.clone();
+    long[14 + 40 + 1] = 200;
+    port.check(
+        Direction::Ingress,
+        &long,
+        Forward::Drop,
+        Outcome::DropMalformed,
+    );
+}
