@@ -3,4 +3,5 @@
 
 pub mod datapath;
 pub mod frame;
+pub mod model;
 pub mod netns;

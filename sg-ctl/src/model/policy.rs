@@ -1,0 +1,559 @@
+//! Ports and the policy: every group and every port of a host, checked
+//! against each other.
+
+use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    FieldError, Group, PolicyError, Remote,
+    syntax::{self, check_name, serde_as_text},
+};
+
+/// An Ethernet address, written `52:54:00:12:34:56` (or with `-`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Neither multicast/broadcast nor all zeros: an address a port can own.
+    pub fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = FieldError;
+
+    fn from_str(text: &str) -> Result<Self, FieldError> {
+        let bytes: Option<Vec<u8>> = text
+            .trim()
+            .split([':', '-'])
+            .map(|byte| {
+                let hex = byte.len() == 2 && byte.bytes().all(|b| b.is_ascii_hexdigit());
+                hex.then(|| u8::from_str_radix(byte, 16).ok()).flatten()
+            })
+            .collect();
+        bytes
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(Self)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "mac",
+                    format!(
+                        "'{}' is not a MAC address; use six hex bytes such as 52:54:00:12:34:56",
+                        text.trim()
+                    ),
+                )
+            })
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+serde_as_text!(MacAddr);
+
+/// Addresses a port may also send from (a VIP, a container network
+/// behind a VM), with the MAC they use if not the port's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPair {
+    #[serde(deserialize_with = "syntax::cidr")]
+    pub ip: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+/// A workload's port: the host-side interface of a VM's tap or a
+/// container's veth, and what it may send and receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Same form as group names.
+    pub name: String,
+    /// The host-side interface.
+    pub ifname: String,
+    pub mac: MacAddr,
+    /// Fixed IPs: the workload's own addresses.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_address_pairs: Vec<AddressPair>,
+    /// Attached groups, at least one; their order breaks priority ties.
+    pub groups: Vec<String>,
+    /// Layer-2 and source-address anti-spoofing; on unless turned off.
+    #[serde(default = "port_security_default")]
+    pub port_security: bool,
+}
+
+fn port_security_default() -> bool {
+    true
+}
+
+/// Linux's IFNAMSIZ less the terminating NUL.
+const IFNAME_MAX: usize = 15;
+
+impl Port {
+    /// A port in the `default` group, with port security on and no IPs yet.
+    pub fn new(name: impl Into<String>, ifname: impl Into<String>, mac: MacAddr) -> Self {
+        Self {
+            name: name.into(),
+            ifname: ifname.into(),
+            mac,
+            ips: Vec::new(),
+            allowed_address_pairs: Vec::new(),
+            groups: vec![super::DEFAULT_GROUP.into()],
+            port_security: true,
+        }
+    }
+
+    /// Checks the port's own fields; whether its groups exist is the
+    /// policy's to check.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.check().map_err(|error| PolicyError::Port {
+            port: self.name.clone(),
+            error,
+        })
+    }
+
+    fn check(&self) -> Result<(), FieldError> {
+        check_name("name", &self.name)?;
+        let name = &self.ifname;
+        if name.is_empty()
+            || name.len() > IFNAME_MAX
+            || name == "."
+            || name == ".."
+            || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err(FieldError::new(
+                "ifname",
+                format!(
+                    "'{name}' is not an interface name; use 1-15 characters \
+                     without /, : or spaces, as `ip link` shows them"
+                ),
+            ));
+        }
+        let macs = std::iter::once(("mac", self.mac)).chain(
+            self.allowed_address_pairs
+                .iter()
+                .filter_map(|pair| pair.mac)
+                .map(|mac| ("allowed_address_pairs", mac)),
+        );
+        for (field, mac) in macs {
+            if !mac.is_unicast() {
+                return Err(FieldError::new(
+                    field,
+                    format!("{mac} is not a unicast address; use one such as 52:54:00:12:34:56"),
+                ));
+            }
+        }
+        for pair in &self.allowed_address_pairs {
+            syntax::check_cidr(&pair.ip)
+                .map_err(|message| FieldError::new("allowed_address_pairs", message))?;
+        }
+        if self.groups.is_empty() {
+            return Err(FieldError::new(
+                "groups",
+                "none attached; attach at least one (e.g. default)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for group in &self.groups {
+            check_name("groups", group)?;
+            if !seen.insert(group) {
+                return Err(FieldError::new(
+                    "groups",
+                    format!("{group} is attached twice; attach each group once"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every group and port of a host: what the compiler turns into maps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+/// A project as it starts: the `default` group and no ports.
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy {
+    /// A policy holding the `default` group and no ports.
+    pub fn new() -> Self {
+        Self {
+            groups: vec![Group::default_group()],
+            ports: Vec::new(),
+        }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|group| group.name == name)
+    }
+
+    pub fn port(&self, name: &str) -> Option<&Port> {
+        self.ports.iter().find(|port| port.name == name)
+    }
+
+    /// Checks every group and port, unique names and interfaces, and that
+    /// every group a port attaches or a rule names as remote exists.
+    /// Returns the first problem found.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let names = |kind, names: Vec<&String>| {
+            let mut seen = HashSet::new();
+            match names.into_iter().find(|name| !seen.insert(*name)) {
+                Some(name) => Err(PolicyError::Duplicate {
+                    kind,
+                    name: name.clone(),
+                }),
+                None => Ok(()),
+            }
+        };
+        names(
+            "group",
+            self.groups.iter().map(|group| &group.name).collect(),
+        )?;
+        names("port", self.ports.iter().map(|port| &port.name).collect())?;
+        for group in &self.groups {
+            group.validate()?;
+            for (index, rule) in group.rules.iter().enumerate() {
+                if let Remote::Group(name) = &rule.remote {
+                    self.check_group_exists("remote", name)
+                        .map_err(|error| PolicyError::Rule {
+                            group: group.name.clone(),
+                            index,
+                            error,
+                        })?;
+                }
+            }
+        }
+        for (index, port) in self.ports.iter().enumerate() {
+            port.validate()?;
+            let at_port = |error| PolicyError::Port {
+                port: port.name.clone(),
+                error,
+            };
+            for group in &port.groups {
+                self.check_group_exists("groups", group).map_err(at_port)?;
+            }
+            if let Some(other) = self.ports[..index]
+                .iter()
+                .find(|other| other.ifname == port.ifname)
+            {
+                return Err(at_port(FieldError::new(
+                    "ifname",
+                    format!(
+                        "{} is already the interface of port {}; each port has its own",
+                        port.ifname, other.name
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_group_exists(&self, field: &'static str, name: &str) -> Result<(), FieldError> {
+        if self.group(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = self
+            .groups
+            .iter()
+            .map(|group| group.name.as_str())
+            .collect();
+        Err(FieldError::new(
+            field,
+            format!(
+                "no group named '{name}'; create it first, or use one of: {}",
+                known.join(", ")
+            ),
+        ))
+    }
+
+    /// The addresses that stand for `group` when a rule's remote is that
+    /// group: the fixed IPs (as /32 or /128) and the allowed address pairs
+    /// of every port attached to it, and its external members; sorted,
+    /// without repeats. Address pairs count because the port may send from
+    /// them, as in OpenStack.
+    pub fn members(&self, group: &str) -> Vec<IpNet> {
+        let ports = self
+            .ports
+            .iter()
+            .filter(|port| port.groups.iter().any(|g| g == group));
+        let mut members: Vec<IpNet> = ports
+            .flat_map(|port| {
+                let ips = port.ips.iter().map(|&ip| IpNet::from(ip));
+                ips.chain(port.allowed_address_pairs.iter().map(|pair| pair.ip))
+            })
+            .chain(
+                self.group(group)
+                    .into_iter()
+                    .flat_map(|g| g.external_members.iter().copied()),
+            )
+            .collect();
+        members.sort();
+        members.dedup();
+        members
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, Rule};
+
+    fn mac(text: &str) -> MacAddr {
+        text.parse().unwrap()
+    }
+
+    fn port(name: &str, ifname: &str, ips: &[&str], groups: &[&str]) -> Port {
+        Port {
+            ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Port::new(name, ifname, mac("52:54:00:12:34:56"))
+        }
+    }
+
+    fn policy() -> Policy {
+        let mut policy = Policy::new();
+        policy.groups.push(Group::new("web").unwrap());
+        let mut db = Group::new("db").unwrap();
+        db.rules.push(Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: "3306".parse().unwrap(),
+            remote: Remote::Group("web".into()),
+            ..Rule::new(Direction::Ingress)
+        });
+        db.external_members = vec!["198.51.100.0/24".parse().unwrap()];
+        policy.groups.push(db);
+        policy.ports.push(port(
+            "vm1",
+            "tap1",
+            &["10.0.0.5", "2001:db8::5"],
+            &["web", "default"],
+        ));
+        policy
+            .ports
+            .push(port("vm2", "tap2", &["10.0.0.6"], &["db"]));
+        policy
+    }
+
+    fn invalid(policy: &Policy) -> String {
+        policy.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            mac("52:54:00:12:34:56").0,
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+        );
+        assert_eq!(mac("52-54-00-AB-cd-EF").to_string(), "52:54:00:ab:cd:ef");
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:",
+            "+2:54:00:12:34:56",
+            "52:54:00:12:34:56:78",
+            "5254.0012.3456",
+            "52:54:00:12:34:5g",
+            "2:54:00:12:34:56",
+        ] {
+            assert_eq!(
+                bad.parse::<MacAddr>().unwrap_err().to_string(),
+                format!(
+                    "mac: '{bad}' is not a MAC address; use six hex bytes such as 52:54:00:12:34:56"
+                )
+            );
+        }
+        assert!(mac("52:54:00:12:34:56").is_unicast());
+        assert!(!mac("01:00:5e:00:00:01").is_unicast());
+        assert!(!mac("ff:ff:ff:ff:ff:ff").is_unicast());
+        assert!(!MacAddr::default().is_unicast());
+    }
+
+    #[test]
+    fn valid_policy_and_lookups() {
+        let policy = policy();
+        assert_eq!(policy.validate(), Ok(()));
+        assert_eq!(policy.port("vm2").unwrap().ifname, "tap2");
+        assert!(policy.group("nope").is_none());
+        assert_eq!(Policy::new().validate(), Ok(()));
+    }
+
+    #[test]
+    fn members_are_fixed_ips_pairs_and_external_members() {
+        let mut policy = policy();
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        assert_eq!(
+            policy.members("web"),
+            [net("10.0.0.5/32"), net("2001:db8::5/128")]
+        );
+        assert_eq!(
+            policy.members("db"),
+            [net("10.0.0.6/32"), net("198.51.100.0/24")]
+        );
+        assert!(policy.members("nope").is_empty());
+        policy.ports[0].allowed_address_pairs.push(AddressPair {
+            ip: net("10.0.0.100/32"),
+            mac: None,
+        });
+        policy
+            .ports
+            .push(port("vm3", "tap3", &["10.0.0.5"], &["web"]));
+        assert_eq!(
+            policy.members("web"),
+            [
+                net("10.0.0.5/32"),
+                net("10.0.0.100/32"),
+                net("2001:db8::5/128")
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_groups_are_named() {
+        let mut policy = policy();
+        policy.ports[1].groups = vec!["dbb".into()];
+        assert_eq!(
+            invalid(&policy),
+            "port 'vm2': groups: no group named 'dbb'; create it first, \
+             or use one of: default, web, db"
+        );
+        let mut policy = self::policy();
+        policy.groups[2].rules[2].remote = Remote::Group("wbe".into());
+        assert_eq!(
+            invalid(&policy),
+            "group 'db': rules[2]: remote: no group named 'wbe'; create it first, \
+             or use one of: default, web, db"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_port_fields() {
+        let mut twice = policy();
+        twice.groups.push(Group::new("web").unwrap());
+        assert_eq!(
+            invalid(&twice),
+            "group 'web' is defined twice; group names must be unique"
+        );
+        let mut twice = policy();
+        twice.ports.push(port("vm1", "tap9", &[], &["web"]));
+        assert_eq!(
+            invalid(&twice),
+            "port 'vm1' is defined twice; port names must be unique"
+        );
+        let mut shared = policy();
+        shared.ports.push(port("vm3", "tap1", &[], &["web"]));
+        assert_eq!(
+            invalid(&shared),
+            "port 'vm3': ifname: tap1 is already the interface of port vm1; each port has its own"
+        );
+
+        let error = |port: Port| port.validate().unwrap_err().to_string();
+        let good = port("vm1", "tap1", &["10.0.0.5"], &["web"]);
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(
+            error(Port {
+                groups: vec![],
+                ..good.clone()
+            }),
+            "port 'vm1': groups: none attached; attach at least one (e.g. default)"
+        );
+        assert_eq!(
+            error(Port {
+                groups: vec!["web".into(), "web".into()],
+                ..good.clone()
+            }),
+            "port 'vm1': groups: web is attached twice; attach each group once"
+        );
+        assert!(
+            error(Port {
+                name: "vm 1".into(),
+                ..good.clone()
+            })
+            .starts_with("port 'vm 1': name: 'vm 1' contains ' '")
+        );
+        for ifname in ["", "a-very-long-ifname", "tap/1", "tap:1", "tap 1", ".."] {
+            assert!(
+                error(Port {
+                    ifname: ifname.into(),
+                    ..good.clone()
+                })
+                .starts_with(&format!(
+                    "port 'vm1': ifname: '{ifname}' is not an interface name; use 1-15 characters"
+                )),
+                "{ifname}"
+            );
+        }
+        assert_eq!(
+            error(Port {
+                mac: mac("01:00:5e:00:00:01"),
+                ..good.clone()
+            }),
+            "port 'vm1': mac: 01:00:5e:00:00:01 is not a unicast address; \
+             use one such as 52:54:00:12:34:56"
+        );
+        let pair = |ip: &str, mac_text: Option<&str>| AddressPair {
+            ip: ip.parse().unwrap(),
+            mac: mac_text.map(mac),
+        };
+        assert!(
+            error(Port {
+                allowed_address_pairs: vec![pair("10.0.0.7/24", None)],
+                ..good.clone()
+            })
+            .starts_with("port 'vm1': allowed_address_pairs: 10.0.0.7/24 has host bits set")
+        );
+        assert!(
+            error(Port {
+                allowed_address_pairs: vec![pair("10.0.0.7/32", Some("ff:ff:ff:ff:ff:ff"))],
+                ..good
+            })
+            .starts_with(
+                "port 'vm1': allowed_address_pairs: ff:ff:ff:ff:ff:ff is not a unicast address"
+            )
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let policy: Policy = serde_json::from_str(
+            r#"{"groups": [{"name": "default"}],
+                "ports": [{"name": "vm1", "ifname": "tap1", "mac": "52:54:00:12:34:56",
+                           "ips": ["10.0.0.5"], "groups": ["default"],
+                           "allowed_address_pairs": [{"ip": "10.0.1.0/24", "mac": "52:54:00:00:00:01"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(policy.validate(), Ok(()));
+        assert!(policy.ports[0].port_security);
+        let json = serde_json::to_string(&policy).unwrap();
+        assert!(json.contains(r#""mac":"52:54:00:12:34:56""#), "{json}");
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), policy);
+        let full = self::policy();
+        assert_eq!(
+            serde_json::from_str::<Policy>(&serde_json::to_string(&full).unwrap()).unwrap(),
+            full
+        );
+    }
+}
