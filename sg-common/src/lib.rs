@@ -28,6 +28,12 @@ pub mod map_names {
     pub const PORTS: &str = "SG_PORTS";
     pub const STATS: &str = "SG_STATS";
     pub const BLOCKED: &str = "SG_BLOCKED";
+    pub const PORT_POLICY: &str = "SG_PORT_POLICY";
+    pub const LOCAL: &str = "SG_LOCAL";
+    pub const REMOTE: &str = "SG_REMOTE";
+    pub const L4: &str = "SG_L4";
+    pub const VERDICT: &str = "SG_VERDICT";
+    pub const RULE_STATS: &str = "SG_RULE_STATS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -80,6 +86,10 @@ pub enum Outcome {
     DropExtHeaders = 4,
     /// Dropped: more VLAN tags than `MAX_VLAN_TAGS`.
     DropVlanTags = 5,
+    /// Dropped by a rule whose action is drop.
+    DropRule = 6,
+    /// Dropped: no rule of the port's policy allows it.
+    DropDefault = 7,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -89,13 +99,15 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
         Outcome::DropMalformed,
         Outcome::DropExtHeaders,
         Outcome::DropVlanTags,
+        Outcome::DropRule,
+        Outcome::DropDefault,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -110,6 +122,8 @@ impl Outcome {
             Outcome::DropMalformed => "drop-malformed",
             Outcome::DropExtHeaders => "drop-ipv6-ext-headers",
             Outcome::DropVlanTags => "drop-vlan-tags",
+            Outcome::DropRule => "drop-rule",
+            Outcome::DropDefault => "drop-default",
         }
     }
 
@@ -188,6 +202,131 @@ pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// `SG_PORT_POLICY` value of a port without a policy: only the blocklist
+/// applies.
+pub const NO_POLICY: u32 = 0;
+
+/// Entries of the policy maps, all ports and both generations of a policy
+/// update together.
+pub const MAX_LOCAL_ENTRIES: u32 = 16_384;
+pub const MAX_REMOTE_ENTRIES: u32 = 262_144;
+pub const MAX_L4_ENTRIES: u32 = 262_144;
+pub const MAX_VERDICT_ENTRIES: u32 = 1_048_576;
+/// Rules with a counter of their own, all ports together. Counter 0 is the
+/// default verdict's, which has none.
+pub const MAX_RULE_COUNTERS: u32 = 131_072;
+
+/// Address families as they appear in the policy keys.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// What one set of compiled tables applies to: one generation of one port's
+/// policy, one class of the port's own (local) addresses, one direction,
+/// one address family. Every policy key starts with it, matched in full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub policy: u32,
+    pub local_class: u16,
+    pub direction: u8,
+    pub family: u8,
+}
+
+/// Bits of a `Scope` at the front of a trie key.
+pub const SCOPE_BITS: u32 = 64;
+
+/// `SG_LOCAL` trie key: the packet's local address (the workload's side)
+/// within a policy and family; the value is the local class (`u32`).
+/// Prefix length: 64 bits of policy and family, then the address's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalKey {
+    pub policy: u32,
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// `SG_REMOTE` trie key: the packet's remote address within a scope.
+/// Addresses are in IPv4-mapped form like everywhere else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteKey {
+    pub scope: Scope,
+    pub addr: [u8; 16],
+}
+
+/// `SG_L4` trie key: IP protocol and the 16-bit value the rules match on,
+/// the destination port (TCP, UDP, SCTP, DCCP, UDP-Lite) or ICMP
+/// `type << 8 | code`, big-endian so that ranges become prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Key {
+    pub scope: Scope,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub value: [u8; 2],
+}
+
+/// Bits of an `L4Key` in front of its 16-bit value.
+pub const L4_VALUE_OFFSET_BITS: u32 = SCOPE_BITS + 16;
+
+/// Value of the remote and L4 tries: the equivalence class of the address
+/// or protocol/port (rules that match exactly the same packets share one),
+/// and the best candidate among the rules that need nothing else to match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    pub best: u64,
+    pub class: u32,
+    pub _pad: u32,
+}
+
+/// `SG_VERDICT` key: the best candidate among the rules that match both a
+/// remote class and an L4 class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub scope: Scope,
+    pub remote_class: u32,
+    pub l4_class: u32,
+}
+
+/// A rule as the datapath sees it: `order << 32 | counter << 2 | action`,
+/// so that the smallest candidate is the rule that comes first.
+pub mod candidate {
+    pub const ALLOW: u64 = 0;
+    pub const DROP: u64 = 1;
+    pub const REJECT: u64 = 2;
+    /// No rule.
+    pub const NONE: u64 = u64::MAX;
+
+    #[inline(always)]
+    pub const fn new(order: u32, counter: u32, action: u64) -> u64 {
+        (order as u64) << 32 | ((counter as u64) & 0x3fff_ffff) << 2 | action
+    }
+
+    #[inline(always)]
+    pub const fn action(candidate: u64) -> u64 {
+        candidate & 3
+    }
+
+    #[inline(always)]
+    pub const fn counter(candidate: u64) -> u32 {
+        ((candidate >> 2) & 0x3fff_ffff) as u32
+    }
+
+    #[inline(always)]
+    pub const fn order(candidate: u64) -> u32 {
+        (candidate >> 32) as u32
+    }
+}
+
+const _: () = assert!(size_of::<Scope>() == 8);
+const _: () = assert!(size_of::<LocalKey>() == 24);
+const _: () = assert!(size_of::<RemoteKey>() == 24);
+const _: () = assert!(size_of::<L4Key>() == 12);
+const _: () = assert!(size_of::<Class>() == 16);
+const _: () = assert!(size_of::<VerdictKey>() == 16);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
@@ -201,4 +340,10 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for PortConfig {}
     unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for Scope {}
+    unsafe impl aya::Pod for LocalKey {}
+    unsafe impl aya::Pod for RemoteKey {}
+    unsafe impl aya::Pod for L4Key {}
+    unsafe impl aya::Pod for Class {}
+    unsafe impl aya::Pod for VerdictKey {}
 }

@@ -25,6 +25,13 @@ pub enum Transport {
         type_: u8,
         code: u8,
     },
+    /// A transport with ports that sg builds no full header for (SCTP,
+    /// DCCP, UDP-Lite): the two ports, then zeros.
+    Ports {
+        protocol: u8,
+        src_port: u16,
+        dst_port: u16,
+    },
     /// Any other IP protocol, with an opaque payload.
     Other {
         protocol: u8,
@@ -167,6 +174,16 @@ impl Packet {
             Transport::Icmp { type_, code } => step
                 .icmpv6_raw(type_, code, ECHO_ID_SEQ)
                 .write(&mut out, &payload),
+            Transport::Ports {
+                protocol,
+                src_port,
+                dst_port,
+            } => {
+                let mut header = [src_port.to_be_bytes(), dst_port.to_be_bytes()].concat();
+                header.resize(12, 0);
+                header.extend_from_slice(&payload);
+                step.write(&mut out, IpNumber(protocol), &header)
+            }
             Transport::Other { protocol } => step.write(&mut out, IpNumber(protocol), &payload),
         };
         result.map_err(|e| FrameError::Build(e.to_string()))?;

@@ -12,17 +12,19 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, MAX_BLOCKED_PREFIXES, MAX_PORTS, Outcome,
-    PortConfig, STATS_ENTRIES,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, L4Key, LocalKey,
+    MAX_BLOCKED_PREFIXES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES, MAX_PORTS, MAX_REMOTE_ENTRIES,
+    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome, PortConfig, RemoteKey, SCOPE_BITS,
+    STATS_ENTRIES, Scope, VerdictKey, candidate,
 };
 
-use crate::parse::{Frame, parse};
+use crate::parse::{Frame, IpPacket, parse};
 
 /// This instance's port; set by the loader.
 #[unsafe(no_mangle)]
@@ -36,6 +38,31 @@ static SG_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
 
 #[map(name = "SG_BLOCKED")]
 static SG_BLOCKED: LpmTrie<BlockKey, u32> = LpmTrie::pinned(MAX_BLOCKED_PREFIXES, 0);
+
+/// Slot → the port's current policy (`NO_POLICY`: none).
+#[map(name = "SG_PORT_POLICY")]
+static SG_PORT_POLICY: Array<u32> = Array::pinned(MAX_PORTS, 0);
+
+/// The port's own address → its local class.
+#[map(name = "SG_LOCAL")]
+static SG_LOCAL: LpmTrie<LocalKey, u32> = LpmTrie::pinned(MAX_LOCAL_ENTRIES, 0);
+
+/// The remote address → its class, and the best rule that needs no more.
+#[map(name = "SG_REMOTE")]
+static SG_REMOTE: LpmTrie<RemoteKey, Class> = LpmTrie::pinned(MAX_REMOTE_ENTRIES, 0);
+
+/// Protocol and port (or ICMP type and code) → class and best rule.
+#[map(name = "SG_L4")]
+static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
+
+/// (remote class, L4 class) → the best rule that needs both.
+#[map(name = "SG_VERDICT")]
+static SG_VERDICT: HashMap<VerdictKey, u64> =
+    HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Packets and bytes each rule decided.
+#[map(name = "SG_RULE_STATS")]
+static SG_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
 
 #[inline(always)]
 fn port_slot() -> u32 {
@@ -52,13 +79,103 @@ fn active_slot() -> Option<u32> {
 }
 
 #[inline(always)]
-fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
-    if let Some(counter) = SG_STATS.get_ptr_mut(outcome.stat_index(slot, direction)) {
+fn add(counter: Option<*mut Counter>, bytes: u64) {
+    if let Some(counter) = counter {
         // SAFETY: a per-CPU value, written by this CPU only.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
         }
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
+    add(
+        SG_STATS.get_ptr_mut(outcome.stat_index(slot, direction)),
+        bytes,
+    );
+}
+
+/// Applies the port's policy: the first rule that matches decides. Four
+/// lookups whatever the number of rules: the local address's class, then
+/// the remote address's and the protocol/port's, then the pair's.
+#[inline(always)]
+fn classify(
+    slot: u32,
+    direction: Direction,
+    ip: &IpPacket,
+    bytes: u64,
+) -> Result<Outcome, Outcome> {
+    let policy = match SG_PORT_POLICY.get(slot) {
+        Some(&policy) if policy != NO_POLICY => policy,
+        _ => return Ok(Outcome::Pass),
+    };
+    let (local, remote) = match direction {
+        Direction::Egress => (ip.src, ip.dst),
+        Direction::Ingress => (ip.dst, ip.src),
+    };
+    let local = LocalKey {
+        policy,
+        family: ip.family as u32,
+        addr: local,
+    };
+    let local_class = SG_LOCAL
+        .get(Key::new(SCOPE_BITS + 128, local))
+        .copied()
+        .unwrap_or(0);
+    let scope = Scope {
+        policy,
+        local_class: local_class as u16,
+        direction: direction as u8,
+        family: ip.family,
+    };
+    let remote = SG_REMOTE.get(Key::new(
+        SCOPE_BITS + 128,
+        RemoteKey {
+            scope,
+            addr: remote,
+        },
+    ));
+    let l4 = L4Key {
+        scope,
+        protocol: ip.protocol,
+        _pad: 0,
+        value: ip.l4,
+    };
+    let l4 = SG_L4.get(Key::new(SCOPE_BITS + 32, l4));
+    // Every scope has root entries in both tries; a miss is a policy being
+    // removed under this packet.
+    let (Some(remote), Some(l4)) = (remote, l4) else {
+        return Err(Outcome::DropDefault);
+    };
+    let mut best = if remote.best < l4.best {
+        remote.best
+    } else {
+        l4.best
+    };
+    let pair = VerdictKey {
+        scope,
+        remote_class: remote.class,
+        l4_class: l4.class,
+    };
+    // SAFETY: a plain read of a hash map value.
+    if let Some(&both) = unsafe { SG_VERDICT.get(pair) }
+        && both < best
+    {
+        best = both;
+    }
+    if best == candidate::NONE {
+        return Err(Outcome::DropDefault);
+    }
+    let counter = candidate::counter(best);
+    if counter != 0 {
+        add(SG_RULE_STATS.get_ptr_mut(counter), bytes);
+    }
+    match (candidate::action(best), counter) {
+        (candidate::ALLOW, _) => Ok(Outcome::Pass),
+        (_, 0) => Err(Outcome::DropDefault),
+        _ => Err(Outcome::DropRule),
     }
 }
 
@@ -71,6 +188,7 @@ fn try_filter(
     direction: Direction,
     start: usize,
     end: usize,
+    bytes: u64,
 ) -> Result<Outcome, Outcome> {
     let ip = match parse(start, end)? {
         Frame::Ip(ip) => ip,
@@ -84,12 +202,12 @@ fn try_filter(
     if SG_BLOCKED.get(&key).is_some() {
         return Err(Outcome::DropBlocked);
     }
-    Ok(Outcome::Pass)
+    classify(slot, direction, &ip, bytes)
 }
 
 #[inline(always)]
 fn filter(slot: u32, direction: Direction, start: usize, end: usize, bytes: u64) -> Outcome {
-    let outcome = try_filter(slot, direction, start, end).unwrap_or_else(|drop| drop);
+    let outcome = try_filter(slot, direction, start, end, bytes).unwrap_or_else(|drop| drop);
     count(slot, direction, outcome, bytes);
     outcome
 }

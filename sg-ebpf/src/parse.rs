@@ -11,13 +11,23 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     vlan::VlanHdr,
 };
-use sg_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped};
+use sg_common::{
+    FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped,
+};
 
-/// The IP header fields the filter decides on. IPv4 addresses are mapped
+/// The header fields the filter decides on. IPv4 addresses are mapped
 /// into IPv6 (`::ffff:a.b.c.d`) so that one trie serves both families.
 pub struct IpPacket {
+    pub family: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// The upper-layer protocol, after any IPv6 extension headers.
+    pub protocol: u8,
+    /// What rules match besides the protocol: the destination port of
+    /// TCP, UDP, SCTP, DCCP and UDP-Lite, ICMP's type and code, as the
+    /// bytes appear in the packet; zero for other protocols and for
+    /// fragments after the first, which carry no transport header.
+    pub l4: [u8; 2],
 }
 
 /// A parsed frame: an IP packet, or something else that the filter lets
@@ -36,6 +46,32 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_DCCP: u8 = 33;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+/// The two bytes rules match on in the transport header at `offset`.
+#[inline(always)]
+fn l4_value(
+    start: usize,
+    end: usize,
+    offset: usize,
+    family: u8,
+    protocol: u8,
+) -> Result<[u8; 2], Outcome> {
+    let at = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE => 2,
+        IPPROTO_ICMP if family == FAMILY_IPV4 => 0,
+        IPPROTO_ICMPV6 if family == FAMILY_IPV6 => 0,
+        _ => return Ok([0, 0]),
+    };
+    let value: *const [u8; 2] = ptr_at(start, end, offset + at)?;
+    Ok(unsafe { *value })
+}
 
 #[inline(always)]
 fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, Outcome> {
@@ -79,9 +115,19 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
     if ip.vihl >> 4 != 4 || ip.vihl & 0x0f < 5 {
         return Err(Outcome::DropMalformed);
     }
+    let first_fragment = ip.frags[0] & 0x1f == 0 && ip.frags[1] == 0;
+    let l4 = if first_fragment {
+        let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+        l4_value(start, end, offset + header_len, FAMILY_IPV4, ip.proto)?
+    } else {
+        [0, 0]
+    };
     Ok(IpPacket {
+        family: FAMILY_IPV4,
         src: ipv4_mapped(ip.src_addr),
         dst: ipv4_mapped(ip.dst_addr),
+        protocol: ip.proto,
+        l4,
     })
 }
 
@@ -102,6 +148,7 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
     let mut proto = ip.next_hdr;
     let mut offset = offset + Ipv6Hdr::LEN;
     let mut walked = 0;
+    let mut first_fragment = true;
     loop {
         let len = match proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
@@ -112,7 +159,13 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
                 let ext: *const ExtHdr = ptr_at(start, end, offset)?;
                 (unsafe { (*ext).len } as usize + 2) * 4
             }
-            IPPROTO_FRAGMENT => 8,
+            IPPROTO_FRAGMENT => {
+                // Fragment offset: the 13 high bits of bytes 2-3.
+                let offset_field: *const [u8; 2] = ptr_at(start, end, offset + 2)?;
+                let [high, low] = unsafe { *offset_field };
+                first_fragment = high == 0 && low & 0xf8 == 0;
+                8
+            }
             _ => break,
         };
         if walked == MAX_IPV6_EXT_HEADERS {
@@ -127,8 +180,16 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         walked += 1;
     }
     // The chain is complete: `proto` is the upper-layer protocol.
+    let l4 = if first_fragment {
+        l4_value(start, end, offset, FAMILY_IPV6, proto)?
+    } else {
+        [0, 0]
+    };
     Ok(IpPacket {
+        family: FAMILY_IPV6,
         src: ip.src_addr,
         dst: ip.dst_addr,
+        protocol: proto,
+        l4,
     })
 }

@@ -39,6 +39,9 @@ use sg_common::{
 
 use crate::netns;
 
+mod policy;
+pub use policy::PolicyMaps;
+
 /// The compiled eBPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT"));
 
@@ -665,13 +668,18 @@ fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
     for prefix in maps.blocked(slot)? {
         maps.unblock(slot, prefix)?;
     }
+    PolicyMaps::open(pins)?.clear(slot)?;
     maps.reset_counters(slot)?;
     maps.set_port(slot, &PortConfig::EMPTY)?;
 
     if maps.ports()?.is_empty() {
         drop(maps);
-        for name in [map_names::PORTS, map_names::STATS, map_names::BLOCKED] {
-            remove_if_exists(&pins.map(name))?;
+        let maps_dir = pins.maps();
+        let pinned =
+            fs::read_dir(&maps_dir).context(|| format!("listing {}", maps_dir.display()))?;
+        for entry in pinned {
+            let entry = entry.context(|| format!("listing {}", maps_dir.display()))?;
+            remove_if_exists(&entry.path())?;
         }
         for dir in [pins.maps(), pins.root.join("ports"), pins.root.clone()] {
             if dir.exists() {

@@ -1,0 +1,568 @@
+//! The policy compiler: one port's rules become the entries of the tries
+//! and the hash that the datapath looks up, so that the cost per packet
+//! does not depend on the number of rules.
+//!
+//! Within a scope (policy generation, local-address class, direction,
+//! family) every rule is a candidate `order << 32 | counter << 2 | action`
+//! and the smallest matching candidate decides. Rules are split by what
+//! they constrain:
+//!
+//! - the remote address only: folded into the value of every remote-trie
+//!   entry their prefixes cover;
+//! - protocol/port only: folded into the value of the L4-trie entries of
+//!   the protocols and port intervals they match;
+//! - both: one `SG_VERDICT` entry per (remote class, L4 class) pair they
+//!   match, where a class is the set of rules an address (or a
+//!   protocol/port) matches, so addresses or ports that no rule tells apart
+//!   share one;
+//! - neither: folded into every remote entry, like the default verdict.
+//!
+//! A packet's verdict is the smallest of the three values it finds.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use sg_common::{
+    Class, FAMILY_IPV4, FAMILY_IPV6, L4Key, LocalKey, MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS,
+    Scope, VerdictKey, candidate, ipv4_mapped,
+};
+
+use crate::model::{Action, Direction, EtherType, IpProtocol, Policy, Protocol, Remote, Rule};
+
+/// A trie entry: prefix length in bits and key.
+pub type TrieEntry<K, V> = (u32, K, V);
+
+/// The map entries of one port's policy under one policy id.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    pub local: Vec<TrieEntry<LocalKey, u32>>,
+    pub remote: Vec<TrieEntry<RemoteKey, Class>>,
+    pub l4: Vec<TrieEntry<L4Key, Class>>,
+    pub verdict: Vec<(VerdictKey, u64)>,
+}
+
+impl Compiled {
+    pub fn entries(&self) -> usize {
+        self.local.len() + self.remote.len() + self.l4.len() + self.verdict.len()
+    }
+}
+
+/// Why a policy cannot be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("port '{0}' is not in the policy")]
+    UnknownPort(String),
+    #[error(
+        "the policy has {count} rules; this host counts at most {max} (remove rules or split groups)"
+    )]
+    TooManyRules { count: usize, max: u32 },
+    #[error(
+        "rules: '{group}' rules[{index}] is a reject rule; this datapath drops or allows only, use action drop"
+    )]
+    Reject { group: String, index: usize },
+}
+
+/// Counter ids of every rule of a policy: 1, 2, … in group and rule order
+/// (0 is the default verdict's).
+pub fn counter_ids(policy: &Policy) -> Result<HashMap<(String, usize), u32>, CompileError> {
+    let count: usize = policy.groups.iter().map(|g| g.rules.len()).sum();
+    if count >= MAX_RULE_COUNTERS as usize {
+        return Err(CompileError::TooManyRules {
+            count,
+            max: MAX_RULE_COUNTERS - 1,
+        });
+    }
+    let mut ids = HashMap::new();
+    for group in &policy.groups {
+        for index in 0..group.rules.len() {
+            let id = ids.len() as u32 + 1;
+            ids.insert((group.name.clone(), index), id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A rule of the port in evaluation order, with its candidate.
+struct Ranked<'a> {
+    rule: &'a Rule,
+    candidate: u64,
+}
+
+/// Compiles the policy of `port` under `policy_id`.
+pub fn compile(
+    policy: &Policy,
+    port: &str,
+    policy_id: u32,
+    counters: &HashMap<(String, usize), u32>,
+) -> Result<Compiled, CompileError> {
+    let port = policy
+        .port(port)
+        .ok_or_else(|| CompileError::UnknownPort(port.to_string()))?;
+    let groups: Vec<_> = port
+        .groups
+        .iter()
+        .filter_map(|name| policy.group(name))
+        .collect();
+
+    let mut ordered = Vec::new();
+    for (position, group) in groups.iter().enumerate() {
+        for (index, rule) in group.rules.iter().enumerate() {
+            let action = match rule.action {
+                Action::Allow => candidate::ALLOW,
+                Action::Drop => candidate::DROP,
+                Action::Reject => {
+                    return Err(CompileError::Reject {
+                        group: group.name.clone(),
+                        index,
+                    });
+                }
+            };
+            let counter = counters[&(group.name.clone(), index)];
+            ordered.push(((rule.priority, position, index), rule, counter, action));
+        }
+    }
+    ordered.sort_by_key(|(key, ..)| *key);
+    let ranked: Vec<Ranked> = ordered
+        .iter()
+        .enumerate()
+        .map(|(order, (_, rule, counter, action))| Ranked {
+            rule,
+            candidate: candidate::new(order as u32, *counter, *action),
+        })
+        .collect();
+
+    let egress_open = groups.iter().any(|g| g.egress_open_until_first_rule)
+        && !groups.iter().any(|g| g.has_rules(Direction::Egress));
+    let default = |direction| {
+        let action = if direction == Direction::Egress && egress_open {
+            candidate::ALLOW
+        } else {
+            candidate::DROP
+        };
+        candidate::new(u32::MAX, 0, action)
+    };
+
+    let mut out = Compiled::default();
+    let local_classes = local_classes(&ranked, policy_id, &mut out);
+    for (local_class, applies) in local_classes.iter().enumerate() {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            for family in [EtherType::Ipv4, EtherType::Ipv6] {
+                let scope = Scope {
+                    policy: policy_id,
+                    local_class: local_class as u16,
+                    direction: match direction {
+                        Direction::Egress => sg_common::Direction::Egress as u8,
+                        Direction::Ingress => sg_common::Direction::Ingress as u8,
+                    },
+                    family: family_byte(family),
+                };
+                let rules: Vec<ScopedRule> = ranked
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, r)| r.rule.direction == direction && applies[*i])
+                    .filter_map(|(_, r)| ScopedRule::new(policy, r, family))
+                    .collect();
+                compile_scope(scope, &rules, default(direction), &mut out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn family_byte(family: EtherType) -> u8 {
+    if family == EtherType::Ipv4 {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    }
+}
+
+/// Splits the port's own addresses into classes by the rules whose `local`
+/// they fall in; writes the local-trie entries and returns, per class,
+/// which rules apply (class 0: addresses no `local` list names).
+fn local_classes(ranked: &[Ranked], policy_id: u32, out: &mut Compiled) -> Vec<Vec<bool>> {
+    let unrestricted: Vec<bool> = ranked.iter().map(|r| r.rule.local.is_empty()).collect();
+    let prefixes: Vec<IpNet> = sorted_unique(ranked.iter().flat_map(|r| r.rule.local.clone()));
+    let mut classes = vec![unrestricted.clone()];
+    for prefix in prefixes {
+        let applies: Vec<bool> = ranked
+            .iter()
+            .zip(&unrestricted)
+            .map(|(r, &all)| all || r.rule.local.iter().any(|net| covers(net, &prefix)))
+            .collect();
+        let class = classes
+            .iter()
+            .position(|c| *c == applies)
+            .unwrap_or_else(|| {
+                classes.push(applies);
+                classes.len() - 1
+            });
+        let (bits, family, addr) = trie_prefix(prefix);
+        let key = LocalKey {
+            policy: policy_id,
+            family: u32::from(family),
+            addr,
+        };
+        out.local.push((SCOPE_BITS + bits, key, class as u32));
+    }
+    classes
+}
+
+fn covers(outer: &IpNet, inner: &IpNet) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
+}
+
+fn sorted_unique(nets: impl Iterator<Item = IpNet>) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = nets.map(|n| n.trunc()).collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// Bits of the address part of a trie key, family, and the address in
+/// IPv4-mapped form.
+fn trie_prefix(net: IpNet) -> (u32, u8, [u8; 16]) {
+    match net.trunc() {
+        IpNet::V4(net) => (
+            96 + u32::from(net.prefix_len()),
+            FAMILY_IPV4,
+            ipv4_mapped(net.addr().octets()),
+        ),
+        IpNet::V6(net) => (
+            u32::from(net.prefix_len()),
+            FAMILY_IPV6,
+            net.addr().octets(),
+        ),
+    }
+}
+
+/// Inclusive ranges of the 16-bit L4 value (port, or ICMP type and code).
+type Ranges = Vec<(u16, u16)>;
+
+/// What a rule matches within one family.
+struct ScopedRule {
+    candidate: u64,
+    /// `None`: any remote address.
+    remote: Option<Vec<IpNet>>,
+    /// `None`: any protocol. Else per protocol the 16-bit value ranges
+    /// (`None`: all of them).
+    l4: Option<Vec<(u8, Option<Ranges>)>>,
+}
+
+impl ScopedRule {
+    /// The rule as seen by packets of `family`; `None` when it can match
+    /// none of them.
+    fn new(policy: &Policy, ranked: &Ranked, family: EtherType) -> Option<ScopedRule> {
+        let rule = ranked.rule;
+        if !rule.ethertype.contains(family) {
+            return None;
+        }
+        let in_family = |net: &IpNet| EtherType::of(net.addr()) == family;
+        let remote: Option<Vec<IpNet>> = match &rule.remote {
+            Remote::Any => None,
+            Remote::Cidrs(nets) => Some(nets.iter().copied().filter(in_family).collect()),
+            Remote::Group(group) => Some(
+                policy
+                    .members(group)
+                    .into_iter()
+                    .filter(in_family)
+                    .collect(),
+            ),
+        };
+        let remote = match remote {
+            Some(nets) if nets.is_empty() => return None,
+            Some(nets) if nets.iter().any(|n| n.prefix_len() == 0) => None,
+            other => other.map(|nets| sorted_unique(nets.into_iter())),
+        };
+        let l4 = match &rule.protocol {
+            Protocol::Any => None,
+            Protocol::List(protocols) => {
+                let l4: Vec<_> = protocols
+                    .iter()
+                    .filter(|p| p.ethertype().contains(family))
+                    .filter_map(|&p| l4_values(rule, p).map(|values| (p.0, values)))
+                    .collect();
+                if l4.is_empty() {
+                    return None;
+                }
+                Some(l4)
+            }
+        };
+        Some(ScopedRule {
+            candidate: ranked.candidate,
+            remote,
+            l4,
+        })
+    }
+}
+
+/// The value ranges a rule matches for one of its protocols: `Some(None)`
+/// for all, `None` when the rule's ports or ICMP fields rule the protocol
+/// out.
+fn l4_values(rule: &Rule, protocol: IpProtocol) -> Option<Option<Ranges>> {
+    if !rule.ports.is_any() {
+        if !protocol.has_ports() {
+            return None;
+        }
+        return Some(Some(
+            rule.ports.0.iter().map(|r| (r.start, r.end)).collect(),
+        ));
+    }
+    if let Some(type_) = rule.icmp.type_ {
+        if !protocol.has_icmp() {
+            return None;
+        }
+        let base = u16::from(type_) << 8;
+        let range = match rule.icmp.code {
+            Some(code) => (base | u16::from(code), base | u16::from(code)),
+            None => (base, base | 0xff),
+        };
+        return Some(Some(vec![range]));
+    }
+    Some(None)
+}
+
+/// Classes of one dimension: sets of rule indexes, numbered in the order
+/// first seen.
+#[derive(Default)]
+struct Classes {
+    ids: HashMap<Vec<usize>, u32>,
+    members: Vec<Vec<usize>>,
+}
+
+impl Classes {
+    fn id(&mut self, rules: Vec<usize>) -> u32 {
+        if let Some(&id) = self.ids.get(&rules) {
+            return id;
+        }
+        let id = self.members.len() as u32;
+        self.members.push(rules.clone());
+        self.ids.insert(rules, id);
+        id
+    }
+}
+
+fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Compiled) {
+    // Rules after the first that matches everything can never decide.
+    let end = rules
+        .iter()
+        .position(|r| r.remote.is_none() && r.l4.is_none())
+        .map_or(rules.len(), |i| i + 1);
+    let rules = &rules[..end];
+    let unconditional = rules
+        .iter()
+        .filter(|r| r.remote.is_none() && r.l4.is_none())
+        .map(|r| r.candidate)
+        .fold(default, u64::min);
+    let best_of = |members: &[usize], wanted: &dyn Fn(&ScopedRule) -> bool| {
+        members
+            .iter()
+            .map(|&i| &rules[i])
+            .filter(|r| wanted(r))
+            .map(|r| r.candidate)
+            .fold(unconditional, u64::min)
+    };
+
+    // Remote addresses.
+    let mut remote_classes = Classes::default();
+    let family_root = IpNet::new(
+        if scope.family == FAMILY_IPV4 {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
+        },
+        0,
+    )
+    .expect("a /0 is valid");
+    let mut by_prefix: BTreeMap<IpNet, Vec<usize>> = BTreeMap::new();
+    by_prefix.insert(family_root, Vec::new());
+    for (i, rule) in rules.iter().enumerate() {
+        for net in rule.remote.iter().flatten() {
+            by_prefix.entry(*net).or_default().push(i);
+        }
+    }
+    let mut remote_entries = Vec::new();
+    for prefix in by_prefix.keys() {
+        // Rules of this prefix and of every shorter one that covers it.
+        let mut members: Vec<usize> = (0..=prefix.prefix_len())
+            .filter_map(|len| IpNet::new(prefix.addr(), len).ok())
+            .filter_map(|net| by_prefix.get(&net.trunc()))
+            .flatten()
+            .copied()
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let best = best_of(&members, &|r| r.l4.is_none());
+        let class = remote_classes.id(members);
+        let (bits, _, addr) = trie_prefix(*prefix);
+        let value = Class {
+            best,
+            class,
+            _pad: 0,
+        };
+        remote_entries.push((SCOPE_BITS + bits, RemoteKey { scope, addr }, value));
+    }
+    out.remote.extend(remote_entries);
+
+    // Protocols and ports.
+    let mut l4_classes = Classes::default();
+    let root = Class {
+        best: unconditional,
+        class: l4_classes.id(Vec::new()),
+        _pad: 0,
+    };
+    let key = |protocol: u8, value: u16| L4Key {
+        scope,
+        protocol,
+        _pad: 0,
+        value: value.to_be_bytes(),
+    };
+    out.l4.push((SCOPE_BITS, key(0, 0), root));
+    let mut per_protocol: BTreeMap<u8, Vec<(usize, Option<&Ranges>)>> = BTreeMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for (protocol, values) in rule.l4.iter().flatten() {
+            per_protocol
+                .entry(*protocol)
+                .or_default()
+                .push((i, values.as_ref()));
+        }
+    }
+    for (protocol, matches) in &per_protocol {
+        let whole: Vec<usize> = matches
+            .iter()
+            .filter(|(_, values)| values.is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        let best = best_of(&whole, &|r| r.remote.is_none());
+        let class = l4_classes.id(whole.clone());
+        out.l4.push((
+            SCOPE_BITS + 16,
+            key(*protocol, 0),
+            Class {
+                best,
+                class,
+                _pad: 0,
+            },
+        ));
+        // Elementary intervals between the range boundaries.
+        let mut cuts: Vec<u32> = matches
+            .iter()
+            .flat_map(|(_, values)| values.iter().copied().flatten())
+            .flat_map(|&(start, end)| [u32::from(start), u32::from(end) + 1])
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        for pair in cuts.windows(2) {
+            let (start, end) = (pair[0], pair[1] - 1);
+            let mut members = whole.clone();
+            members.extend(matches.iter().filter_map(|(i, values)| {
+                values
+                    .filter(|ranges| {
+                        ranges
+                            .iter()
+                            .any(|&(s, e)| u32::from(s) <= start && end <= u32::from(e))
+                    })
+                    .map(|_| *i)
+            }));
+            if members.len() == whole.len() {
+                continue;
+            }
+            members.sort_unstable();
+            let best = best_of(&members, &|r| r.remote.is_none());
+            let class = l4_classes.id(members);
+            for (value, bits) in range_prefixes(start as u16, end as u16) {
+                out.l4.push((
+                    SCOPE_BITS + 16 + bits,
+                    key(*protocol, value),
+                    Class {
+                        best,
+                        class,
+                        _pad: 0,
+                    },
+                ));
+            }
+        }
+    }
+
+    // Rules that need both: one entry per class pair, the first rule wins.
+    let mut remote_of: Vec<Vec<u32>> = vec![Vec::new(); rules.len()];
+    for (class, members) in remote_classes.members.iter().enumerate() {
+        for &i in members {
+            remote_of[i].push(class as u32);
+        }
+    }
+    let mut l4_of: Vec<Vec<u32>> = vec![Vec::new(); rules.len()];
+    for (class, members) in l4_classes.members.iter().enumerate() {
+        for &i in members {
+            l4_of[i].push(class as u32);
+        }
+    }
+    let mut verdicts: HashMap<(u32, u32), u64> = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.remote.is_none() || rule.l4.is_none() {
+            continue;
+        }
+        for &remote_class in &remote_of[i] {
+            for &l4_class in &l4_of[i] {
+                verdicts
+                    .entry((remote_class, l4_class))
+                    .or_insert(rule.candidate);
+            }
+        }
+    }
+    out.verdict.extend(
+        verdicts
+            .into_iter()
+            .map(|((remote_class, l4_class), best)| {
+                (
+                    VerdictKey {
+                        scope,
+                        remote_class,
+                        l4_class,
+                    },
+                    best,
+                )
+            }),
+    );
+}
+
+/// The inclusive range `start..=end` as aligned blocks: (first value,
+/// prefix bits of the 16).
+fn range_prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let mut at = u32::from(start);
+    let end = u32::from(end);
+    while at <= end {
+        let mut size = if at == 0 {
+            1 << 16
+        } else {
+            at & at.wrapping_neg()
+        };
+        while at + size - 1 > end {
+            size /= 2;
+        }
+        out.push((at as u16, 16 - size.trailing_zeros()));
+        at += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_aligned_blocks() {
+        assert_eq!(range_prefixes(0, 65535), [(0, 0)]);
+        assert_eq!(range_prefixes(80, 80), [(80, 16)]);
+        assert_eq!(range_prefixes(8000, 8003), [(8000, 14)]);
+        assert_eq!(range_prefixes(1, 3), [(1, 16), (2, 15)]);
+        assert_eq!(range_prefixes(65535, 65535), [(65535, 16)]);
+        let blocks = range_prefixes(1, 65535);
+        let covered: u32 = blocks.iter().map(|&(_, bits)| 1u32 << (16 - bits)).sum();
+        assert_eq!(covered, 65535);
+    }
+}

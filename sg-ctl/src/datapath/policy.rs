@@ -1,0 +1,173 @@
+//! The policy maps: installing a port's compiled policy beside the one in
+//! force and switching to it with one write.
+
+use std::{thread, time::Duration};
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use sg_common::{Class, Counter, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names};
+
+use super::{Context as _, Pins, Result, open_pinned};
+use crate::compile::Compiled;
+
+/// How long old policy entries stay after the switch: longer than any
+/// program run that may still hold the old policy id.
+const GRACE: Duration = Duration::from_millis(20);
+
+/// The pinned policy maps.
+pub struct PolicyMaps {
+    port_policy: Array<MapData, u32>,
+    local: LpmTrie<MapData, LocalKey, u32>,
+    remote: LpmTrie<MapData, RemoteKey, Class>,
+    l4: LpmTrie<MapData, L4Key, Class>,
+    verdict: HashMap<MapData, VerdictKey, u64>,
+    rule_stats: PerCpuArray<MapData, Counter>,
+}
+
+impl PolicyMaps {
+    pub fn open(pins: &Pins) -> Result<PolicyMaps> {
+        let what = || "the pinned policy maps have unexpected types".to_string();
+        Ok(PolicyMaps {
+            port_policy: open_pinned(pins, map_names::PORT_POLICY)?
+                .try_into()
+                .context(what)?,
+            local: open_pinned(pins, map_names::LOCAL)?
+                .try_into()
+                .context(what)?,
+            remote: open_pinned(pins, map_names::REMOTE)?
+                .try_into()
+                .context(what)?,
+            l4: open_pinned(pins, map_names::L4)?.try_into().context(what)?,
+            verdict: open_pinned(pins, map_names::VERDICT)?
+                .try_into()
+                .context(what)?,
+            rule_stats: open_pinned(pins, map_names::RULE_STATS)?
+                .try_into()
+                .context(what)?,
+        })
+    }
+
+    /// The policy id in force on a slot.
+    pub fn policy_of(&self, slot: u32) -> Result<u32> {
+        self.port_policy
+            .get(&slot, 0)
+            .context(|| format!("reading the policy of slot {slot}"))
+    }
+
+    /// An id no port uses.
+    pub fn next_policy_id(&self) -> Result<u32> {
+        let mut max = NO_POLICY;
+        for slot in 0..self.port_policy.len() {
+            max = max.max(self.policy_of(slot)?);
+        }
+        Ok(max.wrapping_add(1).max(NO_POLICY + 1))
+    }
+
+    /// Writes `compiled` (built for `id`), switches the slot to it, then
+    /// removes the slot's previous policy. When a write fails, what was
+    /// written is removed and the previous policy stays in force.
+    pub fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+        if let Err(e) = self.write(compiled) {
+            self.remove_entries(id)?;
+            return Err(e);
+        }
+        let old = self.policy_of(slot)?;
+        self.port_policy
+            .set(slot, id, 0)
+            .context(|| format!("switching slot {slot} to policy {id}"))?;
+        if old != NO_POLICY && old != id {
+            thread::sleep(GRACE);
+            self.remove_entries(old)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the slot's policy away: only the blocklist applies after.
+    pub fn clear(&mut self, slot: u32) -> Result<()> {
+        let old = self.policy_of(slot)?;
+        self.port_policy
+            .set(slot, NO_POLICY, 0)
+            .context(|| format!("clearing the policy of slot {slot}"))?;
+        if old != NO_POLICY {
+            thread::sleep(GRACE);
+            self.remove_entries(old)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, compiled: &Compiled) -> Result<()> {
+        let full = |map: &'static str| move || format!("writing {map} (is it full?)");
+        for &(bits, key, value) in &compiled.local {
+            self.local
+                .insert(&Key::new(bits, key), value, 0)
+                .context(full(map_names::LOCAL))?;
+        }
+        for &(bits, key, value) in &compiled.remote {
+            self.remote
+                .insert(&Key::new(bits, key), value, 0)
+                .context(full(map_names::REMOTE))?;
+        }
+        for &(bits, key, value) in &compiled.l4 {
+            self.l4
+                .insert(&Key::new(bits, key), value, 0)
+                .context(full(map_names::L4))?;
+        }
+        for (key, value) in &compiled.verdict {
+            self.verdict
+                .insert(key, value, 0)
+                .context(full(map_names::VERDICT))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of a policy id.
+    fn remove_entries(&mut self, id: u32) -> Result<()> {
+        remove_trie(&mut self.local, |k| k.policy == id)?;
+        remove_trie(&mut self.remote, |k| k.scope.policy == id)?;
+        remove_trie(&mut self.l4, |k| k.scope.policy == id)?;
+        let keys: Vec<VerdictKey> = self
+            .verdict
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.scope.policy == id)
+            .collect();
+        for key in keys {
+            ignore_missing(self.verdict.remove(&key))
+                .context(|| format!("removing from {}", map_names::VERDICT))?;
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes a rule decided, summed over CPUs.
+    pub fn rule_counter(&self, counter: u32) -> Result<Counter> {
+        let values = self
+            .rule_stats
+            .get(&counter, 0)
+            .context(|| format!("reading rule counter {counter}"))?;
+        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+}
+
+fn remove_trie<K: aya::Pod, V: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, V>,
+    belongs: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let keys: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(std::result::Result::ok)
+        .filter(|k| belongs(&k.data()))
+        .collect();
+    for key in keys {
+        ignore_missing(trie.remove(&key)).context(|| "removing a policy entry".to_string())?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(result: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
