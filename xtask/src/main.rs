@@ -32,6 +32,8 @@ enum Task {
     },
     /// Build, then show the filter at work between network namespaces.
     Demo,
+    /// Build, then measure the cost per packet of growing policies (root).
+    Bench,
     /// Build, check formatting and lints, and run every test (as root, the
     /// integration tests in network namespaces too).
     Test {
@@ -51,6 +53,7 @@ fn main() {
         Task::Build { release } => build(release).map(drop),
         Task::Demo => build(false).and_then(|sg_ctl| demo::run_demo(&sg_ctl)),
         Task::Test { args } => test(&args),
+        Task::Bench => bench(),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -92,6 +95,20 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(args)
         .env("SG_CTL", &sg_ctl))
+}
+
+fn bench() -> Result<()> {
+    build(true)?;
+    println!("==> benchmark");
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "sg-tests",
+        "--bin",
+        "sg-bench",
+    ]))
 }
 
 fn cargo() -> Command {

@@ -20,6 +20,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use aya::{
@@ -508,30 +509,44 @@ impl TestRun {
     /// Runs the program of `direction` on an Ethernet frame (at least 14
     /// bytes, as the kernel requires).
     pub fn run(&self, direction: Direction, frame: &[u8]) -> Result<Forward> {
+        self.run_repeated(direction, frame, 1)
+            .map(|(forward, _)| forward)
+    }
+
+    /// Runs the program `repeat` times on the frame; what it did and the
+    /// kernel's measure of the mean time per run.
+    pub fn run_repeated(
+        &self,
+        direction: Direction,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Forward, Duration)> {
         let opts = || TestRunOptions {
             data_in: Some(frame),
+            repeat,
             ..TestRunOptions::new()
         };
         let what = || format!("running the {direction:?} program on a test frame");
-        let code = match direction {
+        let result = match direction {
             Direction::Egress => {
                 let program: &Xdp = self.program(program_names::XDP)?;
-                program.test_run(opts()).context(what)?.return_value
+                program.test_run(opts()).context(what)?
             }
             Direction::Ingress => {
                 let program: &SchedClassifier = self.program(program_names::TC)?;
-                program.test_run(opts()).context(what)?.return_value
+                program.test_run(opts()).context(what)?
             }
         };
-        match (direction, code) {
-            (Direction::Egress, XDP_PASS) => Ok(Forward::Pass),
-            (Direction::Egress, XDP_DROP) => Ok(Forward::Drop),
+        let forward = match (direction, result.return_value) {
+            (Direction::Egress, XDP_PASS) => Forward::Pass,
+            (Direction::Egress, XDP_DROP) => Forward::Drop,
             (Direction::Ingress, code) if matches!(code as i32, TC_ACT_UNSPEC | TC_ACT_OK) => {
-                Ok(Forward::Pass)
+                Forward::Pass
             }
-            (Direction::Ingress, code) if code as i32 == TC_ACT_SHOT => Ok(Forward::Drop),
-            (_, code) => Err(DatapathError::UnexpectedReturn { direction, code }),
-        }
+            (Direction::Ingress, code) if code as i32 == TC_ACT_SHOT => Forward::Drop,
+            (_, code) => return Err(DatapathError::UnexpectedReturn { direction, code }),
+        };
+        Ok((forward, result.duration))
     }
 
     fn program<'a, T>(&'a self, name: &str) -> Result<&'a T>

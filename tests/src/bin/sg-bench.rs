@@ -1,0 +1,161 @@
+//! `cargo xtask bench`: the cost per packet of sg's policy as the rule
+//! count grows, measured with BPF_PROG_TEST_RUN on the real programs, and
+//! the kernel memory of the compiled policy. Every number is from this run.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::MapData;
+use ipnet::IpNet;
+use sg_common::{Direction as Dir, PORT_ACTIVE, PortConfig, map_names};
+use sg_ctl::{
+    compile::{compile, counter_ids},
+    datapath::{Maps, PolicyMaps, TestRun},
+    frame::{Packet, TcpFlags, Transport},
+    model::{
+        Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
+        Remote, Rule,
+    },
+};
+use sg_tests::TestPins;
+
+const SLOT: u32 = 0;
+const PORT: &str = "vm";
+const OWN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const SIZES: [usize; 4] = [10, 1_000, 10_000, 50_000];
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 5;
+
+/// The remote address and destination port of rule `i`.
+fn rule_target(i: usize) -> (Ipv4Addr, u16) {
+    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32);
+    (addr, 1 + (i * 7 % 65_535) as u16)
+}
+
+/// `n` ingress rules, each a TCP port from one address, half allow, half
+/// drop: nothing that a class could merge.
+fn policy(n: usize) -> Policy {
+    let mut group = Group::empty("bench").expect("a valid name");
+    for i in 0..n {
+        let (addr, port) = rule_target(i);
+        let mut rule = Rule::new(Direction::Ingress);
+        rule.protocol = Protocol::List(vec![IpProtocol::TCP]);
+        rule.ports = PortSpec(vec![PortRange {
+            start: port,
+            end: port,
+        }]);
+        rule.remote = Remote::Cidrs(vec![IpNet::from(IpAddr::V4(addr))]);
+        rule.action = if i % 2 == 0 {
+            Action::Allow
+        } else {
+            Action::Drop
+        };
+        group.rules.push(rule);
+    }
+    let mut port = Port::new(PORT, "bench0", MacAddr([0x02, 0, 0, 0, 0, 2]));
+    port.ips = vec![IpAddr::V4(OWN)];
+    port.groups = vec!["bench".to_string()];
+    Policy {
+        groups: vec![group],
+        ports: vec![port],
+    }
+}
+
+fn syn(from: Ipv4Addr, port: u16) -> Result<Vec<u8>> {
+    let mut packet = Packet::udp(IpAddr::V4(from), IpAddr::V4(OWN), 40000, port);
+    packet.transport = Transport::Tcp {
+        src_port: 40000,
+        dst_port: port,
+        flags: TcpFlags::SYN,
+    };
+    Ok(packet.frame()?)
+}
+
+/// The best of a few rounds of the kernel's mean time per run.
+fn ns_per_packet(run: &TestRun, frame: &[u8]) -> Result<f64> {
+    let mut best = Duration::MAX;
+    for _ in 0..ROUNDS {
+        best = best.min(run.run_repeated(Dir::Ingress, frame, REPEAT)?.1);
+    }
+    Ok(best.as_nanos() as f64)
+}
+
+/// Kernel memory of a pinned map, from its fdinfo.
+fn memlock(pins: &TestPins, name: &str) -> Result<u64> {
+    let map = MapData::from_pin(pins.pins.root().join("maps").join(name))?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock in the map's fdinfo")
+}
+
+fn main() -> Result<()> {
+    let pins = TestPins::new();
+    let run = TestRun::load(&pins.pins, SLOT)?;
+    let mut maps = Maps::open(&pins.pins)?.context("maps pinned")?;
+    let config = PortConfig {
+        ifname: *b"bench0\0\0\0\0\0\0\0\0\0\0",
+        netns: 0,
+        ifindex: 1,
+        flags: PORT_ACTIVE,
+        xdp_mode: 0,
+        _pad: 0,
+    };
+    maps.set_port(SLOT, &config)?;
+    let mut policy_maps = PolicyMaps::open(&pins.pins)?;
+    let unmatched = syn(Ipv4Addr::new(198, 19, 255, 254), 9)?;
+    let no_policy = ns_per_packet(&run, &unmatched)?;
+    println!(
+        "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"
+    );
+    println!("without a policy (parse and blocklist only): {no_policy:.1} ns/packet\n");
+    println!(
+        "{:>7} {:>11} {:>12} {:>9} {:>12} {:>9} {:>10} {:>10}",
+        "rules", "compile", "map entries", "memory", "last rule", "ratio", "no match", "ratio"
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for n in SIZES {
+        let policy = policy(n);
+        let started = Instant::now();
+        let counters = counter_ids(&policy)?;
+        let id = policy_maps.next_policy_id()?;
+        let compiled = compile(&policy, PORT, id, &counters)?;
+        policy_maps.install(SLOT, id, &compiled)?;
+        let took = started.elapsed();
+        let memory: u64 = [
+            map_names::LOCAL,
+            map_names::REMOTE,
+            map_names::L4,
+            map_names::VERDICT,
+        ]
+        .iter()
+        .map(|name| memlock(&pins, name))
+        .sum::<Result<u64>>()?;
+        let (addr, port) = rule_target(n - 1);
+        let last = ns_per_packet(&run, &syn(addr, port)?)?;
+        let none = ns_per_packet(&run, &unmatched)?;
+        let (base_last, base_none) = *base.get_or_insert((last, none));
+        println!(
+            "{n:>7} {:>9.1}ms {:>12} {:>7.1}MB {:>9.1} ns {:>8.2}× {:>7.1} ns {:>8.2}×",
+            took.as_secs_f64() * 1e3,
+            compiled.entries(),
+            memory as f64 / 1e6,
+            last,
+            last / base_last,
+            none,
+            none / base_none,
+        );
+    }
+    println!(
+        "\nratio: to the same packet at {} rules; goal ≤ 1.2×",
+        SIZES[0]
+    );
+    Ok(())
+}
