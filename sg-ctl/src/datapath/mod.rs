@@ -351,10 +351,7 @@ impl Maps {
             .stats
             .get(&index, 0)
             .context(|| format!("reading counter {index}"))?;
-        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        }))
+        Ok(sum_cpus(&values))
     }
 
     fn reset_counters(&mut self, slot: u32) -> Result<()> {
@@ -402,6 +399,14 @@ impl Maps {
             Err(e) => Err(e).context(|| format!("unblocking {prefix}")),
         }
     }
+}
+
+/// A counter summed over CPUs.
+fn sum_cpus(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |sum, c| Counter {
+        packets: sum.packets + c.packets,
+        bytes: sum.bytes + c.bytes,
+    })
 }
 
 fn block_key(slot: u32, prefix: IpNet) -> Key<BlockKey> {

@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use sg_common::{Class, Counter, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names};
 
-use super::{Context as _, Pins, Result, open_pinned};
+use super::{Context as _, Pins, Result, open_pinned, sum_cpus};
 use crate::compile::Compiled;
 
 /// How long old policy entries stay after the switch: longer than any
@@ -143,10 +143,7 @@ impl PolicyMaps {
             .rule_stats
             .get(&counter, 0)
             .context(|| format!("reading rule counter {counter}"))?;
-        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        }))
+        Ok(sum_cpus(&values))
     }
 }
 
