@@ -20,7 +20,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
-use sg_ctl::datapath::{self, Pins};
+use sg_common::{PORT_ACTIVE, PortConfig};
+use sg_ctl::datapath::{self, Maps, Pins, PolicyMaps, TestRun};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -395,6 +396,52 @@ impl Drop for TestPins {
             }
             _ => {}
         }
+    }
+}
+
+/// One port slot's programs loaded on pins of their own and attached
+/// nowhere, with the port active: the datapath without traffic, for
+/// BPF_PROG_TEST_RUN.
+pub struct TestPort {
+    pub run: TestRun,
+    pub maps: Maps,
+    pub policy: PolicyMaps,
+    pub slot: u32,
+    pins: TestPins,
+}
+
+impl TestPort {
+    pub fn new(slot: u32) -> Result<TestPort> {
+        let pins = TestPins::new();
+        let run = TestRun::load(&pins.pins, slot)?;
+        let maps = Maps::open(&pins.pins)?.context("loading pinned the maps")?;
+        let policy = PolicyMaps::open(&pins.pins)?;
+        let mut port = TestPort {
+            run,
+            maps,
+            policy,
+            slot,
+            pins,
+        };
+        port.set_active(true)?;
+        Ok(port)
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins.pins
+    }
+
+    /// An inactive port's programs pass everything, uncounted.
+    pub fn set_active(&mut self, active: bool) -> Result<()> {
+        let config = PortConfig {
+            ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
+            netns: 0,
+            ifindex: 1,
+            flags: if active { PORT_ACTIVE } else { 0 },
+            xdp_mode: 0,
+            _pad: 0,
+        };
+        Ok(self.maps.set_port(self.slot, &config)?)
     }
 }
 

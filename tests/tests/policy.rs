@@ -9,10 +9,10 @@ use std::{
 
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
-use sg_common::{Direction as Dir, Outcome, PORT_ACTIVE, PortConfig};
+use sg_common::{Direction as Dir, Outcome};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{Forward, Maps, PolicyMaps, TestRun},
+    datapath::Forward,
     frame::{self, TcpFlags, Transport},
     model::{
         Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port,
@@ -20,7 +20,7 @@ use sg_ctl::{
         reference::{self, Verdict},
     },
 };
-use sg_tests::{TestPins, require_root};
+use sg_tests::{TestPort, require_root};
 
 const SLOT: u32 = 3;
 const PORT: &str = "vm";
@@ -254,41 +254,18 @@ fn random_case(rng: &mut StdRng) -> Case {
     }
 }
 
-struct Datapath {
-    run: TestRun,
-    maps: Maps,
-    policy_maps: PolicyMaps,
-    _pins: TestPins,
-}
+struct Datapath(TestPort);
 
 impl Datapath {
     fn new() -> Datapath {
-        let pins = TestPins::new();
-        let run = TestRun::load(&pins.pins, SLOT).expect("loading the programs");
-        let mut maps = Maps::open(&pins.pins).unwrap().unwrap();
-        let config = PortConfig {
-            ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
-            netns: 0,
-            ifindex: 1,
-            flags: PORT_ACTIVE,
-            xdp_mode: 0,
-            _pad: 0,
-        };
-        maps.set_port(SLOT, &config).unwrap();
-        let policy_maps = PolicyMaps::open(&pins.pins).unwrap();
-        Datapath {
-            run,
-            maps,
-            policy_maps,
-            _pins: pins,
-        }
+        Datapath(TestPort::new(SLOT).expect("loading the programs"))
     }
 
     fn install(&mut self, policy: &Policy) -> HashMap<(String, usize), u32> {
         let counters = counter_ids(policy).unwrap();
-        let id = self.policy_maps.next_policy_id().unwrap();
+        let id = self.0.policy.next_policy_id().unwrap();
         let compiled = compile(policy, PORT, id, &counters).unwrap();
-        self.policy_maps.install(SLOT, id, &compiled).unwrap();
+        self.0.policy.install(SLOT, id, &compiled).unwrap();
         counters
     }
 
@@ -321,16 +298,17 @@ impl Datapath {
             .as_ref()
             .map(|r| counters[&(r.group.clone(), r.rule)]);
         let read = || match rule_counter {
-            Some(id) => self.policy_maps.rule_counter(id).unwrap().packets,
+            Some(id) => self.0.policy.rule_counter(id).unwrap().packets,
             None => {
-                self.maps
+                self.0
+                    .maps
                     .counter(SLOT, dir, Outcome::DropDefault)
                     .unwrap()
                     .packets
             }
         };
         let before = read();
-        let got = self.run.run(dir, &frame).unwrap();
+        let got = self.0.run.run(dir, &frame).unwrap();
         let expected = match want.action {
             Action::Allow => Forward::Pass,
             _ => Forward::Drop,

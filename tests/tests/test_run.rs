@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
-use sg_common::{Direction, Outcome, PORT_ACTIVE, PortConfig};
+use sg_common::{Direction, Outcome};
 use sg_ctl::{
-    datapath::{Forward, Maps, TestRun},
+    datapath::Forward,
     frame::{Packet, TcpFlags, Transport},
 };
-use sg_tests::{TestPins, addr, require_root};
+use sg_tests::{TestPort, addr, require_root};
 
 const SLOT: u32 = 7;
 const WORKLOAD: &str = "198.18.0.2";
@@ -17,35 +17,23 @@ const WORKLOAD6: &str = "2001:db8::2";
 const PEER6: &str = "2001:db8:1::1";
 
 /// One port's programs on test pins, with the port active.
-struct Port {
-    run: TestRun,
-    maps: Maps,
-    _pins: TestPins,
-}
+struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        let pins = TestPins::new();
-        let run = TestRun::load(&pins.pins, SLOT).expect("loading the programs");
-        let mut maps = Maps::open(&pins.pins).unwrap().expect("maps pinned");
-        maps.set_port(SLOT, &port_config(PORT_ACTIVE)).unwrap();
-        Port {
-            run,
-            maps,
-            _pins: pins,
-        }
+        Port(TestPort::new(SLOT).expect("loading the programs"))
     }
 
     fn block(&mut self, prefix: &str) {
-        self.maps.block(SLOT, prefix.parse().unwrap()).unwrap();
+        self.0.maps.block(SLOT, prefix.parse().unwrap()).unwrap();
     }
 
     /// Runs the frame and checks the verdict and the counter it landed in.
     fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
-        let before = self.maps.counter(SLOT, direction, outcome).unwrap();
-        let got = self.run.run(direction, frame).unwrap();
+        let before = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let got = self.0.run.run(direction, frame).unwrap();
         assert_eq!(got, want, "{direction:?} verdict on {frame:02x?}");
-        let after = self.maps.counter(SLOT, direction, outcome).unwrap();
+        let after = self.0.maps.counter(SLOT, direction, outcome).unwrap();
         assert_eq!(
             after.packets,
             before.packets + 1,
@@ -53,17 +41,6 @@ impl Port {
             outcome.name()
         );
         assert_eq!(after.bytes, before.bytes + frame.len() as u64);
-    }
-}
-
-fn port_config(flags: u32) -> PortConfig {
-    PortConfig {
-        ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
-        netns: 0,
-        ifindex: 1,
-        flags,
-        xdp_mode: 0,
-        _pad: 0,
     }
 }
 
@@ -178,15 +155,16 @@ fn an_inactive_port_passes_everything_uncounted() {
     require_root!();
     let mut port = Port::new();
     port.block("0.0.0.0/0");
-    port.maps.set_port(SLOT, &port_config(0)).unwrap();
+    port.0.set_active(false).unwrap();
     let frame = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)))
         .frame()
         .unwrap();
     assert_eq!(
-        port.run.run(Direction::Egress, &frame).unwrap(),
+        port.0.run.run(Direction::Egress, &frame).unwrap(),
         Forward::Pass
     );
     let counted = port
+        .0
         .maps
         .counter(SLOT, Direction::Egress, Outcome::Pass)
         .unwrap();

@@ -12,17 +12,17 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::MapData;
 use ipnet::IpNet;
-use sg_common::{Direction as Dir, PORT_ACTIVE, PortConfig, map_names};
+use sg_common::{Direction as Dir, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{Maps, PolicyMaps, TestRun},
+    datapath::{Pins, TestRun},
     frame::{Packet, TcpFlags, Transport},
     model::{
         Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
         Remote, Rule,
     },
 };
-use sg_tests::TestPins;
+use sg_tests::TestPort;
 
 const SLOT: u32 = 0;
 const PORT: &str = "vm";
@@ -86,8 +86,8 @@ fn ns_per_packet(run: &TestRun, frame: &[u8]) -> Result<f64> {
 }
 
 /// Kernel memory of a pinned map, from its fdinfo.
-fn memlock(pins: &TestPins, name: &str) -> Result<u64> {
-    let map = MapData::from_pin(pins.pins.root().join("maps").join(name))?;
+fn memlock(pins: &Pins, name: &str) -> Result<u64> {
+    let map = MapData::from_pin(pins.root().join("maps").join(name))?;
     let fd = map.fd().as_fd().as_raw_fd();
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     info.lines()
@@ -97,21 +97,10 @@ fn memlock(pins: &TestPins, name: &str) -> Result<u64> {
 }
 
 fn main() -> Result<()> {
-    let pins = TestPins::new();
-    let run = TestRun::load(&pins.pins, SLOT)?;
-    let mut maps = Maps::open(&pins.pins)?.context("maps pinned")?;
-    let config = PortConfig {
-        ifname: *b"bench0\0\0\0\0\0\0\0\0\0\0",
-        netns: 0,
-        ifindex: 1,
-        flags: PORT_ACTIVE,
-        xdp_mode: 0,
-        _pad: 0,
-    };
-    maps.set_port(SLOT, &config)?;
-    let mut policy_maps = PolicyMaps::open(&pins.pins)?;
+    let mut port = TestPort::new(SLOT)?;
+    let run = &port.run;
     let unmatched = syn(Ipv4Addr::new(198, 19, 255, 254), 9)?;
-    let no_policy = ns_per_packet(&run, &unmatched)?;
+    let no_policy = ns_per_packet(run, &unmatched)?;
     println!(
         "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"
     );
@@ -125,9 +114,9 @@ fn main() -> Result<()> {
         let policy = policy(n);
         let started = Instant::now();
         let counters = counter_ids(&policy)?;
-        let id = policy_maps.next_policy_id()?;
+        let id = port.policy.next_policy_id()?;
         let compiled = compile(&policy, PORT, id, &counters)?;
-        policy_maps.install(SLOT, id, &compiled)?;
+        port.policy.install(SLOT, id, &compiled)?;
         let took = started.elapsed();
         let memory: u64 = [
             map_names::LOCAL,
@@ -136,11 +125,11 @@ fn main() -> Result<()> {
             map_names::VERDICT,
         ]
         .iter()
-        .map(|name| memlock(&pins, name))
+        .map(|name| memlock(port.pins(), name))
         .sum::<Result<u64>>()?;
-        let (addr, port) = rule_target(n - 1);
-        let last = ns_per_packet(&run, &syn(addr, port)?)?;
-        let none = ns_per_packet(&run, &unmatched)?;
+        let (addr, dst_port) = rule_target(n - 1);
+        let last = ns_per_packet(run, &syn(addr, dst_port)?)?;
+        let none = ns_per_packet(run, &unmatched)?;
         let (base_last, base_none) = *base.get_or_insert((last, none));
         println!(
             "{n:>7} {:>9.1}ms {:>12} {:>7.1}MB {:>9.1} ns {:>8.2}× {:>7.1} ns {:>8.2}×",
