@@ -42,6 +42,9 @@ pub mod program_names {
     pub const XDP: &str = "sg_xdp";
     /// TC clsact egress on the host side of a port: traffic toward the workload.
     pub const TC: &str = "sg_tc";
+    /// TC clsact ingress on the host side of a veth port: sends the XDP
+    /// program's replies to the workload (see `PORT_REPLY_VIA_TC`).
+    pub const TC_REPLY: &str = "sg_tc_reply";
 }
 
 /// The global variable, one per loaded program instance, that holds the
@@ -90,6 +93,12 @@ pub enum Outcome {
     DropRule = 6,
     /// Dropped: no rule of the port's policy allows it.
     DropDefault = 7,
+    /// Rejected by a rule whose action is reject: the sender got a TCP RST
+    /// or an ICMP "administratively prohibited" instead. (A packet that
+    /// may not get a reply, an ICMP error for one, is `DropRule`.)
+    Reject = 8,
+    /// IPv6 neighbour discovery or MLD passed: no rule applies to them.
+    PassNeighbourDiscovery = 9,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -99,7 +108,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -108,10 +117,15 @@ impl Outcome {
         Outcome::DropVlanTags,
         Outcome::DropRule,
         Outcome::DropDefault,
+        Outcome::Reject,
+        Outcome::PassNeighbourDiscovery,
     ];
 
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Outcome::Pass | Outcome::PassNonIp)
+        !matches!(
+            self,
+            Outcome::Pass | Outcome::PassNonIp | Outcome::PassNeighbourDiscovery
+        )
     }
 
     pub const fn name(self) -> &'static str {
@@ -124,6 +138,8 @@ impl Outcome {
             Outcome::DropVlanTags => "drop-vlan-tags",
             Outcome::DropRule => "drop-rule",
             Outcome::DropDefault => "drop-default",
+            Outcome::Reject => "reject",
+            Outcome::PassNeighbourDiscovery => "pass-neighbour-discovery",
         }
     }
 
@@ -147,6 +163,15 @@ pub struct Counter {
 /// being attached or detached, when its programs let everything through
 /// uncounted.
 pub const PORT_ACTIVE: u32 = 1;
+
+/// `PortConfig::flags`: replies the XDP program makes (REJECT) go back to the
+/// workload through the TC ingress program rather than `XDP_TX`. Set for a
+/// veth in native mode, whose peer drops `XDP_TX` frames unless it runs
+/// XDP or GRO itself.
+pub const PORT_REPLY_VIA_TC: u32 = 2;
+
+/// XDP metadata in front of a reply on its way to the TC ingress program.
+pub const REPLY_META: u32 = 0x5347_5250;
 
 /// One port (a host-side interface), at its slot in the ports map.
 #[repr(C)]

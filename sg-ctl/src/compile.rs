@@ -59,10 +59,6 @@ pub enum CompileError {
         "the policy has {count} rules; this host counts at most {max} (remove rules or split groups)"
     )]
     TooManyRules { count: usize, max: u32 },
-    #[error(
-        "rules: '{group}' rules[{index}] is a reject rule; this datapath drops or allows only, use action drop"
-    )]
-    Reject { group: String, index: usize },
 }
 
 /// Counter ids of every rule of a policy: 1, 2, … in group and rule order
@@ -113,12 +109,7 @@ pub fn compile(
             let action = match rule.action {
                 Action::Allow => candidate::ALLOW,
                 Action::Drop => candidate::DROP,
-                Action::Reject => {
-                    return Err(CompileError::Reject {
-                        group: group.name.clone(),
-                        index,
-                    });
-                }
+                Action::Reject => candidate::REJECT,
             };
             let counter = counters[&(group.name.clone(), index)];
             ordered.push(((rule.priority, position, index), rule, counter, action));

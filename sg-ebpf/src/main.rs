@@ -10,21 +10,29 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod parse;
+mod reject;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_INGRESS, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::{
+        bpf_redirect, bpf_redirect_peer, bpf_skb_change_head, bpf_skb_change_tail,
+        bpf_skb_change_type, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, L4Key, LocalKey,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, FAMILY_IPV6, L4Key, LocalKey,
     MAX_BLOCKED_PREFIXES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES, MAX_PORTS, MAX_REMOTE_ENTRIES,
-    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome, PortConfig, RemoteKey, SCOPE_BITS,
-    STATS_ENTRIES, Scope, VerdictKey, candidate,
+    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, PortConfig,
+    REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope, VerdictKey, candidate,
 };
 
-use crate::parse::{Frame, IpPacket, parse};
+use crate::{
+    parse::{Frame, IPPROTO_ICMPV6, IpPacket, parse},
+    reject::Resizable,
+};
 
 /// This instance's port; set by the loader.
 #[unsafe(no_mangle)]
@@ -70,12 +78,15 @@ fn port_slot() -> u32 {
     unsafe { core::ptr::read_volatile(&PORT_SLOT) }
 }
 
-/// The port's slot if the port is active; `None` while it is being attached
-/// or detached.
+/// The port's slot and flags if the port is active; `None` while it is
+/// being attached or detached.
 #[inline(always)]
-fn active_slot() -> Option<u32> {
+fn active_port() -> Option<(u32, u32)> {
     let slot = port_slot();
-    SG_PORTS.get(slot).filter(|p| p.is_active()).map(|_| slot)
+    SG_PORTS
+        .get(slot)
+        .filter(|p| p.is_active())
+        .map(|p| (slot, p.flags))
 }
 
 #[inline(always)]
@@ -175,8 +186,26 @@ fn classify(
     match (candidate::action(best), counter) {
         (candidate::ALLOW, _) => Ok(Outcome::Pass),
         (_, 0) => Err(Outcome::DropDefault),
+        (candidate::REJECT, _) => Err(Outcome::Reject),
         _ => Err(Outcome::DropRule),
     }
+}
+
+/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP):
+/// ICMPv6 types 130-136 and 143.
+#[inline(always)]
+fn is_neighbour_discovery(ip: &IpPacket) -> bool {
+    let kind = ip.l4[0];
+    ip.family == FAMILY_IPV6
+        && ip.protocol == IPPROTO_ICMPV6
+        && ((130..=136).contains(&kind) || kind == 143)
+}
+
+/// What becomes of a frame that does not pass.
+enum Verdict {
+    Drop(Outcome),
+    /// A reject rule decided: the frame is to become the reply.
+    Reject(IpPacket),
 }
 
 /// Parses the frame and decides on it. The address checked is the
@@ -189,8 +218,8 @@ fn try_filter(
     start: usize,
     end: usize,
     bytes: u64,
-) -> Result<Outcome, Outcome> {
-    let ip = match parse(start, end)? {
+) -> Result<Outcome, Verdict> {
+    let ip = match parse(start, end).map_err(Verdict::Drop)? {
         Frame::Ip(ip) => ip,
         Frame::NonIp => return Ok(Outcome::PassNonIp),
     };
@@ -200,36 +229,138 @@ fn try_filter(
     };
     let key = Key::new(BLOCK_KEY_SLOT_BITS + 128, BlockKey { slot, addr });
     if SG_BLOCKED.get(&key).is_some() {
-        return Err(Outcome::DropBlocked);
+        return Err(Verdict::Drop(Outcome::DropBlocked));
     }
-    classify(slot, direction, &ip, bytes)
+    if is_neighbour_discovery(&ip) {
+        return Ok(Outcome::PassNeighbourDiscovery);
+    }
+    match classify(slot, direction, &ip, bytes) {
+        Err(Outcome::Reject) => Err(Verdict::Reject(ip)),
+        other => other.map_err(Verdict::Drop),
+    }
 }
 
+/// Decides on the frame and counts the outcome: `Some(true)` pass,
+/// `Some(false)` drop, `None` the frame is now the reply to send back.
 #[inline(always)]
-fn filter(slot: u32, direction: Direction, start: usize, end: usize, bytes: u64) -> Outcome {
-    let outcome = try_filter(slot, direction, start, end, bytes).unwrap_or_else(|drop| drop);
+fn filter<F: Resizable>(
+    slot: u32,
+    direction: Direction,
+    frame: &mut F,
+    bytes: u64,
+) -> Option<bool> {
+    let (start, end) = frame.bounds();
+    let (outcome, pass) = match try_filter(slot, direction, start, end, bytes) {
+        Ok(outcome) => (outcome, Some(true)),
+        Err(Verdict::Drop(outcome)) => (outcome, Some(false)),
+        Err(Verdict::Reject(ip)) => match reject::reply(frame, &ip) {
+            Some(()) => (Outcome::Reject, None),
+            None => (Outcome::DropRule, Some(false)),
+        },
+    };
     count(slot, direction, outcome, bytes);
-    outcome
+    pass
+}
+
+struct XdpFrame<'a>(&'a XdpContext);
+
+impl Resizable for XdpFrame<'_> {
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
+
+    fn truncate(&mut self, len: usize) -> Option<()> {
+        let (start, end) = self.bounds();
+        let delta = len as i32 - (end - start) as i32;
+        // SAFETY: a helper call on the program's own context.
+        (delta == 0 || unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) } == 0).then_some(())
+    }
+
+    fn grow_head(&mut self, len: usize) -> Option<()> {
+        // SAFETY: a helper call on the program's own context.
+        (unsafe { bpf_xdp_adjust_head(self.0.ctx, -(len as i32)) } == 0).then_some(())
+    }
 }
 
 #[xdp]
 pub fn sg_xdp(ctx: XdpContext) -> u32 {
-    let Some(slot) = active_slot() else {
+    let Some((slot, flags)) = active_port() else {
         return xdp_action::XDP_PASS;
     };
-    let (start, end) = (ctx.data(), ctx.data_end());
-    match filter(slot, Direction::Egress, start, end, (end - start) as u64) {
-        outcome if outcome.is_drop() => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    match filter(slot, Direction::Egress, &mut XdpFrame(&ctx), bytes) {
+        Some(true) => xdp_action::XDP_PASS,
+        Some(false) => xdp_action::XDP_DROP,
+        None if flags & PORT_REPLY_VIA_TC != 0 => mark_reply(&ctx),
+        // Back out of the port, to the workload.
+        None => xdp_action::XDP_TX,
+    }
+}
+
+/// Passes the reply up to `sg_tc_reply`, marked by `REPLY_META` in front.
+#[inline(always)]
+fn mark_reply(ctx: &XdpContext) -> u32 {
+    const LEN: usize = core::mem::size_of::<u32>();
+    // SAFETY: a helper call on the program's own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(LEN as i32)) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let meta = ctx.metadata();
+    if meta + LEN > ctx.data() {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: in bounds, checked above.
+    unsafe { (meta as *mut u32).write_unaligned(REPLY_META) };
+    xdp_action::XDP_PASS
+}
+
+/// Linux's `PACKET_HOST`: a frame addressed to the receiving host.
+const PACKET_HOST: u32 = 0;
+
+/// On TC ingress of a veth port: a reply `sg_xdp` made goes straight into
+/// the workload's namespace, as received by its end of the veth; every
+/// other frame goes on.
+#[classifier]
+pub fn sg_tc_reply(ctx: TcContext) -> i32 {
+    const LEN: usize = core::mem::size_of::<u32>();
+    // SAFETY: reading the skb's metadata pointer.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    // SAFETY: in bounds, checked first.
+    if meta + LEN > ctx.data() || unsafe { (meta as *const u32).read_unaligned() } != REPLY_META {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: helper calls on the program's own context.
+    unsafe {
+        bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+        bpf_redirect_peer((*ctx.skb.skb).ifindex, 0) as i32
     }
 }
 
 /// Bytes of headers the TC program wants in the linear part of the skb.
 const TC_HEADER_BYTES: u32 = 128;
 
+struct TcFrame<'a>(&'a TcContext);
+
+impl Resizable for TcFrame<'_> {
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
+
+    fn truncate(&mut self, len: usize) -> Option<()> {
+        // SAFETY: helper calls on the program's own context.
+        let changed = unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
+        (changed == 0 && self.0.pull_data(len as u32).is_ok()).then_some(())
+    }
+
+    fn grow_head(&mut self, len: usize) -> Option<()> {
+        // SAFETY: a helper call on the program's own context.
+        (unsafe { bpf_skb_change_head(self.0.skb.skb, len as u32, 0) } == 0).then_some(())
+    }
+}
+
 #[classifier]
 pub fn sg_tc(ctx: TcContext) -> i32 {
-    let Some(slot) = active_slot() else {
+    let Some((slot, _)) = active_port() else {
         return TC_ACT_UNSPEC;
     };
     let len = ctx.len();
@@ -243,16 +374,13 @@ pub fn sg_tc(ctx: TcContext) -> i32 {
         // and let a truncated header count as malformed.
         let _ = ctx.pull_data(want);
     }
-    match filter(
-        slot,
-        Direction::Ingress,
-        ctx.data(),
-        ctx.data_end(),
-        len as u64,
-    ) {
-        outcome if outcome.is_drop() => TC_ACT_SHOT,
+    match filter(slot, Direction::Ingress, &mut TcFrame(&ctx), len as u64) {
         // UNSPEC lets the next program of the TCX chain run.
-        _ => TC_ACT_UNSPEC,
+        Some(true) => TC_ACT_UNSPEC,
+        Some(false) => TC_ACT_SHOT,
+        // Back in through the port, as if the workload had sent it.
+        // SAFETY: reading the skb's interface and a helper call.
+        None => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, BPF_F_INGRESS as u64) as i32 },
     }
 }
 

@@ -28,6 +28,14 @@ pub struct IpPacket {
     /// bytes appear in the packet; zero for other protocols and for
     /// fragments after the first, which carry no transport header.
     pub l4: [u8; 2],
+    /// Offset of the IP header in the frame.
+    pub l3: usize,
+    /// Offset of the transport header (after any extension headers).
+    pub l4_offset: usize,
+    /// Length of the IP packet as its header gives it, headers included.
+    pub ip_len: usize,
+    /// Not a fragment, or the first fragment of a datagram.
+    pub first_fragment: bool,
 }
 
 /// A parsed frame: an IP packet, or something else that the filter lets
@@ -46,11 +54,11 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_DCCP: u8 = 33;
-const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;
 
@@ -74,7 +82,7 @@ fn l4_value(
 }
 
 #[inline(always)]
-fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, Outcome> {
+pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, Outcome> {
     if start + offset + size_of::<T>() > end {
         return Err(Outcome::DropMalformed);
     }
@@ -116,9 +124,9 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         return Err(Outcome::DropMalformed);
     }
     let first_fragment = ip.frags[0] & 0x1f == 0 && ip.frags[1] == 0;
+    let l4_offset = offset + ((ip.vihl & 0x0f) as usize) * 4;
     let l4 = if first_fragment {
-        let header_len = ((ip.vihl & 0x0f) as usize) * 4;
-        l4_value(start, end, offset + header_len, FAMILY_IPV4, ip.proto)?
+        l4_value(start, end, l4_offset, FAMILY_IPV4, ip.proto)?
     } else {
         [0, 0]
     };
@@ -128,6 +136,10 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         dst: ipv4_mapped(ip.dst_addr),
         protocol: ip.proto,
         l4,
+        l3: offset,
+        l4_offset,
+        ip_len: u16::from_be_bytes(ip.tot_len) as usize,
+        first_fragment,
     })
 }
 
@@ -139,14 +151,14 @@ struct ExtHdr {
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outcome> {
-    let ip: *const Ipv6Hdr = ptr_at(start, end, offset)?;
+fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> {
+    let ip: *const Ipv6Hdr = ptr_at(start, end, l3)?;
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(Outcome::DropMalformed);
     }
     let mut proto = ip.next_hdr;
-    let mut offset = offset + Ipv6Hdr::LEN;
+    let mut offset = l3 + Ipv6Hdr::LEN;
     let mut walked = 0;
     let mut first_fragment = true;
     loop {
@@ -191,5 +203,9 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         dst: ip.dst_addr,
         protocol: proto,
         l4,
+        l3,
+        l4_offset: offset,
+        ip_len: Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize,
+        first_fragment,
     })
 }

@@ -6,6 +6,7 @@
 //! namespaces their test made.
 
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
     net::IpAddr,
@@ -21,7 +22,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
 use sg_common::{PORT_ACTIVE, PortConfig};
-use sg_ctl::datapath::{self, Maps, Pins, PolicyMaps, TestRun};
+use sg_ctl::{
+    compile::{compile, counter_ids},
+    datapath::{self, Maps, Pins, PolicyMaps, TestRun},
+    model::Policy,
+};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -360,15 +365,34 @@ impl TestPins {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// `iface`'s entry in `sg-ctl status --output json`.
+    fn status(&self, iface: &str) -> Result<Value> {
+        let status: Value = serde_json::from_str(&self.sg_ctl_ok(&["-o", "json", "status"])?)?;
+        let ports = status.as_array().context("status is a list")?;
+        ports
+            .iter()
+            .find(|p| p["interface"] == iface)
+            .cloned()
+            .with_context(|| format!("{iface} is not in the status"))
+    }
+
+    /// The slot of an attached interface.
+    pub fn slot(&self, iface: &str) -> Result<u32> {
+        let slot = self.status(iface)?["slot"].as_u64().context("a slot")?;
+        Ok(u32::try_from(slot)?)
+    }
+
+    /// Compiles `policy` for its port `port` and puts it in force on the
+    /// attached interface `iface`.
+    pub fn install(&self, iface: &str, policy: &Policy, port: &str) -> Result<RuleIds> {
+        let mut maps = PolicyMaps::open(&self.pins)?;
+        install(&mut maps, self.slot(iface)?, policy, port)
+    }
+
     /// Packets counted on `iface` for a direction and outcome, from
     /// `sg-ctl status --output json`.
     pub fn counter(&self, iface: &str, direction: &str, outcome: &str) -> Result<u64> {
-        let status: Value = serde_json::from_str(&self.sg_ctl_ok(&["-o", "json", "status"])?)?;
-        let ports = status.as_array().context("status is a list")?;
-        let port = ports
-            .iter()
-            .find(|p| p["interface"] == iface)
-            .with_context(|| format!("{iface} is not in the status"))?;
+        let port = self.status(iface)?;
         Ok(port["counters"]
             .as_array()
             .context("counters is a list")?
@@ -431,6 +455,11 @@ impl TestPort {
         &self.pins.pins
     }
 
+    /// Compiles `policy` for its port `port` and puts it in force here.
+    pub fn install(&mut self, policy: &Policy, port: &str) -> Result<RuleIds> {
+        install(&mut self.policy, self.slot, policy, port)
+    }
+
     /// An inactive port's programs pass everything, uncounted.
     pub fn set_active(&mut self, active: bool) -> Result<()> {
         let config = PortConfig {
@@ -443,6 +472,17 @@ impl TestPort {
         };
         Ok(self.maps.set_port(self.slot, &config)?)
     }
+}
+
+/// Counter ids of a policy's rules, by group name and rule position.
+pub type RuleIds = HashMap<(String, usize), u32>;
+
+fn install(maps: &mut PolicyMaps, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
+    let counters = counter_ids(policy)?;
+    let id = maps.next_policy_id()?;
+    let compiled = compile(policy, port, id, &counters)?;
+    maps.install(slot, id, &compiled)?;
+    Ok(counters)
 }
 
 /// The `sg-ctl` binary under test: `$SG_CTL`, or the workspace's debug

@@ -2,16 +2,12 @@
 //! and packets, run through the real programs with BPF_PROG_TEST_RUN; the
 //! verdict and the deciding rule must be the reference's.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_common::{Direction as Dir, Outcome};
 use sg_ctl::{
-    compile::{compile, counter_ids},
     datapath::Forward,
     frame::{self, TcpFlags, Transport},
     model::{
@@ -20,7 +16,7 @@ use sg_ctl::{
         reference::{self, Verdict},
     },
 };
-use sg_tests::{TestPort, require_root};
+use sg_tests::{RuleIds, TestPort, require_root};
 
 const SLOT: u32 = 3;
 const PORT: &str = "vm";
@@ -46,7 +42,7 @@ const PORT_EDGES: [u16; 14] = [
 ];
 /// tcp udp icmp ipv6-icmp sctp dccp udplite gre esp, and an unnamed one.
 const PROTOCOLS: [u8; 10] = [6, 17, 1, 58, 132, 33, 136, 47, 50, 200];
-const ICMP_TYPES: [u8; 6] = [0, 3, 8, 11, 128, 129];
+const ICMP_TYPES: [u8; 8] = [0, 3, 8, 11, 128, 129, 135, 143];
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -113,11 +109,9 @@ fn random_rule(rng: &mut StdRng, groups: &[&str]) -> Rule {
                 "2001:db8::/64"
             })];
         }
-        rule.action = if rng.random_bool(0.6) {
-            Action::Allow
-        } else {
-            Action::Drop
-        };
+        rule.action = *[Action::Allow, Action::Allow, Action::Drop, Action::Reject]
+            .choose(rng)
+            .unwrap();
         rule.priority = *[1, 100, 1000, 1000, 1000].choose(rng).unwrap();
         if rule.validate().is_ok() {
             return rule;
@@ -254,6 +248,21 @@ fn random_case(rng: &mut StdRng) -> Case {
     }
 }
 
+/// Whether a rejected packet gets a reply: not to or from a multicast or
+/// broadcast address, not to an ICMP error.
+fn gets_reply(packet: &reference::Packet) -> bool {
+    let unicast = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => !a.is_unspecified() && a.octets()[0] != 0 && a.octets()[0] < 224,
+        IpAddr::V6(a) => !a.is_unspecified() && !a.is_multicast(),
+    };
+    let icmp_error = match (packet.src, packet.icmp) {
+        (IpAddr::V4(_), Some((type_, _))) => matches!(type_, 3 | 4 | 5 | 11 | 12),
+        (IpAddr::V6(_), Some((type_, _))) => type_ < 128,
+        (_, None) => false,
+    };
+    unicast(packet.src) && unicast(packet.dst) && !icmp_error
+}
+
 struct Datapath(TestPort);
 
 impl Datapath {
@@ -261,23 +270,13 @@ impl Datapath {
         Datapath(TestPort::new(SLOT).expect("loading the programs"))
     }
 
-    fn install(&mut self, policy: &Policy) -> HashMap<(String, usize), u32> {
-        let counters = counter_ids(policy).unwrap();
-        let id = self.0.policy.next_policy_id().unwrap();
-        let compiled = compile(policy, PORT, id, &counters).unwrap();
-        self.0.policy.install(SLOT, id, &compiled).unwrap();
-        counters
+    fn install(&mut self, policy: &Policy) -> RuleIds {
+        self.0.install(policy, PORT).unwrap()
     }
 
     /// Runs the case; checks the verdict and that the deciding rule's
     /// counter (or the default's) moved.
-    fn check(
-        &self,
-        case: &Case,
-        want: &Verdict,
-        counters: &HashMap<(String, usize), u32>,
-        what: &dyn Fn() -> String,
-    ) {
+    fn check(&self, case: &Case, want: &Verdict, counters: &RuleIds, what: &dyn Fn() -> String) {
         let dir = match case.direction {
             Direction::Egress => Dir::Egress,
             Direction::Ingress => Dir::Ingress,
@@ -311,6 +310,7 @@ impl Datapath {
         let got = self.0.run.run(dir, &frame).unwrap();
         let expected = match want.action {
             Action::Allow => Forward::Pass,
+            Action::Reject if gets_reply(&case.packet) => Forward::Reply,
             _ => Forward::Drop,
         };
         assert_eq!(

@@ -35,7 +35,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::{
     BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, IPV4_MAPPED_PREFIX_BITS, MAX_PORTS, Outcome,
-    PORT_ACTIVE, PORT_SLOT_GLOBAL, PortConfig, ipv4_mapped, map_names, program_names,
+    PORT_ACTIVE, PORT_REPLY_VIA_TC, PORT_SLOT_GLOBAL, PortConfig, ipv4_mapped, map_names,
+    program_names,
 };
 
 use crate::netns;
@@ -203,6 +204,10 @@ impl Pins {
 
     fn tc_link(&self, slot: u32) -> PathBuf {
         self.port_dir(slot).join("tc")
+    }
+
+    fn tc_reply_link(&self, slot: u32) -> PathBuf {
+        self.port_dir(slot).join("tc-reply")
     }
 
     /// Serialises changes to the pins by concurrent sg-ctl processes.
@@ -467,16 +472,17 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(program)
 }
 
-/// The loaded TC program of an object from `load`.
-pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+/// A loaded TC program of an object from `load`: `program_names::TC` or
+/// `program_names::TC_REPLY`.
+pub fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier = ebpf
-        .program_mut(program_names::TC)
-        .expect("the object has the TC program")
+        .program_mut(name)
+        .expect("the object has the TC programs")
         .try_into()
-        .context(|| "the TC program has another type".to_string())?;
+        .context(|| format!("the program {name} has another type"))?;
     program
         .load()
-        .context(|| "the kernel's verifier rejected the TC program".to_string())?;
+        .context(|| format!("the kernel's verifier rejected the program {name}"))?;
     Ok(program)
 }
 
@@ -486,13 +492,20 @@ pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 pub enum Forward {
     Pass,
     Drop,
+    /// Sent back to the sender: the frame became a reply (REJECT).
+    Reply,
 }
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+/// Room for a frame to grow in a test run: an ICMP error's headers.
+const TEST_RUN_GROWTH: usize = 64;
 
 /// The programs of one port slot, loaded into the kernel and attached
 /// nowhere, run on frames through `BPF_PROG_TEST_RUN`: the real datapath on
@@ -507,7 +520,7 @@ impl TestRun {
         ensure_bpffs(pins)?;
         let mut ebpf = load(pins, slot)?;
         xdp_program(&mut ebpf)?;
-        tc_program(&mut ebpf)?;
+        tc_program(&mut ebpf, program_names::TC)?;
         Ok(TestRun { ebpf })
     }
 
@@ -518,6 +531,15 @@ impl TestRun {
             .map(|(forward, _)| forward)
     }
 
+    /// Runs the program of `direction` once on a frame; what it did and the
+    /// frame as the program left it (the reply, for `Forward::Reply`).
+    pub fn run_out(&self, direction: Direction, frame: &[u8]) -> Result<(Forward, Vec<u8>)> {
+        let mut out = vec![0; frame.len() + TEST_RUN_GROWTH];
+        let (forward, _, len) = self.execute(direction, frame, 1, &mut out)?;
+        out.truncate(len);
+        Ok((forward, out))
+    }
+
     /// Runs the program `repeat` times on the frame; what it did and the
     /// kernel's measure of the mean time per run.
     pub fn run_repeated(
@@ -526,8 +548,21 @@ impl TestRun {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(Forward, Duration)> {
-        let opts = || TestRunOptions {
+        let mut out = vec![0; frame.len() + TEST_RUN_GROWTH];
+        self.execute(direction, frame, repeat, &mut out)
+            .map(|(forward, duration, _)| (forward, duration))
+    }
+
+    fn execute(
+        &self,
+        direction: Direction,
+        frame: &[u8],
+        repeat: u32,
+        out: &mut [u8],
+    ) -> Result<(Forward, Duration, usize)> {
+        let opts = TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(out),
             repeat,
             ..TestRunOptions::new()
         };
@@ -535,23 +570,26 @@ impl TestRun {
         let result = match direction {
             Direction::Egress => {
                 let program: &Xdp = self.program(program_names::XDP)?;
-                program.test_run(opts()).context(what)?
+                program.test_run(opts).context(what)?
             }
             Direction::Ingress => {
                 let program: &SchedClassifier = self.program(program_names::TC)?;
-                program.test_run(opts()).context(what)?
+                program.test_run(opts).context(what)?
             }
         };
         let forward = match (direction, result.return_value) {
             (Direction::Egress, XDP_PASS) => Forward::Pass,
             (Direction::Egress, XDP_DROP) => Forward::Drop,
-            (Direction::Ingress, code) if matches!(code as i32, TC_ACT_UNSPEC | TC_ACT_OK) => {
-                Forward::Pass
-            }
-            (Direction::Ingress, code) if code as i32 == TC_ACT_SHOT => Forward::Drop,
+            (Direction::Egress, XDP_TX) => Forward::Reply,
+            (Direction::Ingress, code) => match code as i32 {
+                TC_ACT_UNSPEC | TC_ACT_OK => Forward::Pass,
+                TC_ACT_SHOT => Forward::Drop,
+                TC_ACT_REDIRECT => Forward::Reply,
+                _ => return Err(DatapathError::UnexpectedReturn { direction, code }),
+            },
             (_, code) => return Err(DatapathError::UnexpectedReturn { direction, code }),
         };
-        Ok((forward, result.duration))
+        Ok((forward, result.duration, result.data_size_out as usize))
     }
 
     fn program<'a, T>(&'a self, name: &str) -> Result<&'a T>
@@ -591,8 +629,7 @@ pub fn attach(pins: &Pins, iface: &str, mode: XdpModeArg) -> Result<Attached> {
             Some((slot, port))
                 if port.is_active()
                     && port.ifindex == ifindex
-                    && pins.xdp_link(slot).exists()
-                    && pins.tc_link(slot).exists() =>
+                    && links_exist(pins, slot, &port) =>
             {
                 return Ok(Attached::Already { slot });
             }
@@ -608,6 +645,9 @@ pub fn attach(pins: &Pins, iface: &str, mode: XdpModeArg) -> Result<Attached> {
 
     let mut ebpf = load(pins, slot)?;
     let mut maps = Maps::open(pins)?.expect("load pinned the maps");
+    // A veth's peer drops XDP_TX frames unless it runs XDP or GRO itself;
+    // generic XDP transmits them without the driver.
+    let reply_via_tc = mode != XdpModeArg::Generic && driver_of(iface).as_deref() == Some("veth");
     let mut config = PortConfig {
         ifname: ifname_bytes(iface),
         netns,
@@ -619,16 +659,30 @@ pub fn attach(pins: &Pins, iface: &str, mode: XdpModeArg) -> Result<Attached> {
     maps.set_port(slot, &config)?;
     maps.reset_counters(slot)?;
 
-    if let Err(e) = link(pins, &mut ebpf, slot, iface, mode) {
+    if let Err(e) = link(pins, &mut ebpf, slot, iface, mode, reply_via_tc) {
         release(pins, maps, slot)?;
         return Err(e);
     }
-    config.flags = PORT_ACTIVE;
+    config.flags = PORT_ACTIVE | if reply_via_tc { PORT_REPLY_VIA_TC } else { 0 };
     maps.set_port(slot, &config)?;
     Ok(Attached::New { slot })
 }
 
-fn link(pins: &Pins, ebpf: &mut Ebpf, slot: u32, iface: &str, mode: XdpModeArg) -> Result<()> {
+/// Whether the pins of every link a port needs are there.
+fn links_exist(pins: &Pins, slot: u32, port: &PortConfig) -> bool {
+    pins.xdp_link(slot).exists()
+        && pins.tc_link(slot).exists()
+        && (port.flags & PORT_REPLY_VIA_TC == 0 || pins.tc_reply_link(slot).exists())
+}
+
+fn link(
+    pins: &Pins,
+    ebpf: &mut Ebpf,
+    slot: u32,
+    iface: &str,
+    mode: XdpModeArg,
+    reply_via_tc: bool,
+) -> Result<()> {
     let dir = pins.port_dir(slot);
     fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
 
@@ -648,25 +702,80 @@ fn link(pins: &Pins, ebpf: &mut Ebpf, slot: u32, iface: &str, mode: XdpModeArg) 
     link.pin(pins.xdp_link(slot))
         .context(|| format!("pinning the XDP link of '{iface}'"))?;
 
-    let tc = tc_program(ebpf)?;
+    link_tc(ebpf, program_names::TC, iface, TcAttachType::Egress)?
+        .pin(pins.tc_link(slot))
+        .context(|| format!("pinning the TC link of '{iface}'"))?;
+    if reply_via_tc {
+        link_tc(ebpf, program_names::TC_REPLY, iface, TcAttachType::Ingress)?
+            .pin(pins.tc_reply_link(slot))
+            .context(|| format!("pinning the TC ingress link of '{iface}'"))?;
+    }
+    Ok(())
+}
+
+/// Attaches a TC program of the object with TCX, first in line.
+fn link_tc(ebpf: &mut Ebpf, name: &str, iface: &str, at: TcAttachType) -> Result<FdLink> {
+    let tc = tc_program(ebpf, name)?;
     let id = tc
-        .attach_with_options(
-            iface,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
+        .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(|source| DatapathError::TcAttach {
             iface: iface.to_string(),
             source: Box::new(source),
         })?;
-    let link: FdLink = tc
-        .take_link(id)
-        .context(|| "taking the TC link".to_string())?
+    tc.take_link(id)
+        .context(|| format!("taking the TC link of {name}"))?
         .try_into()
-        .context(|| format!("the TC link of '{iface}' is not a bpf_link"))?;
-    link.pin(pins.tc_link(slot))
-        .context(|| format!("pinning the TC link of '{iface}'"))?;
-    Ok(())
+        .context(|| format!("the TC link of '{iface}' is not a bpf_link"))
+}
+
+/// The name of an interface's driver ("veth", "tun", …) as ethtool gives
+/// it; `None` when the interface does not say.
+fn driver_of(iface: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        counts: [u32; 5],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        counts: [0; 5],
+    };
+    // SAFETY: `ifreq` is plain data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname_bytes(iface);
+    for (to, from) in request.ifr_name.iter_mut().zip(name) {
+        *to = from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a new socket, owned by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a socket we just opened and own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads `request` and writes `info`, both live.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &raw mut request) } != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    String::from_utf8(info.driver[..len].to_vec()).ok()
 }
 
 /// Frees a slot: links, blocked prefixes, counters, record; and the maps
@@ -679,7 +788,11 @@ fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
     // Removing the pins drops the last references to the links, which
     // detaches the programs.
     let dir = pins.port_dir(slot);
-    for link in [pins.xdp_link(slot), pins.tc_link(slot)] {
+    for link in [
+        pins.xdp_link(slot),
+        pins.tc_link(slot),
+        pins.tc_reply_link(slot),
+    ] {
         remove_if_exists(&link)?;
     }
     if dir.exists() {
@@ -783,8 +896,7 @@ pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
     };
     let mut out = Vec::new();
     for (slot, config) in maps.ports()? {
-        let links = pins.xdp_link(slot).exists() && pins.tc_link(slot).exists();
-        let state = match (config.is_active(), links) {
+        let state = match (config.is_active(), links_exist(pins, slot, &config)) {
             (true, true) if link_alive(&pins.xdp_link(slot)) => "active",
             (true, _) => "interface-gone",
             (false, _) => "attaching",

@@ -39,8 +39,17 @@ pub struct Verdict {
     pub rule: Option<RuleRef>,
 }
 
+/// ICMPv6 types that IPv6 needs to work on a link, as ARP does for IPv4:
+/// multicast listener query, report and done (130-132), MLDv2 report
+/// (143), router solicitation and advertisement (133, 134), neighbour
+/// solicitation and advertisement (135, 136). No rule applies to them;
+/// port security limits what a workload may send of them.
+pub const NEIGHBOUR_DISCOVERY: [u8; 8] = [130, 131, 132, 133, 134, 135, 136, 143];
+
 /// Evaluates `packet` on `port` in `direction`:
 ///
+/// 0. IPv6 neighbour discovery and MLD ([`NEIGHBOUR_DISCOVERY`]) are
+///    allowed, by no rule.
 /// 1. Take the rules of every group attached to the port, in the port's
 ///    group order. (Groups the port names but the policy lacks add none;
 ///    `Policy::validate` refuses such policies.)
@@ -62,6 +71,14 @@ pub fn evaluate(
     let port = policy
         .port(port)
         .ok_or_else(|| PolicyError::UnknownPort(port.to_owned()))?;
+    if let (IpAddr::V6(_), Some((kind, _))) = (packet.src, packet.icmp)
+        && NEIGHBOUR_DISCOVERY.contains(&kind)
+    {
+        return Ok(Verdict {
+            action: Action::Allow,
+            rule: None,
+        });
+    }
     let groups: Vec<_> = port
         .groups
         .iter()
