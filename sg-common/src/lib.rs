@@ -34,6 +34,7 @@ pub mod map_names {
     pub const L4: &str = "SG_L4";
     pub const VERDICT: &str = "SG_VERDICT";
     pub const RULE_STATS: &str = "SG_RULE_STATS";
+    pub const FRAGMENTS: &str = "SG_FRAGMENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -99,6 +100,9 @@ pub enum Outcome {
     Reject = 8,
     /// IPv6 neighbour discovery or MLD passed: no rule applies to them.
     PassNeighbourDiscovery = 9,
+    /// Dropped: a fragment after the first of a datagram whose first
+    /// fragment the port has not seen (or has forgotten).
+    DropFragment = 10,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -108,7 +112,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -119,6 +123,7 @@ impl Outcome {
         Outcome::DropDefault,
         Outcome::Reject,
         Outcome::PassNeighbourDiscovery,
+        Outcome::DropFragment,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -140,6 +145,7 @@ impl Outcome {
             Outcome::DropDefault => "drop-default",
             Outcome::Reject => "reject",
             Outcome::PassNeighbourDiscovery => "pass-neighbour-discovery",
+            Outcome::DropFragment => "drop-fragment",
         }
     }
 
@@ -316,6 +322,26 @@ pub struct VerdictKey {
     pub l4_class: u32,
 }
 
+/// `SG_FRAGMENTS` key: one fragmented datagram through one port, in one
+/// direction. Its value is the candidate that decided the first fragment,
+/// which decides the later ones too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub slot: u32,
+    /// IPv4's 16-bit or IPv6's 32-bit identification.
+    pub id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Fragmented datagrams remembered, all ports together; the least recently
+/// seen go first.
+pub const MAX_FRAGMENT_ENTRIES: u32 = 16_384;
+
 /// A rule as the datapath sees it: `order << 32 | counter << 2 | action`,
 /// so that the smallest candidate is the rule that comes first.
 pub mod candidate {
@@ -352,6 +378,7 @@ const _: () = assert!(size_of::<RemoteKey>() == 24);
 const _: () = assert!(size_of::<L4Key>() == 12);
 const _: () = assert!(size_of::<Class>() == 16);
 const _: () = assert!(size_of::<VerdictKey>() == 16);
+const _: () = assert!(size_of::<FragmentKey>() == 44);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
@@ -371,4 +398,5 @@ mod user {
     unsafe impl aya::Pod for L4Key {}
     unsafe impl aya::Pod for Class {}
     unsafe impl aya::Pod for VerdictKey {}
+    unsafe impl aya::Pod for FragmentKey {}
 }

@@ -19,14 +19,15 @@ use aya_ebpf::{
         bpf_skb_change_type, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, FAMILY_IPV6, L4Key, LocalKey,
-    MAX_BLOCKED_PREFIXES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES, MAX_PORTS, MAX_REMOTE_ENTRIES,
-    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, PortConfig,
-    REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope, VerdictKey, candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, FAMILY_IPV6, FragmentKey, L4Key,
+    LocalKey, MAX_BLOCKED_PREFIXES, MAX_FRAGMENT_ENTRIES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES,
+    MAX_PORTS, MAX_REMOTE_ENTRIES, MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome,
+    PORT_REPLY_VIA_TC, PortConfig, REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope,
+    VerdictKey, candidate,
 };
 
 use crate::{
@@ -68,6 +69,10 @@ static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
 static SG_VERDICT: HashMap<VerdictKey, u64> =
     HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// A fragmented datagram → the candidate that decided its first fragment.
+#[map(name = "SG_FRAGMENTS")]
+static SG_FRAGMENTS: LruHashMap<FragmentKey, u64> = LruHashMap::pinned(MAX_FRAGMENT_ENTRIES, 0);
+
 /// Packets and bytes each rule decided.
 #[map(name = "SG_RULE_STATS")]
 static SG_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
@@ -108,9 +113,9 @@ fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
     );
 }
 
-/// Applies the port's policy: the first rule that matches decides. Four
-/// lookups whatever the number of rules: the local address's class, then
-/// the remote address's and the protocol/port's, then the pair's.
+/// Applies the port's policy: the first rule that matches decides. A
+/// fragment after the first gets the verdict of its datagram's first
+/// fragment.
 #[inline(always)]
 fn classify(
     slot: u32,
@@ -122,6 +127,38 @@ fn classify(
         Some(&policy) if policy != NO_POLICY => policy,
         _ => return Ok(Outcome::Pass),
     };
+    if !ip.fragmented {
+        return decide(lookup(policy, direction, ip)?, bytes);
+    }
+    let fragment = FragmentKey {
+        slot,
+        id: ip.fragment_id,
+        src: ip.src,
+        dst: ip.dst,
+        protocol: ip.protocol,
+        direction: direction as u8,
+        _pad: [0; 2],
+    };
+    let best = if ip.first_fragment {
+        let best = lookup(policy, direction, ip)?;
+        // Full: the later fragments of this datagram are dropped.
+        let _ = SG_FRAGMENTS.insert(fragment, best, 0);
+        best
+    } else {
+        // SAFETY: a plain read of a hash map value.
+        match unsafe { SG_FRAGMENTS.get(fragment) } {
+            Some(&best) => best,
+            None => return Err(Outcome::DropFragment),
+        }
+    };
+    decide(best, bytes)
+}
+
+/// The best candidate of the port's policy for the packet. Four lookups
+/// whatever the number of rules: the local address's class, then the
+/// remote address's and the protocol/port's, then the pair's.
+#[inline(always)]
+fn lookup(policy: u32, direction: Direction, ip: &IpPacket) -> Result<u64, Outcome> {
     let (local, remote) = match direction {
         Direction::Egress => (ip.src, ip.dst),
         Direction::Ingress => (ip.dst, ip.src),
@@ -160,7 +197,7 @@ fn classify(
     let (Some(remote), Some(l4)) = (remote, l4) else {
         return Err(Outcome::DropDefault);
     };
-    let mut best = if remote.best < l4.best {
+    let best = if remote.best < l4.best {
         remote.best
     } else {
         l4.best
@@ -171,11 +208,15 @@ fn classify(
         l4_class: l4.class,
     };
     // SAFETY: a plain read of a hash map value.
-    if let Some(&both) = unsafe { SG_VERDICT.get(pair) }
-        && both < best
-    {
-        best = both;
+    match unsafe { SG_VERDICT.get(pair) } {
+        Some(&both) if both < best => Ok(both),
+        _ => Ok(best),
     }
+}
+
+/// Counts the packet on the deciding rule and says what its action means.
+#[inline(always)]
+fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
     if best == candidate::NONE {
         return Err(Outcome::DropDefault);
     }
@@ -201,47 +242,28 @@ fn is_neighbour_discovery(ip: &IpPacket) -> bool {
         && ((130..=136).contains(&kind) || kind == 143)
 }
 
-/// What becomes of a frame that does not pass.
-enum Verdict {
-    Drop(Outcome),
-    /// A reject rule decided: the frame is to become the reply.
-    Reject(IpPacket),
-}
-
-/// Parses the frame and decides on it. The address checked is the
-/// workload's side of the conversation: the source of what it sends, the
-/// destination of what it receives.
+/// Decides on an IP packet. The address checked against the blocklist is
+/// the workload's side of the conversation: the source of what it sends,
+/// the destination of what it receives.
 #[inline(always)]
-fn try_filter(
-    slot: u32,
-    direction: Direction,
-    start: usize,
-    end: usize,
-    bytes: u64,
-) -> Result<Outcome, Verdict> {
-    let ip = match parse(start, end).map_err(Verdict::Drop)? {
-        Frame::Ip(ip) => ip,
-        Frame::NonIp => return Ok(Outcome::PassNonIp),
-    };
+fn decide_ip(slot: u32, direction: Direction, ip: &IpPacket, bytes: u64) -> Outcome {
     let addr = match direction {
         Direction::Egress => ip.src,
         Direction::Ingress => ip.dst,
     };
     let key = Key::new(BLOCK_KEY_SLOT_BITS + 128, BlockKey { slot, addr });
     if SG_BLOCKED.get(&key).is_some() {
-        return Err(Verdict::Drop(Outcome::DropBlocked));
+        return Outcome::DropBlocked;
     }
-    if is_neighbour_discovery(&ip) {
-        return Ok(Outcome::PassNeighbourDiscovery);
+    if is_neighbour_discovery(ip) {
+        return Outcome::PassNeighbourDiscovery;
     }
-    match classify(slot, direction, &ip, bytes) {
-        Err(Outcome::Reject) => Err(Verdict::Reject(ip)),
-        other => other.map_err(Verdict::Drop),
-    }
+    classify(slot, direction, ip, bytes).unwrap_or_else(|drop| drop)
 }
 
-/// Decides on the frame and counts the outcome: `Some(true)` pass,
-/// `Some(false)` drop, `None` the frame is now the reply to send back.
+/// Parses the frame, decides on it and counts the outcome: `Some(true)`
+/// pass, `Some(false)` drop, `None` the frame is now the reply to send
+/// back.
 #[inline(always)]
 fn filter<F: Resizable>(
     slot: u32,
@@ -250,23 +272,35 @@ fn filter<F: Resizable>(
     bytes: u64,
 ) -> Option<bool> {
     let (start, end) = frame.bounds();
-    let (outcome, pass) = match try_filter(slot, direction, start, end, bytes) {
-        Ok(outcome) => (outcome, Some(true)),
-        Err(Verdict::Drop(outcome)) => (outcome, Some(false)),
-        Err(Verdict::Reject(ip)) => match reject::reply(frame, &ip) {
-            Some(()) => (Outcome::Reject, None),
-            None => (Outcome::DropRule, Some(false)),
+    let outcome = match parse(start, end) {
+        Ok(Frame::Ip(ip)) => match decide_ip(slot, direction, &ip, bytes) {
+            Outcome::Reject if reject::reply(frame, &ip).is_none() => Outcome::DropRule,
+            outcome => outcome,
         },
+        Ok(Frame::NonIp) => Outcome::PassNonIp,
+        Err(drop) => drop,
     };
     count(slot, direction, outcome, bytes);
-    pass
+    match outcome {
+        Outcome::Reject => None,
+        outcome => Some(!outcome.is_drop()),
+    }
 }
 
 struct XdpFrame<'a>(&'a XdpContext);
 
 impl Resizable for XdpFrame<'_> {
     fn bounds(&self) -> (usize, usize) {
-        (self.0.data(), self.0.data_end())
+        let md = self.0.ctx;
+        // SAFETY: reads of the context. Volatile, so that the compiler
+        // checks bounds on these pointers rather than reasoning from
+        // earlier checks on others, which the verifier cannot follow.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*md).data) as usize,
+                core::ptr::read_volatile(&(*md).data_end) as usize,
+            )
+        }
     }
 
     fn truncate(&mut self, len: usize) -> Option<()> {
@@ -343,7 +377,14 @@ struct TcFrame<'a>(&'a TcContext);
 
 impl Resizable for TcFrame<'_> {
     fn bounds(&self) -> (usize, usize) {
-        (self.0.data(), self.0.data_end())
+        let skb = self.0.skb.skb;
+        // SAFETY: reads of the context, volatile as in `XdpFrame`.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*skb).data) as usize,
+                core::ptr::read_volatile(&(*skb).data_end) as usize,
+            )
+        }
     }
 
     fn truncate(&mut self, len: usize) -> Option<()> {

@@ -36,6 +36,10 @@ pub struct IpPacket {
     pub ip_len: usize,
     /// Not a fragment, or the first fragment of a datagram.
     pub first_fragment: bool,
+    /// A fragment of a datagram, first or later.
+    pub fragmented: bool,
+    /// The datagram's identification, when fragmented.
+    pub fragment_id: u32,
 }
 
 /// A parsed frame: an IP packet, or something else that the filter lets
@@ -124,6 +128,8 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         return Err(Outcome::DropMalformed);
     }
     let first_fragment = ip.frags[0] & 0x1f == 0 && ip.frags[1] == 0;
+    // More fragments follow (MF), or some came before.
+    let fragmented = ip.frags[0] & 0x20 != 0 || !first_fragment;
     let l4_offset = offset + ((ip.vihl & 0x0f) as usize) * 4;
     let l4 = if first_fragment {
         l4_value(start, end, l4_offset, FAMILY_IPV4, ip.proto)?
@@ -140,6 +146,8 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         l4_offset,
         ip_len: u16::from_be_bytes(ip.tot_len) as usize,
         first_fragment,
+        fragmented,
+        fragment_id: u16::from_be_bytes(ip.id) as u32,
     })
 }
 
@@ -160,7 +168,10 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
     let mut proto = ip.next_hdr;
     let mut offset = l3 + Ipv6Hdr::LEN;
     let mut walked = 0;
-    let mut first_fragment = true;
+    // The fragment header's bytes, zero for none. (Its contents, not its
+    // offset: an offset would be a known number on each path through the
+    // loop and keep the verifier from merging them.)
+    let mut fragment = [0u8; 8];
     loop {
         let len = match proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
@@ -172,10 +183,8 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
                 (unsafe { (*ext).len } as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
-                // Fragment offset: the 13 high bits of bytes 2-3.
-                let offset_field: *const [u8; 2] = ptr_at(start, end, offset + 2)?;
-                let [high, low] = unsafe { *offset_field };
-                first_fragment = high == 0 && low & 0xf8 == 0;
+                let header: *const [u8; 8] = ptr_at(start, end, offset)?;
+                fragment = unsafe { *header };
                 8
             }
             _ => break,
@@ -192,6 +201,12 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
         walked += 1;
     }
     // The chain is complete: `proto` is the upper-layer protocol.
+    // Fragment offset: the 13 high bits of bytes 2-3, then the M flag;
+    // the identification in bytes 4-7. An atomic fragment (offset 0, no
+    // M) is a whole datagram.
+    let first_fragment = fragment[2] == 0 && fragment[3] & 0xf8 == 0;
+    let fragmented = !first_fragment || fragment[3] & 1 != 0;
+    let fragment_id = u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
     let l4 = if first_fragment {
         l4_value(start, end, offset, FAMILY_IPV6, proto)?
     } else {
@@ -207,5 +222,7 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
         l4_offset: offset,
         ip_len: Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize,
         first_fragment,
+        fragmented,
+        fragment_id,
     })
 }

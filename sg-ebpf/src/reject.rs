@@ -8,9 +8,28 @@
 //! fragment after the first, or to or from a multicast or broadcast
 //! address; such packets are dropped like those of a drop rule.
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use sg_common::FAMILY_IPV4;
 
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket, ptr_at};
+use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket};
+
+/// The packet's header offsets pass through here on their way to the reply
+/// code. On each path through the parser they are numbers the verifier
+/// knows, and it would check the reply code once per path; read back from
+/// a map they are numbers it does not know, and one check serves all.
+#[map(name = "SG_REPLY_OFFSETS")]
+static OFFSETS: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the IP header starts, at most after two VLAN tags.
+const MAX_L3: usize = ETH_HDR + 2 * VLAN_HDR;
+/// Where a transport header replied to may start.
+const MAX_L4: usize = 512;
+
+/// Offsets in the frame of the IP and transport headers.
+struct Offsets {
+    l3: usize,
+    l4: usize,
+}
 
 /// A frame whose length can change: an XDP buffer or a TC skb.
 pub trait Resizable {
@@ -45,11 +64,24 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if !ip.first_fragment || !unicast(ip, &ip.src) || !unicast(ip, &ip.dst) {
         return None;
     }
+    let at = offsets(ip)?;
     if ip.protocol == IPPROTO_TCP {
-        tcp_reset(frame, ip)
+        tcp_reset(frame, ip, &at)
     } else {
-        prohibited(frame, ip)
+        prohibited(frame, ip, &at)
     }
+}
+
+#[inline(always)]
+fn offsets(ip: &IpPacket) -> Option<Offsets> {
+    let slot = OFFSETS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value, written then read back.
+    let [l3, l4] = unsafe {
+        slot.write([ip.l3 as u32, ip.l4_offset as u32]);
+        slot.read_volatile()
+    };
+    let (l3, l4) = (l3 as usize, l4 as usize);
+    (l3 <= MAX_L3 && l4 <= MAX_L4 && l3 <= l4).then_some(Offsets { l3, l4 })
 }
 
 #[inline(always)]
@@ -64,16 +96,20 @@ fn unicast(ip: &IpPacket, addr: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn tcp_reset<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
+fn tcp_reset<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Option<()> {
     let (start, end) = frame.bounds();
-    let tcp: *const [u8; TCP_HDR] = ptr_at(start, end, ip.l4_offset).ok()?;
+    // First: a later check at a variable offset would cover this one for
+    // the compiler, not for the verifier. (A frame that gets no reply is
+    // dropped: the swap does no harm.)
+    swap_macs(start, end, 0)?;
+    let tcp: *const [u8; TCP_HDR] = ptr_at(start, end, at.l4).ok()?;
     // SAFETY: in bounds, checked by `ptr_at`.
     let tcp = unsafe { *tcp };
     let flags = tcp[13];
     if flags & TCP_RST != 0 {
         return None;
     }
-    let headers = ip.l4_offset - ip.l3 + (tcp[12] >> 4) as usize * 4;
+    let headers = at.l4 - at.l3 + (tcp[12] >> 4) as usize * 4;
     let mut segment = ip.ip_len.saturating_sub(headers) as u32;
     segment += (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
     let their_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -96,16 +132,18 @@ fn tcp_reset<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     reset[8..12].copy_from_slice(&ack);
     reset[12] = (TCP_HDR as u8 / 4) << 4;
     reset[13] = flags;
-    let sum = add_words(write_ip(start, end, ip, IPPROTO_TCP, TCP_HDR)?, &reset);
+    let sum = add_words(
+        write_ip(start, end, ip, at.l3, IPPROTO_TCP, TCP_HDR)?,
+        &reset,
+    );
     reset[16..18].copy_from_slice(&fold(sum));
-    swap_macs(start, end, 0)?;
-    let len = ip.l3 + ip_header_len(ip) + TCP_HDR;
+    let len = at.l3 + ip_header_len(ip) + TCP_HDR;
     write(start, end, len - TCP_HDR, reset)?;
     frame.truncate(len)
 }
 
 #[inline(always)]
-fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
+fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Option<()> {
     let (icmp, icmp_type, code) = if ip.family == FAMILY_IPV4 {
         (IPPROTO_ICMP, 3, 13)
     } else {
@@ -115,7 +153,7 @@ fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
         return None;
     }
     let (start, end) = frame.bounds();
-    let l3 = ip.l3;
+    let l3 = at.l3;
     let mut quote = end - start - l3;
     if quote > ip.ip_len {
         quote = ip.ip_len;
@@ -130,16 +168,34 @@ fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     frame.grow_head(grow)?;
     let (start, end) = frame.bounds();
     move_l2(start, end, l3, grow)?;
-    let mut sum = write_ip(start, end, ip, icmp, ICMP_HDR + quote)?;
+    let mut sum = write_ip(start, end, ip, l3, icmp, ICMP_HDR + quote)?;
     if ip.family == FAMILY_IPV4 {
         // ICMP's checksum has no pseudo-header.
         sum = 0;
     }
-    let mut header = [icmp_type, code, 0, 0, 0, 0, 0, 0];
+    // Every write at or after the one before: the verifier refuses a
+    // pointer the compiler derives backwards from a checked one.
+    let header = [icmp_type, code, 0, 0, 0, 0, 0, 0];
+    let at = l3 + grow - ICMP_HDR;
+    write(start, end, at, header)?;
     sum = add_words(sum, &header);
     sum = add_packet(sum, start, end, l3 + grow, quote)?;
-    header[2..4].copy_from_slice(&fold(sum));
-    write(start, end, l3 + grow - ICMP_HDR, header)
+    write(start, end, at + 2, fold(sum))
+}
+
+/// `size_of::<T>()` bytes of the frame at `offset`, if the frame has them.
+///
+/// The offsets here are numbers the verifier does not know, and it refuses
+/// to go backwards from a pointer so made. The compiler would gladly make
+/// one pointer out of another and reach it backwards; hiding the offset
+/// from it makes each pointer from the frame's start.
+#[inline(always)]
+fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, ()> {
+    let at = start + core::hint::black_box(offset);
+    if at + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok(at as *const T)
 }
 
 /// Whether an ICMP packet is an error (no error answers an error); its
@@ -163,12 +219,18 @@ fn ip_header_len(ip: &IpPacket) -> usize {
     }
 }
 
-/// Writes the reply's IP header at the packet's IP offset, from the
-/// packet's destination to its source, with `payload` bytes of
-/// `protocol` after it. Returns the sum of the transport checksum's
-/// pseudo-header.
+/// Writes the reply's IP header at `l3`, from the packet's destination to
+/// its source, with `payload` bytes of `protocol` after it. Returns the sum
+/// of the transport checksum's pseudo-header.
 #[inline(always)]
-fn write_ip(start: usize, end: usize, ip: &IpPacket, protocol: u8, payload: usize) -> Option<u32> {
+fn write_ip(
+    start: usize,
+    end: usize,
+    ip: &IpPacket,
+    l3: usize,
+    protocol: u8,
+    payload: usize,
+) -> Option<u32> {
     let pseudo = add_words(add_words(0, &ip.src), &ip.dst) + protocol as u32 + payload as u32;
     if ip.family == FAMILY_IPV4 {
         let total = ((IPV4_HDR + payload) as u16).to_be_bytes();
@@ -179,7 +241,7 @@ fn write_ip(start: usize, end: usize, ip: &IpPacket, protocol: u8, payload: usiz
         header[16..20].copy_from_slice(&ip.src[12..]);
         let sum = fold(add_words(0, &header));
         header[10..12].copy_from_slice(&sum);
-        write(start, end, ip.l3, header)?;
+        write(start, end, l3, header)?;
     } else {
         let length = (payload as u16).to_be_bytes();
         let mut header = [0u8; IPV6_HDR];
@@ -189,7 +251,7 @@ fn write_ip(start: usize, end: usize, ip: &IpPacket, protocol: u8, payload: usiz
         header[7] = TTL;
         header[8..24].copy_from_slice(&ip.dst);
         header[24..40].copy_from_slice(&ip.src);
-        write(start, end, ip.l3, header)?;
+        write(start, end, l3, header)?;
     }
     Some(pseudo)
 }

@@ -474,6 +474,70 @@ impl TestPort {
     }
 }
 
+/// Splits the IP packet of an untagged Ethernet frame into fragments of
+/// `size` bytes of payload (a multiple of 8), with identification `id`, as
+/// a router would: IPv4 flags and offset, or an IPv6 fragment header.
+pub fn fragments(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
+    assert!(
+        size.is_multiple_of(8),
+        "fragment payloads are multiples of 8 bytes"
+    );
+    let (eth, ip) = frame.split_at(14);
+    let v4 = ip[0] >> 4 == 4;
+    let header = if v4 {
+        usize::from(ip[0] & 0x0f) * 4
+    } else {
+        40
+    };
+    let payload = &ip[header..];
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = (i * size / 8) as u16;
+            let more = u16::from(i != last);
+            let mut out = eth.to_vec();
+            let mut head = ip[..header].to_vec();
+            if v4 {
+                let total = (header + chunk.len()) as u16;
+                head[2..4].copy_from_slice(&total.to_be_bytes());
+                head[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+                head[6..8].copy_from_slice(&(more << 13 | offset).to_be_bytes());
+                head[10..12].copy_from_slice(&[0, 0]);
+                let checksum = !ones_complement_sum(&head);
+                head[10..12].copy_from_slice(&checksum.to_be_bytes());
+                out.extend_from_slice(&head);
+            } else {
+                let length = (8 + chunk.len()) as u16;
+                let next = head[6];
+                head[4..6].copy_from_slice(&length.to_be_bytes());
+                head[6] = 44;
+                out.extend_from_slice(&head);
+                out.extend_from_slice(&[next, 0]);
+                out.extend_from_slice(&(offset << 3 | more).to_be_bytes());
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            out.extend_from_slice(chunk);
+            out
+        })
+        .collect()
+}
+
+/// The ones'-complement sum of big-endian 16-bit words (an odd byte padded
+/// with zero), folded to 16 bits: what IP checksums are made of.
+pub fn ones_complement_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// Counter ids of a policy's rules, by group name and rule position.
 pub type RuleIds = HashMap<(String, usize), u32>;
 

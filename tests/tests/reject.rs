@@ -20,7 +20,7 @@ use sg_ctl::{
 };
 use sg_tests::{
     GUEST_MAC, HOST_V4, HOST_V6, PORT, TapPort, TestPins, TestPort, VethPort, WORKLOAD_V4,
-    WORKLOAD_V6, addr, require_root,
+    WORKLOAD_V6, addr, ones_complement_sum, require_root,
 };
 
 const SLOT: u32 = 3;
@@ -131,18 +131,9 @@ struct Reply {
     transport: Vec<u8>,
 }
 
-/// Ones'-complement sum of big-endian 16-bit words, an odd byte padded.
+/// Ones'-complement sum of parts of even length (the last may be odd).
 fn sum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for pair in part.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+    ones_complement_sum(&parts.concat())
 }
 
 fn parse_reply(frame: &[u8], vlans: usize) -> Reply {

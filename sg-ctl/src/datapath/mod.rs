@@ -531,6 +531,23 @@ impl TestRun {
             .map(|(forward, _)| forward)
     }
 
+    /// Per program: its name and the instructions the kernel's verifier
+    /// went through to accept it.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        let mut out = Vec::new();
+        for name in [program_names::XDP, program_names::TC] {
+            let program = self
+                .ebpf
+                .program(name)
+                .expect("the object has both programs");
+            let info = program
+                .info()
+                .context(|| format!("reading the kernel's information on {name}"))?;
+            out.push((name, info.verified_instruction_count().unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     /// Runs the program of `direction` once on a frame; what it did and the
     /// frame as the program left it (the reply, for `Forward::Reply`).
     pub fn run_out(&self, direction: Direction, frame: &[u8]) -> Result<(Forward, Vec<u8>)> {

@@ -4,7 +4,9 @@
 use std::{thread, time::Duration};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
-use sg_common::{Class, Counter, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names};
+use sg_common::{
+    Class, Counter, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names,
+};
 
 use super::{Context as _, Pins, Result, open_pinned, sum_cpus};
 use crate::compile::Compiled;
@@ -20,6 +22,7 @@ pub struct PolicyMaps {
     remote: LpmTrie<MapData, RemoteKey, Class>,
     l4: LpmTrie<MapData, L4Key, Class>,
     verdict: HashMap<MapData, VerdictKey, u64>,
+    fragments: HashMap<MapData, FragmentKey, u64>,
     rule_stats: PerCpuArray<MapData, Counter>,
 }
 
@@ -38,6 +41,9 @@ impl PolicyMaps {
                 .context(what)?,
             l4: open_pinned(pins, map_names::L4)?.try_into().context(what)?,
             verdict: open_pinned(pins, map_names::VERDICT)?
+                .try_into()
+                .context(what)?,
+            fragments: open_pinned(pins, map_names::FRAGMENTS)?
                 .try_into()
                 .context(what)?,
             rule_stats: open_pinned(pins, map_names::RULE_STATS)?
@@ -81,7 +87,8 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Takes the slot's policy away: only the blocklist applies after.
+    /// Takes the slot's policy away: only the blocklist applies after. The
+    /// fragmented datagrams it decided are forgotten.
     pub fn clear(&mut self, slot: u32) -> Result<()> {
         let old = self.policy_of(slot)?;
         self.port_policy
@@ -91,7 +98,9 @@ impl PolicyMaps {
             thread::sleep(GRACE);
             self.remove_entries(old)?;
         }
-        Ok(())
+        remove_hash(&mut self.fragments, map_names::FRAGMENTS, |k| {
+            k.slot == slot
+        })
     }
 
     fn write(&mut self, compiled: &Compiled) -> Result<()> {
@@ -124,17 +133,9 @@ impl PolicyMaps {
         remove_trie(&mut self.local, |k| k.policy == id)?;
         remove_trie(&mut self.remote, |k| k.scope.policy == id)?;
         remove_trie(&mut self.l4, |k| k.scope.policy == id)?;
-        let keys: Vec<VerdictKey> = self
-            .verdict
-            .keys()
-            .filter_map(std::result::Result::ok)
-            .filter(|k| k.scope.policy == id)
-            .collect();
-        for key in keys {
-            ignore_missing(self.verdict.remove(&key))
-                .context(|| format!("removing from {}", map_names::VERDICT))?;
-        }
-        Ok(())
+        remove_hash(&mut self.verdict, map_names::VERDICT, |k| {
+            k.scope.policy == id
+        })
     }
 
     /// Packets and bytes a rule decided, summed over CPUs.
@@ -158,6 +159,22 @@ fn remove_trie<K: aya::Pod, V: aya::Pod>(
         .collect();
     for key in keys {
         ignore_missing(trie.remove(&key)).context(|| "removing a policy entry".to_string())?;
+    }
+    Ok(())
+}
+
+fn remove_hash<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, u64>,
+    name: &str,
+    belongs: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(std::result::Result::ok)
+        .filter(|k| belongs(k))
+        .collect();
+    for key in keys {
+        ignore_missing(map.remove(&key)).context(|| format!("removing from {name}"))?;
     }
     Ok(())
 }

@@ -104,7 +104,11 @@ fn main() -> Result<()> {
     println!(
         "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"
     );
-    println!("without a policy (parse and blocklist only): {no_policy:.1} ns/packet\n");
+    println!("without a policy (parse and blocklist only): {no_policy:.1} ns/packet");
+    for (program, count) in run.verified_instructions()? {
+        println!("{program}: {count} instructions verified");
+    }
+    println!();
     println!(
         "{:>7} {:>11} {:>12} {:>9} {:>12} {:>9} {:>10} {:>10}",
         "rules", "compile", "map entries", "memory", "last rule", "ratio", "no match", "ratio"
