@@ -35,6 +35,8 @@ pub mod map_names {
     pub const VERDICT: &str = "SG_VERDICT";
     pub const RULE_STATS: &str = "SG_RULE_STATS";
     pub const FRAGMENTS: &str = "SG_FRAGMENTS";
+    pub const REMOTE_EXACT: &str = "SG_REMOTE_EXACT";
+    pub const L4_EXACT: &str = "SG_L4_EXACT";
 }
 
 /// Names of the programs in the eBPF object.

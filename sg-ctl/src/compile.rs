@@ -40,13 +40,40 @@ pub type TrieEntry<K, V> = (u32, K, V);
 pub struct Compiled {
     pub local: Vec<TrieEntry<LocalKey, u32>>,
     pub remote: Vec<TrieEntry<RemoteKey, Class>>,
+    /// Single addresses: the hash in front of the remote trie.
+    pub remote_exact: Vec<(RemoteKey, Class)>,
     pub l4: Vec<TrieEntry<L4Key, Class>>,
+    /// Single ports and ICMP type/code pairs: the hash in front of the L4
+    /// trie.
+    pub l4_exact: Vec<(L4Key, Class)>,
     pub verdict: Vec<(VerdictKey, u64)>,
 }
 
 impl Compiled {
     pub fn entries(&self) -> usize {
-        self.local.len() + self.remote.len() + self.l4.len() + self.verdict.len()
+        self.local.len()
+            + self.remote.len()
+            + self.remote_exact.len()
+            + self.l4.len()
+            + self.l4_exact.len()
+            + self.verdict.len()
+    }
+
+    /// Moves the full-length trie entries to the exact hashes. The longest
+    /// prefix that matches an address is the address itself when the trie
+    /// holds it, so a hit in the hash is what the trie would answer, in
+    /// one hash lookup rather than a walk as deep as the trie.
+    fn split_exact(&mut self) {
+        let (exact, prefixes) = std::mem::take(&mut self.remote)
+            .into_iter()
+            .partition(|&(bits, ..)| bits == SCOPE_BITS + 128);
+        self.remote = prefixes;
+        self.remote_exact = exact.into_iter().map(|(_, k, v)| (k, v)).collect();
+        let (exact, prefixes) = std::mem::take(&mut self.l4)
+            .into_iter()
+            .partition(|&(bits, ..)| bits == SCOPE_BITS + 32);
+        self.l4 = prefixes;
+        self.l4_exact = exact.into_iter().map(|(_, k, v)| (k, v)).collect();
     }
 }
 
@@ -160,6 +187,7 @@ pub fn compile(
             }
         }
     }
+    out.split_exact();
     Ok(out)
 }
 
@@ -438,30 +466,42 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
                 _pad: 0,
             },
         ));
-        // Elementary intervals between the range boundaries.
-        let mut cuts: Vec<u32> = matches
-            .iter()
-            .flat_map(|(_, values)| values.iter().copied().flatten())
-            .flat_map(|&(start, end)| [u32::from(start), u32::from(end) + 1])
-            .collect();
-        cuts.sort_unstable();
-        cuts.dedup();
+        // Elementary intervals between the range boundaries, swept in
+        // order: at each boundary the rules whose ranges start there join
+        // the active ones, those whose ranges ended leave.
+        let mut events: BTreeMap<u32, Vec<(usize, bool)>> = BTreeMap::new();
+        for (i, values) in matches {
+            for &(start, end) in values.iter().copied().flatten() {
+                events.entry(u32::from(start)).or_default().push((*i, true));
+                events
+                    .entry(u32::from(end) + 1)
+                    .or_default()
+                    .push((*i, false));
+            }
+        }
+        // Rule → how many of its ranges cover the current interval.
+        let mut active: BTreeMap<usize, u32> = BTreeMap::new();
+        let cuts: Vec<u32> = events.keys().copied().collect();
         for pair in cuts.windows(2) {
-            let (start, end) = (pair[0], pair[1] - 1);
-            let mut members = whole.clone();
-            members.extend(matches.iter().filter_map(|(i, values)| {
-                values
-                    .filter(|ranges| {
-                        ranges
-                            .iter()
-                            .any(|&(s, e)| u32::from(s) <= start && end <= u32::from(e))
-                    })
-                    .map(|_| *i)
-            }));
-            if members.len() == whole.len() {
+            for &(i, starts) in &events[&pair[0]] {
+                let covering = active.entry(i).or_default();
+                if starts {
+                    *covering += 1;
+                } else {
+                    *covering -= 1;
+                    if *covering == 0 {
+                        active.remove(&i);
+                    }
+                }
+            }
+            if active.is_empty() {
                 continue;
             }
+            let (start, end) = (pair[0], pair[1] - 1);
+            let mut members = whole.clone();
+            members.extend(active.keys());
             members.sort_unstable();
+            members.dedup();
             let best = best_of(&members, &|r| r.remote.is_none());
             let class = l4_classes.id(members);
             for (value, bits) in range_prefixes(start as u16, end as u16) {

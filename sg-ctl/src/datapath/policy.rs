@@ -20,7 +20,9 @@ pub struct PolicyMaps {
     port_policy: Array<MapData, u32>,
     local: LpmTrie<MapData, LocalKey, u32>,
     remote: LpmTrie<MapData, RemoteKey, Class>,
+    remote_exact: HashMap<MapData, RemoteKey, Class>,
     l4: LpmTrie<MapData, L4Key, Class>,
+    l4_exact: HashMap<MapData, L4Key, Class>,
     verdict: HashMap<MapData, VerdictKey, u64>,
     fragments: HashMap<MapData, FragmentKey, u64>,
     rule_stats: PerCpuArray<MapData, Counter>,
@@ -39,7 +41,13 @@ impl PolicyMaps {
             remote: open_pinned(pins, map_names::REMOTE)?
                 .try_into()
                 .context(what)?,
+            remote_exact: open_pinned(pins, map_names::REMOTE_EXACT)?
+                .try_into()
+                .context(what)?,
             l4: open_pinned(pins, map_names::L4)?.try_into().context(what)?,
+            l4_exact: open_pinned(pins, map_names::L4_EXACT)?
+                .try_into()
+                .context(what)?,
             verdict: open_pinned(pins, map_names::VERDICT)?
                 .try_into()
                 .context(what)?,
@@ -120,6 +128,16 @@ impl PolicyMaps {
                 .insert(&Key::new(bits, key), value, 0)
                 .context(full(map_names::L4))?;
         }
+        for (key, value) in &compiled.remote_exact {
+            self.remote_exact
+                .insert(key, value, 0)
+                .context(full(map_names::REMOTE_EXACT))?;
+        }
+        for (key, value) in &compiled.l4_exact {
+            self.l4_exact
+                .insert(key, value, 0)
+                .context(full(map_names::L4_EXACT))?;
+        }
         for (key, value) in &compiled.verdict {
             self.verdict
                 .insert(key, value, 0)
@@ -133,6 +151,12 @@ impl PolicyMaps {
         remove_trie(&mut self.local, |k| k.policy == id)?;
         remove_trie(&mut self.remote, |k| k.scope.policy == id)?;
         remove_trie(&mut self.l4, |k| k.scope.policy == id)?;
+        remove_hash(&mut self.remote_exact, map_names::REMOTE_EXACT, |k| {
+            k.scope.policy == id
+        })?;
+        remove_hash(&mut self.l4_exact, map_names::L4_EXACT, |k| {
+            k.scope.policy == id
+        })?;
         remove_hash(&mut self.verdict, map_names::VERDICT, |k| {
             k.scope.policy == id
         })
@@ -163,8 +187,8 @@ fn remove_trie<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-fn remove_hash<K: aya::Pod>(
-    map: &mut HashMap<MapData, K, u64>,
+fn remove_hash<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
     name: &str,
     belongs: impl Fn(&K) -> bool,
 ) -> Result<()> {

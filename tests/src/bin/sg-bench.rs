@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     time::{Duration, Instant},
 };
@@ -27,47 +27,105 @@ use sg_tests::TestPort;
 const SLOT: u32 = 0;
 const PORT: &str = "vm";
 const OWN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const OWN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 50_000];
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 5;
 
-/// The remote address and destination port of rule `i`.
-fn rule_target(i: usize) -> (Ipv4Addr, u16) {
-    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32);
-    (addr, 1 + (i * 7 % 65_535) as u16)
+/// What the rules of a benchmark policy look like. Rule `i` allows (even
+/// `i`) or drops (odd) TCP from one remote to some ports: nothing that a
+/// class could merge.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// One IPv4 address and one port per rule: the exact hashes.
+    Hosts,
+    /// One IPv6 /64 and a range of 4 ports per rule: the tries.
+    Prefixes,
 }
 
-/// `n` ingress rules, each a TCP port from one address, half allow, half
-/// drop: nothing that a class could merge.
-fn policy(n: usize) -> Policy {
-    let mut group = Group::empty("bench").expect("a valid name");
-    for i in 0..n {
-        let (addr, port) = rule_target(i);
-        let mut rule = Rule::new(Direction::Ingress);
-        rule.protocol = Protocol::List(vec![IpProtocol::TCP]);
-        rule.ports = PortSpec(vec![PortRange {
-            start: port,
-            end: port,
-        }]);
-        rule.remote = Remote::Cidrs(vec![IpNet::from(IpAddr::V4(addr))]);
-        rule.action = if i % 2 == 0 {
-            Action::Allow
-        } else {
-            Action::Drop
-        };
-        group.rules.push(rule);
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Hosts => "one IPv4 address and one TCP port per rule",
+            Shape::Prefixes => "one IPv6 /64 and a range of 4 TCP ports per rule",
+        }
     }
-    let mut port = Port::new(PORT, "bench0", MacAddr([0x02, 0, 0, 0, 0, 2]));
-    port.ips = vec![IpAddr::V4(OWN)];
-    port.groups = vec!["bench".to_string()];
-    Policy {
-        groups: vec![group],
-        ports: vec![port],
+
+    /// Rule `i`'s remote, a packet's source in it, and its first port.
+    fn target(self, i: usize) -> (IpNet, IpAddr, u16) {
+        match self {
+            Shape::Hosts => {
+                let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32);
+                let net = IpNet::from(IpAddr::V4(addr));
+                (net, IpAddr::V4(addr), 1 + (i * 7 % 65_535) as u16)
+            }
+            Shape::Prefixes => {
+                let net = Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 0);
+                let host = Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 9);
+                let net = IpNet::new(IpAddr::V6(net), 64).expect("a valid prefix");
+                (net, IpAddr::V6(host), 1 + (i * 4 % 65_532) as u16)
+            }
+        }
+    }
+
+    fn ports(self) -> u16 {
+        match self {
+            Shape::Hosts => 1,
+            Shape::Prefixes => 4,
+        }
+    }
+
+    fn policy(self, n: usize) -> Policy {
+        let mut group = Group::empty("bench").expect("a valid name");
+        for i in 0..n {
+            let (remote, _, port) = self.target(i);
+            let mut rule = Rule::new(Direction::Ingress);
+            rule.protocol = Protocol::List(vec![IpProtocol::TCP]);
+            rule.ports = PortSpec(vec![PortRange {
+                start: port,
+                end: port + self.ports() - 1,
+            }]);
+            rule.remote = Remote::Cidrs(vec![remote]);
+            rule.action = if i % 2 == 0 {
+                Action::Allow
+            } else {
+                Action::Drop
+            };
+            group.rules.push(rule);
+        }
+        let mut port = Port::new(PORT, "bench0", MacAddr([0x02, 0, 0, 0, 0, 2]));
+        port.ips = vec![IpAddr::V4(OWN), IpAddr::V6(OWN6)];
+        port.groups = vec!["bench".to_string()];
+        Policy {
+            groups: vec![group],
+            ports: vec![port],
+        }
+    }
+
+    /// A SYN that the last of `n` rules decides.
+    fn last(self, n: usize) -> Result<Vec<u8>> {
+        let (_, from, port) = self.target(n - 1);
+        syn(from, port + self.ports() - 1)
+    }
+
+    /// A SYN that no rule matches.
+    fn unmatched(self) -> Result<Vec<u8>> {
+        match self {
+            Shape::Hosts => syn(IpAddr::V4(Ipv4Addr::new(198, 19, 255, 254)), 9),
+            Shape::Prefixes => syn(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)),
+                9,
+            ),
+        }
     }
 }
 
-fn syn(from: Ipv4Addr, port: u16) -> Result<Vec<u8>> {
-    let mut packet = Packet::udp(IpAddr::V4(from), IpAddr::V4(OWN), 40000, port);
+fn syn(from: IpAddr, port: u16) -> Result<Vec<u8>> {
+    let to = match from {
+        IpAddr::V4(_) => IpAddr::V4(OWN),
+        IpAddr::V6(_) => IpAddr::V6(OWN6),
+    };
+    let mut packet = Packet::udp(from, to, 40000, port);
     packet.transport = Transport::Tcp {
         src_port: 40000,
         dst_port: port,
@@ -98,24 +156,36 @@ fn memlock(pins: &Pins, name: &str) -> Result<u64> {
 
 fn main() -> Result<()> {
     let mut port = TestPort::new(SLOT)?;
-    let run = &port.run;
-    let unmatched = syn(Ipv4Addr::new(198, 19, 255, 254), 9)?;
-    let no_policy = ns_per_packet(run, &unmatched)?;
+    let no_policy = ns_per_packet(&port.run, &Shape::Hosts.unmatched()?)?;
     println!(
         "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"
     );
     println!("without a policy (parse and blocklist only): {no_policy:.1} ns/packet");
-    for (program, count) in run.verified_instructions()? {
+    for (program, count) in port.run.verified_instructions()? {
         println!("{program}: {count} instructions verified");
     }
-    println!();
+    for shape in [Shape::Hosts, Shape::Prefixes] {
+        println!("\n{}:", shape.name());
+        // Each size replaces the one before; the first starts clean.
+        port.policy.clear(SLOT)?;
+        run(&mut port, shape)?;
+    }
+    println!(
+        "\nratio: to the same packet at {} rules; goal ≤ 1.2×",
+        SIZES[0]
+    );
+    Ok(())
+}
+
+fn run(port: &mut TestPort, shape: Shape) -> Result<()> {
     println!(
         "{:>7} {:>11} {:>12} {:>9} {:>12} {:>9} {:>10} {:>10}",
-        "rules", "compile", "map entries", "memory", "last rule", "ratio", "no match", "ratio"
+        "rules", "install", "map entries", "memory", "last rule", "ratio", "no match", "ratio"
     );
+    let unmatched = shape.unmatched()?;
     let mut base: Option<(f64, f64)> = None;
     for n in SIZES {
-        let policy = policy(n);
+        let policy = shape.policy(n);
         let started = Instant::now();
         let counters = counter_ids(&policy)?;
         let id = port.policy.next_policy_id()?;
@@ -125,15 +195,16 @@ fn main() -> Result<()> {
         let memory: u64 = [
             map_names::LOCAL,
             map_names::REMOTE,
+            map_names::REMOTE_EXACT,
             map_names::L4,
+            map_names::L4_EXACT,
             map_names::VERDICT,
         ]
         .iter()
         .map(|name| memlock(port.pins(), name))
         .sum::<Result<u64>>()?;
-        let (addr, dst_port) = rule_target(n - 1);
-        let last = ns_per_packet(run, &syn(addr, dst_port)?)?;
-        let none = ns_per_packet(run, &unmatched)?;
+        let last = ns_per_packet(&port.run, &shape.last(n)?)?;
+        let none = ns_per_packet(&port.run, &unmatched)?;
         let (base_last, base_none) = *base.get_or_insert((last, none));
         println!(
             "{n:>7} {:>9.1}ms {:>12} {:>7.1}MB {:>9.1} ns {:>8.2}× {:>7.1} ns {:>8.2}×",
@@ -146,9 +217,5 @@ fn main() -> Result<()> {
             none / base_none,
         );
     }
-    println!(
-        "\nratio: to the same packet at {} rules; goal ≤ 1.2×",
-        SIZES[0]
-    );
     Ok(())
 }
