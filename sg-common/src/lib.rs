@@ -37,6 +37,8 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "SG_FRAGMENTS";
     pub const REMOTE_EXACT: &str = "SG_REMOTE_EXACT";
     pub const L4_EXACT: &str = "SG_L4_EXACT";
+    /// A tracer's own record, not pinned.
+    pub const TRACE: &str = "SG_TRACE";
 }
 
 /// Names of the programs in the eBPF object.
@@ -53,6 +55,45 @@ pub mod program_names {
 /// The global variable, one per loaded program instance, that holds the
 /// port's slot in the per-port maps.
 pub const PORT_SLOT_GLOBAL: &str = "PORT_SLOT";
+
+/// The global variable that makes an instance a tracer (`sg-ctl trace`):
+/// it counts nothing, remembers no fragment, and writes what it decided to
+/// its own `SG_TRACE` map. Zero in the instances attached to ports, where
+/// the verifier removes the tracing code as dead.
+pub const TRACE_GLOBAL: &str = "TRACE";
+
+/// What a tracer decided on a frame, in `SG_TRACE[0]`. The candidates are
+/// `candidate::NONE` where the program did not look (or found nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// `Outcome` code; `u32::MAX` until the program counts.
+    pub outcome: u32,
+    pub local_class: u32,
+    pub remote_class: u32,
+    pub l4_class: u32,
+    /// The best rule that needs only the remote address.
+    pub remote_best: u64,
+    /// The best rule that needs only the protocol and port.
+    pub l4_best: u64,
+    /// The best rule that needs both.
+    pub pair_best: u64,
+    /// The deciding candidate.
+    pub best: u64,
+}
+
+impl TraceRecord {
+    pub const UNSET: TraceRecord = TraceRecord {
+        outcome: u32::MAX,
+        local_class: 0,
+        remote_class: 0,
+        l4_class: 0,
+        remote_best: candidate::NONE,
+        l4_best: candidate::NONE,
+        pair_best: candidate::NONE,
+        best: candidate::NONE,
+    };
+}
 
 /// Direction of a packet as seen from the workload.
 #[repr(u32)]
@@ -381,6 +422,7 @@ const _: () = assert!(size_of::<L4Key>() == 12);
 const _: () = assert!(size_of::<Class>() == 16);
 const _: () = assert!(size_of::<VerdictKey>() == 16);
 const _: () = assert!(size_of::<FragmentKey>() == 44);
+const _: () = assert!(size_of::<TraceRecord>() == 48);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
@@ -401,4 +443,5 @@ mod user {
     unsafe impl aya::Pod for Class {}
     unsafe impl aya::Pod for VerdictKey {}
     unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for TraceRecord {}
 }

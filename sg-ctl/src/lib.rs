@@ -6,3 +6,4 @@ pub mod datapath;
 pub mod frame;
 pub mod model;
 pub mod netns;
+pub mod trace;

@@ -27,7 +27,7 @@ use sg_common::{
     LocalKey, MAX_BLOCKED_PREFIXES, MAX_FRAGMENT_ENTRIES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES,
     MAX_PORTS, MAX_REMOTE_ENTRIES, MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome,
     PORT_REPLY_VIA_TC, PortConfig, REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope,
-    VerdictKey, candidate,
+    TraceRecord, VerdictKey, candidate,
 };
 
 use crate::{
@@ -38,6 +38,15 @@ use crate::{
 /// This instance's port; set by the loader.
 #[unsafe(no_mangle)]
 static PORT_SLOT: u32 = 0;
+
+/// Set by `sg-ctl trace` in its own instance (see `TRACE_GLOBAL`).
+#[unsafe(no_mangle)]
+static TRACE: u32 = 0;
+
+/// A tracer's record of its last frame; not pinned, so each instance has
+/// its own.
+#[map(name = "SG_TRACE")]
+static SG_TRACE: Array<TraceRecord> = Array::with_max_entries(1, 0);
 
 #[map(name = "SG_PORTS")]
 static SG_PORTS: Array<PortConfig> = Array::pinned(MAX_PORTS, 0);
@@ -104,8 +113,30 @@ fn active_port() -> Option<(u32, u32)> {
         .map(|p| (slot, p.flags))
 }
 
+/// Whether this instance traces rather than filters. A read-only global:
+/// in a port's instance the verifier knows it is zero and drops every
+/// branch that depends on it.
+#[inline(always)]
+fn tracing() -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&TRACE) != 0 }
+}
+
+/// The tracer's record, when tracing.
+#[inline(always)]
+fn trace() -> Option<*mut TraceRecord> {
+    if tracing() {
+        SG_TRACE.get_ptr_mut(0)
+    } else {
+        None
+    }
+}
+
 #[inline(always)]
 fn add(counter: Option<*mut Counter>, bytes: u64) {
+    if tracing() {
+        return;
+    }
     if let Some(counter) = counter {
         // SAFETY: a per-CPU value, written by this CPU only.
         unsafe {
@@ -117,6 +148,10 @@ fn add(counter: Option<*mut Counter>, bytes: u64) {
 
 #[inline(always)]
 fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
+    if let Some(record) = trace() {
+        // SAFETY: the tracer's own record.
+        unsafe { (*record).outcome = outcome as u32 };
+    }
     add(
         SG_STATS.get_ptr_mut(outcome.stat_index(slot, direction)),
         bytes,
@@ -151,8 +186,10 @@ fn classify(
     };
     let best = if ip.first_fragment {
         let best = lookup(policy, direction, ip)?;
-        // Full: the later fragments of this datagram are dropped.
-        let _ = SG_FRAGMENTS.insert(fragment, best, 0);
+        if !tracing() {
+            // Full: the later fragments of this datagram are dropped.
+            let _ = SG_FRAGMENTS.insert(fragment, best, 0);
+        }
         best
     } else {
         // SAFETY: a plain read of a hash map value.
@@ -225,8 +262,24 @@ fn lookup(policy: u32, direction: Direction, ip: &IpPacket) -> Result<u64, Outco
         l4_class: l4.class,
     };
     // SAFETY: a plain read of a hash map value.
-    match unsafe { SG_VERDICT.get(pair) } {
-        Some(&both) if both < best => Ok(both),
+    let both = unsafe { SG_VERDICT.get(pair) }.copied();
+    if let Some(record) = trace() {
+        // SAFETY: the tracer's own record.
+        unsafe {
+            *record = TraceRecord {
+                outcome: (*record).outcome,
+                local_class,
+                remote_class: remote.class,
+                l4_class: l4.class,
+                remote_best: remote.best,
+                l4_best: l4.best,
+                pair_best: both.unwrap_or(candidate::NONE),
+                best: candidate::NONE,
+            }
+        };
+    }
+    match both {
+        Some(both) if both < best => Ok(both),
         _ => Ok(best),
     }
 }
@@ -234,6 +287,10 @@ fn lookup(policy: u32, direction: Direction, ip: &IpPacket) -> Result<u64, Outco
 /// Counts the packet on the deciding rule and says what its action means.
 #[inline(always)]
 fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
+    if let Some(record) = trace() {
+        // SAFETY: the tracer's own record.
+        unsafe { (*record).best = best };
+    }
     if best == candidate::NONE {
         return Err(Outcome::DropDefault);
     }

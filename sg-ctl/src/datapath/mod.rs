@@ -35,8 +35,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::{
     BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, IPV4_MAPPED_PREFIX_BITS, MAX_PORTS, Outcome,
-    PORT_ACTIVE, PORT_REPLY_VIA_TC, PORT_SLOT_GLOBAL, PortConfig, ipv4_mapped, map_names,
-    program_names,
+    PORT_ACTIVE, PORT_REPLY_VIA_TC, PORT_SLOT_GLOBAL, PortConfig, TRACE_GLOBAL, TraceRecord,
+    ipv4_mapped, map_names, program_names,
 };
 
 use crate::netns;
@@ -55,6 +55,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("the packet to trace: {reason}")]
+    Frame { reason: String },
     #[error("{action} needs root (CAP_BPF and CAP_NET_ADMIN): run sg-ctl as root, e.g. with sudo")]
     NotRoot { action: &'static str },
     #[error(
@@ -440,11 +442,17 @@ fn prefix_of(addr: [u8; 16], bits: u32) -> IpNet {
 /// Loads the eBPF object for one port slot, creating or reusing the pinned
 /// maps. The programs are loaded into the kernel but not attached.
 pub fn load(pins: &Pins, slot: u32) -> Result<Ebpf> {
+    load_instance(pins, slot, false)
+}
+
+/// `load`, for a port's programs or (`trace`) for a tracer of the port.
+fn load_instance(pins: &Pins, slot: u32, trace: bool) -> Result<Ebpf> {
     let maps = pins.maps();
     fs::create_dir_all(&maps).context(|| format!("creating {}", maps.display()))?;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
+        .override_global(TRACE_GLOBAL, &u32::from(trace), true)
         .load(EBPF_OBJECT)
         .map_err(|source| match source {
             aya::EbpfError::MapError(_) => DatapathError::IncompatiblePins {
@@ -516,9 +524,20 @@ pub struct TestRun {
 
 impl TestRun {
     pub fn load(pins: &Pins, slot: u32) -> Result<TestRun> {
+        TestRun::load_instance(pins, slot, false)
+    }
+
+    /// A tracer of the slot's port: the same programs on the same maps,
+    /// counting nothing and remembering no fragment, that say what they
+    /// decided (see `trace`).
+    pub fn tracer(pins: &Pins, slot: u32) -> Result<TestRun> {
+        TestRun::load_instance(pins, slot, true)
+    }
+
+    fn load_instance(pins: &Pins, slot: u32, trace: bool) -> Result<TestRun> {
         require_root("running the filter on test frames")?;
         ensure_bpffs(pins)?;
-        let mut ebpf = load(pins, slot)?;
+        let mut ebpf = load_instance(pins, slot, trace)?;
         xdp_program(&mut ebpf)?;
         tc_program(&mut ebpf, program_names::TC)?;
         Ok(TestRun { ebpf })
@@ -546,6 +565,35 @@ impl TestRun {
             out.push((name, info.verified_instruction_count().unwrap_or(0)));
         }
         Ok(out)
+    }
+
+    /// Runs a tracer (see `tracer`) on a frame: what the program did, the
+    /// frame as it left it, and its record of why.
+    pub fn trace(
+        &mut self,
+        direction: Direction,
+        frame: &[u8],
+    ) -> Result<(Forward, Vec<u8>, TraceRecord)> {
+        let mut record: Array<&mut MapData, TraceRecord> = self
+            .ebpf
+            .map_mut(map_names::TRACE)
+            .expect("the object has the trace map")
+            .try_into()
+            .context(|| "the trace map has another type".to_string())?;
+        record
+            .set(0, TraceRecord::UNSET, 0)
+            .context(|| "clearing the trace record".to_string())?;
+        let (forward, out) = self.run_out(direction, frame)?;
+        let record: Array<&MapData, TraceRecord> = self
+            .ebpf
+            .map(map_names::TRACE)
+            .expect("the object has the trace map")
+            .try_into()
+            .context(|| "the trace map has another type".to_string())?;
+        let record = record
+            .get(&0, 0)
+            .context(|| "reading the trace record".to_string())?;
+        Ok((forward, out, record))
     }
 
     /// Runs the program of `direction` once on a frame; what it did and the
@@ -1021,6 +1069,12 @@ fn port_of(pins: &Pins, iface: &str) -> Result<(Maps, u32)> {
     let maps = Maps::open(pins)?.ok_or_else(not_attached)?;
     let (slot, _) = maps.find(netns, iface)?.ok_or_else(not_attached)?;
     Ok((maps, slot))
+}
+
+/// The slot of the port of `iface`, an interface of the calling thread's
+/// namespace.
+pub fn slot_of(pins: &Pins, iface: &str) -> Result<u32> {
+    port_of(pins, iface).map(|(_, slot)| slot)
 }
 
 /// Drops, on the port of `iface`, packets from (XDP) or to (TC) addresses

@@ -1,0 +1,158 @@
+//! Tracing: the port's real programs, in a tracer instance, say what they
+//! do with a described packet and which rule decided, and count nothing.
+
+use anyhow::Result;
+use serde_json::json;
+use sg_common::Direction;
+use sg_ctl::{
+    datapath::{DatapathError, Forward, Pins},
+    frame::{Packet, TcpFlags, Transport},
+    model::Policy,
+    trace::{Trace, trace},
+};
+use sg_tests::{PORT, TestPins, VethPort, WORKLOAD_V4, addr, require_root};
+
+fn policy() -> Policy {
+    let policy: Policy = serde_json::from_value(json!({
+        "groups": [
+            {
+                "name": "web",
+                "rules": [
+                    {"direction": "ingress", "protocol": "tcp", "ports": "22",
+                     "remote": "198.18.1.0/24"},
+                    {"direction": "ingress", "protocol": "tcp", "ports": "80,443"},
+                    {"direction": "ingress", "protocol": "tcp", "ports": "23",
+                     "action": "reject"},
+                    {"direction": "egress"},
+                ],
+            },
+            {
+                "name": "ops",
+                "rules": [
+                    {"direction": "ingress", "protocol": "icmp"},
+                    {"direction": "ingress", "remote": "198.18.2.0/24", "action": "drop"},
+                ],
+            },
+        ],
+        "ports": [{
+            "name": "vm",
+            "ifname": PORT,
+            "mac": "02:00:00:00:00:02",
+            "ips": [WORKLOAD_V4],
+            "groups": ["web", "ops"],
+        }],
+    }))
+    .expect("a well-formed policy");
+    policy.validate().expect("a valid policy");
+    policy
+}
+
+fn tcp(from: &str, port: u16) -> Packet {
+    let mut packet = Packet::udp(addr(from), addr(WORKLOAD_V4), 40000, port);
+    packet.transport = Transport::Tcp {
+        src_port: 40000,
+        dst_port: port,
+        flags: TcpFlags::SYN,
+    };
+    packet
+}
+
+/// Traces an inbound packet on the port, from inside its namespace.
+fn run(port: &VethPort, pins: &Pins, packet: Packet, policy: Option<Policy>) -> Result<Trace> {
+    let pins = pins.clone();
+    port.host.within(move || {
+        let policy = policy.as_ref().map(|p| (p, "vm"));
+        Ok(trace(&pins, PORT, Direction::Ingress, &packet, policy)?)
+    })
+}
+
+#[test]
+fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])?;
+    let untraced = run(&port, &pins.pins, tcp("198.18.1.5", 22), None)?;
+    assert_eq!(untraced.forward, Forward::Pass);
+    assert!(untraced.reason.contains("no policy"), "{untraced:?}");
+
+    pins.install(PORT, &policy(), "vm")?;
+    let policy = Some(policy());
+    let cases = [
+        (
+            tcp("198.18.1.5", 22),
+            Forward::Pass,
+            "pass",
+            Some(("web", 0)),
+        ),
+        (tcp("198.18.3.5", 22), Forward::Drop, "drop-default", None),
+        (
+            tcp("198.18.3.5", 443),
+            Forward::Pass,
+            "pass",
+            Some(("web", 1)),
+        ),
+        (
+            tcp("198.18.3.5", 23),
+            Forward::Reply,
+            "reject",
+            Some(("web", 2)),
+        ),
+        (
+            tcp("198.18.2.5", 8080),
+            Forward::Drop,
+            "drop-rule",
+            Some(("ops", 1)),
+        ),
+    ];
+    for (packet, forward, outcome, rule) in cases {
+        let traced = run(&port, &pins.pins, packet.clone(), policy.clone())?;
+        let what = format!("{packet:?}: {traced:#?}");
+        assert_eq!(traced.forward, forward, "{what}");
+        assert_eq!(traced.outcome, outcome, "{what}");
+        let named = traced.rule.as_ref().map(|r| (r.group.as_str(), r.index));
+        assert_eq!(named, rule, "{what}");
+    }
+    let mut ping = tcp("198.18.3.5", 0);
+    ping.transport = Transport::Icmp { type_: 8, code: 0 };
+    let traced = run(&port, &pins.pins, ping, policy.clone())?;
+    assert_eq!(
+        traced.matched_on,
+        Some("protocol/port (any remote address)"),
+        "{traced:#?}"
+    );
+    assert!(traced.rule.unwrap().rule.contains("ingress allow icmp"));
+
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "block", PORT, WORKLOAD_V4])?;
+    let blocked = run(&port, &pins.pins, tcp("198.18.1.5", 22), policy)?;
+    assert_eq!(blocked.outcome, "drop-blocked");
+
+    // Nothing counted. (Only the link's own neighbour discovery and ARP
+    // cross the port meanwhile.)
+    for outcome in [
+        "pass",
+        "drop-default",
+        "drop-rule",
+        "reject",
+        "drop-blocked",
+    ] {
+        assert_eq!(pins.counter(PORT, "ingress", outcome)?, 0, "{outcome}");
+    }
+    Ok(())
+}
+
+#[test]
+fn tracing_a_port_without_sg_says_so() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    let error = run(&port, &pins.pins, tcp("198.18.1.5", 22), None).unwrap_err();
+    assert!(
+        matches!(
+            error.downcast_ref::<DatapathError>(),
+            Some(DatapathError::NotAttached { .. })
+        ),
+        "{error:#}"
+    );
+    Ok(())
+}
