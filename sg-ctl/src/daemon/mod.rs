@@ -1,0 +1,797 @@
+//! `sg-ctl daemon`: the desired state in the store, its changes checked as
+//! a whole before they are committed, and the datapath kept in line with
+//! it (see [`reconcile`]). [`api`] serves it over HTTP on a Unix socket,
+//! [`metrics`] exports the counters.
+
+pub mod api;
+pub mod metrics;
+mod reconcile;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    compile,
+    datapath::Pins,
+    model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
+    store::{PortPhase, Role, Settings, State, Store, StoreError},
+};
+
+/// Why a request was refused; each kind is one HTTP status and one exit
+/// code of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotFound,
+    /// No credentials: neither a token nor root.
+    Unauthenticated,
+    Forbidden,
+    Conflict,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(error: impl ToString) -> Self {
+        Self::new(ErrorKind::Invalid, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::new(ErrorKind::Internal, error.to_string())
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The state of a port's policy, or of a group over the ports attaching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// `pending`, `active`, `error`, or for a group attached nowhere `na`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub revision: u64,
+    pub spec: Group,
+    /// Ports attaching the group.
+    pub ports: Vec<String>,
+    pub status: Status,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortView {
+    pub revision: u64,
+    pub spec: Port,
+    pub status: Status,
+    /// The datapath's policy id for the port, once installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<u32>,
+}
+
+/// A whole desired state, as `sg-ctl apply` reads it and `sg-ctl export`
+/// writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Left out: the settings stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+}
+
+/// One difference between the desired state and a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    /// `group`, `port` or `settings`.
+    pub kind: String,
+    pub name: String,
+    /// For updates, the fields that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+/// What `apply` did or, with `dry_run`, would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+}
+
+/// The daemon: the store, the state it holds, and the datapath's pins.
+pub struct Daemon {
+    store: Store,
+    state: State,
+    pins: Pins,
+}
+
+impl Daemon {
+    /// Opens the store and brings the datapath in line with it, adopting
+    /// what is already installed.
+    pub fn start(store: Store, pins: Pins) -> Result<Daemon> {
+        let state = store.load()?;
+        let mut daemon = Daemon { store, state, pins };
+        daemon.reconcile()?;
+        Ok(daemon)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Checks `change` applied to a copy of the desired state, then commits
+    /// it and reconciles the datapath. Nothing is written when the change
+    /// or the state it leads to is invalid.
+    fn change(
+        &mut self,
+        role: Role,
+        change: impl FnOnce(&mut Policy, &mut Settings) -> Result<()>,
+    ) -> Result<()> {
+        require(role, Role::Owner)?;
+        let mut policy = self.state.policy.clone();
+        let mut settings = self.state.settings.clone();
+        change(&mut policy, &mut settings)?;
+        check(&policy, &settings)?;
+        self.state = self.store.save(&self.state, &policy, &settings)?;
+        self.reconcile()
+    }
+
+    // Groups.
+
+    pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
+        require(role, Role::Anonymous)?;
+        Ok(self
+            .state
+            .policy
+            .groups
+            .iter()
+            .filter(|group| role >= Role::Viewer || group.public)
+            .map(|group| self.group_view(group))
+            .collect())
+    }
+
+    pub fn group(&self, role: Role, name: &str) -> Result<GroupView> {
+        require(role, Role::Anonymous)?;
+        match self.state.policy.group(name) {
+            Some(group) if role >= Role::Viewer || group.public => Ok(self.group_view(group)),
+            Some(_) => Err(ApiError::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "group '{name}' is not public; reading it needs a viewer or owner token \
+                     (--token, or SG_TOKEN) or root"
+                ),
+            )),
+            None => Err(no_group(name)),
+        }
+    }
+
+    fn group_view(&self, group: &Group) -> GroupView {
+        let ports: Vec<&Port> = self
+            .state
+            .policy
+            .ports
+            .iter()
+            .filter(|port| port.groups.contains(&group.name))
+            .collect();
+        let states = self.store.port_states().unwrap_or_default();
+        let mut status = Status {
+            state: if ports.is_empty() { "na" } else { "active" }.into(),
+            reason: String::new(),
+        };
+        for port in &ports {
+            let Some(port_state) = states.get(&port.name) else {
+                continue;
+            };
+            match port_state.phase {
+                PortPhase::Error => {
+                    status.state = "error".into();
+                    if !status.reason.is_empty() {
+                        status.reason.push_str("; ");
+                    }
+                    status.reason += &format!("port {}: {}", port.name, port_state.reason);
+                }
+                PortPhase::Pending if status.state == "active" => status.state = "pending".into(),
+                _ => {}
+            }
+        }
+        GroupView {
+            revision: self.state.group_revisions[&group.name],
+            spec: group.clone(),
+            ports: ports.iter().map(|port| port.name.clone()).collect(),
+            status,
+        }
+    }
+
+    pub fn create_group(&mut self, role: Role, group: Group) -> Result<GroupView> {
+        let name = group.name.clone();
+        self.change(role, |policy, _| {
+            if policy.group(&group.name).is_some() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "group '{}' exists; update it, or choose another name",
+                        group.name
+                    ),
+                ));
+            }
+            policy.groups.push(group);
+            Ok(())
+        })?;
+        self.group(role, &name)
+    }
+
+    /// Replaces a group (same name); `revision`, when given, must be the
+    /// group's current one.
+    pub fn replace_group(
+        &mut self,
+        role: Role,
+        name: &str,
+        group: Group,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        if group.name != name {
+            return Err(ApiError::invalid(format!(
+                "name: '{}' differs from the group '{name}' being updated; \
+                 groups cannot be renamed (clone it, then delete the old one)",
+                group.name
+            )));
+        }
+        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.change(role, |policy, _| {
+            *group_mut(policy, name)? = group;
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    pub fn delete_group(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
+        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.change(role, |policy, _| {
+            group_mut(policy, name)?;
+            if name == DEFAULT_GROUP {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    "the default group cannot be deleted; remove its rules instead",
+                ));
+            }
+            let ports: Vec<&str> = policy
+                .ports
+                .iter()
+                .filter(|port| port.groups.iter().any(|g| g == name))
+                .map(|port| port.name.as_str())
+                .collect();
+            if !ports.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "group '{name}' is attached to port(s) {}; detach it first \
+                         (`sg-ctl port detach PORT {name}`)",
+                        ports.join(", ")
+                    ),
+                ));
+            }
+            let users: Vec<&str> = policy
+                .groups
+                .iter()
+                .filter(|g| {
+                    g.name != name
+                        && g.rules
+                            .iter()
+                            .any(|rule| rule.remote == Remote::Group(name.into()))
+                })
+                .map(|g| g.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "rules of group(s) {} name group '{name}' as remote; \
+                         delete or change those rules first",
+                        users.join(", ")
+                    ),
+                ));
+            }
+            policy.groups.retain(|g| g.name != name);
+            Ok(())
+        })
+    }
+
+    /// Copies a group under a new name; the copy is not public.
+    pub fn clone_group(&mut self, role: Role, from: &str, name: &str) -> Result<GroupView> {
+        let group = Group {
+            name: name.into(),
+            public: false,
+            ..self
+                .state
+                .policy
+                .group(from)
+                .ok_or_else(|| no_group(from))?
+                .clone()
+        };
+        self.create_group(role, group)
+    }
+
+    /// Appends rules to a group.
+    pub fn add_rules(
+        &mut self,
+        role: Role,
+        name: &str,
+        rules: Vec<Rule>,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.change(role, |policy, _| {
+            group_mut(policy, name)?.rules.extend(rules);
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
+    pub fn set_rule(
+        &mut self,
+        role: Role,
+        name: &str,
+        index: usize,
+        rule: Option<Rule>,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.change(role, |policy, _| {
+            let group = group_mut(policy, name)?;
+            let count = group.rules.len();
+            if index >= count {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "group '{name}' has no rule {index}; it has {count} (0-{}); \
+                         `sg-ctl rule list {name}` shows them",
+                        count.saturating_sub(1)
+                    ),
+                ));
+            }
+            match rule {
+                Some(rule) => group.rules[index] = rule,
+                None => {
+                    group.rules.remove(index);
+                }
+            }
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    // Ports.
+
+    pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
+        require(role, Role::Viewer)?;
+        let states = self.store.port_states()?;
+        Ok(self
+            .state
+            .policy
+            .ports
+            .iter()
+            .map(|port| self.port_view(port, &states))
+            .collect())
+    }
+
+    pub fn port(&self, role: Role, name: &str) -> Result<PortView> {
+        require(role, Role::Viewer)?;
+        let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        Ok(self.port_view(port, &self.store.port_states()?))
+    }
+
+    fn port_view(
+        &self,
+        port: &Port,
+        states: &BTreeMap<String, crate::store::PortState>,
+    ) -> PortView {
+        let state = states.get(&port.name);
+        PortView {
+            revision: self.state.port_revisions[&port.name],
+            spec: port.clone(),
+            status: Status {
+                state: state.map_or("pending", |s| s.phase.as_str()).into(),
+                reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
+            },
+            policy_id: state.and_then(|s| s.policy_id),
+        }
+    }
+
+    pub fn create_port(&mut self, role: Role, port: Port) -> Result<PortView> {
+        let name = port.name.clone();
+        self.change(role, |policy, _| {
+            if policy.port(&port.name).is_some() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "port '{}' exists; update it, or choose another name",
+                        port.name
+                    ),
+                ));
+            }
+            policy.ports.push(port);
+            Ok(())
+        })?;
+        self.port(role, &name)
+    }
+
+    pub fn replace_port(
+        &mut self,
+        role: Role,
+        name: &str,
+        port: Port,
+        revision: Option<u64>,
+    ) -> Result<PortView> {
+        if port.name != name {
+            return Err(ApiError::invalid(format!(
+                "name: '{}' differs from the port '{name}' being updated; \
+                 ports cannot be renamed",
+                port.name
+            )));
+        }
+        self.check_revision("port", name, &self.state.port_revisions, revision)?;
+        self.change(role, |policy, _| {
+            *port_mut(policy, name)? = port;
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    pub fn delete_port(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
+        self.check_revision("port", name, &self.state.port_revisions, revision)?;
+        self.change(role, |policy, _| {
+            port_mut(policy, name)?;
+            policy.ports.retain(|port| port.name != name);
+            Ok(())
+        })
+    }
+
+    /// Attaches groups to a port (after its others), live.
+    pub fn attach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
+        self.change(role, |policy, _| {
+            let port = port_mut(policy, name)?;
+            for group in groups {
+                if !port.groups.contains(group) {
+                    port.groups.push(group.clone());
+                }
+            }
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    /// Detaches groups from a port, live; a port keeps at least one.
+    pub fn detach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
+        self.change(role, |policy, _| {
+            let port = port_mut(policy, name)?;
+            if let Some(group) = groups.iter().find(|g| !port.groups.contains(g)) {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "group '{group}' is not attached to port '{name}'; it has {}",
+                        port.groups.join(", ")
+                    ),
+                ));
+            }
+            port.groups.retain(|g| !groups.contains(g));
+            if port.groups.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "port '{name}': groups: a port keeps at least one group; \
+                     attach another first (e.g. `sg-ctl port attach {name} default`)"
+                )));
+            }
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    // Settings, documents, tokens.
+
+    pub fn settings(&self, role: Role) -> Result<Settings> {
+        require(role, Role::Viewer)?;
+        Ok(self.state.settings.clone())
+    }
+
+    pub fn set_settings(&mut self, role: Role, settings: Settings) -> Result<Settings> {
+        self.change(role, |_, current| {
+            *current = settings;
+            Ok(())
+        })?;
+        Ok(self.state.settings.clone())
+    }
+
+    pub fn export(&self, role: Role) -> Result<Document> {
+        require(role, Role::Viewer)?;
+        Ok(Document {
+            groups: self.state.policy.groups.clone(),
+            ports: self.state.policy.ports.clone(),
+            settings: Some(self.state.settings.clone()),
+        })
+    }
+
+    /// Makes the desired state the document's: its groups (the `default`
+    /// group stays when the document leaves it out), its ports, and its
+    /// settings if it has them. Applying the same document twice changes
+    /// nothing the second time.
+    pub fn apply(&mut self, role: Role, document: Document, dry_run: bool) -> Result<Applied> {
+        let mut groups = document.groups;
+        if !groups.iter().any(|g| g.name == DEFAULT_GROUP)
+            && let Some(default) = self.state.policy.group(DEFAULT_GROUP)
+        {
+            groups.insert(0, default.clone());
+        }
+        let policy = Policy {
+            groups,
+            ports: document.ports,
+        };
+        let settings = document
+            .settings
+            .unwrap_or_else(|| self.state.settings.clone());
+        let changes = diff(&self.state, &policy, &settings);
+        if dry_run {
+            require(role, Role::Viewer)?;
+            check(&policy, &settings)?;
+        } else if !changes.is_empty() {
+            self.change(role, |current, current_settings| {
+                *current = policy;
+                *current_settings = settings;
+                Ok(())
+            })?;
+        } else {
+            require(role, Role::Owner)?;
+        }
+        Ok(Applied { dry_run, changes })
+    }
+
+    pub fn create_token(&self, role: Role, token_role: Role) -> Result<String> {
+        require(role, Role::Owner)?;
+        if token_role == Role::Anonymous {
+            return Err(ApiError::invalid(
+                "role: use owner or viewer; clients without a token are anonymous already",
+            ));
+        }
+        Ok(self.store.create_token(token_role)?)
+    }
+
+    fn check_revision(
+        &self,
+        kind: &str,
+        name: &str,
+        revisions: &std::collections::HashMap<String, u64>,
+        expected: Option<u64>,
+    ) -> Result<()> {
+        match (revisions.get(name), expected) {
+            (Some(&current), Some(expected)) if current != expected => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{kind} '{name}' is at revision {current}, not {expected}: someone changed \
+                     it meanwhile; read it again and redo the change"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses a client whose role is below `needed`.
+fn require(role: Role, needed: Role) -> Result<()> {
+    if role >= needed {
+        return Ok(());
+    }
+    Err(match role {
+        Role::Anonymous => ApiError::new(
+            ErrorKind::Unauthenticated,
+            "this needs a token (--token, or SG_TOKEN; an owner creates one with \
+             `sg-ctl daemon token create --role viewer`) or root",
+        ),
+        _ => ApiError::new(
+            ErrorKind::Forbidden,
+            "a viewer token is read-only; changes need an owner token or root",
+        ),
+    })
+}
+
+fn no_group(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no group named '{name}'; `sg-ctl group list` shows the groups"),
+    )
+}
+
+fn no_port(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no port named '{name}'; `sg-ctl port list` shows the ports"),
+    )
+}
+
+fn group_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Group> {
+    policy
+        .groups
+        .iter_mut()
+        .find(|g| g.name == name)
+        .ok_or_else(|| no_group(name))
+}
+
+fn port_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Port> {
+    policy
+        .ports
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| no_port(name))
+}
+
+/// The policy the datapath enforces for a desired state.
+fn effective(policy: &Policy, settings: &Settings) -> Policy {
+    if settings.block_outbound_smtp {
+        policy.with_outbound_smtp_blocked()
+    } else {
+        policy.clone()
+    }
+}
+
+/// Checks a whole desired state: the settings, the policy, the limits, and
+/// that every port compiles.
+fn check(policy: &Policy, settings: &Settings) -> Result<()> {
+    for (field, value) in [
+        ("max_rules_per_group", settings.max_rules_per_group),
+        ("max_groups_per_port", settings.max_groups_per_port),
+    ] {
+        if value == 0 {
+            return Err(ApiError::invalid(format!(
+                "settings: {field}: 0 leaves no room; use 1 or more"
+            )));
+        }
+    }
+    let timeouts = &settings.conntrack;
+    for (field, value) in [
+        ("conntrack.tcp_established", timeouts.tcp_established),
+        ("conntrack.tcp_closing", timeouts.tcp_closing),
+        ("conntrack.udp", timeouts.udp),
+        ("conntrack.icmp", timeouts.icmp),
+    ] {
+        if value == 0 {
+            return Err(ApiError::invalid(format!(
+                "settings: {field}: 0 would end every flow at once; use seconds, 1 or more"
+            )));
+        }
+    }
+    policy.validate().map_err(ApiError::invalid)?;
+    for group in &policy.groups {
+        if group.rules.len() > settings.max_rules_per_group {
+            return Err(ApiError::invalid(format!(
+                "group '{}': rules: {} rules is over the limit of {} per group; remove rules \
+                 or raise the limit (`sg-ctl settings set max_rules_per_group N`)",
+                group.name,
+                group.rules.len(),
+                settings.max_rules_per_group
+            )));
+        }
+    }
+    for port in &policy.ports {
+        if port.groups.len() > settings.max_groups_per_port {
+            return Err(ApiError::invalid(format!(
+                "port '{}': groups: {} groups is over the limit of {} per port; detach groups \
+                 or raise the limit (`sg-ctl settings set max_groups_per_port N`)",
+                port.name,
+                port.groups.len(),
+                settings.max_groups_per_port
+            )));
+        }
+    }
+    let effective = effective(policy, settings);
+    let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
+    for port in &effective.ports {
+        compile::compile(&effective, &port.name, 1, &counters).map_err(ApiError::invalid)?;
+    }
+    Ok(())
+}
+
+/// The changes that take `state` to `policy` and `settings`.
+fn diff(state: &State, policy: &Policy, settings: &Settings) -> Vec<Change> {
+    let mut changes = Vec::new();
+    objects_diff(
+        "group",
+        &state.policy.groups,
+        &policy.groups,
+        |g| &g.name,
+        &mut changes,
+    );
+    objects_diff(
+        "port",
+        &state.policy.ports,
+        &policy.ports,
+        |p| &p.name,
+        &mut changes,
+    );
+    if *settings != state.settings {
+        changes.push(Change {
+            action: "update".into(),
+            kind: "settings".into(),
+            name: "settings".into(),
+            fields: fields_differing(&state.settings, settings),
+        });
+    }
+    changes
+}
+
+fn objects_diff<T: Serialize + PartialEq>(
+    kind: &str,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    changes: &mut Vec<Change>,
+) {
+    let change = |action: &str, object: &T, fields| Change {
+        action: action.into(),
+        kind: kind.into(),
+        name: name(object).clone(),
+        fields,
+    };
+    for object in new {
+        match old.iter().find(|o| name(o) == name(object)) {
+            None => changes.push(change("create", object, Vec::new())),
+            Some(before) if before != object => {
+                changes.push(change("update", object, fields_differing(before, object)));
+            }
+            Some(_) => {}
+        }
+    }
+    for object in old {
+        if !new.iter().any(|n| name(n) == name(object)) {
+            changes.push(change("delete", object, Vec::new()));
+        }
+    }
+}
+
+/// The top-level fields whose values differ.
+fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let value = |object: &T| match serde_json::to_value(object) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (value(old), value(new));
+    let mut fields: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|key| old.get(*key) != new.get(*key))
+        .cloned()
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
