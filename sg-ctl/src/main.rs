@@ -236,17 +236,55 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let pins = Pins::new(&cli.pin_dir);
+    // The datapath commands work on interfaces of the --netns namespace;
+    // the client commands keep it as the namespace of the ports they make.
+    let enter_netns = || cli.netns.as_deref().map(netns::enter).transpose();
     let session = || Session {
         client: Client::new(&cli.socket, cli.token.clone()),
         output: cli.output,
         netns: cli.netns.clone(),
     };
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
     match &cli.command {
+        Command::Attach { iface, xdp_mode } => {
+            enter_netns()?;
+            match datapath::attach(&pins, iface, *xdp_mode)? {
+                Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
+                Attached::Already { slot } => {
+                    println!("{iface} is already attached (slot {slot})");
+                }
+            }
+        }
+        Command::Detach {
+            iface: Some(iface), ..
+        } => {
+            enter_netns()?;
+            datapath::detach(&pins, iface)?;
+            println!("detached from {iface}");
+        }
+        Command::Detach { iface: None, .. } => {
+            let n = datapath::detach_all(&pins)?;
+            println!("detached {n} port(s)");
+        }
+        Command::Block { iface, prefixes } => {
+            enter_netns()?;
+            datapath::block(&pins, iface, prefixes)?;
+            println!("{iface}: blocking {}", join(prefixes));
+        }
+        Command::Unblock { iface, prefixes } => {
+            enter_netns()?;
+            let missing = datapath::unblock(&pins, iface, prefixes)?;
+            if !missing.is_empty() {
+                eprintln!("{iface}: {} were not blocked", join(&missing));
+            }
+        }
+        Command::Status => {
+            enter_netns()?;
+            let ports = datapath::status(&pins)?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&ports)?),
+                Output::Table => print_status(&ports)?,
+            }
+        }
         Command::Daemon {
             command: None,
             db,
@@ -256,28 +294,26 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 std::fs::create_dir_all(dir)?;
             }
             let daemon = Daemon::start(Store::open(db)?, pins)?;
-            return runtime()?.block_on(async {
+            block_on(async {
                 let metrics = match metrics {
                     Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
                     None => None,
                 };
                 api::serve(daemon, &cli.socket, metrics).await
-            });
+            })?;
         }
         Command::Daemon {
             command: Some(DaemonCommand::Token(TokenCommand::Create { role })),
             ..
-        } => return runtime()?.block_on(session().create_token(*role)),
-        Command::Group(command) => return runtime()?.block_on(session().group(command)),
-        Command::Rule(command) => return runtime()?.block_on(session().rule(command)),
-        Command::Port(command) => return runtime()?.block_on(session().port(command)),
-        Command::Settings(command) => return runtime()?.block_on(session().settings(command)),
-        Command::Apply { file, dry_run } => {
-            return runtime()?.block_on(session().apply(file, *dry_run));
-        }
-        Command::Export => return runtime()?.block_on(session().export()),
-        Command::Protocols => return cli::print_protocols(cli.output),
-        Command::Presets => return cli::print_presets(),
+        } => block_on(session().create_token(*role))?,
+        Command::Group(command) => block_on(session().group(command))?,
+        Command::Rule(command) => block_on(session().rule(command))?,
+        Command::Port(command) => block_on(session().port(command))?,
+        Command::Settings(command) => block_on(session().settings(command))?,
+        Command::Apply { file, dry_run } => block_on(session().apply(file, *dry_run))?,
+        Command::Export => block_on(session().export())?,
+        Command::Protocols => cli::print_protocols(cli.output)?,
+        Command::Presets => cli::print_presets()?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -285,50 +321,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "sg-ctl",
                 &mut std::io::stdout(),
             );
-            return Ok(());
         }
-        _ => {}
-    }
-    // The datapath commands work on interfaces of the --netns namespace;
-    // the others keep it as the namespace of the ports they create.
-    if let Some(name) = &cli.netns {
-        netns::enter(name)?;
-    }
-    match &cli.command {
-        Command::Attach { iface, xdp_mode } => match datapath::attach(&pins, iface, *xdp_mode)? {
-            Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
-            Attached::Already { slot } => println!("{iface} is already attached (slot {slot})"),
-        },
-        Command::Detach {
-            iface: Some(iface), ..
-        } => {
-            datapath::detach(&pins, iface)?;
-            println!("detached from {iface}");
-        }
-        Command::Detach { iface: None, .. } => {
-            let n = datapath::detach_all(&pins)?;
-            println!("detached {n} port(s)");
-        }
-        Command::Block { iface, prefixes } => {
-            datapath::block(&pins, iface, prefixes)?;
-            println!("{iface}: blocking {}", join(prefixes));
-        }
-        Command::Unblock { iface, prefixes } => {
-            let missing = datapath::unblock(&pins, iface, prefixes)?;
-            if !missing.is_empty() {
-                eprintln!("{iface}: {} were not blocked", join(&missing));
-            }
-        }
-        Command::Status => {
-            let ports = datapath::status(&pins)?;
-            match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&ports)?),
-                Output::Table => print_status(&ports)?,
-            }
-        }
-        _ => unreachable!("the commands of the daemon and its clients returned above"),
     }
     Ok(())
+}
+
+/// Runs the daemon or a client command on a runtime of its own.
+fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn join(prefixes: &[IpNet]) -> String {
@@ -369,4 +372,33 @@ fn print_status(ports: &[PortStatus]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn presets_exclude_the_fields_they_set() {
+        let parsed = Cli::try_parse_from([
+            "sg-ctl", "rule", "add", "web", "--preset", "ssh", "--port", "80",
+        ]);
+        assert!(parsed.is_err());
+        let parsed = Cli::try_parse_from([
+            "sg-ctl",
+            "rule",
+            "add",
+            "web",
+            "--preset",
+            "ssh",
+            "--remote",
+            "203.0.113.0/24",
+        ]);
+        assert!(parsed.is_ok());
+    }
 }

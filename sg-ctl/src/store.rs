@@ -11,8 +11,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fs::File,
     path::Path,
 };
+
+use nix::fcntl::{Flock, FlockArg};
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,16 @@ pub enum StoreError {
         path: String,
         found: usize,
         known: usize,
+    },
+    #[error(
+        "database {path} is in use by another sg-ctl daemon; stop it first, \
+         or give this one another --db (and --socket)"
+    )]
+    InUse { path: String },
+    #[error("locking the database {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -200,9 +213,10 @@ pub struct PortState {
     pub reason: String,
 }
 
-/// The open database.
+/// The open database, held by one daemon at a time.
 pub struct Store {
     conn: Connection,
+    _lock: Flock<File>,
 }
 
 impl Store {
@@ -210,6 +224,22 @@ impl Store {
     /// date, and gives a new one the `default` group and default settings.
     pub fn open(path: &Path) -> Result<Store> {
         let shown = path.display().to_string();
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_error = |source| StoreError::Lock {
+            path: shown.clone(),
+            source,
+        };
+        let file = File::create(&lock_path).map_err(lock_error)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                StoreError::InUse {
+                    path: shown.clone(),
+                }
+            } else {
+                lock_error(errno.into())
+            }
+        })?;
         let open = |source| StoreError::Open {
             path: shown.clone(),
             source,
@@ -250,7 +280,7 @@ impl Store {
             [json(&Settings::default())],
         )?;
         tx.commit()?;
-        Ok(Store { conn })
+        Ok(Store { conn, _lock: lock })
     }
 
     /// The desired state as stored.
@@ -508,6 +538,7 @@ mod tests {
         assert_eq!(state.policy, Policy::new());
         assert_eq!(state.settings, Settings::default());
         assert_eq!(state.group_revisions["default"], 1);
+        assert!(matches!(Store::open(&path), Err(StoreError::InUse { .. })));
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.load().unwrap().policy, Policy::new());

@@ -553,14 +553,24 @@ impl TestDaemon {
         Ok(())
     }
 
-    /// `sg-ctl --socket SOCKET ARGS` as `uid` (root when `None`).
+    /// `sg-ctl --socket SOCKET ARGS` as `uid` (root when `None`). Other
+    /// users run a copy in the test's directory, which they can reach
+    /// wherever the build is.
     pub fn sg_ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Result<Output> {
-        let mut command = Command::new(sg_ctl_binary());
+        let mut command = match uid {
+            None => Command::new(sg_ctl_binary()),
+            Some(uid) => {
+                let copy = self.dir.join("sg-ctl");
+                if !copy.exists() {
+                    fs::copy(sg_ctl_binary(), &copy).context("copying sg-ctl")?;
+                }
+                let mut command = Command::new(copy);
+                command.uid(uid).gid(uid);
+                command
+            }
+        };
         command.arg("--socket").arg(self.socket()).args(args);
         command.env_remove("SG_TOKEN");
-        if let Some(uid) = uid {
-            command.uid(uid).gid(uid);
-        }
         command.output().context("running sg-ctl")
     }
 

@@ -15,7 +15,7 @@ use crate::{
     compile,
     datapath::Pins,
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
-    store::{PortPhase, Role, Settings, State, Store, StoreError},
+    store::{PortPhase, PortState, Role, Settings, State, Store, StoreError},
 };
 
 /// Why a request was refused; each kind is one HTTP status and one exit
@@ -173,20 +173,23 @@ impl Daemon {
 
     pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
         require(role, Role::Anonymous)?;
+        let states = self.store.port_states()?;
         Ok(self
             .state
             .policy
             .groups
             .iter()
             .filter(|group| role >= Role::Viewer || group.public)
-            .map(|group| self.group_view(group))
+            .map(|group| self.group_view(group, &states))
             .collect())
     }
 
     pub fn group(&self, role: Role, name: &str) -> Result<GroupView> {
         require(role, Role::Anonymous)?;
         match self.state.policy.group(name) {
-            Some(group) if role >= Role::Viewer || group.public => Ok(self.group_view(group)),
+            Some(group) if role >= Role::Viewer || group.public => {
+                Ok(self.group_view(group, &self.store.port_states()?))
+            }
             Some(_) => Err(ApiError::new(
                 ErrorKind::Unauthenticated,
                 format!(
@@ -198,7 +201,7 @@ impl Daemon {
         }
     }
 
-    fn group_view(&self, group: &Group) -> GroupView {
+    fn group_view(&self, group: &Group, states: &BTreeMap<String, PortState>) -> GroupView {
         let ports: Vec<&Port> = self
             .state
             .policy
@@ -206,7 +209,6 @@ impl Daemon {
             .iter()
             .filter(|port| port.groups.contains(&group.name))
             .collect();
-        let states = self.store.port_states().unwrap_or_default();
         let mut status = Status {
             state: if ports.is_empty() { "na" } else { "active" }.into(),
             reason: String::new(),
@@ -414,11 +416,7 @@ impl Daemon {
         Ok(self.port_view(port, &self.store.port_states()?))
     }
 
-    fn port_view(
-        &self,
-        port: &Port,
-        states: &BTreeMap<String, crate::store::PortState>,
-    ) -> PortView {
+    fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
         let state = states.get(&port.name);
         PortView {
             revision: self.state.port_revisions[&port.name],
