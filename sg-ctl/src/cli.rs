@@ -295,6 +295,18 @@ impl Session {
         Ok(())
     }
 
+    fn deleted(&self, kind: &str, name: &str) -> Result<()> {
+        match self.output {
+            Output::Json => {
+                self.json(&serde_json::json!({ "deleted": { "kind": kind, "name": name } }))
+            }
+            Output::Table => {
+                println!("deleted {kind} {name}");
+                Ok(())
+            }
+        }
+    }
+
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         Ok(self.client.call(Method::GET, path, NO_BODY, None).await?)
     }
@@ -390,8 +402,7 @@ impl Session {
                 self.client
                     .request(Method::DELETE, &group_path(name), NO_BODY, None)
                     .await?;
-                println!("deleted group {name}");
-                Ok(())
+                self.deleted("group", name)
             }
             GroupCommand::Clone { from, name } => {
                 let body = serde_json::json!({ "name": name });
@@ -537,8 +548,7 @@ impl Session {
                 self.client
                     .request(Method::DELETE, &port_path(name), NO_BODY, None)
                     .await?;
-                println!("deleted port {name}");
-                Ok(())
+                self.deleted("port", name)
             }
             PortCommand::Attach { name, groups } | PortCommand::Detach { name, groups } => {
                 let verb = if matches!(command, PortCommand::Attach { .. }) {
@@ -718,9 +728,20 @@ pub fn print_protocols(output: Output) -> Result<()> {
     Ok(())
 }
 
-pub fn print_presets() -> Result<()> {
-    for preset in PRESETS {
-        println!("{:<12} {}", preset.name, preset.description);
+pub fn print_presets(output: Output) -> Result<()> {
+    match output {
+        Output::Json => {
+            let presets: Vec<Value> = PRESETS
+                .iter()
+                .map(|p| serde_json::json!({ "name": p.name, "description": p.description }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&presets)?);
+        }
+        Output::Table => {
+            for preset in PRESETS {
+                println!("{:<12} {}", preset.name, preset.description);
+            }
+        }
     }
     Ok(())
 }

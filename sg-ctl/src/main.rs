@@ -313,7 +313,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Apply { file, dry_run } => block_on(session().apply(file, *dry_run))?,
         Command::Export => block_on(session().export())?,
         Command::Protocols => cli::print_protocols(cli.output)?,
-        Command::Presets => cli::print_presets()?,
+        Command::Presets => cli::print_presets(cli.output)?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -81,8 +81,8 @@ pub enum StoreError {
          or give this one another --db (and --socket)"
     )]
     InUse { path: String },
-    #[error("locking the database {path}: {source}")]
-    Lock {
+    #[error("database {path}: {source}")]
+    File {
         path: String,
         source: std::io::Error,
     },
@@ -226,18 +226,18 @@ impl Store {
         let shown = path.display().to_string();
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
-        let lock_error = |source| StoreError::Lock {
+        let file_error = |source| StoreError::File {
             path: shown.clone(),
             source,
         };
-        let file = File::create(&lock_path).map_err(lock_error)?;
+        let file = File::create(&lock_path).map_err(file_error)?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             if errno == nix::errno::Errno::EWOULDBLOCK {
                 StoreError::InUse {
                     path: shown.clone(),
                 }
             } else {
-                lock_error(errno.into())
+                file_error(errno.into())
             }
         })?;
         let open = |source| StoreError::Open {
@@ -245,6 +245,9 @@ impl Store {
             source,
         };
         let mut conn = Connection::open(path).map_err(open)?;
+        // Token digests and the host's policy: for root's eyes only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(file_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open)?;
         conn.pragma_update(None, "synchronous", "FULL")

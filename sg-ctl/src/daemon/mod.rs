@@ -793,3 +793,134 @@ fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
     fields.dedup();
     fields
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    /// A daemon on a fresh database; without ports it never touches the
+    /// datapath, so this needs no root.
+    fn daemon(name: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("sg-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("sg.db")).unwrap();
+        Daemon::start(store, Pins::new(dir.join("pins"))).unwrap()
+    }
+
+    fn document(yaml: &str) -> Document {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn apply_reports_changes_and_is_idempotent() {
+        let mut d = daemon("apply");
+        let doc = document(
+            "groups:\n  - name: web\n    rules:\n      - {direction: egress}\n\
+             settings: {max_rules_per_group: 10}\n",
+        );
+        let dry = d.apply(Role::Viewer, doc.clone(), true).unwrap();
+        let summary: Vec<(&str, &str)> = dry
+            .changes
+            .iter()
+            .map(|c| (c.action.as_str(), c.name.as_str()))
+            .collect();
+        assert_eq!(summary, [("create", "web"), ("update", "settings")]);
+        assert!(
+            d.state().policy.group("web").is_none(),
+            "a dry run changes nothing"
+        );
+        assert_eq!(
+            d.apply(Role::Viewer, doc.clone(), false).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            d.apply(Role::Owner, doc.clone(), false)
+                .unwrap()
+                .changes
+                .len(),
+            2
+        );
+        assert!(
+            d.apply(Role::Owner, doc.clone(), false)
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+        assert!(
+            d.state().policy.group(DEFAULT_GROUP).is_some(),
+            "default stays"
+        );
+
+        let mut changed = doc;
+        changed.groups[0].description = "web tier".into();
+        let applied = d.apply(Role::Owner, changed, false).unwrap();
+        assert_eq!(applied.changes[0].fields, ["description"]);
+        assert_eq!(d.group(Role::Viewer, "web").unwrap().revision, 2);
+    }
+
+    #[test]
+    fn invalid_documents_change_nothing() {
+        let mut d = daemon("invalid");
+        let doc = document(
+            "groups:\n  - name: web\n    rules:\n      - {direction: ingress, remote: {group: db}}\n",
+        );
+        let error = d.apply(Role::Owner, doc, false).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid);
+        assert_eq!(
+            error.message,
+            "group 'web': rules[0]: remote: no group named 'db'; create it first, \
+             or use one of: default, web"
+        );
+        assert!(d.state().policy.group("web").is_none());
+    }
+
+    #[test]
+    fn limits_and_roles() {
+        let mut d = daemon("limits");
+        let settings = Settings {
+            max_rules_per_group: 4,
+            ..Settings::default()
+        };
+        d.set_settings(Role::Owner, settings).unwrap();
+        d.create_group(Role::Owner, Group::new("web").unwrap())
+            .unwrap();
+        let two = vec![Rule::new(Direction::Ingress); 2];
+        d.add_rules(Role::Owner, "web", two, None).unwrap();
+        let error = d
+            .add_rules(
+                Role::Owner,
+                "web",
+                vec![Rule::new(Direction::Ingress)],
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid);
+        assert!(
+            error.message.contains("5 rules is over the limit of 4"),
+            "{error}"
+        );
+        let error = d
+            .add_rules(Role::Owner, "web", vec![], Some(1))
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Conflict);
+        assert_eq!(
+            d.create_group(Role::Viewer, Group::new("x").unwrap())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(d.groups(Role::Anonymous).unwrap().len(), 0);
+        assert_eq!(
+            d.ports(Role::Anonymous).unwrap_err().kind,
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            d.create_token(Role::Owner, Role::Anonymous)
+                .unwrap_err()
+                .kind,
+            ErrorKind::Invalid
+        );
+    }
+}
