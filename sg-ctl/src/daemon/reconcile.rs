@@ -104,18 +104,29 @@ impl Daemon {
             let port = policy.port(name);
             let moved =
                 port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
+            let mut detached = true;
             if moved && state.policy_id.is_some() {
-                let detached = in_netns(state.netns.as_deref(), || {
+                let result = in_netns(state.netns.as_deref(), || {
                     datapath::detach(&self.pins, &state.ifname)
                 });
-                match detached {
+                match result {
                     Ok(())
                     | Err(DatapathError::NotAttached { .. })
-                    | Err(DatapathError::Netns(netns::NetnsError::NotFound { .. })) => {}
-                    Err(e) => eprintln!("sg-ctl daemon: detaching {}: {e}", state.ifname),
+                    | Err(DatapathError::Netns(netns::NetnsError::NotFound { .. })) => {
+                        eprintln!("sg-ctl daemon: port {name}: detached {}", state.ifname);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "sg-ctl daemon: port {name}: detaching {}: {e}",
+                            state.ifname
+                        );
+                        detached = false;
+                    }
                 }
             }
-            if port.is_none() {
+            // A deleted port's record stays until its filter is gone, so
+            // that the next pass tries again.
+            if port.is_none() && detached {
                 self.store.remove_port_state(name)?;
             }
         }
@@ -138,6 +149,20 @@ impl Daemon {
                     reason: e,
                 },
             };
+            let before = states.get(&port.name);
+            if before.is_none_or(|b| b.policy_id != state.policy_id || b.reason != state.reason) {
+                match state.phase {
+                    PortPhase::Error => {
+                        eprintln!("sg-ctl daemon: port {}: {}", port.name, state.reason);
+                    }
+                    _ => eprintln!(
+                        "sg-ctl daemon: port {}: policy {} in force on {}",
+                        port.name,
+                        state.policy_id.unwrap_or_default(),
+                        port.ifname
+                    ),
+                }
+            }
             self.store.set_port_state(&port.name, &state)?;
         }
         Ok(())
