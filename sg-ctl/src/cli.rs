@@ -17,10 +17,10 @@ use sg_ctl::{
         catalogue, parse_cidr,
     },
     preset::{self, PRESETS},
-    store::{Role, Settings},
+    store::{Settings, TokenInfo},
 };
 
-use crate::Output;
+use crate::{Output, TokenCommand};
 
 /// An argument the daemon was not asked about because it is wrong on its
 /// face; exits 2 like clap's own errors.
@@ -644,17 +644,47 @@ impl Session {
         }
     }
 
-    pub async fn create_token(&self, role: Role) -> Result<()> {
-        let body = serde_json::json!({ "role": role });
-        let created: Value = self
-            .client
-            .call(Method::POST, "/v1/tokens", Some(&body), None)
-            .await?;
-        match self.output {
-            Output::Json => self.json(&created),
-            Output::Table => {
-                println!("{}", created["token"].as_str().unwrap_or_default());
-                Ok(())
+    pub async fn token(&self, command: &TokenCommand) -> Result<()> {
+        match command {
+            TokenCommand::Create { role } => {
+                let body = serde_json::json!({ "role": role });
+                let created: Value = self
+                    .client
+                    .call(Method::POST, "/v1/tokens", Some(&body), None)
+                    .await?;
+                match self.output {
+                    Output::Json => self.json(&created),
+                    Output::Table => {
+                        println!("{}", created["token"].as_str().unwrap_or_default());
+                        Ok(())
+                    }
+                }
+            }
+            TokenCommand::List => {
+                let tokens: Vec<TokenInfo> = self.get("/v1/tokens").await?;
+                match self.output {
+                    Output::Json => self.json(&tokens),
+                    Output::Table => {
+                        println!("{:<14} {:<7} CREATED (unix time)", "ID", "ROLE");
+                        for token in &tokens {
+                            let role = serde_json::to_value(token.role)?;
+                            let role = role.as_str().unwrap_or_default();
+                            println!("{:<14} {role:<7} {}", token.id, token.created);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                self.client
+                    .request(
+                        Method::DELETE,
+                        &format!("/v1/tokens/{}", escape(id)),
+                        NO_BODY,
+                        None,
+                    )
+                    .await?;
+                self.deleted("token", id)
             }
         }
     }

@@ -119,7 +119,9 @@ enum Command {
         after_help = "Examples:
   sg-ctl daemon                                  /var/lib/sg/sg.db, /run/sg/sg.sock
   sg-ctl daemon --db /tmp/sg.db --socket /tmp/sg.sock --metrics 127.0.0.1:9400
-  sg-ctl daemon token create --role viewer       prints a read-only token"
+  sg-ctl daemon token create --role viewer       prints a read-only token
+  sg-ctl daemon token list                       ids and roles
+  sg-ctl daemon token revoke 3f2a9c01b7de"
     )]
     Daemon {
         #[command(subcommand)]
@@ -175,12 +177,16 @@ enum DaemonCommand {
 }
 
 #[derive(Subcommand)]
-enum TokenCommand {
+pub enum TokenCommand {
     /// Create a token and print it (only its digest is stored).
     Create {
         #[arg(long, value_parser = parse_role)]
         role: Role,
     },
+    /// List the tokens by id and role (the tokens themselves are not kept).
+    List,
+    /// Revoke a token by the id `token list` shows.
+    Revoke { id: String },
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -303,9 +309,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             })?;
         }
         Command::Daemon {
-            command: Some(DaemonCommand::Token(TokenCommand::Create { role })),
+            command: Some(DaemonCommand::Token(command)),
             ..
-        } => block_on(session().create_token(*role))?,
+        } => block_on(session().token(command))?,
         Command::Group(command) => block_on(session().group(command))?,
         Command::Rule(command) => block_on(session().rule(command))?,
         Command::Port(command) => block_on(session().port(command))?,

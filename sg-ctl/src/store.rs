@@ -168,6 +168,19 @@ pub enum Role {
     Owner,
 }
 
+/// How many hex digits of a token's digest name it in lists.
+const TOKEN_ID_LEN: usize = 12;
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first digits of the token's SHA-256 digest.
+    pub id: String,
+    pub role: Role,
+    /// Unix time of creation.
+    pub created: i64,
+}
+
 /// Where a port's policy stands in the datapath.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -417,17 +430,56 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a token with `role` and returns it; only its digest is kept.
-    pub fn create_token(&self, role: Role) -> Result<String> {
+    /// Creates a token with `role`; returns it with what lists it. Only
+    /// its digest is kept.
+    pub fn create_token(&self, role: Role) -> Result<(String, TokenInfo)> {
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let role = serde_json::to_value(role).expect("a role serializes");
+        let digest = digest(&token);
         self.conn.execute(
             "INSERT INTO tokens (digest, role, created) VALUES (?1, ?2, unixepoch())",
-            params![digest(&token), role.as_str()],
+            params![digest, role_text(role)],
         )?;
-        Ok(token)
+        let info = self
+            .tokens()?
+            .into_iter()
+            .find(|info| digest.starts_with(&info.id))
+            .expect("the token was just stored");
+        Ok((token, info))
+    }
+
+    /// Every token, oldest first, by id.
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT substr(digest, 1, ?1), role, created FROM tokens ORDER BY rowid")?;
+        let rows = statement.query_map([TOKEN_ID_LEN], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get(2)?,
+            ))
+        })?;
+        let mut tokens = Vec::new();
+        for row in rows {
+            let (id, role, created) = row?;
+            tokens.push(TokenInfo {
+                id,
+                role: parse_role(&role)?,
+                created,
+            });
+        }
+        Ok(tokens)
+    }
+
+    /// Revokes the token of an id; whether there was one.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        let removed = self.conn.execute(
+            "DELETE FROM tokens WHERE substr(digest, 1, ?1) = ?2 AND length(?2) = ?1",
+            params![TOKEN_ID_LEN, id],
+        )?;
+        Ok(removed > 0)
     }
 
     /// The role of a token, `None` when it is unknown.
@@ -440,7 +492,7 @@ impl Store {
                 |row| row.get(0),
             )
             .optional()?;
-        Ok(role.and_then(|role| serde_json::from_value(role.into()).ok()))
+        role.map(|role| parse_role(&role)).transpose()
     }
 }
 
@@ -513,6 +565,20 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T> {
         what: what.to_string(),
         source,
     })
+}
+
+fn role_text(role: Role) -> String {
+    serde_json::to_value(role)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .expect("a role serializes as a word")
+}
+
+fn parse_role(text: &str) -> Result<Role> {
+    parse(
+        "token role",
+        &serde_json::to_string(text).expect("a string serializes"),
+    )
 }
 
 fn digest(token: &str) -> String {
@@ -592,8 +658,8 @@ mod tests {
     #[test]
     fn tokens_have_roles_and_are_stored_as_digests() {
         let store = Store::open(&temp_db("tokens")).unwrap();
-        let viewer = store.create_token(Role::Viewer).unwrap();
-        let owner = store.create_token(Role::Owner).unwrap();
+        let (viewer, viewer_info) = store.create_token(Role::Viewer).unwrap();
+        let (owner, _) = store.create_token(Role::Owner).unwrap();
         assert_eq!(viewer.len(), 64);
         assert_eq!(store.role_of(&viewer).unwrap(), Some(Role::Viewer));
         assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
@@ -607,5 +673,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(stored, 0);
+        let tokens = store.tokens().unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.contains(&viewer_info));
+        assert_eq!(viewer_info.id, digest(&viewer)[..TOKEN_ID_LEN]);
+        assert!(!store.revoke_token(&viewer_info.id[..4]).unwrap());
+        assert!(store.revoke_token(&viewer_info.id).unwrap());
+        assert_eq!(store.role_of(&viewer).unwrap(), None);
+        assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
     }
 }

@@ -381,6 +381,7 @@ fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
         &["rule", "delete", "default", "0"],
         &["settings", "set", "max_rules_per_group", "10"],
         &["daemon", "token", "create", "--role", "owner"],
+        &["daemon", "token", "revoke", "0123456789ab"],
     ] {
         let mut command = vec!["--token", viewer];
         command.extend_from_slice(change);
@@ -390,6 +391,24 @@ fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
     }
     assert_eq!(d.fails(&["--token", "bogus", "group", "list"])?.0, 4);
     d.ok(&["--token", owner, "group", "create", "ops"])?;
+    let tokens = d.json(&["daemon", "token", "list"])?;
+    let roles: Vec<&str> = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["viewer", "owner"]);
+    assert_eq!(
+        d.fails(&["--token", viewer, "daemon", "token", "list"])?.0,
+        4
+    );
+    let viewer_id = tokens[0]["id"].as_str().context("an id")?;
+    d.ok(&["daemon", "token", "revoke", viewer_id])?;
+    let (code, message) = d.fails(&["--token", viewer, "group", "list"])?;
+    assert_eq!(code, 4);
+    assert!(message.contains("unknown token"), "{message}");
+    assert_eq!(d.fails(&["daemon", "token", "revoke", viewer_id])?.0, 3);
 
     // Without root or a token: the public groups, read-only.
     let anonymous = |args: &[&str]| d.sg_ctl_as(Some(NOBODY), args);

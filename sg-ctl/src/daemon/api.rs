@@ -20,7 +20,7 @@ use axum::{
     },
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
     serve::IncomingStream,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, UnixListener};
 use super::{ApiError, Applied, Daemon, Document, ErrorKind, GroupView, PortView};
 use crate::{
     model::{Group, Port, Rule},
-    store::{Role, Settings},
+    store::{Role, Settings, TokenInfo},
 };
 
 /// Where the daemon listens unless told otherwise.
@@ -182,7 +182,8 @@ struct RoleBody {
 #[derive(Serialize)]
 struct TokenBody {
     token: String,
-    role: Role,
+    #[serde(flatten)]
+    info: TokenInfo,
 }
 
 #[derive(Deserialize)]
@@ -217,7 +218,8 @@ fn router(daemon: Shared) -> Router {
         .route("/v1/settings", get(show_settings).put(update_settings))
         .route("/v1/export", get(export))
         .route("/v1/apply", post(apply))
-        .route("/v1/tokens", post(create_token))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .with_state(daemon)
 }
 
@@ -408,14 +410,21 @@ async fn create_token(
     b: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let request: RoleBody = body(&b)?;
-    let token = with(d, move |d| d.create_token(role, request.role)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenBody {
-            token: token.0,
-            role: request.role,
-        }),
-    ))
+    let Json((token, info)) = with(d, move |d| d.create_token(role, request.role)).await?;
+    Ok((StatusCode::CREATED, Json(TokenBody { token, info })))
+}
+
+async fn list_tokens(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<TokenInfo>> {
+    with(d, move |d| d.tokens(role)).await
+}
+
+async fn revoke_token(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || lock(&d).revoke_token(role, &id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Serves the API on `socket` (and metrics on `metrics`, if given) until
@@ -528,7 +537,10 @@ mod tests {
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;
         for (path, item) in paths {
-            let uri = path.replace("{name}", "default").replace("{index}", "0");
+            let uri = path
+                .replace("{name}", "default")
+                .replace("{index}", "0")
+                .replace("{id}", "0");
             for method in ["get", "put", "post", "delete"] {
                 if item.get(method).is_none() {
                     continue;
@@ -553,7 +565,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 21);
+        assert_eq!(operations, 23);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

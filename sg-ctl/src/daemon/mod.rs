@@ -15,7 +15,7 @@ use crate::{
     compile,
     datapath::Pins,
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
-    store::{PortPhase, PortState, Role, Settings, State, Store, StoreError},
+    store::{PortPhase, PortState, Role, Settings, State, Store, StoreError, TokenInfo},
 };
 
 /// Why a request was refused; each kind is one HTTP status and one exit
@@ -180,7 +180,7 @@ impl Daemon {
             .groups
             .iter()
             .filter(|group| role >= Role::Viewer || group.public)
-            .map(|group| self.group_view(group, &states))
+            .map(|group| self.group_view(role, group, &states))
             .collect())
     }
 
@@ -188,7 +188,7 @@ impl Daemon {
         require(role, Role::Anonymous)?;
         match self.state.policy.group(name) {
             Some(group) if role >= Role::Viewer || group.public => {
-                Ok(self.group_view(group, &self.store.port_states()?))
+                Ok(self.group_view(role, group, &self.store.port_states()?))
             }
             Some(_) => Err(ApiError::new(
                 ErrorKind::Unauthenticated,
@@ -201,7 +201,14 @@ impl Daemon {
         }
     }
 
-    fn group_view(&self, group: &Group, states: &BTreeMap<String, PortState>) -> GroupView {
+    /// A group with its ports and status; an anonymous client is shown
+    /// neither port names nor reasons, which speak of ports.
+    fn group_view(
+        &self,
+        role: Role,
+        group: &Group,
+        states: &BTreeMap<String, PortState>,
+    ) -> GroupView {
         let ports: Vec<&Port> = self
             .state
             .policy
@@ -229,10 +236,15 @@ impl Daemon {
                 _ => {}
             }
         }
+        let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        if role < Role::Viewer {
+            ports.clear();
+            status.reason.clear();
+        }
         GroupView {
             revision: self.state.group_revisions[&group.name],
             spec: group.clone(),
-            ports: ports.iter().map(|port| port.name.clone()).collect(),
+            ports,
             status,
         }
     }
@@ -575,7 +587,8 @@ impl Daemon {
         Ok(Applied { dry_run, changes })
     }
 
-    pub fn create_token(&self, role: Role, token_role: Role) -> Result<String> {
+    /// A new token with its listing.
+    pub fn create_token(&self, role: Role, token_role: Role) -> Result<(String, TokenInfo)> {
         require(role, Role::Owner)?;
         if token_role == Role::Anonymous {
             return Err(ApiError::invalid(
@@ -583,6 +596,22 @@ impl Daemon {
             ));
         }
         Ok(self.store.create_token(token_role)?)
+    }
+
+    pub fn tokens(&self, role: Role) -> Result<Vec<TokenInfo>> {
+        require(role, Role::Owner)?;
+        Ok(self.store.tokens()?)
+    }
+
+    pub fn revoke_token(&self, role: Role, id: &str) -> Result<()> {
+        require(role, Role::Owner)?;
+        if self.store.revoke_token(id)? {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no token with id '{id}'; `sg-ctl daemon token list` shows the ids"),
+        ))
     }
 
     fn check_revision(
