@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 use sg_ctl::{
     client::Client,
-    daemon::{Applied, Document, GroupView, PortView},
+    daemon::{Action, Applied, Document, GroupView, PortView},
     model::{
         AddressPair, EtherType, Group, IcmpMatch, MacAddr, Port, PortSpec, Protocol, Remote, Rule,
         catalogue, parse_cidr,
@@ -613,10 +613,10 @@ impl Session {
                     println!("no changes");
                 }
                 for change in &applied.changes {
-                    let sign = match change.action.as_str() {
-                        "create" => '+',
-                        "delete" => '-',
-                        _ => '~',
+                    let sign = match change.action {
+                        Action::Create => '+',
+                        Action::Update => '~',
+                        Action::Delete => '-',
                     };
                     let fields = if change.fields.is_empty() {
                         String::new()
@@ -791,7 +791,7 @@ fn print_groups(groups: &[GroupView]) -> Result<()> {
             view.revision,
             view.spec.rules.len(),
             if view.spec.public { "yes" } else { "no" },
-            view.status.state,
+            view.status.state.to_string(),
             view.ports.join(","),
             view.spec.description
         )?;
@@ -875,7 +875,7 @@ fn print_ports(ports: &[PortView]) -> Result<()> {
         let port = &view.spec;
         let ips: Vec<String> = port.ips.iter().map(ToString::to_string).collect();
         let status = if view.status.reason.is_empty() {
-            view.status.state.clone()
+            view.status.state.to_string()
         } else {
             format!("{}: {}", view.status.state, view.status.reason)
         };

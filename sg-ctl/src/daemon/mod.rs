@@ -7,7 +7,7 @@ pub mod api;
 pub mod metrics;
 mod reconcile;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,11 +59,43 @@ impl From<StoreError> for ApiError {
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// The state of a port's policy, or of a group over the ports attaching it.
+/// Where a port's policy stands, or a group's over the ports attaching
+/// it; in order of concern, a group taking its ports' worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A group no port attaches.
+    Na,
+    Active,
+    Pending,
+    Error,
+}
+
+impl From<PortPhase> for Phase {
+    fn from(phase: PortPhase) -> Self {
+        match phase {
+            PortPhase::Pending => Self::Pending,
+            PortPhase::Active => Self::Active,
+            PortPhase::Error => Self::Error,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Na => "na",
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// A phase, with the reason of an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// `pending`, `active`, `error`, or for a group attached nowhere `na`.
-    pub state: String,
+    pub state: Phase,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
@@ -103,13 +135,39 @@ pub struct Document {
     pub settings: Option<Settings>,
 }
 
+/// What a change does to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The objects of a desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Group,
+    Port,
+    Settings,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Port => "port",
+            Self::Settings => "settings",
+        })
+    }
+}
+
 /// One difference between the desired state and a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    /// `create`, `update` or `delete`.
-    pub action: String,
-    /// `group`, `port` or `settings`.
-    pub kind: String,
+    pub action: Action,
+    pub kind: Kind,
     pub name: String,
     /// For updates, the fields that differ.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -217,25 +275,24 @@ impl Daemon {
             .filter(|port| port.groups.contains(&group.name))
             .collect();
         let mut status = Status {
-            state: if ports.is_empty() { "na" } else { "active" }.into(),
+            state: if ports.is_empty() {
+                Phase::Na
+            } else {
+                Phase::Active
+            },
             reason: String::new(),
         };
+        let mut reasons = Vec::new();
         for port in &ports {
-            let Some(port_state) = states.get(&port.name) else {
-                continue;
-            };
-            match port_state.phase {
-                PortPhase::Error => {
-                    status.state = "error".into();
-                    if !status.reason.is_empty() {
-                        status.reason.push_str("; ");
-                    }
-                    status.reason += &format!("port {}: {}", port.name, port_state.reason);
-                }
-                PortPhase::Pending if status.state == "active" => status.state = "pending".into(),
-                _ => {}
+            let phase = states
+                .get(&port.name)
+                .map_or(Phase::Pending, |s| s.phase.into());
+            status.state = status.state.max(phase);
+            if let Some(state) = states.get(&port.name).filter(|s| !s.reason.is_empty()) {
+                reasons.push(format!("port {}: {}", port.name, state.reason));
             }
         }
+        status.reason = reasons.join("; ");
         let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
         if role < Role::Viewer {
             ports.clear();
@@ -283,7 +340,7 @@ impl Daemon {
                 group.name
             )));
         }
-        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.check_revision(Kind::Group, name, revision)?;
         self.change(role, |policy, _| {
             *group_mut(policy, name)? = group;
             Ok(())
@@ -292,7 +349,7 @@ impl Daemon {
     }
 
     pub fn delete_group(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
-        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.check_revision(Kind::Group, name, revision)?;
         self.change(role, |policy, _| {
             group_mut(policy, name)?;
             if name == DEFAULT_GROUP {
@@ -366,7 +423,7 @@ impl Daemon {
         rules: Vec<Rule>,
         revision: Option<u64>,
     ) -> Result<GroupView> {
-        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.check_revision(Kind::Group, name, revision)?;
         self.change(role, |policy, _| {
             group_mut(policy, name)?.rules.extend(rules);
             Ok(())
@@ -383,7 +440,7 @@ impl Daemon {
         rule: Option<Rule>,
         revision: Option<u64>,
     ) -> Result<GroupView> {
-        self.check_revision("group", name, &self.state.group_revisions, revision)?;
+        self.check_revision(Kind::Group, name, revision)?;
         self.change(role, |policy, _| {
             let group = group_mut(policy, name)?;
             let count = group.rules.len();
@@ -434,7 +491,7 @@ impl Daemon {
             revision: self.state.port_revisions[&port.name],
             spec: port.clone(),
             status: Status {
-                state: state.map_or("pending", |s| s.phase.as_str()).into(),
+                state: state.map_or(Phase::Pending, |s| s.phase.into()),
                 reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
             },
             policy_id: state.and_then(|s| s.policy_id),
@@ -473,7 +530,7 @@ impl Daemon {
                 port.name
             )));
         }
-        self.check_revision("port", name, &self.state.port_revisions, revision)?;
+        self.check_revision(Kind::Port, name, revision)?;
         self.change(role, |policy, _| {
             *port_mut(policy, name)? = port;
             Ok(())
@@ -482,7 +539,7 @@ impl Daemon {
     }
 
     pub fn delete_port(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
-        self.check_revision("port", name, &self.state.port_revisions, revision)?;
+        self.check_revision(Kind::Port, name, revision)?;
         self.change(role, |policy, _| {
             port_mut(policy, name)?;
             policy.ports.retain(|port| port.name != name);
@@ -614,13 +671,13 @@ impl Daemon {
         ))
     }
 
-    fn check_revision(
-        &self,
-        kind: &str,
-        name: &str,
-        revisions: &std::collections::HashMap<String, u64>,
-        expected: Option<u64>,
-    ) -> Result<()> {
+    /// Refuses a change prepared from another revision than the object's.
+    fn check_revision(&self, kind: Kind, name: &str, expected: Option<u64>) -> Result<()> {
+        let revisions = match kind {
+            Kind::Group => &self.state.group_revisions,
+            Kind::Port => &self.state.port_revisions,
+            Kind::Settings => return Ok(()),
+        };
         match (revisions.get(name), expected) {
             (Some(&current), Some(expected)) if current != expected => Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -752,14 +809,14 @@ fn check(policy: &Policy, settings: &Settings) -> Result<()> {
 fn diff(state: &State, policy: &Policy, settings: &Settings) -> Vec<Change> {
     let mut changes = Vec::new();
     objects_diff(
-        "group",
+        Kind::Group,
         &state.policy.groups,
         &policy.groups,
         |g| &g.name,
         &mut changes,
     );
     objects_diff(
-        "port",
+        Kind::Port,
         &state.policy.ports,
         &policy.ports,
         |p| &p.name,
@@ -767,8 +824,8 @@ fn diff(state: &State, policy: &Policy, settings: &Settings) -> Vec<Change> {
     );
     if *settings != state.settings {
         changes.push(Change {
-            action: "update".into(),
-            kind: "settings".into(),
+            action: Action::Update,
+            kind: Kind::Settings,
             name: "settings".into(),
             fields: fields_differing(&state.settings, settings),
         });
@@ -777,30 +834,34 @@ fn diff(state: &State, policy: &Policy, settings: &Settings) -> Vec<Change> {
 }
 
 fn objects_diff<T: Serialize + PartialEq>(
-    kind: &str,
+    kind: Kind,
     old: &[T],
     new: &[T],
     name: impl Fn(&T) -> &String,
     changes: &mut Vec<Change>,
 ) {
-    let change = |action: &str, object: &T, fields| Change {
-        action: action.into(),
-        kind: kind.into(),
+    let change = |action, object: &T, fields| Change {
+        action,
+        kind,
         name: name(object).clone(),
         fields,
     };
     for object in new {
         match old.iter().find(|o| name(o) == name(object)) {
-            None => changes.push(change("create", object, Vec::new())),
+            None => changes.push(change(Action::Create, object, Vec::new())),
             Some(before) if before != object => {
-                changes.push(change("update", object, fields_differing(before, object)));
+                changes.push(change(
+                    Action::Update,
+                    object,
+                    fields_differing(before, object),
+                ));
             }
             Some(_) => {}
         }
     }
     for object in old {
         if !new.iter().any(|n| name(n) == name(object)) {
-            changes.push(change("delete", object, Vec::new()));
+            changes.push(change(Action::Delete, object, Vec::new()));
         }
     }
 }
@@ -850,12 +911,15 @@ mod tests {
              settings: {max_rules_per_group: 10}\n",
         );
         let dry = d.apply(Role::Viewer, doc.clone(), true).unwrap();
-        let summary: Vec<(&str, &str)> = dry
+        let summary: Vec<(Action, &str)> = dry
             .changes
             .iter()
-            .map(|c| (c.action.as_str(), c.name.as_str()))
+            .map(|c| (c.action, c.name.as_str()))
             .collect();
-        assert_eq!(summary, [("create", "web"), ("update", "settings")]);
+        assert_eq!(
+            summary,
+            [(Action::Create, "web"), (Action::Update, "settings")]
+        );
         assert!(
             d.state().policy.group("web").is_none(),
             "a dry run changes nothing"
