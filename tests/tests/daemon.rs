@@ -496,7 +496,7 @@ fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
 }
 
 #[test]
-fn enforcement_goes_on_while_the_daemon_restarts() -> Result<()> {
+fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot() -> Result<()> {
     require_root!(Ok(()));
     let veth = VethPort::new()?;
     let mut d = TestDaemon::start()?;
@@ -555,6 +555,19 @@ fn enforcement_goes_on_while_the_daemon_restarts() -> Result<()> {
     );
     assert!(d.pins.counter(PORT, "ingress", "pass")? > passed);
     assert!(veth.host.ping(v4)?);
+
+    // A reboot loses the pins: the daemon, started again, restores the
+    // stored policy.
+    d.kill()?;
+    sg_ctl::datapath::detach_all(&d.pins.pins)?;
+    assert!(veth.host.ping(v6)?, "no filter left");
+    d.spawn()?;
+    assert_eq!(
+        d.json(&["port", "show", "vm"])?["status"]["state"],
+        "active"
+    );
+    assert!(veth.host.ping(v4)?);
+    assert!(!veth.host.ping(v6)?, "the policy is back");
     Ok(())
 }
 
