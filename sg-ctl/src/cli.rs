@@ -466,7 +466,7 @@ impl Session {
         };
         match self.output {
             Output::Json => self.json(&view.spec.rules),
-            Output::Table => print_rules(&view.spec.rules),
+            Output::Table => print_rules(&view),
         }
     }
 
@@ -832,17 +832,23 @@ fn print_group(view: &GroupView) -> Result<()> {
         };
         writeln!(out, "  status: {}{reason}", view.status.state)?;
     }
-    print_rules(&group.rules)
+    print_rules(view)
 }
 
-fn print_rules(rules: &[Rule]) -> Result<()> {
+/// A group's rules with their indexes and, once ports are attached, the
+/// packets each decided.
+fn print_rules(view: &GroupView) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5}  DESCRIPTION",
-        "#", "DIR", "ETHER", "PROTO", "PORTS/ICMP", "REMOTE", "ACTION", "PRIO"
+        "{:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {:>10}  DESCRIPTION",
+        "#", "DIR", "ETHER", "PROTO", "PORTS/ICMP", "REMOTE", "ACTION", "PRIO", "PACKETS"
     )?;
-    for (index, rule) in rules.iter().enumerate() {
+    for (index, rule) in view.spec.rules.iter().enumerate() {
+        let packets = view
+            .hits
+            .get(index)
+            .map_or("-".to_string(), |hits| hits.packets.to_string());
         let l4 = match (rule.icmp.type_, rule.icmp.code) {
             (Some(t), Some(c)) => format!("type {t} code {c}"),
             (Some(t), None) => format!("type {t}"),
@@ -850,7 +856,7 @@ fn print_rules(rules: &[Rule]) -> Result<()> {
         };
         writeln!(
             out,
-            "{index:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5}  {}",
+            "{index:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {packets:>10}  {}",
             rule.direction.to_string(),
             rule.ethertype.to_string(),
             rule.protocol.to_string(),

@@ -194,7 +194,7 @@ pub enum PortPhase {
 }
 
 impl PortPhase {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Active => "active",

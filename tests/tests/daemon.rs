@@ -532,6 +532,11 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
     let rule = r#"sg_rule_packets_total{group="pingable",rule="2"}"#;
     let counted = d.metric(rule)?;
     assert!(counted >= 1);
+    let hits = &d.json(&["group", "show", "pingable"])?["hits"];
+    assert_eq!(
+        hits[2]["packets"], counted,
+        "group show gives the same hits: {hits}"
+    );
     let passed = d.pins.counter(PORT, "ingress", "pass")?;
 
     d.kill()?;

@@ -2,8 +2,9 @@
 //! direction and outcome, and per rule, named by port, group and rule
 //! index rather than by slot and counter id.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _};
 
+use serde::{Deserialize, Serialize};
 use sg_common::{Direction, Outcome};
 
 use super::{Daemon, effective};
@@ -13,7 +14,44 @@ use crate::{
     store::PortPhase,
 };
 
+/// Packets and bytes a rule decided, on every port attaching its group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hits {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 impl Daemon {
+    /// The hits of every rule by group, in rule order; empty while no
+    /// port is attached (no policy maps).
+    pub(super) fn rule_hits(&self) -> HashMap<String, Vec<Hits>> {
+        let policy = effective(&self.state.policy, &self.state.settings);
+        let (Ok(maps), Ok(counters)) =
+            (PolicyMaps::open(&self.pins), compile::counter_ids(&policy))
+        else {
+            return HashMap::new();
+        };
+        policy
+            .groups
+            .iter()
+            .map(|group| {
+                let hits = (0..group.rules.len())
+                    .map(|index| {
+                        let id = counters[&(group.name.clone(), index)];
+                        maps.rule_counter(id).map_or_else(
+                            |_| Hits::default(),
+                            |counter| Hits {
+                                packets: counter.packets,
+                                bytes: counter.bytes,
+                            },
+                        )
+                    })
+                    .collect();
+                (group.name.clone(), hits)
+            })
+            .collect()
+    }
+
     /// The metrics page. Counters that cannot be read (no port attached
     /// yet) are left out rather than failing the scrape.
     pub fn metrics(&self) -> String {
@@ -53,20 +91,13 @@ impl Daemon {
                 # TYPE sg_rule_packets_total counter\n\
                 # HELP sg_rule_bytes_total Bytes decided by a rule.\n\
                 # TYPE sg_rule_bytes_total counter\n";
-        let policy = effective(&self.state.policy, &self.state.settings);
-        let (Ok(rules), Ok(counters)) =
-            (PolicyMaps::open(&self.pins), compile::counter_ids(&policy))
-        else {
-            return out;
-        };
-        for group in &policy.groups {
-            for index in 0..group.rules.len() {
-                let Ok(counter) = rules.rule_counter(counters[&(group.name.clone(), index)]) else {
-                    continue;
-                };
-                let labels = format!("group=\"{}\",rule=\"{index}\"", group.name);
-                let _ = writeln!(out, "sg_rule_packets_total{{{labels}}} {}", counter.packets);
-                let _ = writeln!(out, "sg_rule_bytes_total{{{labels}}} {}", counter.bytes);
+        let mut groups: Vec<_> = self.rule_hits().into_iter().collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        for (group, hits) in groups {
+            for (index, hits) in hits.iter().enumerate() {
+                let labels = format!("group=\"{group}\",rule=\"{index}\"");
+                let _ = writeln!(out, "sg_rule_packets_total{{{labels}}} {}", hits.packets);
+                let _ = writeln!(out, "sg_rule_bytes_total{{{labels}}} {}", hits.bytes);
             }
         }
         out

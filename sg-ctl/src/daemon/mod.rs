@@ -7,7 +7,12 @@ pub mod api;
 pub mod metrics;
 mod reconcile;
 
-use std::{collections::BTreeMap, fmt};
+pub use metrics::Hits;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +113,10 @@ pub struct GroupView {
     /// Ports attaching the group.
     pub ports: Vec<String>,
     pub status: Status,
+    /// What each rule decided, in rule order (empty while no port is
+    /// attached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<Hits>,
 }
 
 /// A port as the API shows it.
@@ -202,10 +211,6 @@ impl Daemon {
         &self.store
     }
 
-    pub fn pins(&self) -> &Pins {
-        &self.pins
-    }
-
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -232,13 +237,14 @@ impl Daemon {
     pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
         require(role, Role::Anonymous)?;
         let states = self.store.port_states()?;
+        let hits = self.rule_hits();
         Ok(self
             .state
             .policy
             .groups
             .iter()
             .filter(|group| role >= Role::Viewer || group.public)
-            .map(|group| self.group_view(role, group, &states))
+            .map(|group| self.group_view(role, group, &states, &hits))
             .collect())
     }
 
@@ -246,7 +252,8 @@ impl Daemon {
         require(role, Role::Anonymous)?;
         match self.state.policy.group(name) {
             Some(group) if role >= Role::Viewer || group.public => {
-                Ok(self.group_view(role, group, &self.store.port_states()?))
+                let states = self.store.port_states()?;
+                Ok(self.group_view(role, group, &states, &self.rule_hits()))
             }
             Some(_) => Err(ApiError::new(
                 ErrorKind::Unauthenticated,
@@ -259,13 +266,15 @@ impl Daemon {
         }
     }
 
-    /// A group with its ports and status; an anonymous client is shown
-    /// neither port names nor reasons, which speak of ports.
+    /// A group with its ports, status and rule hits; an anonymous client
+    /// is shown neither port names nor reasons nor hits, which speak of
+    /// ports.
     fn group_view(
         &self,
         role: Role,
         group: &Group,
         states: &BTreeMap<String, PortState>,
+        hits: &HashMap<String, Vec<Hits>>,
     ) -> GroupView {
         let ports: Vec<&Port> = self
             .state
@@ -294,15 +303,18 @@ impl Daemon {
         }
         status.reason = reasons.join("; ");
         let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        let mut hits = hits.get(&group.name).cloned().unwrap_or_default();
         if role < Role::Viewer {
             ports.clear();
             status.reason.clear();
+            hits.clear();
         }
         GroupView {
             revision: self.state.group_revisions[&group.name],
             spec: group.clone(),
             ports,
             status,
+            hits,
         }
     }
 
