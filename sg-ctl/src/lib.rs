@@ -1,9 +1,14 @@
-//! sg's control plane as a library: the datapath loader and its maps.
-//! The `sg-ctl` binary is a thin CLI over it.
+//! sg's control plane as a library: the rule model and its compiler, the
+//! datapath loader and its maps, the daemon with its store and API, and
+//! the API's client. The `sg-ctl` binary is a thin CLI over it.
 
+pub mod client;
 pub mod compile;
+pub mod daemon;
 pub mod datapath;
 pub mod frame;
 pub mod model;
 pub mod netns;
+pub mod preset;
+pub mod store;
 pub mod trace;

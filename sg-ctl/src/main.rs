@@ -1,13 +1,23 @@
-//! `sg-ctl`: attach sg's filter to ports and look at what it does.
+//! `sg-ctl`: the daemon that keeps security groups in force, the client
+//! commands that manage them, and the low-level commands that attach sg's
+//! filter to ports and look at what it does.
 
-use std::{io::Write as _, process::ExitCode};
+mod cli;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use hyper::StatusCode;
 use ipnet::IpNet;
 use sg_ctl::{
+    client::{Client, ClientError},
+    daemon::{Daemon, api},
     datapath::{self, Attached, DatapathError, Pins, PortStatus, XdpModeArg},
     netns,
+    store::{Role, Store},
 };
+
+use cli::{GroupCommand, Invalid, PortCommand, RuleCommand, Session, SettingsCommand};
 
 #[derive(Parser)]
 #[command(
@@ -15,11 +25,21 @@ use sg_ctl::{
     version,
     about = "Security groups for VMs and containers, enforced in eBPF",
     after_help = "Examples:
+  sg-ctl daemon                            keep the stored policy in force, serve the API
+  sg-ctl group create web                  a group with allow-all egress
+  sg-ctl rule add web --preset ssh --remote 203.0.113.0/24
+  sg-ctl port create vm1 --iface tap1 --mac 52:54:00:12:34:56 --ip 10.0.0.5 --group web
+  sg-ctl apply -f policy.yaml --dry-run    what applying a file would change
+  sg-ctl -o json port list
+
+Low-level datapath commands (no daemon):
   sg-ctl attach tap0                       filter the port of a VM
   sg-ctl --netns host1 attach veth-web     an interface in another namespace
   sg-ctl block tap0 198.18.0.0/24          drop traffic of those addresses
   sg-ctl status                            ports, blocked prefixes, counters
-  sg-ctl detach tap0"
+  sg-ctl detach tap0
+
+Exit codes: 0 ok, 1 failure, 2 invalid, 3 not found, 4 not permitted, 5 conflict."
 )]
 struct Cli {
     /// Directory on the BPF filesystem for sg's pinned maps and links.
@@ -34,12 +54,20 @@ struct Cli {
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "SG_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+
+    /// API token (`sg-ctl daemon token create`); root needs none.
+    #[arg(long, global = true, env = "SG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Output {
+pub enum Output {
     Table,
     Json,
 }
@@ -85,6 +113,88 @@ enum Command {
     },
     /// Attached ports, their blocked prefixes and counters.
     Status,
+    /// Run the daemon (or, with `token create`, make an API token).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:
+  sg-ctl daemon                                  /var/lib/sg/sg.db, /run/sg/sg.sock
+  sg-ctl daemon --db /tmp/sg.db --socket /tmp/sg.sock --metrics 127.0.0.1:9400
+  sg-ctl daemon token create --role viewer       prints a read-only token
+  sg-ctl daemon token list                       ids and roles
+  sg-ctl daemon token revoke 3f2a9c01b7de"
+    )]
+    Daemon {
+        #[command(subcommand)]
+        command: Option<DaemonCommand>,
+        /// The database holding the desired state.
+        #[arg(long, env = "SG_DB", default_value = "/var/lib/sg/sg.db")]
+        db: PathBuf,
+        /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9400).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Security groups: create, list, show, update, delete, clone.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// The rules of a group: add (fields or a preset), list, update, delete.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Workload ports and the groups attached to them.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Limits, outbound SMTP, conntrack timeouts.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Make the desired state that of a YAML or JSON file (`-` for stdin).
+    #[command(after_help = "Examples:
+  sg-ctl apply -f policy.yaml --dry-run    print what would change
+  sg-ctl apply -f policy.yaml              change it; applying again changes nothing
+  sg-ctl export > policy.yaml              the current state in the same form")]
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Print the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the desired state as YAML (JSON with -o json), as apply reads it.
+    Export,
+    /// The IP protocols rules may name, with what each accepts.
+    Protocols,
+    /// The presets of `rule add --preset`.
+    Presets,
+    /// Print a shell completion script.
+    #[command(after_help = "Example:
+  sg-ctl completions bash > /etc/bash_completion.d/sg-ctl")]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (only its digest is stored).
+    Create {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// List the tokens by id and role (the tokens themselves are not kept).
+    List,
+    /// Revoke a token by the id `token list` shows.
+    Revoke { id: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "owner" => Ok(Role::Owner),
+        "viewer" => Ok(Role::Viewer),
+        _ => Err(format!("'{text}' is not a role; use owner or viewer")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,9 +211,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit codes: 1 anything else, 2 invalid arguments (clap), 3 not found,
-/// 4 forbidden.
+/// Exit codes: 1 anything else, 2 invalid arguments, 3 not found,
+/// 4 forbidden, 5 conflict.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Invalid>().is_some() {
+        return 2;
+    }
+    if let Some(ClientError::Api { status, .. }) = e.downcast_ref::<ClientError>() {
+        return match *status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => 2,
+            StatusCode::NOT_FOUND => 3,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => 4,
+            StatusCode::CONFLICT => 5,
+            _ => 1,
+        };
+    }
     let netns = match e.downcast_ref::<DatapathError>() {
         Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => {
             return 3;
@@ -119,18 +241,29 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    if let Some(name) = &cli.netns {
-        netns::enter(name)?;
-    }
     let pins = Pins::new(&cli.pin_dir);
+    // The datapath commands work on interfaces of the --netns namespace;
+    // the client commands keep it as the namespace of the ports they make.
+    let enter_netns = || cli.netns.as_deref().map(netns::enter).transpose();
+    let session = || Session {
+        client: Client::new(&cli.socket, cli.token.clone()),
+        output: cli.output,
+        netns: cli.netns.clone(),
+    };
     match &cli.command {
-        Command::Attach { iface, xdp_mode } => match datapath::attach(&pins, iface, *xdp_mode)? {
-            Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
-            Attached::Already { slot } => println!("{iface} is already attached (slot {slot})"),
-        },
+        Command::Attach { iface, xdp_mode } => {
+            enter_netns()?;
+            match datapath::attach(&pins, iface, *xdp_mode)? {
+                Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
+                Attached::Already { slot } => {
+                    println!("{iface} is already attached (slot {slot})");
+                }
+            }
+        }
         Command::Detach {
             iface: Some(iface), ..
         } => {
+            enter_netns()?;
             datapath::detach(&pins, iface)?;
             println!("detached from {iface}");
         }
@@ -139,24 +272,72 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("detached {n} port(s)");
         }
         Command::Block { iface, prefixes } => {
+            enter_netns()?;
             datapath::block(&pins, iface, prefixes)?;
             println!("{iface}: blocking {}", join(prefixes));
         }
         Command::Unblock { iface, prefixes } => {
+            enter_netns()?;
             let missing = datapath::unblock(&pins, iface, prefixes)?;
             if !missing.is_empty() {
                 eprintln!("{iface}: {} were not blocked", join(&missing));
             }
         }
         Command::Status => {
+            enter_netns()?;
             let ports = datapath::status(&pins)?;
             match cli.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&ports)?),
                 Output::Table => print_status(&ports)?,
             }
         }
+        Command::Daemon {
+            command: None,
+            db,
+            metrics,
+        } => {
+            if let Some(dir) = db.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let daemon = Daemon::start(Store::open(db)?, pins)?;
+            block_on(async {
+                let metrics = match metrics {
+                    Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                    None => None,
+                };
+                api::serve(daemon, &cli.socket, metrics).await
+            })?;
+        }
+        Command::Daemon {
+            command: Some(DaemonCommand::Token(command)),
+            ..
+        } => block_on(session().token(command))?,
+        Command::Group(command) => block_on(session().group(command))?,
+        Command::Rule(command) => block_on(session().rule(command))?,
+        Command::Port(command) => block_on(session().port(command))?,
+        Command::Settings(command) => block_on(session().settings(command))?,
+        Command::Apply { file, dry_run } => block_on(session().apply(file, *dry_run))?,
+        Command::Export => block_on(session().export())?,
+        Command::Protocols => cli::print_protocols(cli.output)?,
+        Command::Presets => cli::print_presets(cli.output)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "sg-ctl",
+                &mut std::io::stdout(),
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs the daemon or a client command on a runtime of its own.
+fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn join(prefixes: &[IpNet]) -> String {
@@ -197,4 +378,33 @@ fn print_status(ports: &[PortStatus]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn presets_exclude_the_fields_they_set() {
+        let parsed = Cli::try_parse_from([
+            "sg-ctl", "rule", "add", "web", "--preset", "ssh", "--port", "80",
+        ]);
+        assert!(parsed.is_err());
+        let parsed = Cli::try_parse_from([
+            "sg-ctl",
+            "rule",
+            "add",
+            "web",
+            "--preset",
+            "ssh",
+            "--remote",
+            "203.0.113.0/24",
+        ]);
+        assert!(parsed.is_ok());
+    }
 }

@@ -9,10 +9,13 @@ use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
-    net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    path::PathBuf,
-    process::{Command, Output},
+    net::{IpAddr, TcpListener, TcpStream},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -547,6 +550,205 @@ fn install(maps: &mut PolicyMaps, slot: u32, policy: &Policy, port: &str) -> Res
     let compiled = compile(policy, port, id, &counters)?;
     maps.install(slot, id, &compiled)?;
     Ok(counters)
+}
+
+/// Whether a TCP connection from `client` to a listener on `to`:`port`
+/// (in `server`; port 0 for any free one) carries a request and its
+/// response within a second each way.
+pub fn tcp_exchange(client: &Netns, server: &Netns, to: IpAddr, port: u16) -> Result<bool> {
+    const WAIT: Duration = Duration::from_secs(1);
+    let listener = server.within(move || Ok(TcpListener::bind((to, port))?))?;
+    let target = listener.local_addr()?;
+    let Ok(mut stream) = client.within(move || Ok(TcpStream::connect_timeout(&target, WAIT)?))
+    else {
+        return Ok(false);
+    };
+    let (mut accepted, _) = listener.accept()?;
+    for s in [&stream, &accepted] {
+        s.set_read_timeout(Some(WAIT))?;
+    }
+    stream.write_all(b"GET")?;
+    let mut buf = [0u8; 3];
+    accepted.read_exact(&mut buf)?;
+    accepted.write_all(b"200")?;
+    Ok(stream.read_exact(&mut buf).is_ok() && &buf == b"200")
+}
+
+/// A running `sg-ctl daemon` with a database, socket and pin directory of
+/// its own, stopped and removed (ports detached) when dropped.
+pub struct TestDaemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// The daemon's metrics listener.
+    pub metrics: std::net::SocketAddr,
+    pub pins: TestPins,
+}
+
+impl TestDaemon {
+    pub fn start() -> Result<TestDaemon> {
+        let dir = std::env::temp_dir().join(unique("sg-daemon"));
+        fs::create_dir_all(&dir)?;
+        // Clients of other users (the anonymous role) reach the socket.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut daemon = TestDaemon {
+            child: None,
+            dir,
+            metrics,
+            pins: TestPins::new(),
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("sg.sock")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("sg.db")
+    }
+
+    /// Starts the daemon on the same database and waits for its socket.
+    pub fn spawn(&mut self) -> Result<()> {
+        let _ = fs::remove_file(self.socket());
+        let log = File::create(self.dir.join("daemon.log"))?;
+        let child = Command::new(sg_ctl_binary())
+            .args(["--pin-dir", self.pins.dir(), "--socket"])
+            .arg(self.socket())
+            .args(["daemon", "--db"])
+            .arg(self.db())
+            .args(["--metrics", &self.metrics.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting sg-ctl daemon")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("sg-ctl daemon exited ({status}): {}", self.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "sg-ctl daemon did not start: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The daemon's output so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL: no chance to clean anything up.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// `sg-ctl --socket SOCKET ARGS` as `uid` (root when `None`). Other
+    /// users run a copy in the test's directory, which they can reach
+    /// wherever the build is.
+    pub fn sg_ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Result<Output> {
+        let mut command = match uid {
+            None => Command::new(sg_ctl_binary()),
+            Some(uid) => {
+                let copy = self.dir.join("sg-ctl");
+                if !copy.exists() {
+                    fs::copy(sg_ctl_binary(), &copy).context("copying sg-ctl")?;
+                }
+                let mut command = Command::new(copy);
+                command.uid(uid).gid(uid);
+                command
+            }
+        };
+        command.arg("--socket").arg(self.socket()).args(args);
+        command.env_remove("SG_TOKEN");
+        command.output().context("running sg-ctl")
+    }
+
+    /// `sg-ctl` against this daemon; its output whatever its exit status.
+    pub fn sg_ctl(&self, args: &[&str]) -> Result<Output> {
+        self.sg_ctl_as(None, args)
+    }
+
+    /// `sg-ctl` against this daemon; fails when it fails.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.sg_ctl(args)?;
+        ensure!(
+            out.status.success(),
+            "sg-ctl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `sg-ctl -o json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.ok(&all)?)?)
+    }
+
+    /// The exit code and error message of a command that should fail.
+    pub fn fails(&self, args: &[&str]) -> Result<(i32, String)> {
+        let out = self.sg_ctl(args)?;
+        ensure!(!out.status.success(), "sg-ctl {} succeeded", args.join(" "));
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+
+    /// The metrics page.
+    pub fn metrics(&self) -> Result<String> {
+        let mut stream = TcpStream::connect(self.metrics)?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: sg\r\n\r\n")?;
+        let mut page = String::new();
+        stream.read_to_string(&mut page)?;
+        ensure!(page.starts_with("HTTP/1.0 200"), "metrics: {page}");
+        Ok(page)
+    }
+
+    /// The value of a metric line (`name{labels}`) on the metrics page.
+    pub fn metric(&self, series: &str) -> Result<u64> {
+        let page = self.metrics()?;
+        let line = page
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("{series} is not on the metrics page"))?;
+        Ok(line.trim().parse()?)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the daemon's orderly exit, which leaves the datapath
+            // as it is (TestPins removes it).
+            // SAFETY: signalling a child this guard owns and has not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The `sg-ctl` binary under test: `$SG_CTL`, or the workspace's debug

@@ -2,8 +2,7 @@
 //! ICMP, UDP and TCP over IPv4 and IPv6, passed, blocked and counted.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, TcpListener, UdpSocket},
     time::Duration,
 };
 
@@ -12,7 +11,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use sg_ctl::frame::{Packet, TcpFlags, Transport};
 use sg_tests::{
     GUEST_MAC, HOST_V4, HOST_V6, PORT, TapPort, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    require_root,
+    require_root, tcp_exchange,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
@@ -42,26 +41,6 @@ fn udp_exchange(client: &sg_tests::Netns, server: &sg_tests::Netns, to: IpAddr) 
         .is_ok_and(|(n, _)| &buf[..n] == b"answer"))
 }
 
-/// Whether a TCP connection from `client` to a listener on `to` (in
-/// `server`) carries a request and its response.
-fn tcp_exchange(client: &sg_tests::Netns, server: &sg_tests::Netns, to: IpAddr) -> Result<bool> {
-    let listener = server.within(move || Ok(TcpListener::bind((to, 0))?))?;
-    let target = listener.local_addr()?;
-    let Ok(mut stream) = client.within(move || Ok(TcpStream::connect_timeout(&target, WAIT)?))
-    else {
-        return Ok(false);
-    };
-    let (mut accepted, _) = listener.accept()?;
-    for s in [&stream, &accepted] {
-        s.set_read_timeout(Some(WAIT))?;
-    }
-    stream.write_all(b"GET")?;
-    let mut buf = [0u8; 3];
-    accepted.read_exact(&mut buf)?;
-    accepted.write_all(b"200")?;
-    Ok(stream.read_exact(&mut buf).is_ok() && &buf == b"200")
-}
-
 /// ICMP echo, UDP and TCP from the host to the workload, v4 and v6; what
 /// got through.
 fn exchanges(port: &VethPort) -> Result<Vec<(&'static str, bool)>> {
@@ -70,7 +49,7 @@ fn exchanges(port: &VethPort) -> Result<Vec<(&'static str, bool)>> {
         let to = addr(to);
         results.push((family, port.host.ping(to)?));
         results.push((family, udp_exchange(&port.host, &port.workload, to)?));
-        results.push((family, tcp_exchange(&port.host, &port.workload, to)?));
+        results.push((family, tcp_exchange(&port.host, &port.workload, to, 0)?));
     }
     Ok(results)
 }

@@ -24,6 +24,8 @@ const SYSTEM_PREFIX: &str = "/usr";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Packages the integration tests and the demo run.
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
+/// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
+const BUILD_PACKAGES: &[&str] = &["gcc"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 
 /// The compiler that builds the eBPF object.
@@ -196,11 +198,14 @@ fn ensure_bpf_linker(llvm: u32) -> Result<()> {
 pub fn setup() -> Result<EbpfToolchain> {
     let mut step = Step::new("setting up", 4);
 
-    step.next("tools the tests and the demo use");
+    step.next("tools the build, the tests and the demo use");
     if has_apt() {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
+        apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
-        println!("    no apt-get: make sure `ip` (iproute2) and `ping` are installed");
+        println!(
+            "    no apt-get: make sure `ip` (iproute2), `ping` and a C compiler (gcc) are installed"
+        );
     }
 
     step.next("a compiler with the library sources for -Z build-std");

@@ -17,7 +17,7 @@ mod syntax;
 
 pub use error::{FieldError, PolicyError};
 pub use group::{DEFAULT_GROUP, Group};
-pub use policy::{AddressPair, MacAddr, Policy, Port};
+pub use policy::{AddressPair, MacAddr, Policy, Port, SMTP_BLOCK_GROUP, SMTP_PORT};
 pub use protocol::{IpProtocol, Protocol, ProtocolInfo, catalogue};
 pub use rule::{
     Action, DEFAULT_PRIORITY, Direction, EtherType, IcmpMatch, MAX_DESCRIPTION, PRIORITIES,

@@ -7,9 +7,16 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError, Group, PolicyError, Remote,
+    Action, Direction, FieldError, Group, IpProtocol, PolicyError, PortSpec, Protocol, Remote,
+    Rule,
     syntax::{self, check_name, serde_as_text},
 };
+
+/// The group [`Policy::with_outbound_smtp_blocked`] adds. It starts with
+/// `_`, which names of users' groups may not, so it never meets one.
+pub const SMTP_BLOCK_GROUP: &str = "_smtp-block";
+/// SMTP's port, blocked outbound unless a port's rules name it.
+pub const SMTP_PORT: u16 = 25;
 
 /// An Ethernet address, written `52:54:00:12:34:56` (or with `-`).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -95,6 +102,10 @@ pub struct Port {
     /// Layer-2 and source-address anti-spoofing; on unless turned off.
     #[serde(default = "port_security_default")]
     pub port_security: bool,
+    /// The network namespace (a name of `ip netns`) holding `ifname`;
+    /// `None` is the control plane's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 fn port_security_default() -> bool {
@@ -103,6 +114,8 @@ fn port_security_default() -> bool {
 
 /// Linux's IFNAMSIZ less the terminating NUL.
 const IFNAME_MAX: usize = 15;
+/// Linux's NAME_MAX: a namespace name is a file name under /run/netns.
+const NETNS_MAX: usize = 255;
 
 impl Port {
     /// A port in the `default` group, with port security on and no IPs yet.
@@ -115,6 +128,7 @@ impl Port {
             allowed_address_pairs: Vec::new(),
             groups: vec![super::DEFAULT_GROUP.into()],
             port_security: true,
+            netns: None,
         }
     }
 
@@ -141,6 +155,22 @@ impl Port {
                 format!(
                     "'{name}' is not an interface name; use 1-15 characters \
                      without /, : or spaces, as `ip link` shows them"
+                ),
+            ));
+        }
+        if let Some(netns) = &self.netns
+            && (netns.is_empty()
+                || netns.len() > NETNS_MAX
+                || netns == "."
+                || netns == ".."
+                || netns.contains(|c: char| c == '/' || c.is_whitespace()))
+        {
+            return Err(FieldError::new(
+                "netns",
+                format!(
+                    "'{netns}' is not a namespace name; use a name of `ip netns list` \
+                     (1-255 characters without / or spaces), or leave it out for the \
+                     control plane's own namespace"
                 ),
             ));
         }
@@ -318,10 +348,62 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// This policy with outbound SMTP (TCP port 25) dropped, as Exoscale
+    /// does, on every port none of whose groups has an egress allow rule
+    /// naming tcp and port 25 explicitly (`any` does not count). The drop is
+    /// an ordinary rule (priority 1) of a group appended after the others,
+    /// so the rules before it keep their counter ids, and put first in the
+    /// ports' group lists, so it goes before every other rule. The compiler
+    /// and the reference matcher both take the policy this returns.
+    pub fn with_outbound_smtp_blocked(&self) -> Policy {
+        let mut policy = self.clone();
+        let mut blocked = false;
+        for port in &mut policy.ports {
+            let explicit = port
+                .groups
+                .iter()
+                .filter_map(|name| self.group(name))
+                .flat_map(|group| &group.rules)
+                .any(allows_smtp_explicitly);
+            if !explicit {
+                port.groups.insert(0, SMTP_BLOCK_GROUP.into());
+                blocked = true;
+            }
+        }
+        if blocked {
+            policy.groups.push(Group {
+                name: SMTP_BLOCK_GROUP.into(),
+                description: "outbound SMTP is blocked unless a rule allows tcp port 25".into(),
+                rules: vec![Rule {
+                    protocol: IpProtocol::TCP.into(),
+                    ports: PortSpec(vec![super::PortRange {
+                        start: SMTP_PORT,
+                        end: SMTP_PORT,
+                    }]),
+                    action: Action::Drop,
+                    priority: *super::PRIORITIES.start(),
+                    ..Rule::new(Direction::Egress)
+                }],
+                external_members: Vec::new(),
+                public: false,
+                egress_open_until_first_rule: false,
+            });
+        }
+        policy
+    }
+}
+
+fn allows_smtp_explicitly(rule: &Rule) -> bool {
+    rule.direction == Direction::Egress
+        && rule.action == Action::Allow
+        && matches!(&rule.protocol, Protocol::List(list) if list.contains(&IpProtocol::TCP))
+        && rule.ports.0.iter().any(|range| range.contains(SMTP_PORT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, Rule};
 
     fn mac(text: &str) -> MacAddr {
         text.parse().unwrap()
@@ -555,5 +637,43 @@ mod tests {
             serde_json::from_str::<Policy>(&serde_json::to_string(&full).unwrap()).unwrap(),
             full
         );
+    }
+
+    #[test]
+    fn outbound_smtp_is_blocked_unless_a_rule_names_it() {
+        use crate::model::reference::{Packet, evaluate};
+        let mut policy = policy();
+        let mut mail = Group::new("mail").unwrap();
+        mail.rules.push(Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: "25,587".parse().unwrap(),
+            ..Rule::new(Direction::Egress)
+        });
+        policy.groups.push(mail);
+        policy
+            .ports
+            .push(port("mx", "tap3", &["10.0.0.7"], &["mail"]));
+        let blocked = policy.with_outbound_smtp_blocked();
+        let to = |port: u16| Packet {
+            src: "10.0.0.5".parse().unwrap(),
+            dst: "192.0.2.1".parse().unwrap(),
+            protocol: 6,
+            dst_port: Some(port),
+            icmp: None,
+        };
+        let verdict = |policy: &Policy, port, dst_port| {
+            evaluate(policy, port, Direction::Egress, &to(dst_port))
+                .unwrap()
+                .action
+        };
+        assert_eq!(verdict(&policy, "vm1", 25), Action::Allow);
+        assert_eq!(verdict(&blocked, "vm1", 25), Action::Drop);
+        assert_eq!(verdict(&blocked, "vm1", 587), Action::Allow);
+        assert_eq!(verdict(&blocked, "mx", 25), Action::Allow);
+        assert_eq!(blocked.ports[0].groups[0], SMTP_BLOCK_GROUP);
+        assert_eq!(blocked.port("mx").unwrap().groups, ["mail"]);
+        assert_eq!(blocked.groups.last().unwrap().name, SMTP_BLOCK_GROUP);
+        assert_eq!(blocked.groups[..policy.groups.len()], policy.groups[..]);
+        assert_eq!(Policy::new().with_outbound_smtp_blocked(), Policy::new());
     }
 }

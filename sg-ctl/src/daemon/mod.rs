@@ -1,0 +1,1031 @@
+//! `sg-ctl daemon`: the desired state in the store, its changes checked as
+//! a whole before they are committed, and the datapath kept in line with
+//! it (see [`reconcile`]). [`api`] serves it over HTTP on a Unix socket,
+//! [`metrics`] exports the counters.
+
+pub mod api;
+pub mod metrics;
+mod reconcile;
+
+pub use metrics::Hits;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    compile,
+    datapath::Pins,
+    model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
+    store::{PortPhase, PortState, Role, Settings, State, Store, StoreError, TokenInfo},
+};
+
+/// Why a request was refused; each kind is one HTTP status and one exit
+/// code of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotFound,
+    /// No credentials: neither a token nor root.
+    Unauthenticated,
+    Forbidden,
+    Conflict,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(error: impl ToString) -> Self {
+        Self::new(ErrorKind::Invalid, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::new(ErrorKind::Internal, error.to_string())
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Where a port's policy stands, or a group's over the ports attaching
+/// it; in order of concern, a group taking its ports' worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A group no port attaches.
+    Na,
+    Active,
+    Pending,
+    Error,
+}
+
+impl From<PortPhase> for Phase {
+    fn from(phase: PortPhase) -> Self {
+        match phase {
+            PortPhase::Pending => Self::Pending,
+            PortPhase::Active => Self::Active,
+            PortPhase::Error => Self::Error,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Na => "na",
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// A phase, with the reason of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: Phase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub revision: u64,
+    pub spec: Group,
+    /// Ports attaching the group.
+    pub ports: Vec<String>,
+    pub status: Status,
+    /// What each rule decided, in rule order (empty while no port is
+    /// attached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<Hits>,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortView {
+    pub revision: u64,
+    pub spec: Port,
+    pub status: Status,
+    /// The datapath's policy id for the port, once installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<u32>,
+}
+
+/// A whole desired state, as `sg-ctl apply` reads it and `sg-ctl export`
+/// writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Left out: the settings stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+}
+
+/// What a change does to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The objects of a desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Group,
+    Port,
+    Settings,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Port => "port",
+            Self::Settings => "settings",
+        })
+    }
+}
+
+/// One difference between the desired state and a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub action: Action,
+    pub kind: Kind,
+    pub name: String,
+    /// For updates, the fields that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+/// What `apply` did or, with `dry_run`, would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+}
+
+/// The daemon: the store, the state it holds, and the datapath's pins.
+pub struct Daemon {
+    store: Store,
+    state: State,
+    pins: Pins,
+}
+
+impl Daemon {
+    /// Opens the store and brings the datapath in line with it, adopting
+    /// what is already installed.
+    pub fn start(store: Store, pins: Pins) -> Result<Daemon> {
+        let state = store.load()?;
+        let mut daemon = Daemon { store, state, pins };
+        daemon.reconcile()?;
+        Ok(daemon)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Checks `change` applied to a copy of the desired state, then commits
+    /// it and reconciles the datapath. Nothing is written when the change
+    /// or the state it leads to is invalid.
+    fn change(
+        &mut self,
+        role: Role,
+        change: impl FnOnce(&mut Policy, &mut Settings) -> Result<()>,
+    ) -> Result<()> {
+        require(role, Role::Owner)?;
+        let mut policy = self.state.policy.clone();
+        let mut settings = self.state.settings.clone();
+        change(&mut policy, &mut settings)?;
+        check(&policy, &settings)?;
+        self.state = self.store.save(&self.state, &policy, &settings)?;
+        self.reconcile()
+    }
+
+    // Groups.
+
+    pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
+        require(role, Role::Anonymous)?;
+        let states = self.store.port_states()?;
+        let hits = self.rule_hits();
+        Ok(self
+            .state
+            .policy
+            .groups
+            .iter()
+            .filter(|group| role >= Role::Viewer || group.public)
+            .map(|group| self.group_view(role, group, &states, &hits))
+            .collect())
+    }
+
+    pub fn group(&self, role: Role, name: &str) -> Result<GroupView> {
+        require(role, Role::Anonymous)?;
+        match self.state.policy.group(name) {
+            Some(group) if role >= Role::Viewer || group.public => {
+                let states = self.store.port_states()?;
+                Ok(self.group_view(role, group, &states, &self.rule_hits()))
+            }
+            Some(_) => Err(ApiError::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "group '{name}' is not public; reading it needs a viewer or owner token \
+                     (--token, or SG_TOKEN) or root"
+                ),
+            )),
+            None => Err(no_group(name)),
+        }
+    }
+
+    /// A group with its ports, status and rule hits; an anonymous client
+    /// is shown neither port names nor reasons nor hits, which speak of
+    /// ports.
+    fn group_view(
+        &self,
+        role: Role,
+        group: &Group,
+        states: &BTreeMap<String, PortState>,
+        hits: &HashMap<String, Vec<Hits>>,
+    ) -> GroupView {
+        let ports: Vec<&Port> = self
+            .state
+            .policy
+            .ports
+            .iter()
+            .filter(|port| port.groups.contains(&group.name))
+            .collect();
+        let mut status = Status {
+            state: if ports.is_empty() {
+                Phase::Na
+            } else {
+                Phase::Active
+            },
+            reason: String::new(),
+        };
+        let mut reasons = Vec::new();
+        for port in &ports {
+            let phase = states
+                .get(&port.name)
+                .map_or(Phase::Pending, |s| s.phase.into());
+            status.state = status.state.max(phase);
+            if let Some(state) = states.get(&port.name).filter(|s| !s.reason.is_empty()) {
+                reasons.push(format!("port {}: {}", port.name, state.reason));
+            }
+        }
+        status.reason = reasons.join("; ");
+        let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        let mut hits = hits.get(&group.name).cloned().unwrap_or_default();
+        if role < Role::Viewer {
+            ports.clear();
+            status.reason.clear();
+            hits.clear();
+        }
+        GroupView {
+            revision: self.state.group_revisions[&group.name],
+            spec: group.clone(),
+            ports,
+            status,
+            hits,
+        }
+    }
+
+    pub fn create_group(&mut self, role: Role, group: Group) -> Result<GroupView> {
+        let name = group.name.clone();
+        self.change(role, |policy, _| {
+            if policy.group(&group.name).is_some() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "group '{}' exists; update it, or choose another name",
+                        group.name
+                    ),
+                ));
+            }
+            policy.groups.push(group);
+            Ok(())
+        })?;
+        self.group(role, &name)
+    }
+
+    /// Replaces a group (same name); `revision`, when given, must be the
+    /// group's current one.
+    pub fn replace_group(
+        &mut self,
+        role: Role,
+        name: &str,
+        group: Group,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        if group.name != name {
+            return Err(ApiError::invalid(format!(
+                "name: '{}' differs from the group '{name}' being updated; \
+                 groups cannot be renamed (clone it, then delete the old one)",
+                group.name
+            )));
+        }
+        self.check_revision(Kind::Group, name, revision)?;
+        self.change(role, |policy, _| {
+            *group_mut(policy, name)? = group;
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    pub fn delete_group(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
+        self.check_revision(Kind::Group, name, revision)?;
+        self.change(role, |policy, _| {
+            group_mut(policy, name)?;
+            if name == DEFAULT_GROUP {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    "the default group cannot be deleted; remove its rules instead",
+                ));
+            }
+            let ports: Vec<&str> = policy
+                .ports
+                .iter()
+                .filter(|port| port.groups.iter().any(|g| g == name))
+                .map(|port| port.name.as_str())
+                .collect();
+            if !ports.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "group '{name}' is attached to port(s) {}; detach it first \
+                         (`sg-ctl port detach PORT {name}`)",
+                        ports.join(", ")
+                    ),
+                ));
+            }
+            let users: Vec<&str> = policy
+                .groups
+                .iter()
+                .filter(|g| {
+                    g.name != name
+                        && g.rules
+                            .iter()
+                            .any(|rule| rule.remote == Remote::Group(name.into()))
+                })
+                .map(|g| g.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "rules of group(s) {} name group '{name}' as remote; \
+                         delete or change those rules first",
+                        users.join(", ")
+                    ),
+                ));
+            }
+            policy.groups.retain(|g| g.name != name);
+            Ok(())
+        })
+    }
+
+    /// Copies a group under a new name; the copy is not public.
+    pub fn clone_group(&mut self, role: Role, from: &str, name: &str) -> Result<GroupView> {
+        let group = Group {
+            name: name.into(),
+            public: false,
+            ..self
+                .state
+                .policy
+                .group(from)
+                .ok_or_else(|| no_group(from))?
+                .clone()
+        };
+        self.create_group(role, group)
+    }
+
+    /// Appends rules to a group.
+    pub fn add_rules(
+        &mut self,
+        role: Role,
+        name: &str,
+        rules: Vec<Rule>,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        self.check_revision(Kind::Group, name, revision)?;
+        self.change(role, |policy, _| {
+            group_mut(policy, name)?.rules.extend(rules);
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
+    pub fn set_rule(
+        &mut self,
+        role: Role,
+        name: &str,
+        index: usize,
+        rule: Option<Rule>,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        self.check_revision(Kind::Group, name, revision)?;
+        self.change(role, |policy, _| {
+            let group = group_mut(policy, name)?;
+            let count = group.rules.len();
+            if index >= count {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "group '{name}' has no rule {index}; it has {count} (0-{}); \
+                         `sg-ctl rule list {name}` shows them",
+                        count.saturating_sub(1)
+                    ),
+                ));
+            }
+            match rule {
+                Some(rule) => group.rules[index] = rule,
+                None => {
+                    group.rules.remove(index);
+                }
+            }
+            Ok(())
+        })?;
+        self.group(role, name)
+    }
+
+    // Ports.
+
+    pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
+        require(role, Role::Viewer)?;
+        let states = self.store.port_states()?;
+        Ok(self
+            .state
+            .policy
+            .ports
+            .iter()
+            .map(|port| self.port_view(port, &states))
+            .collect())
+    }
+
+    pub fn port(&self, role: Role, name: &str) -> Result<PortView> {
+        require(role, Role::Viewer)?;
+        let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        Ok(self.port_view(port, &self.store.port_states()?))
+    }
+
+    fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
+        let state = states.get(&port.name);
+        PortView {
+            revision: self.state.port_revisions[&port.name],
+            spec: port.clone(),
+            status: Status {
+                state: state.map_or(Phase::Pending, |s| s.phase.into()),
+                reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
+            },
+            policy_id: state.and_then(|s| s.policy_id),
+        }
+    }
+
+    pub fn create_port(&mut self, role: Role, port: Port) -> Result<PortView> {
+        let name = port.name.clone();
+        self.change(role, |policy, _| {
+            if policy.port(&port.name).is_some() {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "port '{}' exists; update it, or choose another name",
+                        port.name
+                    ),
+                ));
+            }
+            policy.ports.push(port);
+            Ok(())
+        })?;
+        self.port(role, &name)
+    }
+
+    pub fn replace_port(
+        &mut self,
+        role: Role,
+        name: &str,
+        port: Port,
+        revision: Option<u64>,
+    ) -> Result<PortView> {
+        if port.name != name {
+            return Err(ApiError::invalid(format!(
+                "name: '{}' differs from the port '{name}' being updated; \
+                 ports cannot be renamed",
+                port.name
+            )));
+        }
+        self.check_revision(Kind::Port, name, revision)?;
+        self.change(role, |policy, _| {
+            *port_mut(policy, name)? = port;
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    pub fn delete_port(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
+        self.check_revision(Kind::Port, name, revision)?;
+        self.change(role, |policy, _| {
+            port_mut(policy, name)?;
+            policy.ports.retain(|port| port.name != name);
+            Ok(())
+        })
+    }
+
+    /// Attaches groups to a port (after its others), live.
+    pub fn attach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
+        self.change(role, |policy, _| {
+            let port = port_mut(policy, name)?;
+            for group in groups {
+                if !port.groups.contains(group) {
+                    port.groups.push(group.clone());
+                }
+            }
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    /// Detaches groups from a port, live; a port keeps at least one.
+    pub fn detach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
+        self.change(role, |policy, _| {
+            let port = port_mut(policy, name)?;
+            if let Some(group) = groups.iter().find(|g| !port.groups.contains(g)) {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "group '{group}' is not attached to port '{name}'; it has {}",
+                        port.groups.join(", ")
+                    ),
+                ));
+            }
+            port.groups.retain(|g| !groups.contains(g));
+            if port.groups.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "port '{name}': groups: a port keeps at least one group; \
+                     attach another first (e.g. `sg-ctl port attach {name} default`)"
+                )));
+            }
+            Ok(())
+        })?;
+        self.port(role, name)
+    }
+
+    // Settings, documents, tokens.
+
+    pub fn settings(&self, role: Role) -> Result<Settings> {
+        require(role, Role::Viewer)?;
+        Ok(self.state.settings.clone())
+    }
+
+    pub fn set_settings(&mut self, role: Role, settings: Settings) -> Result<Settings> {
+        self.change(role, |_, current| {
+            *current = settings;
+            Ok(())
+        })?;
+        Ok(self.state.settings.clone())
+    }
+
+    pub fn export(&self, role: Role) -> Result<Document> {
+        require(role, Role::Viewer)?;
+        Ok(Document {
+            groups: self.state.policy.groups.clone(),
+            ports: self.state.policy.ports.clone(),
+            settings: Some(self.state.settings.clone()),
+        })
+    }
+
+    /// Makes the desired state the document's: its groups (the `default`
+    /// group stays when the document leaves it out), its ports, and its
+    /// settings if it has them. Applying the same document twice changes
+    /// nothing the second time.
+    pub fn apply(&mut self, role: Role, document: Document, dry_run: bool) -> Result<Applied> {
+        let mut groups = document.groups;
+        if !groups.iter().any(|g| g.name == DEFAULT_GROUP)
+            && let Some(default) = self.state.policy.group(DEFAULT_GROUP)
+        {
+            groups.insert(0, default.clone());
+        }
+        let policy = Policy {
+            groups,
+            ports: document.ports,
+        };
+        let settings = document
+            .settings
+            .unwrap_or_else(|| self.state.settings.clone());
+        let changes = diff(&self.state, &policy, &settings);
+        if dry_run {
+            require(role, Role::Viewer)?;
+            check(&policy, &settings)?;
+        } else if !changes.is_empty() {
+            self.change(role, |current, current_settings| {
+                *current = policy;
+                *current_settings = settings;
+                Ok(())
+            })?;
+        } else {
+            require(role, Role::Owner)?;
+        }
+        Ok(Applied { dry_run, changes })
+    }
+
+    /// A new token with its listing.
+    pub fn create_token(&self, role: Role, token_role: Role) -> Result<(String, TokenInfo)> {
+        require(role, Role::Owner)?;
+        if token_role == Role::Anonymous {
+            return Err(ApiError::invalid(
+                "role: use owner or viewer; clients without a token are anonymous already",
+            ));
+        }
+        Ok(self.store.create_token(token_role)?)
+    }
+
+    pub fn tokens(&self, role: Role) -> Result<Vec<TokenInfo>> {
+        require(role, Role::Owner)?;
+        Ok(self.store.tokens()?)
+    }
+
+    pub fn revoke_token(&self, role: Role, id: &str) -> Result<()> {
+        require(role, Role::Owner)?;
+        if self.store.revoke_token(id)? {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no token with id '{id}'; `sg-ctl daemon token list` shows the ids"),
+        ))
+    }
+
+    /// Refuses a change prepared from another revision than the object's.
+    fn check_revision(&self, kind: Kind, name: &str, expected: Option<u64>) -> Result<()> {
+        let revisions = match kind {
+            Kind::Group => &self.state.group_revisions,
+            Kind::Port => &self.state.port_revisions,
+            Kind::Settings => return Ok(()),
+        };
+        match (revisions.get(name), expected) {
+            (Some(&current), Some(expected)) if current != expected => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{kind} '{name}' is at revision {current}, not {expected}: someone changed \
+                     it meanwhile; read it again and redo the change"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses a client whose role is below `needed`.
+fn require(role: Role, needed: Role) -> Result<()> {
+    if role >= needed {
+        return Ok(());
+    }
+    Err(match role {
+        Role::Anonymous => ApiError::new(
+            ErrorKind::Unauthenticated,
+            "this needs a token (--token, or SG_TOKEN; an owner creates one with \
+             `sg-ctl daemon token create --role viewer`) or root",
+        ),
+        _ => ApiError::new(
+            ErrorKind::Forbidden,
+            "a viewer token is read-only; changes need an owner token or root",
+        ),
+    })
+}
+
+fn no_group(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no group named '{name}'; `sg-ctl group list` shows the groups"),
+    )
+}
+
+fn no_port(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no port named '{name}'; `sg-ctl port list` shows the ports"),
+    )
+}
+
+fn group_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Group> {
+    policy
+        .groups
+        .iter_mut()
+        .find(|g| g.name == name)
+        .ok_or_else(|| no_group(name))
+}
+
+fn port_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Port> {
+    policy
+        .ports
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| no_port(name))
+}
+
+/// The policy the datapath enforces for a desired state.
+fn effective(policy: &Policy, settings: &Settings) -> Policy {
+    if settings.block_outbound_smtp {
+        policy.with_outbound_smtp_blocked()
+    } else {
+        policy.clone()
+    }
+}
+
+/// Checks a whole desired state: the settings, the policy, the limits, and
+/// that every port compiles.
+fn check(policy: &Policy, settings: &Settings) -> Result<()> {
+    for (field, value) in [
+        ("max_rules_per_group", settings.max_rules_per_group),
+        ("max_groups_per_port", settings.max_groups_per_port),
+    ] {
+        if value == 0 {
+            return Err(ApiError::invalid(format!(
+                "settings: {field}: 0 leaves no room; use 1 or more"
+            )));
+        }
+    }
+    let timeouts = &settings.conntrack;
+    for (field, value) in [
+        ("conntrack.tcp_established", timeouts.tcp_established),
+        ("conntrack.tcp_closing", timeouts.tcp_closing),
+        ("conntrack.udp", timeouts.udp),
+        ("conntrack.icmp", timeouts.icmp),
+    ] {
+        if value == 0 {
+            return Err(ApiError::invalid(format!(
+                "settings: {field}: 0 would end every flow at once; use seconds, 1 or more"
+            )));
+        }
+    }
+    policy.validate().map_err(ApiError::invalid)?;
+    for group in &policy.groups {
+        if group.rules.len() > settings.max_rules_per_group {
+            return Err(ApiError::invalid(format!(
+                "group '{}': rules: {} rules is over the limit of {} per group; remove rules \
+                 or raise the limit (`sg-ctl settings set max_rules_per_group N`)",
+                group.name,
+                group.rules.len(),
+                settings.max_rules_per_group
+            )));
+        }
+    }
+    for port in &policy.ports {
+        if port.groups.len() > settings.max_groups_per_port {
+            return Err(ApiError::invalid(format!(
+                "port '{}': groups: {} groups is over the limit of {} per port; detach groups \
+                 or raise the limit (`sg-ctl settings set max_groups_per_port N`)",
+                port.name,
+                port.groups.len(),
+                settings.max_groups_per_port
+            )));
+        }
+    }
+    let effective = effective(policy, settings);
+    let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
+    for port in &effective.ports {
+        compile::compile(&effective, &port.name, 1, &counters).map_err(ApiError::invalid)?;
+    }
+    Ok(())
+}
+
+/// The changes that take `state` to `policy` and `settings`.
+fn diff(state: &State, policy: &Policy, settings: &Settings) -> Vec<Change> {
+    let mut changes = Vec::new();
+    objects_diff(
+        Kind::Group,
+        &state.policy.groups,
+        &policy.groups,
+        |g| &g.name,
+        &mut changes,
+    );
+    objects_diff(
+        Kind::Port,
+        &state.policy.ports,
+        &policy.ports,
+        |p| &p.name,
+        &mut changes,
+    );
+    if *settings != state.settings {
+        changes.push(Change {
+            action: Action::Update,
+            kind: Kind::Settings,
+            name: "settings".into(),
+            fields: fields_differing(&state.settings, settings),
+        });
+    }
+    changes
+}
+
+fn objects_diff<T: Serialize + PartialEq>(
+    kind: Kind,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    changes: &mut Vec<Change>,
+) {
+    let change = |action, object: &T, fields| Change {
+        action,
+        kind,
+        name: name(object).clone(),
+        fields,
+    };
+    for object in new {
+        match old.iter().find(|o| name(o) == name(object)) {
+            None => changes.push(change(Action::Create, object, Vec::new())),
+            Some(before) if before != object => {
+                changes.push(change(
+                    Action::Update,
+                    object,
+                    fields_differing(before, object),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for object in old {
+        if !new.iter().any(|n| name(n) == name(object)) {
+            changes.push(change(Action::Delete, object, Vec::new()));
+        }
+    }
+}
+
+/// The top-level fields whose values differ.
+fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let value = |object: &T| match serde_json::to_value(object) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (value(old), value(new));
+    let mut fields: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|key| old.get(*key) != new.get(*key))
+        .cloned()
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    /// A daemon on a fresh database; without ports it never touches the
+    /// datapath, so this needs no root.
+    fn daemon(name: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("sg-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("sg.db")).unwrap();
+        Daemon::start(store, Pins::new(dir.join("pins"))).unwrap()
+    }
+
+    fn document(yaml: &str) -> Document {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn apply_reports_changes_and_is_idempotent() {
+        let mut d = daemon("apply");
+        let doc = document(
+            "groups:\n  - name: web\n    rules:\n      - {direction: egress}\n\
+             settings: {max_rules_per_group: 10}\n",
+        );
+        let dry = d.apply(Role::Viewer, doc.clone(), true).unwrap();
+        let summary: Vec<(Action, &str)> = dry
+            .changes
+            .iter()
+            .map(|c| (c.action, c.name.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [(Action::Create, "web"), (Action::Update, "settings")]
+        );
+        assert!(
+            d.state().policy.group("web").is_none(),
+            "a dry run changes nothing"
+        );
+        assert_eq!(
+            d.apply(Role::Viewer, doc.clone(), false).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            d.apply(Role::Owner, doc.clone(), false)
+                .unwrap()
+                .changes
+                .len(),
+            2
+        );
+        assert!(
+            d.apply(Role::Owner, doc.clone(), false)
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+        assert!(
+            d.state().policy.group(DEFAULT_GROUP).is_some(),
+            "default stays"
+        );
+
+        let mut changed = doc;
+        changed.groups[0].description = "web tier".into();
+        let applied = d.apply(Role::Owner, changed, false).unwrap();
+        assert_eq!(applied.changes[0].fields, ["description"]);
+        assert_eq!(d.group(Role::Viewer, "web").unwrap().revision, 2);
+    }
+
+    #[test]
+    fn invalid_documents_change_nothing() {
+        let mut d = daemon("invalid");
+        let doc = document(
+            "groups:\n  - name: web\n    rules:\n      - {direction: ingress, remote: {group: db}}\n",
+        );
+        let error = d.apply(Role::Owner, doc, false).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid);
+        assert_eq!(
+            error.message,
+            "group 'web': rules[0]: remote: no group named 'db'; create it first, \
+             or use one of: default, web"
+        );
+        assert!(d.state().policy.group("web").is_none());
+    }
+
+    #[test]
+    fn limits_and_roles() {
+        let mut d = daemon("limits");
+        let settings = Settings {
+            max_rules_per_group: 4,
+            ..Settings::default()
+        };
+        d.set_settings(Role::Owner, settings).unwrap();
+        d.create_group(Role::Owner, Group::new("web").unwrap())
+            .unwrap();
+        let two = vec![Rule::new(Direction::Ingress); 2];
+        d.add_rules(Role::Owner, "web", two, None).unwrap();
+        let error = d
+            .add_rules(
+                Role::Owner,
+                "web",
+                vec![Rule::new(Direction::Ingress)],
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid);
+        assert!(
+            error.message.contains("5 rules is over the limit of 4"),
+            "{error}"
+        );
+        let error = d
+            .add_rules(Role::Owner, "web", vec![], Some(1))
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Conflict);
+        assert_eq!(
+            d.create_group(Role::Viewer, Group::new("x").unwrap())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(d.groups(Role::Anonymous).unwrap().len(), 0);
+        assert_eq!(
+            d.ports(Role::Anonymous).unwrap_err().kind,
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            d.create_token(Role::Owner, Role::Anonymous)
+                .unwrap_err()
+                .kind,
+            ErrorKind::Invalid
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Bringing the datapath in line with the desired state.
+//!
+//! For every port the daemon records the compiler's input it last
+//! installed (the port, its groups with their rules' counter ids, and the
+//! members of every group its rules name as remote) and the policy id it
+//! installed under. A port is recompiled only when that input changed or
+//! the datapath no longer holds that id; so a membership change recompiles
+//! only the ports whose rules name the group, and a restarted daemon adopts
+//! the policies in force instead of reinstalling them (policy ids and rule
+//! counters stay). Interfaces are attached with `datapath::attach`, which
+//! leaves an attached one as it is.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    thread,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use sg_common::NO_POLICY;
+
+use super::{ApiError, Daemon, Result, effective};
+use crate::{
+    compile,
+    datapath::{self, Attached, DatapathError, Pins, PolicyMaps, XdpModeArg},
+    model::{Group, Policy, Port, Remote},
+    netns,
+    store::{PortPhase, PortState},
+};
+
+/// What the compiled policy of one port depends on.
+#[derive(Serialize)]
+struct CompileInput<'a> {
+    port: &'a Port,
+    /// The port's groups in order, each with its rules' counter ids.
+    groups: Vec<(&'a Group, Vec<u32>)>,
+    /// The members of every group the rules name as remote.
+    members: BTreeMap<&'a str, Vec<IpNet>>,
+}
+
+impl<'a> CompileInput<'a> {
+    fn new(policy: &'a Policy, port: &'a Port, counters: &HashMap<(String, usize), u32>) -> Self {
+        let groups: Vec<&Group> = port
+            .groups
+            .iter()
+            .filter_map(|name| policy.group(name))
+            .collect();
+        let members = groups
+            .iter()
+            .flat_map(|group| &group.rules)
+            .filter_map(|rule| match &rule.remote {
+                Remote::Group(name) => Some((name.as_str(), policy.members(name))),
+                _ => None,
+            })
+            .collect();
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let ids = (0..group.rules.len())
+                    .map(|index| counters[&(group.name.clone(), index)])
+                    .collect();
+                (group, ids)
+            })
+            .collect();
+        Self {
+            port,
+            groups,
+            members,
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own inside the network namespace `netns`
+/// (the daemon's own when `None`): `setns` moves only the calling thread,
+/// and the daemon's other threads stay where they are.
+fn in_netns<T: Send>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> Result<T, DatapathError> + Send,
+) -> Result<T, DatapathError> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(name) = netns {
+                    netns::enter(name)?;
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+impl Daemon {
+    /// Brings every port's datapath in line with the desired state and
+    /// records each port's status. A port that fails (interface missing,
+    /// maps full) is marked `error` with the reason and keeps what it had;
+    /// the others go on.
+    pub(super) fn reconcile(&mut self) -> Result<()> {
+        let policy = effective(&self.state.policy, &self.state.settings);
+        let counters = compile::counter_ids(&policy).map_err(ApiError::invalid)?;
+        let states = self.store.port_states()?;
+
+        for (name, state) in &states {
+            let port = policy.port(name);
+            let moved =
+                port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
+            let mut detached = true;
+            if moved && state.policy_id.is_some() {
+                let result = in_netns(state.netns.as_deref(), || {
+                    datapath::detach(&self.pins, &state.ifname)
+                });
+                match result {
+                    Ok(())
+                    | Err(DatapathError::NotAttached { .. })
+                    | Err(DatapathError::Netns(netns::NetnsError::NotFound { .. })) => {
+                        eprintln!("sg-ctl daemon: port {name}: detached {}", state.ifname);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "sg-ctl daemon: port {name}: detaching {}: {e}",
+                            state.ifname
+                        );
+                        detached = false;
+                    }
+                }
+            }
+            // A deleted port's record stays until its filter is gone, so
+            // that the next pass tries again.
+            if port.is_none() && detached {
+                self.store.remove_port_state(name)?;
+            }
+        }
+
+        for port in &policy.ports {
+            let prior = states
+                .get(&port.name)
+                .filter(|state| state.ifname == port.ifname && state.netns == port.netns);
+            let input = serde_json::to_string(&CompileInput::new(&policy, port, &counters))
+                .expect("the compiler's input serializes");
+            let state = match install(&self.pins, &policy, port, &counters, prior, input) {
+                Ok(state) => state,
+                Err(e) => PortState {
+                    netns: port.netns.clone(),
+                    ifname: port.ifname.clone(),
+                    slot: prior.and_then(|p| p.slot),
+                    policy_id: prior.and_then(|p| p.policy_id),
+                    applied: prior.and_then(|p| p.applied.clone()),
+                    phase: PortPhase::Error,
+                    reason: e,
+                },
+            };
+            let before = states.get(&port.name);
+            if before.is_none_or(|b| b.policy_id != state.policy_id || b.reason != state.reason) {
+                match state.phase {
+                    PortPhase::Error => {
+                        eprintln!("sg-ctl daemon: port {}: {}", port.name, state.reason);
+                    }
+                    _ => eprintln!(
+                        "sg-ctl daemon: port {}: policy {} in force on {}",
+                        port.name,
+                        state.policy_id.unwrap_or_default(),
+                        port.ifname
+                    ),
+                }
+            }
+            self.store.set_port_state(&port.name, &state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Attaches the port's interface if needed and installs its policy unless
+/// the one in force was compiled from the same input.
+fn install(
+    pins: &Pins,
+    policy: &Policy,
+    port: &Port,
+    counters: &HashMap<(String, usize), u32>,
+    prior: Option<&PortState>,
+    input: String,
+) -> Result<PortState, String> {
+    let text = |e: DatapathError| e.to_string();
+    let attached = in_netns(port.netns.as_deref(), || {
+        datapath::attach(pins, &port.ifname, XdpModeArg::Auto)
+    })
+    .map_err(text)?;
+    let (Attached::New { slot } | Attached::Already { slot }) = attached;
+    let mut maps = PolicyMaps::open(pins).map_err(text)?;
+    let current = maps.policy_of(slot).map_err(text)?;
+    let done = |policy_id| PortState {
+        netns: port.netns.clone(),
+        ifname: port.ifname.clone(),
+        slot: Some(slot),
+        policy_id: Some(policy_id),
+        applied: Some(input.clone()),
+        phase: PortPhase::Active,
+        reason: String::new(),
+    };
+    if let Some(prior) = prior
+        && current != NO_POLICY
+        && prior.policy_id == Some(current)
+        && prior.applied.as_ref() == Some(&input)
+    {
+        return Ok(done(current));
+    }
+    let id = maps.next_policy_id().map_err(text)?;
+    let compiled = compile::compile(policy, &port.name, id, counters).map_err(|e| e.to_string())?;
+    maps.install(slot, id, &compiled).map_err(text)?;
+    Ok(done(id))
+}

@@ -1,0 +1,685 @@
+//! The daemon's desired state in SQLite: groups, ports (with the groups
+//! they attach), settings, API tokens, and what the datapath was last given
+//! per port.
+//!
+//! Groups and ports are stored one row each, their model form as JSON, in
+//! policy order, with a revision that grows with every change (the API's
+//! optimistic concurrency). Every change of the desired state is one
+//! transaction that writes exactly the rows that differ, so a crash leaves
+//! the old state or the new one. The schema version is SQLite's
+//! `user_version`; [`MIGRATIONS`] brings any older database up to date.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    path::Path,
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::model::{Group, Policy, Port};
+
+/// The schema, one step per version: step `i` takes version `i` to `i + 1`.
+/// Steps are never edited once released; a change is a new step.
+const MIGRATIONS: &[&str] = &[
+    // 1: the desired state, tokens, and what each port was given.
+    "CREATE TABLE groups (
+         name     TEXT PRIMARY KEY,
+         position INTEGER NOT NULL,
+         revision INTEGER NOT NULL,
+         spec     TEXT NOT NULL
+     );
+     CREATE TABLE ports (
+         name     TEXT PRIMARY KEY,
+         position INTEGER NOT NULL,
+         revision INTEGER NOT NULL,
+         spec     TEXT NOT NULL
+     );
+     CREATE TABLE settings (
+         id    INTEGER PRIMARY KEY CHECK (id = 1),
+         value TEXT NOT NULL
+     );
+     CREATE TABLE tokens (
+         digest  TEXT PRIMARY KEY,
+         role    TEXT NOT NULL CHECK (role IN ('owner', 'viewer')),
+         created INTEGER NOT NULL
+     );
+     CREATE TABLE port_state (
+         port      TEXT PRIMARY KEY,
+         netns     TEXT,
+         ifname    TEXT NOT NULL,
+         slot      INTEGER,
+         policy_id INTEGER,
+         applied   TEXT,
+         state     TEXT NOT NULL,
+         reason    TEXT NOT NULL DEFAULT ''
+     );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this sg-ctl knows ({known}); \
+         run the sg-ctl that wrote it"
+    )]
+    TooNew {
+        path: String,
+        found: usize,
+        known: usize,
+    },
+    #[error(
+        "database {path} is in use by another sg-ctl daemon; stop it first, \
+         or give this one another --db (and --socket)"
+    )]
+    InUse { path: String },
+    #[error("database {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database holds an unreadable {what}: {source}")]
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Limits and defaults of this host, changed with `sg-ctl settings set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Most rules a group may hold.
+    pub max_rules_per_group: usize,
+    /// Most groups a port may attach.
+    pub max_groups_per_port: usize,
+    /// Drop outbound TCP 25 unless a rule of the port allows port 25 by
+    /// name (see `Policy::with_outbound_smtp_blocked`).
+    pub block_outbound_smtp: bool,
+    /// Connection-tracking timeouts in seconds, kept for the conntrack.
+    pub conntrack: ConntrackTimeouts,
+}
+
+impl Default for Settings {
+    /// AWS's default of 60 rules per direction, less room for its quotas:
+    /// 50 rules per group; 5 groups per port as AWS and OpenStack.
+    fn default() -> Self {
+        Self {
+            max_rules_per_group: 50,
+            max_groups_per_port: 5,
+            block_outbound_smtp: true,
+            conntrack: ConntrackTimeouts::default(),
+        }
+    }
+}
+
+/// Seconds an idle flow is kept, per kind; Linux's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConntrackTimeouts {
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: 432_000,
+            tcp_closing: 120,
+            udp: 30,
+            icmp: 30,
+        }
+    }
+}
+
+/// The desired state with the revision of every group and port.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub policy: Policy,
+    pub settings: Settings,
+    pub group_revisions: HashMap<String, u64>,
+    pub port_revisions: HashMap<String, u64>,
+}
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads public groups only: a local client with neither a token nor
+    /// root.
+    Anonymous,
+    /// Reads everything.
+    Viewer,
+    /// Reads and changes everything.
+    Owner,
+}
+
+/// How many hex digits of a token's digest name it in lists.
+const TOKEN_ID_LEN: usize = 12;
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first digits of the token's SHA-256 digest.
+    pub id: String,
+    pub role: Role,
+    /// Unix time of creation.
+    pub created: i64,
+}
+
+/// Where a port's policy stands in the datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortPhase {
+    /// Changed in the store, not yet in the datapath.
+    Pending,
+    /// The datapath enforces the stored policy.
+    Active,
+    /// The datapath could not be given the policy; `reason` says why.
+    Error,
+}
+
+impl PortPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Error => "error",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "active" => Self::Active,
+            "error" => Self::Error,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// What the datapath of one port was last given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortState {
+    pub netns: Option<String>,
+    pub ifname: String,
+    /// The datapath's slot of the interface, once attached.
+    pub slot: Option<u32>,
+    /// The policy id installed, if any.
+    pub policy_id: Option<u32>,
+    /// The compiler's input for that policy, to tell whether it is current.
+    pub applied: Option<String>,
+    pub phase: PortPhase,
+    pub reason: String,
+}
+
+/// The open database, held by one daemon at a time.
+pub struct Store {
+    conn: Connection,
+    _lock: Flock<File>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, brings its schema up to
+    /// date, and gives a new one the `default` group and default settings.
+    pub fn open(path: &Path) -> Result<Store> {
+        let shown = path.display().to_string();
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let file_error = |source| StoreError::File {
+            path: shown.clone(),
+            source,
+        };
+        let file = File::create(&lock_path).map_err(file_error)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                StoreError::InUse {
+                    path: shown.clone(),
+                }
+            } else {
+                file_error(errno.into())
+            }
+        })?;
+        let open = |source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open)?;
+        // Token digests and the host's policy: for root's eyes only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(file_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open)?;
+        let tx = conn.transaction()?;
+        let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                path: shown,
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for step in &MIGRATIONS[version..] {
+            tx.execute_batch(step)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+        let groups: u64 = tx.query_row("SELECT count(*) FROM groups", [], |row| row.get(0))?;
+        if groups == 0 {
+            put(
+                &tx,
+                "groups",
+                &Group::default_group().name,
+                0,
+                1,
+                &Group::default_group(),
+            )?;
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO settings (id, value) VALUES (1, ?1)",
+            [json(&Settings::default())],
+        )?;
+        tx.commit()?;
+        Ok(Store { conn, _lock: lock })
+    }
+
+    /// The desired state as stored.
+    pub fn load(&self) -> Result<State> {
+        let (groups, group_revisions) = self.objects::<Group>("groups")?;
+        let (ports, port_revisions) = self.objects::<Port>("ports")?;
+        let settings: String =
+            self.conn
+                .query_row("SELECT value FROM settings WHERE id = 1", [], |row| {
+                    row.get(0)
+                })?;
+        Ok(State {
+            policy: Policy { groups, ports },
+            settings: parse("settings", &settings)?,
+            group_revisions,
+            port_revisions,
+        })
+    }
+
+    fn objects<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+    ) -> Result<(Vec<T>, HashMap<String, u64>)> {
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT name, revision, spec FROM {table} ORDER BY position"
+        ))?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut objects = Vec::new();
+        let mut revisions = HashMap::new();
+        for row in rows {
+            let (name, revision, spec) = row?;
+            objects.push(parse(&format!("{table} row {name}"), &spec)?);
+            revisions.insert(name, revision);
+        }
+        Ok((objects, revisions))
+    }
+
+    /// Replaces the stored desired state `old` by `policy` and `settings`
+    /// in one transaction: rows of unchanged objects stay as they are,
+    /// changed ones get the next revision, and the state read back is
+    /// returned. Ports that changed are marked pending.
+    pub fn save(&mut self, old: &State, policy: &Policy, settings: &Settings) -> Result<State> {
+        let tx = self.conn.transaction()?;
+        let mut changed_ports = Vec::new();
+        sync(
+            &tx,
+            "groups",
+            &old.policy.groups,
+            &policy.groups,
+            |g| &g.name,
+            &old.group_revisions,
+            |_| {},
+        )?;
+        sync(
+            &tx,
+            "ports",
+            &old.policy.ports,
+            &policy.ports,
+            |p| &p.name,
+            &old.port_revisions,
+            |port: &Port| changed_ports.push(port.clone()),
+        )?;
+        for port in changed_ports {
+            tx.execute(
+                "INSERT INTO port_state (port, netns, ifname, state) VALUES (?1, ?2, ?3, 'pending')
+                 ON CONFLICT (port) DO UPDATE SET state = 'pending', reason = ''",
+                params![port.name, port.netns, port.ifname],
+            )?;
+        }
+        if *settings != old.settings {
+            tx.execute(
+                "UPDATE settings SET value = ?1 WHERE id = 1",
+                [json(settings)],
+            )?;
+        }
+        tx.commit()?;
+        self.load()
+    }
+
+    /// What every port's datapath was last given, by port name (ports
+    /// deleted from the desired state stay until their filter is gone).
+    pub fn port_states(&self) -> Result<BTreeMap<String, PortState>> {
+        let mut statement = self.conn.prepare(
+            "SELECT port, netns, ifname, slot, policy_id, applied, state, reason FROM port_state",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                PortState {
+                    netns: row.get(1)?,
+                    ifname: row.get(2)?,
+                    slot: row.get(3)?,
+                    policy_id: row.get(4)?,
+                    applied: row.get(5)?,
+                    phase: PortPhase::parse(&row.get::<_, String>(6)?),
+                    reason: row.get(7)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_port_state(&self, port: &str, state: &PortState) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO port_state
+                 (port, netns, ifname, slot, policy_id, applied, state, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                port,
+                state.netns,
+                state.ifname,
+                state.slot,
+                state.policy_id,
+                state.applied,
+                state.phase.as_str(),
+                state.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_port_state(&self, port: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM port_state WHERE port = ?1", [port])?;
+        Ok(())
+    }
+
+    /// Creates a token with `role`; returns it with what lists it. Only
+    /// its digest is kept.
+    pub fn create_token(&self, role: Role) -> Result<(String, TokenInfo)> {
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let digest = digest(&token);
+        self.conn.execute(
+            "INSERT INTO tokens (digest, role, created) VALUES (?1, ?2, unixepoch())",
+            params![digest, role_text(role)],
+        )?;
+        let info = self
+            .tokens()?
+            .into_iter()
+            .find(|info| digest.starts_with(&info.id))
+            .expect("the token was just stored");
+        Ok((token, info))
+    }
+
+    /// Every token, oldest first, by id.
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT substr(digest, 1, ?1), role, created FROM tokens ORDER BY rowid")?;
+        let rows = statement.query_map([TOKEN_ID_LEN], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get(2)?,
+            ))
+        })?;
+        let mut tokens = Vec::new();
+        for row in rows {
+            let (id, role, created) = row?;
+            tokens.push(TokenInfo {
+                id,
+                role: parse_role(&role)?,
+                created,
+            });
+        }
+        Ok(tokens)
+    }
+
+    /// Revokes the token of an id; whether there was one.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        let removed = self.conn.execute(
+            "DELETE FROM tokens WHERE substr(digest, 1, ?1) = ?2 AND length(?2) = ?1",
+            params![TOKEN_ID_LEN, id],
+        )?;
+        Ok(removed > 0)
+    }
+
+    /// The role of a token, `None` when it is unknown.
+    pub fn role_of(&self, token: &str) -> Result<Option<Role>> {
+        let role: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT role FROM tokens WHERE digest = ?1",
+                [digest(token)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        role.map(|role| parse_role(&role)).transpose()
+    }
+}
+
+/// Writes the rows of `new` objects that differ from `old`, deletes the
+/// rows of objects gone, and calls `changed` for each object written.
+fn sync<T: Serialize + PartialEq>(
+    tx: &Transaction,
+    table: &str,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    revisions: &HashMap<String, u64>,
+    mut changed: impl FnMut(&T),
+) -> Result<()> {
+    for object in old {
+        if !new.iter().any(|n| name(n) == name(object)) {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE name = ?1"),
+                [name(object)],
+            )?;
+        }
+    }
+    for (position, object) in new.iter().enumerate() {
+        let before = old
+            .iter()
+            .position(|o| name(o) == name(object))
+            .map(|at| (at, &old[at]));
+        match before {
+            Some((at, before)) if before == object && at == position => {}
+            Some((_, before)) if before == object => {
+                tx.execute(
+                    &format!("UPDATE {table} SET position = ?1 WHERE name = ?2"),
+                    params![position, name(object)],
+                )?;
+            }
+            _ => {
+                let revision = revisions.get(name(object)).map_or(1, |r| r + 1);
+                put(tx, table, name(object), position, revision, object)?;
+                changed(object);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put<T: Serialize>(
+    tx: &Transaction,
+    table: &str,
+    name: &str,
+    position: usize,
+    revision: u64,
+    object: &T,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT OR REPLACE INTO {table} (name, position, revision, spec)
+             VALUES (?1, ?2, ?3, ?4)"
+        ),
+        params![name, position, revision, json(object)],
+    )?;
+    Ok(())
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("model types serialize")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
+}
+
+fn role_text(role: Role) -> String {
+    serde_json::to_value(role)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .expect("a role serializes as a word")
+}
+
+fn parse_role(text: &str) -> Result<Role> {
+    parse(
+        "token role",
+        &serde_json::to_string(text).expect("a string serializes"),
+    )
+}
+
+fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sg-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("sg.db")
+    }
+
+    #[test]
+    fn a_new_store_holds_the_default_group_and_reopens() {
+        let path = temp_db("new");
+        let store = Store::open(&path).unwrap();
+        let state = store.load().unwrap();
+        assert_eq!(state.policy, Policy::new());
+        assert_eq!(state.settings, Settings::default());
+        assert_eq!(state.group_revisions["default"], 1);
+        assert!(matches!(Store::open(&path), Err(StoreError::InUse { .. })));
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load().unwrap().policy, Policy::new());
+        let version: usize = store
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn saves_write_what_changed_with_new_revisions() {
+        let mut store = Store::open(&temp_db("save")).unwrap();
+        let old = store.load().unwrap();
+        let mut policy = old.policy.clone();
+        policy.groups.push(Group::new("web").unwrap());
+        let mac = "52:54:00:12:34:56".parse().unwrap();
+        policy.ports.push(Port::new("vm1", "tap1", mac));
+        let state = store.save(&old, &policy, &old.settings).unwrap();
+        assert_eq!(state.policy, policy);
+        assert_eq!(state.group_revisions["web"], 1);
+        assert_eq!(state.port_revisions["vm1"], 1);
+        assert_eq!(
+            store.port_states().unwrap()["vm1"].phase,
+            PortPhase::Pending
+        );
+
+        let mut next = policy.clone();
+        next.groups[1].description = "web tier".into();
+        next.groups.swap(0, 1);
+        let settings = Settings {
+            max_rules_per_group: 30,
+            ..Settings::default()
+        };
+        let state = store.save(&state, &next, &settings).unwrap();
+        assert_eq!(state.policy, next);
+        assert_eq!(state.settings.max_rules_per_group, 30);
+        assert_eq!(state.group_revisions["web"], 2);
+        assert_eq!(state.group_revisions["default"], 1);
+        assert_eq!(state.port_revisions["vm1"], 1);
+
+        next.ports.clear();
+        let state = store.save(&state, &next, &settings).unwrap();
+        assert!(state.policy.ports.is_empty());
+        assert!(state.port_revisions.is_empty());
+    }
+
+    #[test]
+    fn tokens_have_roles_and_are_stored_as_digests() {
+        let store = Store::open(&temp_db("tokens")).unwrap();
+        let (viewer, viewer_info) = store.create_token(Role::Viewer).unwrap();
+        let (owner, _) = store.create_token(Role::Owner).unwrap();
+        assert_eq!(viewer.len(), 64);
+        assert_eq!(store.role_of(&viewer).unwrap(), Some(Role::Viewer));
+        assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
+        assert_eq!(store.role_of("nope").unwrap(), None);
+        let stored: u64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE digest = ?1",
+                [&viewer],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 0);
+        let tokens = store.tokens().unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.contains(&viewer_info));
+        assert_eq!(viewer_info.id, digest(&viewer)[..TOKEN_ID_LEN]);
+        assert!(!store.revoke_token(&viewer_info.id[..4]).unwrap());
+        assert!(store.revoke_token(&viewer_info.id).unwrap());
+        assert_eq!(store.role_of(&viewer).unwrap(), None);
+        assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
+    }
+}

@@ -1,0 +1,647 @@
+//! The daemon as users meet it: a real `sg-ctl daemon` with its database,
+//! socket and pins in a directory of the test, driven by the `sg-ctl`
+//! client commands; real traffic through a veth port where the policy is
+//! the point.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    thread,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use sg_tests::{
+    HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, require_root,
+    tcp_exchange,
+};
+
+/// The `nobody` user: a local client with neither root nor a token.
+const NOBODY: u32 = 65534;
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|view| view["spec"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn rules(d: &TestDaemon, group: &str) -> Result<Vec<Value>> {
+    Ok(d.json(&["rule", "list", group])?
+        .as_array()
+        .context("rules are a list")?
+        .clone())
+}
+
+/// A namespace with interfaces `d0`, `d1`, ... (veths whose peers `e0`,
+/// `e1`, ... stay beside them) for ports that need an interface but no
+/// traffic.
+fn interfaces(count: usize) -> Result<Netns> {
+    let ns = Netns::new()?;
+    for i in 0..count {
+        let (name, peer) = (format!("d{i}"), format!("e{i}"));
+        ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+        for dev in [&name, &peer] {
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+    }
+    Ok(ns)
+}
+
+#[test]
+fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    d.ok(&["group", "create", "web", "--description", "web tier"])?;
+    assert_eq!(names(&d.json(&["group", "list"])?), ["default", "web"]);
+    let web = d.json(&["group", "show", "web"])?;
+    assert_eq!(web["revision"], 1);
+    assert_eq!(web["spec"]["description"], "web tier");
+    assert_eq!(web["status"]["state"], "na");
+    assert_eq!(rules(&d, "web")?.len(), 2, "new groups allow all egress");
+
+    d.ok(&[
+        "group",
+        "update",
+        "web",
+        "--public",
+        "true",
+        "--external-member",
+        "198.51.100.0/24",
+    ])?;
+    let web = d.json(&["group", "show", "web"])?;
+    assert_eq!(web["revision"], 2);
+    assert_eq!(web["spec"]["public"], true);
+    assert_eq!(web["spec"]["external_members"][0], "198.51.100.0/24");
+
+    d.ok(&["group", "clone", "web", "web2"])?;
+    let copy = d.json(&["group", "show", "web2"])?;
+    assert_eq!(copy["spec"]["rules"], web["spec"]["rules"]);
+    assert_eq!(copy["spec"]["public"], false);
+    d.ok(&["group", "delete", "web2"])?;
+    assert_eq!(d.fails(&["group", "show", "web2"])?.0, 3);
+    let (code, message) = d.fails(&["group", "create", "web"])?;
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            5,
+            "sg-ctl: group 'web' exists; update it, or choose another name"
+        )
+    );
+    let (code, message) = d.fails(&["group", "delete", "default"])?;
+    assert_eq!(code, 5);
+    assert!(
+        message.contains("default group cannot be deleted"),
+        "{message}"
+    );
+
+    d.ok(&[
+        "rule",
+        "add",
+        "web",
+        "--proto",
+        "tcp",
+        "--port",
+        "80,443",
+        "--remote",
+        "0.0.0.0/0",
+    ])?;
+    d.ok(&[
+        "rule",
+        "add",
+        "web",
+        "--preset",
+        "ssh",
+        "--remote",
+        "203.0.113.0/24",
+    ])?;
+    let list = rules(&d, "web")?;
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[2]["ports"], "80,443");
+    assert_eq!(list[3]["ports"], "22");
+    assert_eq!(list[3]["remote"][0], "203.0.113.0/24");
+    d.ok(&["rule", "update", "web", "2", "--port", "8080"])?;
+    assert_eq!(rules(&d, "web")?[2]["ports"], "8080");
+    d.ok(&["rule", "delete", "web", "2"])?;
+    assert_eq!(rules(&d, "web")?.len(), 3);
+    assert_eq!(d.fails(&["rule", "delete", "web", "9"])?.0, 3);
+    Ok(())
+}
+
+#[test]
+fn invalid_changes_name_the_field_and_change_nothing() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    d.ok(&["group", "create", "web"])?;
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--proto", "icmp", "--port", "80"],
+            "group 'web': rules[2]: ports: protocol icmp has no ports; \
+             ports apply to tcp, udp, sctp, dccp, udplite",
+        ),
+        (
+            &["--proto", "icmp", "--icmp-type", "300"],
+            "icmp.type: 300 is out of range; use 0-255",
+        ),
+        (
+            &["--ethertype", "ipv4", "--remote", "2001:db8::/32"],
+            "group 'web': rules[2]: remote: 2001:db8::/32 is IPv6 but ethertype is ipv4",
+        ),
+        (
+            &["--priority", "0"],
+            "group 'web': rules[2]: priority: 0 is out of range; use 1-65535 (1 goes first)",
+        ),
+        (
+            &["--remote-group", "nope"],
+            "group 'web': rules[2]: remote: no group named 'nope'; create it first, \
+             or use one of: default, web",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut command = vec!["rule", "add", "web"];
+        command.extend_from_slice(args);
+        let (code, message) = d.fails(&command)?;
+        assert_eq!(code, 2, "{command:?}: {message}");
+        assert_eq!(message, format!("sg-ctl: {expected}"), "{command:?}");
+    }
+    let (code, message) = d.fails(&["rule", "add", "nope", "--preset", "ssh"])?;
+    assert_eq!(code, 3);
+    assert!(message.contains("no group named 'nope'"), "{message}");
+    let web = d.json(&["group", "show", "web"])?;
+    assert_eq!(web["revision"], 1, "nothing was written");
+    assert_eq!(web["spec"]["rules"].as_array().map(Vec::len), Some(2));
+
+    d.ok(&["settings", "set", "max_rules_per_group", "30"])?;
+    assert_eq!(d.json(&["settings", "show"])?["max_rules_per_group"], 30);
+    for port in 1..=28 {
+        d.ok(&[
+            "rule",
+            "add",
+            "web",
+            "--proto",
+            "tcp",
+            "--port",
+            &port.to_string(),
+        ])?;
+    }
+    assert_eq!(rules(&d, "web")?.len(), 30);
+    let (code, message) = d.fails(&["rule", "add", "web", "--proto", "udp", "--port", "53"])?;
+    assert_eq!(code, 2);
+    assert_eq!(
+        message,
+        "sg-ctl: group 'web': rules: 31 rules is over the limit of 30 per group; remove rules \
+         or raise the limit (`sg-ctl settings set max_rules_per_group N`)"
+    );
+    assert_eq!(rules(&d, "web")?.len(), 30);
+    let (code, message) = d.fails(&["settings", "set", "max_rules_per_group", "20"])?;
+    assert_eq!(
+        code, 2,
+        "a limit below what groups hold is refused: {message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ports_are_created_attached_detached_and_deleted() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    let ns = interfaces(1)?;
+    d.ok(&["group", "create", "web"])?;
+    let create = |name: &str, iface: &str, group: &str| {
+        d.sg_ctl(&[
+            "--netns",
+            ns.name(),
+            "port",
+            "create",
+            name,
+            "--iface",
+            iface,
+            "--mac",
+            "52:54:00:12:34:56",
+            "--ip",
+            "198.18.0.5",
+            "--group",
+            group,
+        ])
+    };
+    ensure!(create("vm1", "d0", "web")?.status.success());
+    let vm1 = d.json(&["port", "show", "vm1"])?;
+    assert_eq!(vm1["status"]["state"], "active", "{vm1}");
+    assert_eq!(vm1["spec"]["netns"], ns.name());
+    let first_policy = vm1["policy_id"].as_u64().context("an installed policy")?;
+    assert_eq!(
+        d.json(&["group", "show", "web"])?["status"]["state"],
+        "active"
+    );
+
+    // A port whose interface is missing is kept, with the reason.
+    ensure!(create("vm2", "missing0", "web")?.status.success());
+    let vm2 = d.json(&["port", "show", "vm2"])?;
+    assert_eq!(vm2["status"]["state"], "error");
+    let reason = vm2["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("interface 'missing0' does not exist"),
+        "{reason}"
+    );
+    let web = d.json(&["group", "show", "web"])?;
+    assert_eq!(web["status"]["state"], "error");
+    d.ok(&["port", "delete", "vm2"])?;
+
+    let out = create("vm3", "d0", "nope")?;
+    assert_eq!(out.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("port 'vm3': groups: no group named 'nope'"),
+        "{message}"
+    );
+
+    let vm1 = d.json(&["port", "attach", "vm1", "default"])?;
+    assert_eq!(vm1["spec"]["groups"], serde_json::json!(["web", "default"]));
+    assert_ne!(
+        vm1["policy_id"], first_policy,
+        "the new policy is installed"
+    );
+    let (code, message) = d.fails(&["group", "delete", "web"])?;
+    assert_eq!(code, 5);
+    assert!(message.contains("attached to port(s) vm1"), "{message}");
+    let (code, message) = d.fails(&["port", "detach", "vm1", "web", "default"])?;
+    assert_eq!(code, 2);
+    assert!(message.contains("keeps at least one group"), "{message}");
+    let vm1 = d.json(&["port", "detach", "vm1", "web"])?;
+    assert_eq!(vm1["spec"]["groups"], serde_json::json!(["default"]));
+    d.ok(&["group", "delete", "web"])?;
+    let vm1 = d.json(&["port", "update", "vm1", "--ip", "198.18.0.6"])?;
+    assert_eq!(vm1["spec"]["ips"], serde_json::json!(["198.18.0.6"]));
+    assert_eq!(vm1["revision"], 4);
+    assert_eq!(names(&d.json(&["port", "list"])?), ["vm1"]);
+
+    d.ok(&["port", "delete", "vm1"])?;
+    assert_eq!(d.fails(&["port", "show", "vm1"])?.0, 3);
+    let status = d.pins.sg_ctl_ok(&["--netns", ns.name(), "status"])?;
+    assert_eq!(status.trim(), "no ports attached");
+    Ok(())
+}
+
+/// A raw PUT with `If-Match: revision` on the daemon's socket: status
+/// code and body.
+fn put(d: &TestDaemon, path: &str, revision: u64, body: &str) -> Result<(u16, String)> {
+    let mut stream = UnixStream::connect(d.socket())?;
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: sg\r\nConnection: close\r\nIf-Match: {revision}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("a status line: {response}"))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok((status, body.to_string()))
+}
+
+#[test]
+fn concurrent_changes_never_corrupt_a_group() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    d.ok(&["settings", "set", "max_rules_per_group", "100"])?;
+    d.ok(&["group", "create", "shared"])?;
+    thread::scope(|scope| {
+        let writers: Vec<_> = [1000, 2000]
+            .into_iter()
+            .map(|base| {
+                let d = &d;
+                scope.spawn(move || -> Result<()> {
+                    for port in base..base + 15 {
+                        d.ok(&[
+                            "rule",
+                            "add",
+                            "shared",
+                            "--proto",
+                            "tcp",
+                            "--port",
+                            &port.to_string(),
+                        ])?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .try_for_each(|writer| writer.join().expect("a writer thread"))
+    })?;
+    let shared = d.json(&["group", "show", "shared"])?;
+    assert_eq!(shared["revision"], 31);
+    let mut ports: Vec<String> = shared["spec"]["rules"]
+        .as_array()
+        .context("rules")?
+        .iter()
+        .filter_map(|rule| rule["ports"].as_str().map(str::to_string))
+        .collect();
+    ports.sort();
+    let mut expected: Vec<String> = (1000..1015)
+        .chain(2000..2015)
+        .map(|p| p.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(ports, expected, "every rule once");
+
+    // A change made from a stale read is refused, not merged.
+    let spec = serde_json::to_string(&shared["spec"])?;
+    let (status, body) = put(&d, "/v1/groups/shared", 30, &spec)?;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("is at revision 31, not 30"), "{body}");
+    let (status, body) = put(&d, "/v1/groups/shared", 31, &spec)?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[test]
+fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    let viewer = d.ok(&["daemon", "token", "create", "--role", "viewer"])?;
+    let owner = d.ok(&["daemon", "token", "create", "--role", "owner"])?;
+    let (viewer, owner) = (viewer.trim(), owner.trim());
+    d.ok(&["group", "create", "shared", "--public"])?;
+
+    assert_eq!(
+        names(&d.json(&["--token", viewer, "group", "list"])?),
+        ["default", "shared"]
+    );
+    for change in [
+        &["group", "create", "x"][..],
+        &["group", "update", "shared", "--description", "x"],
+        &["group", "delete", "shared"],
+        &["rule", "add", "default", "--preset", "ssh"],
+        &["rule", "delete", "default", "0"],
+        &["settings", "set", "max_rules_per_group", "10"],
+        &["daemon", "token", "create", "--role", "owner"],
+        &["daemon", "token", "revoke", "0123456789ab"],
+    ] {
+        let mut command = vec!["--token", viewer];
+        command.extend_from_slice(change);
+        let (code, message) = d.fails(&command)?;
+        assert_eq!(code, 4, "{change:?}");
+        assert!(message.contains("viewer token is read-only"), "{message}");
+    }
+    assert_eq!(d.fails(&["--token", "bogus", "group", "list"])?.0, 4);
+    d.ok(&["--token", owner, "group", "create", "ops"])?;
+    let tokens = d.json(&["daemon", "token", "list"])?;
+    let roles: Vec<&str> = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["viewer", "owner"]);
+    assert_eq!(
+        d.fails(&["--token", viewer, "daemon", "token", "list"])?.0,
+        4
+    );
+    let viewer_id = tokens[0]["id"].as_str().context("an id")?;
+    d.ok(&["daemon", "token", "revoke", viewer_id])?;
+    let (code, message) = d.fails(&["--token", viewer, "group", "list"])?;
+    assert_eq!(code, 4);
+    assert!(message.contains("unknown token"), "{message}");
+    assert_eq!(d.fails(&["daemon", "token", "revoke", viewer_id])?.0, 3);
+
+    // Without root or a token: the public groups, read-only.
+    let anonymous = |args: &[&str]| d.sg_ctl_as(Some(NOBODY), args);
+    let out = anonymous(&["-o", "json", "group", "list"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&serde_json::from_slice(&out.stdout)?), ["shared"]);
+    ensure!(anonymous(&["group", "show", "shared"])?.status.success());
+    for refused in [
+        &["group", "show", "default"][..],
+        &["group", "update", "shared", "--description", "x"],
+        &["port", "list"],
+        &["export"],
+    ] {
+        assert_eq!(anonymous(refused)?.status.code(), Some(4), "{refused:?}");
+    }
+    assert_eq!(d.json(&["group", "show", "shared"])?["revision"], 1);
+    Ok(())
+}
+
+#[test]
+fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
+    require_root!(Ok(()));
+    let d = TestDaemon::start()?;
+    let ns = interfaces(4)?;
+    d.ok(&["group", "create", "web"])?;
+    d.ok(&["group", "create", "db"])?;
+    d.ok(&[
+        "rule",
+        "add",
+        "db",
+        "--proto",
+        "tcp",
+        "--port",
+        "3306",
+        "--remote-group",
+        "web",
+    ])?;
+    d.ok(&["group", "create", "other"])?;
+    let port = |name: &str, iface: &str, ip: &str, group: &str| {
+        d.ok(&[
+            "--netns",
+            ns.name(),
+            "port",
+            "create",
+            name,
+            "--iface",
+            iface,
+            "--mac",
+            "52:54:00:12:34:56",
+            "--ip",
+            ip,
+            "--group",
+            group,
+        ])
+    };
+    port("w1", "d0", "198.18.0.10", "web")?;
+    port("db1", "d1", "198.18.0.20", "db")?;
+    port("o1", "d2", "198.18.0.30", "other")?;
+    let policies = || -> Result<Vec<Value>> {
+        let ports = d.json(&["port", "list"])?;
+        Ok(["w1", "db1", "o1"]
+            .iter()
+            .map(|name| {
+                ports
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["spec"]["name"] == *name)
+                    .map(|p| p["policy_id"].clone())
+                    .unwrap_or_default()
+            })
+            .collect())
+    };
+    let before = policies()?;
+    port("w2", "d3", "198.18.0.11", "web")?;
+    let after = policies()?;
+    assert_eq!(after[0], before[0], "w1's rules name no group");
+    assert_ne!(after[1], before[1], "db1's rule admits members of web");
+    assert_eq!(after[2], before[2], "o1 has nothing to do with web");
+    Ok(())
+}
+
+#[test]
+fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot() -> Result<()> {
+    require_root!(Ok(()));
+    let veth = VethPort::new()?;
+    let mut d = TestDaemon::start()?;
+    d.ok(&["group", "create", "pingable"])?;
+    d.ok(&[
+        "rule",
+        "add",
+        "pingable",
+        "--proto",
+        "icmp",
+        "--icmp-type",
+        "8",
+    ])?;
+    d.ok(&[
+        "--netns",
+        veth.host.name(),
+        "port",
+        "create",
+        "vm",
+        "--iface",
+        PORT,
+        "--mac",
+        "52:54:00:00:00:02",
+        "--ip",
+        WORKLOAD_V4,
+        "--group",
+        "pingable",
+    ])?;
+    let (v4, v6) = (addr(WORKLOAD_V4), addr(WORKLOAD_V6));
+    assert!(veth.host.ping(v4)?, "echo requests are allowed");
+    assert!(!veth.host.ping(v6)?, "ICMPv6 has no rule");
+    let policy = d.json(&["port", "show", "vm"])?["policy_id"].clone();
+    let rule = r#"sg_rule_packets_total{group="pingable",rule="2"}"#;
+    let counted = d.metric(rule)?;
+    assert!(counted >= 1);
+    let hits = &d.json(&["group", "show", "pingable"])?["hits"];
+    assert_eq!(
+        hits[2]["packets"], counted,
+        "group show gives the same hits: {hits}"
+    );
+    let passed = d.pins.counter(PORT, "ingress", "pass")?;
+
+    d.kill()?;
+    assert!(
+        veth.host.ping(v4)?,
+        "the policy stays in force without the daemon"
+    );
+    assert!(!veth.host.ping(v6)?, "and still drops what it dropped");
+
+    d.spawn()?;
+    let port = d.json(&["port", "show", "vm"])?;
+    assert_eq!(
+        port["policy_id"], policy,
+        "the restarted daemon adopts the policy"
+    );
+    assert_eq!(port["status"]["state"], "active");
+    assert!(
+        d.metric(rule)? > counted,
+        "rule counters go on: {}",
+        d.log()
+    );
+    assert!(d.pins.counter(PORT, "ingress", "pass")? > passed);
+    assert!(veth.host.ping(v4)?);
+
+    // A reboot loses the pins: the daemon, started again, restores the
+    // stored policy.
+    d.kill()?;
+    sg_ctl::datapath::detach_all(&d.pins.pins)?;
+    assert!(veth.host.ping(v6)?, "no filter left");
+    d.spawn()?;
+    assert_eq!(
+        d.json(&["port", "show", "vm"])?["status"]["state"],
+        "active"
+    );
+    assert!(veth.host.ping(v4)?);
+    assert!(!veth.host.ping(v6)?, "the policy is back");
+    Ok(())
+}
+
+#[test]
+fn an_applied_web_group_passes_80_and_not_8080() -> Result<()> {
+    require_root!(Ok(()));
+    let veth = VethPort::new()?;
+    let d = TestDaemon::start()?;
+    let file = d.dir().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "groups:
+  - name: web
+    description: web tier
+    rules:
+      - {{direction: egress}}
+      - {{direction: ingress, protocol: tcp, ports: '22,80,443'}}
+  - name: replies
+    rules:
+      - {{direction: ingress, protocol: tcp, ports: 1024-65535, remote: {HOST_V4}}}
+ports:
+  - name: web1
+    ifname: {PORT}
+    netns: {netns}
+    mac: '52:54:00:00:00:02'
+    ips: [{WORKLOAD_V4}]
+    groups: [web]
+",
+            netns = veth.host.name()
+        ),
+    )?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    let plan = d.ok(&["apply", "-f", file, "--dry-run"])?;
+    assert_eq!(
+        plan,
+        "+ group web\n+ group replies\n+ port web1\ndry run: nothing changed\n"
+    );
+    assert_eq!(d.json(&["port", "list"])?, serde_json::json!([]));
+    d.ok(&["apply", "-f", file])?;
+    assert_eq!(d.ok(&["apply", "-f", file])?, "no changes\n");
+    assert_eq!(
+        d.json(&["port", "show", "web1"])?["status"]["state"],
+        "active"
+    );
+
+    let to = addr(WORKLOAD_V4);
+    assert!(
+        tcp_exchange(&veth.host, &veth.workload, to, 80)?,
+        "80 passes"
+    );
+    assert!(
+        !tcp_exchange(&veth.host, &veth.workload, to, 8080)?,
+        "8080 does not"
+    );
+
+    // Outbound SMTP is blocked unless a rule names port 25.
+    d.ok(&["port", "attach", "web1", "replies"])?;
+    let host = addr(HOST_V4);
+    assert!(tcp_exchange(&veth.workload, &veth.host, host, 587)?);
+    assert!(!tcp_exchange(&veth.workload, &veth.host, host, 25)?);
+    d.ok(&["settings", "set", "block_outbound_smtp", "false"])?;
+    assert!(tcp_exchange(&veth.workload, &veth.host, host, 25)?);
+
+    let exported = d.ok(&["export"])?;
+    assert!(exported.contains("- name: web\n"), "{exported}");
+    assert!(
+        exported.contains("block_outbound_smtp: false"),
+        "{exported}"
+    );
+    Ok(())
+}
