@@ -633,8 +633,13 @@ impl Session {
         }
     }
 
+    /// The desired state, as `export` prints it.
+    pub async fn export_document(&self) -> Result<Document> {
+        self.get("/v1/export").await
+    }
+
     pub async fn export(&self) -> Result<()> {
-        let document: Document = self.get("/v1/export").await?;
+        let document = self.export_document().await?;
         match self.output {
             Output::Json => self.json(&document),
             Output::Table => {

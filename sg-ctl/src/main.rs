@@ -3,6 +3,7 @@
 //! filter to ports and look at what it does.
 
 mod cli;
+mod trace_cli;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
@@ -163,6 +164,9 @@ enum Command {
     Protocols,
     /// The presets of `rule add --preset`.
     Presets,
+    /// What the port's programs do with a packet: the verdict, the rule
+    /// that decided and why.
+    Trace(trace_cli::TraceArgs),
     /// Print a shell completion script.
     #[command(after_help = "Example:
   sg-ctl completions bash > /etc/bash_completion.d/sg-ctl")]
@@ -318,6 +322,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Settings(command) => block_on(session().settings(command))?,
         Command::Apply { file, dry_run } => block_on(session().apply(file, *dry_run))?,
         Command::Export => block_on(session().export())?,
+        Command::Trace(args) => {
+            let known = match args.port() {
+                Some(name) => {
+                    let document = block_on(session().export_document())?;
+                    Some(trace_cli::known(document, name)?)
+                }
+                None => None,
+            };
+            trace_cli::run(args, &pins, cli.netns.as_deref(), known, cli.output)?;
+        }
         Command::Protocols => cli::print_protocols(cli.output)?,
         Command::Presets => cli::print_presets(cli.output)?,
         Command::Completions { shell } => {
@@ -333,7 +347,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// Runs the daemon or a client command on a runtime of its own.
-fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -629,11 +629,43 @@ ports:
         "8080 does not"
     );
 
+    // Trace names the rules of the daemon's policy.
+    let trace = |direction: &str, from: &str, to: &str, dport: &str| {
+        d.json(&[
+            "--pin-dir",
+            d.pins.dir(),
+            "trace",
+            "web1",
+            "--direction",
+            direction,
+            "--protocol",
+            "tcp",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--dport",
+            dport,
+        ])
+        .map(|t| t["trace"].clone())
+    };
+    let web = trace("ingress", HOST_V4, WORKLOAD_V4, "80")?;
+    assert_eq!(web["outcome"], "pass", "{web}");
+    assert_eq!(
+        (&web["rule"]["group"], &web["rule"]["index"]),
+        (&"web".into(), &1.into())
+    );
+    let closed = trace("ingress", HOST_V4, WORKLOAD_V4, "8080")?;
+    assert_eq!(closed["outcome"], "drop-default", "{closed}");
+
     // Outbound SMTP is blocked unless a rule names port 25.
     d.ok(&["port", "attach", "web1", "replies"])?;
     let host = addr(HOST_V4);
     assert!(tcp_exchange(&veth.workload, &veth.host, host, 587)?);
     assert!(!tcp_exchange(&veth.workload, &veth.host, host, 25)?);
+    let smtp = trace("egress", WORKLOAD_V4, HOST_V4, "25")?;
+    assert_eq!(smtp["outcome"], "drop-rule", "{smtp}");
+    assert_eq!(smtp["rule"]["group"], "_smtp-block", "{smtp}");
     d.ok(&["settings", "set", "block_outbound_smtp", "false"])?;
     assert!(tcp_exchange(&veth.workload, &veth.host, host, 25)?);
 

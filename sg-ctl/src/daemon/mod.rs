@@ -752,7 +752,7 @@ fn port_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Port> {
 }
 
 /// The policy the datapath enforces for a desired state.
-fn effective(policy: &Policy, settings: &Settings) -> Policy {
+pub fn effective(policy: &Policy, settings: &Settings) -> Policy {
     if settings.block_outbound_smtp {
         policy.with_outbound_smtp_blocked()
     } else {
