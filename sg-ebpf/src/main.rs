@@ -10,6 +10,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod parse;
+mod portsec;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -190,9 +191,11 @@ fn try_filter(
     end: usize,
     bytes: u64,
 ) -> Result<Outcome, Outcome> {
-    let ip = match parse(start, end)? {
+    let frame = parse(start, end)?;
+    portsec::check(slot, direction, start, end, &frame)?;
+    let ip = match frame {
         Frame::Ip(ip) => ip,
-        Frame::NonIp => return Ok(Outcome::PassNonIp),
+        Frame::Arp(_) | Frame::NonIp => return Ok(Outcome::PassNonIp),
     };
     let addr = match direction {
         Direction::Egress => ip.src,
