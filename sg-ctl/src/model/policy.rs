@@ -12,7 +12,7 @@ use super::{
 };
 
 /// An Ethernet address, written `52:54:00:12:34:56` (or with `-`).
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
