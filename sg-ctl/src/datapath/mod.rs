@@ -485,8 +485,7 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .expect("the object has the XDP program")
         .try_into()
         .context(|| "the XDP program has another type".to_string())?;
-    program
-        .load()
+    verify(|| program.load())
         .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
     Ok(program)
 }
@@ -498,10 +497,29 @@ pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .expect("the object has the TC program")
         .try_into()
         .context(|| "the TC program has another type".to_string())?;
-    program
-        .load()
+    verify(|| program.load())
         .context(|| "the kernel's verifier rejected the TC program".to_string())?;
     Ok(program)
+}
+
+/// Loads a program. The verifier gives up with EAGAIN when a signal
+/// arrives while it works, which a long verification makes likely; like
+/// libbpf, load again a few times.
+fn verify(
+    mut load: impl FnMut() -> std::result::Result<(), ProgramError>,
+) -> std::result::Result<(), ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What a program did with a frame.
