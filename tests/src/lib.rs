@@ -9,7 +9,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
     net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -265,9 +265,7 @@ impl TapPort {
                 "permanent",
             ])?;
         }
-        let link = host.ip(&["-j", "link", "show", PORT])?;
-        let link: Value = serde_json::from_slice(&link.stdout)?;
-        let host_mac = parse_mac(link[0]["address"].as_str().unwrap_or_default())?;
+        let host_mac = mac_of(&host, PORT)?;
         Ok(TapPort {
             host,
             host_mac,
@@ -287,24 +285,122 @@ impl TapPort {
         timeout: Duration,
         want: impl Fn(&[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::from(millis))? == 0 {
-                return Ok(None);
-            }
-            let n = self.file.read(&mut buf).context("reading from the tap")?;
-            if want(&buf[..n]) {
-                return Ok(Some(buf[..n].to_vec()));
-            }
+        receive(&mut self.file, timeout, want)
+    }
+}
+
+/// Reads frames from `file` for up to `timeout` until `want` accepts one.
+fn receive(
+    file: &mut File,
+    timeout: Duration,
+    want: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(millis))? == 0 {
+            return Ok(None);
+        }
+        let n = file.read(&mut buf).context("reading a frame")?;
+        if want(&buf[..n]) {
+            return Ok(Some(buf[..n].to_vec()));
         }
     }
+}
+
+/// An AF_PACKET socket on an interface of a namespace: sends raw frames
+/// out of it, as the workload behind a veth would, and reads every frame
+/// it sends or receives.
+pub struct PacketSocket {
+    file: File,
+}
+
+impl PacketSocket {
+    /// Opens the socket on `iface` of `ns`; `promiscuous` also shows the
+    /// frames addressed to other MACs that reach the interface.
+    pub fn open(ns: &Netns, iface: &str, promiscuous: bool) -> Result<PacketSocket> {
+        let iface = iface.to_string();
+        let file = ns.within(move || {
+            let protocol = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2).
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol.into()) };
+            ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+            // SAFETY: a descriptor just returned, owned from here on.
+            let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let name = std::ffi::CString::new(iface.clone())?;
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            ensure!(ifindex != 0, "no interface {iface}");
+            // SAFETY: an all-zero sockaddr_ll is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = protocol;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: bind(2) with an address that outlives the call.
+            let rc = unsafe {
+                libc::bind(
+                    file.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            ensure!(
+                rc == 0,
+                "binding to {iface}: {}",
+                io::Error::last_os_error()
+            );
+            if promiscuous {
+                // SAFETY: an all-zero packet_mreq is valid.
+                let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+                mreq.mr_ifindex = ifindex as i32;
+                mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+                // SAFETY: setsockopt(2) with a value that outlives the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        file.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        libc::PACKET_ADD_MEMBERSHIP,
+                        (&raw const mreq).cast(),
+                        std::mem::size_of::<libc::packet_mreq>() as u32,
+                    )
+                };
+                ensure!(
+                    rc == 0,
+                    "promiscuous {iface}: {}",
+                    io::Error::last_os_error()
+                );
+            }
+            Ok(file)
+        })?;
+        Ok(PacketSocket { file })
+    }
+
+    /// Sends a frame out of the interface.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        self.file.write_all(frame).context("sending a frame")
+    }
+
+    /// Waits up to `timeout` for a frame that `want` accepts.
+    pub fn receive(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>> {
+        receive(&mut self.file, timeout, want)
+    }
+}
+
+/// The MAC address of an interface of a namespace.
+pub fn mac_of(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let link = ns.ip(&["-j", "link", "show", iface])?;
+    let link: Value = serde_json::from_slice(&link.stdout)?;
+    parse_mac(link[0]["address"].as_str().unwrap_or_default())
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
