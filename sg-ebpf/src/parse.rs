@@ -32,8 +32,9 @@ pub struct IpPacket {
     /// appear in the packet; zero otherwise.
     pub src_port: [u8; 2],
     /// The target address of an IPv6 neighbour solicitation or
-    /// advertisement; zero otherwise.
-    pub nd_target: [u8; 16],
+    /// advertisement. (An `Option` rather than zeros: sixteen zero bytes
+    /// become a call to a byte-wise `memset` in BPF.)
+    pub nd_target: Option<[u8; 16]>,
 }
 
 /// An ARP packet, as far as port security decides on it.
@@ -213,7 +214,7 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         protocol: ip.proto,
         l4,
         src_port,
-        nd_target: [0; 16],
+        nd_target: None,
     })
 }
 
@@ -276,9 +277,9 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
     {
         // After type, code, checksum and 4 bytes of flags.
         let target: *const [u8; 16] = ptr_at(start, end, offset + 8)?;
-        unsafe { *target }
+        Some(unsafe { *target })
     } else {
-        [0; 16]
+        None
     };
     Ok(IpPacket {
         family: FAMILY_IPV6,

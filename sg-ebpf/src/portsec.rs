@@ -147,8 +147,10 @@ fn check_ipv4(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
         return Err(Outcome::DropDhcpServer);
     }
     let dhcp_client = ports == Some((DHCP_CLIENT, DHCP_SERVER));
-    let unspecified = ip.src == ipv4_mapped([0; 4]);
-    if (unspecified && !dhcp_client) || (!unspecified && !owns(slot, ip.src, src_mac)) {
+    // The unspecified address is looked at only when the source is not
+    // owned: the common case compares no address.
+    let allowed = owns(slot, ip.src, src_mac) || (dhcp_client && ip.src == ipv4_mapped([0; 4]));
+    if !allowed {
         return Err(Outcome::DropSpoofedIpv4);
     }
     Ok(dhcp_client)
@@ -171,17 +173,20 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     if matches!(ports, Some((DHCPV6_SERVER, _))) {
         return Err(Outcome::DropDhcpServer);
     }
-    let unspecified = ip.src == [0; 16];
-    if unspecified {
-        if !matches!(icmp_type, ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT) {
-            return Err(Outcome::DropSpoofedIpv6);
-        }
-    } else if !owns(slot, ip.src, src_mac) {
+    // As for IPv4, `::` is looked at only when the source is not owned.
+    let unspecified = !owns(slot, ip.src, src_mac);
+    if unspecified
+        && !(matches!(icmp_type, ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT)
+            && ip.src == [0; 16])
+    {
         return Err(Outcome::DropSpoofedIpv6);
     }
-    let claims_target =
-        icmp_type == ND_NEIGHBOUR_ADVERT || (icmp_type == ND_NEIGHBOUR_SOLICIT && unspecified);
-    if claims_target && !owns(slot, ip.nd_target, src_mac) {
+    // An advertisement claims its target; so does a solicitation for
+    // duplicate address detection.
+    if let Some(target) = ip.nd_target
+        && (icmp_type == ND_NEIGHBOUR_ADVERT || unspecified)
+        && !owns(slot, target, src_mac)
+    {
         return Err(Outcome::DropNdSpoof);
     }
     Ok(matches!(
