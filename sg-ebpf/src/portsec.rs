@@ -12,8 +12,8 @@
 //!    (`drop-spoofed-ipv4`);
 //!    IPv6: no router advertisement or redirect (`drop-router-advert`), no
 //!    DHCPv6 server (source port 547, `drop-dhcp-server`); the source owned
-//!    with the source MAC, or `::` for a neighbour solicitation or an MLD
-//!    report (`drop-spoofed-ipv6`); the target of a neighbour advertisement,
+//!    with the source MAC, or `::` for a router or neighbour solicitation or
+//!    an MLD report (`drop-spoofed-ipv6`); the target of a neighbour advertisement,
 //!    and of a solicitation from `::` (duplicate address detection), owned
 //!    with the source MAC (`drop-nd-spoof`);
 //! 4. a broadcast or multicast destination only for ARP, the DHCP client
@@ -176,8 +176,10 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     // As for IPv4, `::` is looked at only when the source is not owned.
     let unspecified = !owns(slot, ip.src, src_mac);
     if unspecified
-        && !(matches!(icmp_type, ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT)
-            && ip.src == [0; 16])
+        && !(matches!(
+            icmp_type,
+            ROUTER_SOLICIT | ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT
+        ) && ip.src == [0; 16])
     {
         return Err(Outcome::DropSpoofedIpv6);
     }

@@ -259,6 +259,17 @@ fn what_a_workload_needs_passes() {
             Outcome::Pass,
         ),
         (
+            "router solicitation before an address is ready",
+            frame(
+                MAC,
+                multicast_mac("ff02::2"),
+                "::",
+                "ff02::2",
+                icmpv6(ROUTER_SOLICIT),
+            ),
+            Outcome::Pass,
+        ),
+        (
             "MLD report while the address is tentative",
             frame(
                 MAC,
