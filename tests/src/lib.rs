@@ -132,6 +132,23 @@ impl Netns {
         join(self.spawn(f))
     }
 
+    /// Adds a veth pair: `port` here, `eth0` in `workload`.
+    pub fn add_veth(&self, port: &str, workload: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            workload.name(),
+        ])
+        .map(drop)
+    }
+
     /// Adds an address; IPv6 addresses skip duplicate address detection.
     pub fn add_addr(&self, dev: &str, addr: &str) -> Result<()> {
         let mut args = vec!["addr", "add", addr, "dev", dev];
@@ -181,18 +198,7 @@ impl VethPort {
     pub fn new() -> Result<VethPort> {
         let host = Netns::new()?;
         let workload = Netns::new()?;
-        host.ip(&[
-            "link",
-            "add",
-            PORT,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            workload.name(),
-        ])?;
+        host.add_veth(PORT, &workload)?;
         for (ns, dev, v4, v6) in [
             (&host, PORT, HOST_V4, HOST_V6),
             (&workload, "eth0", WORKLOAD_V4, WORKLOAD_V6),
@@ -218,7 +224,8 @@ impl VethPort {
 pub struct TapPort {
     pub host: Netns,
     pub host_mac: [u8; 6],
-    file: File,
+    /// The guest's side: what it writes, the workload sends.
+    pub guest: FrameFile,
 }
 
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
@@ -269,62 +276,23 @@ impl TapPort {
         Ok(TapPort {
             host,
             host_mac,
-            file,
+            guest: FrameFile { file },
         })
     }
-
-    /// Sends a frame as the guest.
-    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
-        self.file.write_all(frame).context("writing to the tap")
-    }
-
-    /// Waits up to `timeout` for a frame to the guest that `want` accepts;
-    /// other frames (neighbour discovery, say) are skipped.
-    pub fn receive(
-        &mut self,
-        timeout: Duration,
-        want: impl Fn(&[u8]) -> bool,
-    ) -> Result<Option<Vec<u8>>> {
-        receive(&mut self.file, timeout, want)
-    }
 }
 
-/// Reads frames from `file` for up to `timeout` until `want` accepts one.
-fn receive(
-    file: &mut File,
-    timeout: Duration,
-    want: impl Fn(&[u8]) -> bool,
-) -> Result<Option<Vec<u8>>> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(millis))? == 0 {
-            return Ok(None);
-        }
-        let n = file.read(&mut buf).context("reading a frame")?;
-        if want(&buf[..n]) {
-            return Ok(Some(buf[..n].to_vec()));
-        }
-    }
-}
-
-/// An AF_PACKET socket on an interface of a namespace: sends raw frames
-/// out of it, as the workload behind a veth would, and reads every frame
-/// it sends or receives.
-pub struct PacketSocket {
+/// Whole Ethernet frames through a file descriptor: a tap's, where the
+/// test is the guest, or an AF_PACKET socket's on an interface.
+pub struct FrameFile {
     file: File,
 }
 
-impl PacketSocket {
-    /// Opens the socket on `iface` of `ns`; `promiscuous` also shows the
-    /// frames addressed to other MACs that reach the interface.
-    pub fn open(ns: &Netns, iface: &str, promiscuous: bool) -> Result<PacketSocket> {
+impl FrameFile {
+    /// An AF_PACKET socket on `iface` of `ns`: it sends raw frames out of
+    /// the interface, as the workload behind a veth would, and reads every
+    /// frame the interface sends or receives; `promiscuous` also those
+    /// addressed to other MACs.
+    pub fn packet_socket(ns: &Netns, iface: &str, promiscuous: bool) -> Result<FrameFile> {
         let iface = iface.to_string();
         let file = ns.within(move || {
             let protocol = (libc::ETH_P_ALL as u16).to_be();
@@ -378,21 +346,38 @@ impl PacketSocket {
             }
             Ok(file)
         })?;
-        Ok(PacketSocket { file })
+        Ok(FrameFile { file })
     }
 
-    /// Sends a frame out of the interface.
+    /// Sends a frame.
     pub fn send(&mut self, frame: &[u8]) -> Result<()> {
         self.file.write_all(frame).context("sending a frame")
     }
 
-    /// Waits up to `timeout` for a frame that `want` accepts.
+    /// Waits up to `timeout` for a frame that `want` accepts; other frames
+    /// (neighbour discovery, say) are skipped.
     pub fn receive(
         &mut self,
         timeout: Duration,
         want: impl Fn(&[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>> {
-        receive(&mut self.file, timeout, want)
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(millis))? == 0 {
+                return Ok(None);
+            }
+            let n = self.file.read(&mut buf).context("reading a frame")?;
+            if want(&buf[..n]) {
+                return Ok(Some(buf[..n].to_vec()));
+            }
+        }
     }
 }
 

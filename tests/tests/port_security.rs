@@ -25,8 +25,8 @@ use sg_ctl::{
     model::MacAddr,
 };
 use sg_tests::{
-    HOST_V4, HOST_V6, Netns, PORT, PacketSocket, TapPort, TestPins, TestPort, VethPort,
-    WORKLOAD_V4, WORKLOAD_V6, addr, mac_of, require_root,
+    FrameFile, HOST_V4, HOST_V6, Netns, PORT, TapPort, TestPins, TestPort, VethPort, WORKLOAD_V4,
+    WORKLOAD_V6, addr, mac_of, require_root,
 };
 
 const SLOT: u32 = 5;
@@ -773,7 +773,7 @@ fn as_received(frame: &[u8]) -> Vec<u8> {
 fn sent_and_seen(
     cases: &[Case],
     send: &mut dyn FnMut(&[u8]) -> Result<()>,
-    seen: &mut PacketSocket,
+    seen: &mut FrameFile,
 ) -> Result<Vec<bool>> {
     let expected: Vec<Vec<u8>> = cases.iter().map(|c| as_received(&c.frame)).collect();
     for case in cases {
@@ -801,7 +801,7 @@ fn spoofs_from(
     mac: [u8; 6],
     host_mac: [u8; 6],
     send: &mut dyn FnMut(&[u8]) -> Result<()>,
-    seen: &mut PacketSocket,
+    seen: &mut FrameFile,
 ) -> Result<()> {
     let mac_text = MacAddr(mac).to_string();
     pins.sg_ctl_ok(&[
@@ -872,8 +872,8 @@ fn veth_workload_spoofs_are_dropped_and_its_own_traffic_passes() -> Result<()> {
     for to in [WORKLOAD_V4, WORKLOAD_V6] {
         assert!(port.host.ping(addr(to))?, "ping {to} with port security on");
     }
-    let mut workload = PacketSocket::open(&port.workload, "eth0", false)?;
-    let mut host = PacketSocket::open(&port.host, PORT, false)?;
+    let mut workload = FrameFile::packet_socket(&port.workload, "eth0", false)?;
+    let mut host = FrameFile::packet_socket(&port.host, PORT, false)?;
     spoofs_from(
         &pins,
         netns,
@@ -891,14 +891,14 @@ fn tap_guest_spoofs_are_dropped_and_its_own_traffic_passes() -> Result<()> {
     let pins = TestPins::new();
     let netns = tap.host.name().to_string();
     pins.sg_ctl_ok(&["--netns", &netns, "attach", PORT])?;
-    let mut host = PacketSocket::open(&tap.host, PORT, false)?;
+    let mut host = FrameFile::packet_socket(&tap.host, PORT, false)?;
     let host_mac = tap.host_mac;
     spoofs_from(
         &pins,
         &netns,
         sg_tests::GUEST_MAC,
         host_mac,
-        &mut |frame| tap.send(frame),
+        &mut |frame| tap.guest.send(frame),
         &mut host,
     )
 }
@@ -927,18 +927,7 @@ impl Hub {
         };
         for (i, ns) in [&hub.a, &hub.b, &hub.peer].into_iter().enumerate() {
             let port = format!("port{i}");
-            hub.host.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
+            hub.host.add_veth(&port, ns)?;
             hub.host
                 .ip(&["link", "set", &port, "master", "br0", "up"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
@@ -971,9 +960,9 @@ fn a_promiscuous_workload_sees_none_of_its_neighbours_traffic() -> Result<()> {
             ip,
         ])?;
     }
-    let mut a = PacketSocket::open(&hub.a, "eth0", false)?;
-    let mut b = PacketSocket::open(&hub.b, "eth0", true)?;
-    let mut peer = PacketSocket::open(&hub.peer, "eth0", false)?;
+    let mut a = FrameFile::packet_socket(&hub.a, "eth0", false)?;
+    let mut b = FrameFile::packet_socket(&hub.b, "eth0", true)?;
+    let mut peer = FrameFile::packet_socket(&hub.peer, "eth0", false)?;
     let for_a = frame(peer_mac, a_mac, "198.18.0.9", "198.18.0.2", udp(40000, 9));
     let is_for_a = |f: &[u8]| f == for_a.as_slice();
 
