@@ -425,6 +425,20 @@ mod tests {
     }
 
     #[test]
+    fn a_model_port_gives_its_mac_addresses_pairs_and_switch() {
+        let mut port = Port::new("vm1", "tap1", mac("52:54:00:12:34:56"));
+        port.ips = vec!["198.18.0.2".parse().unwrap()];
+        port.allowed_address_pairs = vec![parse_address_pair("198.18.0.100").unwrap()];
+        let security = PortSecurity::from_port(&port);
+        assert!(security.enabled);
+        assert_eq!(security.mac, port.mac);
+        assert_eq!(security.ips, port.ips);
+        assert_eq!(security.allowed_address_pairs, port.allowed_address_pairs);
+        port.port_security = false;
+        assert!(!PortSecurity::from_port(&port).enabled);
+    }
+
+    #[test]
     fn off_writes_nothing_to_own() {
         let mut security = security();
         security.enabled = false;
