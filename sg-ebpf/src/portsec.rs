@@ -173,9 +173,10 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     if matches!(ports, Some((DHCPV6_SERVER, _))) {
         return Err(Outcome::DropDhcpServer);
     }
-    // As for IPv4, `::` is looked at only when the source is not owned.
-    let unspecified = !owns(slot, ip.src, src_mac);
-    if unspecified
+    // As for IPv4, `::` is looked at only when the source is not owned;
+    // past this check, a source not owned is `::`.
+    let from_unspecified = !owns(slot, ip.src, src_mac);
+    if from_unspecified
         && !(matches!(
             icmp_type,
             ROUTER_SOLICIT | ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT
@@ -186,7 +187,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     // An advertisement claims its target; so does a solicitation for
     // duplicate address detection.
     if let Some(target) = ip.nd_target
-        && (icmp_type == ND_NEIGHBOUR_ADVERT || unspecified)
+        && (icmp_type == ND_NEIGHBOUR_ADVERT || from_unspecified)
         && !owns(slot, target, src_mac)
     {
         return Err(Outcome::DropNdSpoof);
