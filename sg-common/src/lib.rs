@@ -39,6 +39,8 @@ pub mod map_names {
     pub const L4_EXACT: &str = "SG_L4_EXACT";
     /// A tracer's own record, not pinned.
     pub const TRACE: &str = "SG_TRACE";
+    pub const PORT_SECURITY: &str = "SG_PORT_SECURITY";
+    pub const OWNED: &str = "SG_OWNED";
 }
 
 /// Names of the programs in the eBPF object.
@@ -146,6 +148,32 @@ pub enum Outcome {
     /// Dropped: a fragment after the first of a datagram whose first
     /// fragment the port has not seen (or has forgotten).
     DropFragment = 10,
+    /// Port security: the workload sent from a MAC address that is not the
+    /// port's nor an allowed address pair's.
+    DropSpoofedMac = 11,
+    /// Port security: an IPv4 source the port does not own (with that MAC).
+    DropSpoofedIpv4 = 12,
+    /// Port security: an IPv6 source the port does not own (with that MAC).
+    DropSpoofedIpv6 = 13,
+    /// Port security: ARP with another sender MAC, or for a sender address
+    /// the port does not own.
+    DropArpSpoof = 14,
+    /// Port security: a DHCP or DHCPv6 server message (source port 67, 547).
+    DropDhcpServer = 15,
+    /// Port security: an IPv6 router advertisement or redirect.
+    DropRouterAdvert = 16,
+    /// Port security: a neighbour advertisement, or a duplicate address
+    /// detection solicitation, for an address the port does not own.
+    DropNdSpoof = 17,
+    /// Port security: broadcast or multicast that neither ARP, the DHCP
+    /// client nor neighbour discovery needs.
+    DropMulticast = 18,
+    /// Port security: an 802.1Q/802.1ad tagged frame from a port that does
+    /// not allow them.
+    DropVlanTagged = 19,
+    /// Port security: a unicast frame toward the workload whose destination
+    /// MAC is not the port's nor an allowed address pair's.
+    DropForeignMac = 20,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -155,7 +183,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -167,6 +195,16 @@ impl Outcome {
         Outcome::Reject,
         Outcome::PassNeighbourDiscovery,
         Outcome::DropFragment,
+        Outcome::DropSpoofedMac,
+        Outcome::DropSpoofedIpv4,
+        Outcome::DropSpoofedIpv6,
+        Outcome::DropArpSpoof,
+        Outcome::DropDhcpServer,
+        Outcome::DropRouterAdvert,
+        Outcome::DropNdSpoof,
+        Outcome::DropMulticast,
+        Outcome::DropVlanTagged,
+        Outcome::DropForeignMac,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -189,6 +227,16 @@ impl Outcome {
             Outcome::Reject => "reject",
             Outcome::PassNeighbourDiscovery => "pass-neighbour-discovery",
             Outcome::DropFragment => "drop-fragment",
+            Outcome::DropSpoofedMac => "drop-spoofed-mac",
+            Outcome::DropSpoofedIpv4 => "drop-spoofed-ipv4",
+            Outcome::DropSpoofedIpv6 => "drop-spoofed-ipv6",
+            Outcome::DropArpSpoof => "drop-arp-spoof",
+            Outcome::DropDhcpServer => "drop-dhcp-server",
+            Outcome::DropRouterAdvert => "drop-router-advert",
+            Outcome::DropNdSpoof => "drop-nd-spoof",
+            Outcome::DropMulticast => "drop-multicast",
+            Outcome::DropVlanTagged => "drop-vlan-tagged",
+            Outcome::DropForeignMac => "drop-foreign-mac",
         }
     }
 
@@ -252,9 +300,10 @@ impl PortConfig {
     }
 }
 
-/// Data of a key of the blocklist trie: the port's slot, then an IPv6
-/// address (IPv4 as `::ffff:a.b.c.d`). The trie's prefix length always
-/// covers the 32 bits of the slot, so a port only matches its own prefixes.
+/// Data of a key of the per-port address tries (the blocklist and the
+/// addresses a port owns): the port's slot, then an IPv6 address (IPv4 as
+/// `::ffff:a.b.c.d`). The trie's prefix length always covers the 32 bits of
+/// the slot, so a port only matches its own prefixes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockKey {
@@ -274,6 +323,69 @@ pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
     ]
+}
+
+/// Prefixes the owned-address trie can hold, all ports together.
+pub const MAX_OWNED_PREFIXES: u32 = 65_536;
+
+/// MAC addresses one port may send from: its own and those of its allowed
+/// address pairs.
+pub const MAX_PORT_MACS: usize = 8;
+
+/// MAC addresses one owned prefix may be used with.
+pub const MAX_ADDRESS_MACS: usize = 4;
+
+/// A MAC address as the datapath compares it: the six bytes in the low 48
+/// bits, first byte lowest.
+#[inline(always)]
+pub const fn mac_word(mac: [u8; 6]) -> u64 {
+    (mac[0] as u64)
+        | (mac[1] as u64) << 8
+        | (mac[2] as u64) << 16
+        | (mac[3] as u64) << 24
+        | (mac[4] as u64) << 32
+        | (mac[5] as u64) << 40
+}
+
+/// An unused entry of a MAC list: no 48-bit address equals it.
+pub const NO_MAC: u64 = u64::MAX;
+
+/// `PortSecurityConfig::flags`: anti-spoofing is on for the port. Unset
+/// (the zero value of a port nobody configured), the port's traffic is
+/// only subject to the blocklist and the policy.
+pub const PORTSEC_ENABLED: u32 = 1;
+/// The workload may send 802.1Q/802.1ad tagged frames (checked like
+/// untagged ones).
+pub const PORTSEC_ALLOW_VLAN: u32 = 2;
+/// The workload may send any broadcast and multicast.
+pub const PORTSEC_ALLOW_MULTICAST: u32 = 4;
+
+/// `SG_PORT_SECURITY` value, at the port's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSecurityConfig {
+    /// `mac_word`s the port sends from and receives at, the port's own
+    /// first; unused entries are `NO_MAC`.
+    pub macs: [u64; MAX_PORT_MACS],
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl PortSecurityConfig {
+    /// No anti-spoofing.
+    pub const OFF: PortSecurityConfig = PortSecurityConfig {
+        macs: [NO_MAC; MAX_PORT_MACS],
+        flags: 0,
+        _pad: 0,
+    };
+}
+
+/// `SG_OWNED` value: the MACs an owned prefix may be used with (those of
+/// every configured prefix that contains it); unused entries are `NO_MAC`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnedMacs {
+    pub macs: [u64; MAX_ADDRESS_MACS],
 }
 
 /// `SG_PORT_POLICY` value of a port without a policy: only the blocklist
@@ -426,6 +538,8 @@ const _: () = assert!(size_of::<TraceRecord>() == 48);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
+const _: () = assert!(size_of::<PortSecurityConfig>() == 72);
+const _: () = assert!(size_of::<OwnedMacs>() == 32);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
 
 #[cfg(feature = "user")]
@@ -444,4 +558,6 @@ mod user {
     unsafe impl aya::Pod for VerdictKey {}
     unsafe impl aya::Pod for FragmentKey {}
     unsafe impl aya::Pod for TraceRecord {}
+    unsafe impl aya::Pod for PortSecurityConfig {}
+    unsafe impl aya::Pod for OwnedMacs {}
 }

@@ -1,11 +1,12 @@
 //! Ethernet frames built from a packet description: what `trace` and the
 //! tests run the real programs on.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header,
-    PacketBuilder, PacketBuilderStep, VlanId,
+    ArpHardwareId, ArpOperation, ArpPacket, EtherType, IpHeaders, IpNumber, Ipv4Extensions,
+    Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header, PacketBuilder, PacketBuilderStep,
+    VlanId,
 };
 
 /// The transport part of a packet.
@@ -35,6 +36,13 @@ pub enum Transport {
     /// Any other IP protocol, with an opaque payload.
     Other {
         protocol: u8,
+    },
+    /// An IPv6 neighbour solicitation (135) or advertisement (136) for
+    /// `target`, with the frame's source MAC as its link-layer address
+    /// option; hop limit 255 as neighbour discovery requires.
+    NeighbourDiscovery {
+        type_: u8,
+        target: Ipv6Addr,
     },
 }
 
@@ -89,6 +97,9 @@ pub enum FrameError {
 const TTL: u8 = 64;
 /// ICMP echo identifier and sequence number of built packets.
 const ECHO_ID_SEQ: [u8; 4] = [0, 1, 0, 1];
+/// The only hop limit neighbour discovery accepts.
+const ND_HOP_LIMIT: u8 = 255;
+const NEIGHBOUR_ADVERT: u8 = 136;
 
 impl Packet {
     /// A UDP packet between two addresses with made-up MAC addresses.
@@ -118,7 +129,10 @@ impl Packet {
                     flow_label: Ipv6FlowLabel::ZERO,
                     payload_length: 0,
                     next_header: IpNumber(0),
-                    hop_limit: TTL,
+                    hop_limit: match self.transport {
+                        Transport::NeighbourDiscovery { .. } => ND_HOP_LIMIT,
+                        _ => TTL,
+                    },
                     source: src.octets(),
                     destination: dst.octets(),
                 },
@@ -185,8 +199,70 @@ impl Packet {
                 step.write(&mut out, IpNumber(protocol), &header)
             }
             Transport::Other { protocol } => step.write(&mut out, IpNumber(protocol), &payload),
+            Transport::NeighbourDiscovery { type_, target } => {
+                // Advertisements: solicited and override; the option is the
+                // target's link-layer address (2), else the source's (1).
+                let (flags, option) = if type_ == NEIGHBOUR_ADVERT {
+                    ([0x60, 0, 0, 0], 2)
+                } else {
+                    ([0; 4], 1)
+                };
+                let body = [&target.octets()[..], &[option, 1], &self.src_mac, &payload].concat();
+                step.icmpv6_raw(type_, 0, flags).write(&mut out, &body)
+            }
         };
         result.map_err(|e| FrameError::Build(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// An ARP packet for IPv4 over Ethernet, in a frame of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arp {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// 1 request, 2 reply.
+    pub operation: u16,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: [u8; 6],
+    pub target_ip: Ipv4Addr,
+}
+
+impl Arp {
+    pub const REQUEST: u16 = 1;
+    pub const REPLY: u16 = 2;
+
+    /// A broadcast request from `mac` at `sender_ip` for `target_ip`.
+    pub fn request(mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Arp {
+        Arp {
+            src_mac: mac,
+            dst_mac: [0xff; 6],
+            operation: Arp::REQUEST,
+            sender_mac: mac,
+            sender_ip,
+            target_mac: [0; 6],
+            target_ip,
+        }
+    }
+
+    /// The Ethernet frame.
+    pub fn frame(&self) -> Result<Vec<u8>, FrameError> {
+        let arp = ArpPacket::new(
+            ArpHardwareId::ETHERNET,
+            EtherType::IPV4,
+            ArpOperation(self.operation),
+            &self.sender_mac,
+            &self.sender_ip.octets(),
+            &self.target_mac,
+            &self.target_ip.octets(),
+        )
+        .map_err(|e| FrameError::Build(e.to_string()))?;
+        let mut out = Vec::with_capacity(64);
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .arp(arp)
+            .write(&mut out)
+            .map_err(|e| FrameError::Build(e.to_string()))?;
         Ok(out)
     }
 }
@@ -223,6 +299,34 @@ mod tests {
             packet.frame(),
             Err(FrameError::TooManyVlans { count: 3 })
         ));
+    }
+
+    #[test]
+    fn builds_arp_and_neighbour_discovery() {
+        let arp = Arp::request(
+            [2, 0, 0, 0, 0, 1],
+            "198.18.0.2".parse().unwrap(),
+            "198.18.0.1".parse().unwrap(),
+        )
+        .frame()
+        .unwrap();
+        assert_eq!(arp.len(), 14 + 28);
+        assert_eq!(&arp[12..14], &[0x08, 0x06]);
+        assert_eq!(&arp[14 + 14..14 + 18], &[198, 18, 0, 2]);
+
+        let mut packet = Packet::udp(v4("fe80::1"), v4("ff02::1"), 0, 0);
+        let target: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        packet.transport = Transport::NeighbourDiscovery {
+            type_: NEIGHBOUR_ADVERT,
+            target,
+        };
+        let frame = packet.frame().unwrap();
+        let ip = 14;
+        assert_eq!(frame[ip + 7], ND_HOP_LIMIT);
+        assert_eq!(frame[ip + 40], NEIGHBOUR_ADVERT);
+        assert_eq!(&frame[ip + 48..ip + 64], &target.octets());
+        assert_eq!(&frame[ip + 64..ip + 66], &[2, 1]);
+        assert_eq!(&frame[ip + 66..ip + 72], &packet.src_mac);
     }
 
     #[test]

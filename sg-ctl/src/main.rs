@@ -5,7 +5,7 @@
 mod cli;
 mod trace_cli;
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use hyper::StatusCode;
@@ -13,7 +13,11 @@ use ipnet::IpNet;
 use sg_ctl::{
     client::{Client, ClientError},
     daemon::{Daemon, api},
-    datapath::{self, Attached, DatapathError, Pins, PortStatus, XdpModeArg},
+    datapath::{
+        self, Attached, DatapathError, Pins, PortSecurity, PortStatus, XdpModeArg,
+        port_security::parse_address_pair,
+    },
+    model::{AddressPair, MacAddr},
     netns,
     store::{Role, Store},
 };
@@ -37,7 +41,10 @@ Low-level datapath commands (no daemon):
   sg-ctl attach tap0                       filter the port of a VM
   sg-ctl --netns host1 attach veth-web     an interface in another namespace
   sg-ctl block tap0 198.18.0.0/24          drop traffic of those addresses
+  sg-ctl port-security tap0 --mac 52:54:00:12:34:56 --ip 198.18.0.2
+                                           anti-spoofing for the workload's MAC and IP
   sg-ctl status                            ports, blocked prefixes, counters
+  sg-ctl stats tap0                        a port's counters
   sg-ctl detach tap0
 
 Exit codes: 0 ok, 1 failure, 2 invalid, 3 not found, 4 not permitted, 5 conflict."
@@ -112,7 +119,44 @@ enum Command {
         #[arg(required = true, value_parser = datapath::parse_prefix)]
         prefixes: Vec<IpNet>,
     },
-    /// Attached ports, their blocked prefixes and counters.
+    /// Set a port's port security (anti-spoofing), replacing what it had.
+    ///
+    /// From the workload only its MAC (or an allowed pair's) and its
+    /// addresses pass, with ARP, the DHCP client and neighbour discovery
+    /// for them; no DHCP server, router advertisement or foreign neighbour
+    /// advertisement; broadcast and multicast only for those. Toward it,
+    /// unicast only to its MACs.
+    #[command(after_help = "Examples:
+  sg-ctl port-security tap0 --mac 52:54:00:12:34:56 --ip 198.18.0.2 --ip 2001:db8::2
+  sg-ctl port-security tap0 --mac 52:54:00:12:34:56 --ip 198.18.0.2 \\
+      --allowed-pair 198.18.0.100 --allowed-pair 198.18.8.0/24,52:54:00:00:00:08
+  sg-ctl port-security tap0 --off")]
+    PortSecurity {
+        /// Interface name.
+        iface: String,
+        /// The workload's MAC address.
+        #[arg(long, required_unless_present = "off", value_parser = parse_mac)]
+        mac: Option<MacAddr>,
+        /// A fixed IP of the workload (repeat for more).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<IpAddr>,
+        /// Another address or prefix the workload may use, with the MAC it
+        /// uses for it if not its own: IP[,MAC] or CIDR[,MAC] (repeat for
+        /// more).
+        #[arg(long = "allowed-pair", value_name = "IP[,MAC]", value_parser = parse_pair)]
+        allowed_pairs: Vec<AddressPair>,
+        /// Let 802.1Q/802.1ad tagged frames leave the workload.
+        #[arg(long)]
+        allow_vlan: bool,
+        /// Let any broadcast and multicast leave the workload.
+        #[arg(long)]
+        allow_multicast: bool,
+        /// Turn port security off: no anti-spoofing (the group policy
+        /// still applies).
+        #[arg(long, conflicts_with_all = ["mac", "ips", "allowed_pairs", "allow_vlan", "allow_multicast"])]
+        off: bool,
+    },
+    /// Attached ports, their blocked prefixes, port security and counters.
     Status,
     /// Run the daemon (or, with `token create`, make an API token).
     #[command(
@@ -167,6 +211,12 @@ enum Command {
     /// What the port's programs do with a packet: the verdict, the rule
     /// that decided and why.
     Trace(trace_cli::TraceArgs),
+    /// The packet and byte counters of every port, or of one, per
+    /// direction and outcome (each drop reason has its own).
+    Stats {
+        /// Interface name; every port when left out.
+        iface: Option<String>,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:
   sg-ctl completions bash > /etc/bash_completion.d/sg-ctl")]
@@ -201,6 +251,15 @@ fn parse_role(text: &str) -> Result<Role, String> {
     }
 }
 
+fn parse_mac(text: &str) -> Result<MacAddr, String> {
+    text.parse()
+        .map_err(|e: sg_ctl::model::FieldError| e.message)
+}
+
+fn parse_pair(text: &str) -> Result<AddressPair, String> {
+    parse_address_pair(text).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     // Piped into `head`, end quietly like other command-line tools.
     // SAFETY: restoring the default disposition of a signal.
@@ -215,8 +274,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit codes: 1 anything else, 2 invalid arguments, 3 not found,
-/// 4 forbidden, 5 conflict.
+/// Exit codes: 1 anything else, 2 invalid arguments (clap, port
+/// security), 3 not found, 4 forbidden, 5 conflict.
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Invalid>().is_some() {
         return 2;
@@ -234,6 +293,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => {
             return 3;
         }
+        Some(DatapathError::InvalidPortSecurity(_)) => return 2,
         Some(DatapathError::NotRoot { .. }) => return 4,
         Some(DatapathError::Netns(netns)) => Some(netns),
         _ => e.downcast_ref::<netns::NetnsError>(),
@@ -285,6 +345,34 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let missing = datapath::unblock(&pins, iface, prefixes)?;
             if !missing.is_empty() {
                 eprintln!("{iface}: {} were not blocked", join(&missing));
+            }
+        }
+        Command::PortSecurity {
+            iface,
+            mac,
+            ips,
+            allowed_pairs,
+            allow_vlan,
+            allow_multicast,
+            off,
+        } => {
+            enter_netns()?;
+            let security = match mac {
+                Some(mac) if !off => PortSecurity {
+                    enabled: true,
+                    mac: *mac,
+                    ips: ips.clone(),
+                    allowed_address_pairs: allowed_pairs.clone(),
+                    allow_vlan: *allow_vlan,
+                    allow_multicast: *allow_multicast,
+                },
+                _ => PortSecurity::OFF,
+            };
+            datapath::set_port_security(&pins, iface, &security)?;
+            if security.enabled {
+                println!("{iface}: port security on for {}", security.mac);
+            } else {
+                println!("{iface}: port security off");
             }
         }
         Command::Status => {
@@ -342,6 +430,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             );
         }
+        Command::Stats { iface } => {
+            enter_netns()?;
+            let stats = datapath::stats(&pins, iface.as_deref())?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
+                Output::Table => print_stats(&stats)?,
+            }
+        }
     }
     Ok(())
 }
@@ -380,16 +476,73 @@ fn print_status(ports: &[PortStatus]) -> std::io::Result<()> {
             join(&port.blocked)
         };
         writeln!(out, "  blocked: {blocked}")?;
-        if port.counters.is_empty() {
-            writeln!(out, "  no packets yet")?;
-        }
-        for c in &port.counters {
-            writeln!(
-                out,
-                "  {:<8} {:<22} {:>12} packets {:>14} bytes",
-                c.direction, c.outcome, c.packets, c.bytes
-            )?;
-        }
+        print_port_security(&mut out, &port.port_security)?;
+        print_counters(&mut out, &port.counters)?;
+    }
+    Ok(())
+}
+
+fn print_port_security(
+    out: &mut impl std::io::Write,
+    security: &datapath::PortSecurityStatus,
+) -> std::io::Result<()> {
+    if !security.enabled {
+        return writeln!(out, "  port security: off");
+    }
+    let macs: Vec<String> = security.macs.iter().map(ToString::to_string).collect();
+    let mut allowed = Vec::new();
+    if security.allow_vlan {
+        allowed.push("vlan tags");
+    }
+    if security.allow_multicast {
+        allowed.push("multicast");
+    }
+    let allowed = if allowed.is_empty() {
+        String::new()
+    } else {
+        format!(", allows {}", allowed.join(" and "))
+    };
+    writeln!(
+        out,
+        "  port security: on, macs {}{allowed}",
+        macs.join(", ")
+    )?;
+    for owned in &security.owned {
+        let macs: Vec<String> = owned.macs.iter().map(ToString::to_string).collect();
+        writeln!(out, "    owns {} with {}", owned.prefix, macs.join(", "))?;
+    }
+    Ok(())
+}
+
+fn print_counters(
+    out: &mut impl std::io::Write,
+    counters: &[datapath::CounterRow],
+) -> std::io::Result<()> {
+    if counters.is_empty() {
+        writeln!(out, "  no packets yet")?;
+    }
+    for c in counters {
+        writeln!(
+            out,
+            "  {:<8} {:<22} {:>12} packets {:>14} bytes",
+            c.direction, c.outcome, c.packets, c.bytes
+        )?;
+    }
+    Ok(())
+}
+
+fn print_stats(ports: &[datapath::PortStats]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if ports.is_empty() {
+        writeln!(out, "no ports attached")?;
+    }
+    for port in ports {
+        writeln!(
+            out,
+            "{} (slot {}, netns {})",
+            port.interface, port.slot, port.netns
+        )?;
+        print_counters(&mut out, &port.counters)?;
     }
     Ok(())
 }

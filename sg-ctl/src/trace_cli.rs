@@ -267,6 +267,11 @@ fn describe_packet(packet: &Packet) -> String {
             Some(dst_port),
         ),
         Transport::Icmp { type_, code } => (format!("icmp type {type_} code {code}"), None, None),
+        Transport::NeighbourDiscovery { type_, target } => (
+            format!("ipv6-icmp type {type_} target {target}"),
+            None,
+            None,
+        ),
         Transport::Other { protocol } => (IpProtocol(protocol).to_string(), None, None),
     };
     format!(

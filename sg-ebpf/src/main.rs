@@ -10,6 +10,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod parse;
+mod portsec;
 mod reject;
 
 use aya_ebpf::{
@@ -88,6 +89,24 @@ static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
 static SG_VERDICT: HashMap<VerdictKey, u64> =
     HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// The keys of one packet's policy lookups. In this CPU's slot rather than
+/// on the stack, of which a program has 512 bytes for everything; one
+/// program runs at a time on a CPU, so the slot is the run's.
+#[repr(C)]
+struct Keys {
+    local: Key<LocalKey>,
+    /// For the exact hash; `remote` holds the same for the trie.
+    remote_exact: RemoteKey,
+    remote: Key<RemoteKey>,
+    l4_exact: L4Key,
+    l4: Key<L4Key>,
+    pair: VerdictKey,
+    fragment: FragmentKey,
+}
+
+#[map(name = "SG_KEYS")]
+static SG_KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
+
 /// A fragmented datagram → the candidate that decided its first fragment.
 #[map(name = "SG_FRAGMENTS")]
 static SG_FRAGMENTS: LruHashMap<FragmentKey, u64> = LruHashMap::pinned(MAX_FRAGMENT_ENTRIES, 0);
@@ -162,6 +181,9 @@ fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
 /// fragment after the first gets the verdict of its datagram's first
 /// fragment.
 #[inline(always)]
+// The keys are passed by reference to stay in their slot: a key passed by
+// value is a copy on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 fn classify(
     slot: u32,
     direction: Direction,
@@ -172,10 +194,13 @@ fn classify(
         Some(&policy) if policy != NO_POLICY => policy,
         _ => return Ok(Outcome::Pass),
     };
+    let keys = SG_KEYS.get_ptr_mut(0).ok_or(Outcome::DropDefault)?;
+    // SAFETY: this CPU's slot, this run's alone (see `Keys`).
+    let keys = unsafe { &mut *keys };
     if !ip.fragmented {
-        return decide(lookup(policy, direction, ip)?, bytes);
+        return decide(lookup(keys, policy, direction, ip)?, bytes);
     }
-    let fragment = FragmentKey {
+    keys.fragment = FragmentKey {
         slot,
         id: ip.fragment_id,
         src: ip.src,
@@ -185,15 +210,15 @@ fn classify(
         _pad: [0; 2],
     };
     let best = if ip.first_fragment {
-        let best = lookup(policy, direction, ip)?;
+        let best = lookup(keys, policy, direction, ip)?;
         if !tracing() {
             // Full: the later fragments of this datagram are dropped.
-            let _ = SG_FRAGMENTS.insert(fragment, best, 0);
+            let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
         }
         best
     } else {
         // SAFETY: a plain read of a hash map value.
-        match unsafe { SG_FRAGMENTS.get(fragment) } {
+        match unsafe { SG_FRAGMENTS.get(&keys.fragment) } {
             Some(&best) => best,
             None => return Err(Outcome::DropFragment),
         }
@@ -206,45 +231,53 @@ fn classify(
 /// remote address's and the protocol/port's (each an exact hash, then a
 /// trie on a miss), then the pair's.
 #[inline(always)]
-fn lookup(policy: u32, direction: Direction, ip: &IpPacket) -> Result<u64, Outcome> {
+#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
+fn lookup(
+    keys: &mut Keys,
+    policy: u32,
+    direction: Direction,
+    ip: &IpPacket,
+) -> Result<u64, Outcome> {
     let (local, remote) = match direction {
         Direction::Egress => (ip.src, ip.dst),
         Direction::Ingress => (ip.dst, ip.src),
     };
-    let local = LocalKey {
-        policy,
-        family: ip.family as u32,
-        addr: local,
-    };
-    let local_class = SG_LOCAL
-        .get(Key::new(SCOPE_BITS + 128, local))
-        .copied()
-        .unwrap_or(0);
+    keys.local = Key::new(
+        SCOPE_BITS + 128,
+        LocalKey {
+            policy,
+            family: ip.family as u32,
+            addr: local,
+        },
+    );
+    let local_class = SG_LOCAL.get(&keys.local).copied().unwrap_or(0);
     let scope = Scope {
         policy,
         local_class: local_class as u16,
         direction: direction as u8,
         family: ip.family,
     };
-    let remote = RemoteKey {
+    keys.remote_exact = RemoteKey {
         scope,
         addr: remote,
     };
+    keys.remote = Key::new(SCOPE_BITS + 128, keys.remote_exact);
     // SAFETY: a plain read of a hash map value.
-    let remote = match unsafe { SG_REMOTE_EXACT.get(remote) } {
+    let remote = match unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) } {
         Some(class) => Some(class),
-        None => SG_REMOTE.get(Key::new(SCOPE_BITS + 128, remote)),
+        None => SG_REMOTE.get(&keys.remote),
     };
-    let l4 = L4Key {
+    keys.l4_exact = L4Key {
         scope,
         protocol: ip.protocol,
         _pad: 0,
         value: ip.l4,
     };
+    keys.l4 = Key::new(SCOPE_BITS + 32, keys.l4_exact);
     // SAFETY: a plain read of a hash map value.
-    let l4 = match unsafe { SG_L4_EXACT.get(l4) } {
+    let l4 = match unsafe { SG_L4_EXACT.get(&keys.l4_exact) } {
         Some(class) => Some(class),
-        None => SG_L4.get(Key::new(SCOPE_BITS + 32, l4)),
+        None => SG_L4.get(&keys.l4),
     };
     // Every scope has root entries in both tries; a miss is a policy being
     // removed under this packet.
@@ -256,27 +289,24 @@ fn lookup(policy: u32, direction: Direction, ip: &IpPacket) -> Result<u64, Outco
     } else {
         l4.best
     };
-    let pair = VerdictKey {
+    keys.pair = VerdictKey {
         scope,
         remote_class: remote.class,
         l4_class: l4.class,
     };
     // SAFETY: a plain read of a hash map value.
-    let both = unsafe { SG_VERDICT.get(pair) }.copied();
+    let both = unsafe { SG_VERDICT.get(&keys.pair) }.copied();
     if let Some(record) = trace() {
-        // SAFETY: the tracer's own record.
+        // SAFETY: the tracer's own record, field by field (a whole record
+        // would take stack the port's programs cannot spare).
         unsafe {
-            *record = TraceRecord {
-                outcome: (*record).outcome,
-                local_class,
-                remote_class: remote.class,
-                l4_class: l4.class,
-                remote_best: remote.best,
-                l4_best: l4.best,
-                pair_best: both.unwrap_or(candidate::NONE),
-                best: candidate::NONE,
-            }
-        };
+            (*record).local_class = local_class;
+            (*record).remote_class = remote.class;
+            (*record).l4_class = l4.class;
+            (*record).remote_best = remote.best;
+            (*record).l4_best = l4.best;
+            (*record).pair_best = both.unwrap_or(candidate::NONE);
+        }
     }
     match both {
         Some(both) if both < best => Ok(both),
@@ -347,12 +377,18 @@ fn filter<F: Resizable>(
 ) -> Option<bool> {
     let (start, end) = frame.bounds();
     let outcome = match parse(start, end) {
-        Ok(Frame::Ip(ip)) => match decide_ip(slot, direction, &ip, bytes) {
-            Outcome::Reject if reject::reply(frame, &ip).is_none() => Outcome::DropRule,
-            outcome => outcome,
-        },
-        Ok(Frame::NonIp) => Outcome::PassNonIp,
         Err(drop) => drop,
+        Ok(parsed) => match (
+            portsec::check(slot, direction, start, end, &parsed),
+            &parsed,
+        ) {
+            (Err(drop), _) => drop,
+            (Ok(()), Frame::Ip(ip)) => match decide_ip(slot, direction, ip, bytes) {
+                Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
+                outcome => outcome,
+            },
+            (Ok(()), Frame::Arp(_) | Frame::NonIp) => Outcome::PassNonIp,
+        },
     };
     count(slot, direction, outcome, bytes);
     match outcome {

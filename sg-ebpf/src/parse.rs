@@ -6,13 +6,14 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
     vlan::VlanHdr,
 };
 use sg_common::{
-    FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped,
+    FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped, mac_word,
 };
 
 /// The header fields the filter decides on. IPv4 addresses are mapped
@@ -40,17 +41,63 @@ pub struct IpPacket {
     pub fragmented: bool,
     /// The datagram's identification, when fragmented.
     pub fragment_id: u32,
+    /// The source port of TCP, UDP, SCTP, DCCP and UDP-Lite as the bytes
+    /// appear in the packet; zero otherwise.
+    pub src_port: [u8; 2],
+    /// The target address of an IPv6 neighbour solicitation or
+    /// advertisement. (An `Option` rather than zeros: sixteen zero bytes
+    /// become a call to a byte-wise `memset` in BPF.)
+    pub nd_target: Option<[u8; 16]>,
 }
 
-/// A parsed frame: an IP packet, or something else that the filter lets
-/// through (ARP, LLDP, …).
+/// Where the parsed IP packet lives: this CPU's slot rather than the stack,
+/// of which a program has 512 bytes for everything. One program runs at a
+/// time on a CPU (softirq or bottom halves off), so the slot is the run's.
+#[map(name = "SG_PACKET")]
+static SG_PACKET: PerCpuArray<IpPacket> = PerCpuArray::with_max_entries(1, 0);
+
+/// An ARP packet, as far as port security decides on it.
+pub struct ArpPacket {
+    /// Ethernet hardware addresses and IPv4 protocol addresses, of their
+    /// lengths: the only ARP port security lets through.
+    pub ethernet_ipv4: bool,
+    pub operation: u16,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: [u8; 4],
+}
+
+/// A parsed frame: an IP packet, an ARP packet, or something else that
+/// the filter lets through (LLDP, …).
 pub enum Frame {
-    Ip(IpPacket),
+    Ip(&'static IpPacket),
+    Arp(ArpPacket),
     NonIp,
+}
+
+/// The Ethernet header's addresses (as `mac_word`s) and whether a VLAN tag
+/// follows them.
+pub struct Ethernet {
+    pub dst_mac: u64,
+    pub src_mac: u64,
+    pub tagged: bool,
+}
+
+/// Reads the Ethernet header's addresses, for port security.
+#[inline(always)]
+pub fn ethernet(start: usize, end: usize) -> Result<Ethernet, Outcome> {
+    let eth: *const EthHdr = ptr_at(start, end, 0)?;
+    let eth = unsafe { &*eth };
+    let ether_type = u16::from_be(eth.ether_type);
+    Ok(Ethernet {
+        dst_mac: mac_word(eth.dst_addr),
+        src_mac: mac_word(eth.src_addr),
+        tagged: ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD,
+    })
 }
 
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_ARP: u16 = 0x0806;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -60,13 +107,18 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_DCCP: u8 = 33;
 pub const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;
 
-/// The two bytes rules match on in the transport header at `offset`.
+pub(crate) const ND_NEIGHBOUR_SOLICIT: u8 = 135;
+pub(crate) const ND_NEIGHBOUR_ADVERT: u8 = 136;
+
+/// The two bytes rules match on in the transport header at `offset`, and
+/// the source port of the protocols with ports: both from one read, so
+/// that the verifier sees one bounds check per packet.
 #[inline(always)]
 fn l4_value(
     start: usize,
@@ -74,15 +126,24 @@ fn l4_value(
     offset: usize,
     family: u8,
     protocol: u8,
-) -> Result<[u8; 2], Outcome> {
-    let at = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE => 2,
-        IPPROTO_ICMP if family == FAMILY_IPV4 => 0,
-        IPPROTO_ICMPV6 if family == FAMILY_IPV6 => 0,
-        _ => return Ok([0, 0]),
-    };
-    let value: *const [u8; 2] = ptr_at(start, end, offset + at)?;
-    Ok(unsafe { *value })
+) -> Result<([u8; 2], [u8; 2]), Outcome> {
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let ports: *const [u8; 4] = ptr_at(start, end, offset)?;
+            let [src_high, src_low, dst_high, dst_low] = unsafe { *ports };
+            Ok(([dst_high, dst_low], [src_high, src_low]))
+        }
+        IPPROTO_ICMP if family == FAMILY_IPV4 => icmp_value(start, end, offset),
+        IPPROTO_ICMPV6 if family == FAMILY_IPV6 => icmp_value(start, end, offset),
+        _ => Ok(([0, 0], [0, 0])),
+    }
+}
+
+/// ICMP's type and code; no ports.
+#[inline(always)]
+fn icmp_value(start: usize, end: usize, offset: usize) -> Result<([u8; 2], [u8; 2]), Outcome> {
+    let value: *const [u8; 2] = ptr_at(start, end, offset)?;
+    Ok((unsafe { *value }, [0, 0]))
 }
 
 #[inline(always)]
@@ -111,17 +172,55 @@ pub fn parse(start: usize, end: usize) -> Result<Frame, Outcome> {
         tags += 1;
     }
 
-    if ether_type == u16::from_be(EtherType::Ipv4.into()) {
-        parse_ipv4(start, end, offset).map(Frame::Ip)
-    } else if ether_type == u16::from_be(EtherType::Ipv6.into()) {
-        parse_ipv6(start, end, offset).map(Frame::Ip)
+    let ipv4 = ether_type == u16::from_be(EtherType::Ipv4.into());
+    if ipv4 || ether_type == u16::from_be(EtherType::Ipv6.into()) {
+        let packet = SG_PACKET.get_ptr_mut(0).ok_or(Outcome::DropMalformed)?;
+        // SAFETY: this CPU's slot, this run's alone (see `SG_PACKET`).
+        let packet = unsafe { &mut *packet };
+        if ipv4 {
+            parse_ipv4(start, end, offset, packet)?;
+        } else {
+            parse_ipv6(start, end, offset, packet)?;
+        }
+        Ok(Frame::Ip(packet))
+    } else if ether_type == ETH_P_ARP {
+        parse_arp(start, end, offset).map(Frame::Arp)
     } else {
         Ok(Frame::NonIp)
     }
 }
 
+/// ARP's fixed header, with the addresses of IPv4 over Ethernet.
+#[repr(C)]
+struct ArpHdr {
+    hardware: [u8; 2],
+    protocol: [u8; 2],
+    hardware_len: u8,
+    protocol_len: u8,
+    operation: [u8; 2],
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+    _target_mac: [u8; 6],
+    _target_ip: [u8; 4],
+}
+
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outcome> {
+fn parse_arp(start: usize, end: usize, offset: usize) -> Result<ArpPacket, Outcome> {
+    let arp: *const ArpHdr = ptr_at(start, end, offset)?;
+    let arp = unsafe { &*arp };
+    Ok(ArpPacket {
+        ethernet_ipv4: arp.hardware == [0, 1]
+            && arp.protocol == [0x08, 0x00]
+            && arp.hardware_len == 6
+            && arp.protocol_len == 4,
+        operation: u16::from_be_bytes(arp.operation),
+        sender_mac: arp.sender_mac,
+        sender_ip: arp.sender_ip,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, offset: usize, out: &mut IpPacket) -> Result<(), Outcome> {
     let ip: *const Ipv4Hdr = ptr_at(start, end, offset)?;
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 || ip.vihl & 0x0f < 5 {
@@ -131,12 +230,12 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
     // More fragments follow (MF), or some came before.
     let fragmented = ip.frags[0] & 0x20 != 0 || !first_fragment;
     let l4_offset = offset + ((ip.vihl & 0x0f) as usize) * 4;
-    let l4 = if first_fragment {
+    let (l4, src_port) = if first_fragment {
         l4_value(start, end, l4_offset, FAMILY_IPV4, ip.proto)?
     } else {
-        [0, 0]
+        ([0, 0], [0, 0])
     };
-    Ok(IpPacket {
+    *out = IpPacket {
         family: FAMILY_IPV4,
         src: ipv4_mapped(ip.src_addr),
         dst: ipv4_mapped(ip.dst_addr),
@@ -148,7 +247,10 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<IpPacket, Outco
         first_fragment,
         fragmented,
         fragment_id: u16::from_be_bytes(ip.id) as u32,
-    })
+        src_port,
+        nd_target: None,
+    };
+    Ok(())
 }
 
 /// An extension header's first two bytes: next header and length.
@@ -159,7 +261,7 @@ struct ExtHdr {
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> {
+fn parse_ipv6(start: usize, end: usize, l3: usize, out: &mut IpPacket) -> Result<(), Outcome> {
     let ip: *const Ipv6Hdr = ptr_at(start, end, l3)?;
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
@@ -207,12 +309,21 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
     let first_fragment = fragment[2] == 0 && fragment[3] & 0xf8 == 0;
     let fragmented = !first_fragment || fragment[3] & 1 != 0;
     let fragment_id = u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
-    let l4 = if first_fragment {
+    let (l4, src_port) = if first_fragment {
         l4_value(start, end, offset, FAMILY_IPV6, proto)?
     } else {
-        [0, 0]
+        ([0, 0], [0, 0])
     };
-    Ok(IpPacket {
+    let nd_target = if proto == IPPROTO_ICMPV6
+        && (l4[0] == ND_NEIGHBOUR_SOLICIT || l4[0] == ND_NEIGHBOUR_ADVERT)
+    {
+        // After type, code, checksum and 4 bytes of flags.
+        let target: *const [u8; 16] = ptr_at(start, end, offset + 8)?;
+        Some(unsafe { *target })
+    } else {
+        None
+    };
+    *out = IpPacket {
         family: FAMILY_IPV6,
         src: ip.src_addr,
         dst: ip.dst_addr,
@@ -224,5 +335,8 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<IpPacket, Outcome> 
         first_fragment,
         fragmented,
         fragment_id,
-    })
+        src_port,
+        nd_target,
+    };
+    Ok(())
 }

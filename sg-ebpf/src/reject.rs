@@ -13,22 +13,75 @@ use sg_common::FAMILY_IPV4;
 
 use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket};
 
-/// The packet's header offsets pass through here on their way to the reply
-/// code. On each path through the parser they are numbers the verifier
-/// knows, and it would check the reply code once per path; read back from
-/// a map they are numbers it does not know, and one check serves all.
-#[map(name = "SG_REPLY_OFFSETS")]
-static OFFSETS: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+/// Where offsets pass through on their way to a pointer: this CPU's cell,
+/// written and read back, so that neither the compiler nor the verifier
+/// knows the number that comes out (see `Buf::at`).
+#[map(name = "SG_REPLY_CELL")]
+static CELL: PerCpuArray<usize> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the IP header starts, at most after two VLAN tags.
 const MAX_L3: usize = ETH_HDR + 2 * VLAN_HDR;
 /// Where a transport header replied to may start.
 const MAX_L4: usize = 512;
+/// The largest offset the reply code reaches.
+const MAX_OFFSET: usize = 1024;
 
 /// Offsets in the frame of the IP and transport headers.
 struct Offsets {
     l3: usize,
     l4: usize,
+}
+
+/// The frame's bytes, `[start, end)`, and the cell offsets pass through.
+#[derive(Clone, Copy)]
+struct Buf {
+    start: usize,
+    end: usize,
+    cell: *mut usize,
+}
+
+impl Buf {
+    fn new<F: Resizable>(frame: &F, cell: *mut usize) -> Buf {
+        let (start, end) = frame.bounds();
+        Buf { start, end, cell }
+    }
+
+    /// The offset as a number no one knows, but for its bounds.
+    #[inline(always)]
+    fn launder(&self, offset: usize) -> Option<usize> {
+        // SAFETY: this CPU's cell; one program runs at a time on a CPU.
+        let offset = unsafe {
+            self.cell.write_volatile(offset);
+            self.cell.read_volatile()
+        };
+        (offset <= MAX_OFFSET).then_some(offset)
+    }
+
+    /// `size_of::<T>()` bytes at `offset`, if the frame has them.
+    ///
+    /// The offsets here differ from packet to packet, and the verifier
+    /// refuses to go backwards from a pointer made with such an offset,
+    /// while the compiler gladly makes one pointer out of another and
+    /// reaches it backwards. A laundered offset makes each pointer from
+    /// the frame's start, and keeps no stack.
+    #[inline(always)]
+    fn at<T>(&self, offset: usize) -> Option<*mut T> {
+        let at = self.start + self.launder(offset)?;
+        (at + core::mem::size_of::<T>() <= self.end).then_some(at as *mut T)
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        // SAFETY: in bounds, checked by `at`.
+        Some(unsafe { self.at::<[u8; N]>(offset)?.read_unaligned() })
+    }
+
+    #[inline(always)]
+    fn write<const N: usize>(&self, offset: usize, bytes: [u8; N]) -> Option<()> {
+        // SAFETY: in bounds, checked by `at`; the program owns the frame.
+        unsafe { self.at::<[u8; N]>(offset)?.write_unaligned(bytes) };
+        Some(())
+    }
 }
 
 /// A frame whose length can change: an XDP buffer or a TC skb.
@@ -41,7 +94,6 @@ pub trait Resizable {
     fn grow_head(&mut self, len: usize) -> Option<()>;
 }
 
-const ETH_ADDRS: usize = 12;
 const ETH_HDR: usize = 14;
 const VLAN_HDR: usize = 4;
 const IPV4_HDR: usize = 20;
@@ -64,24 +116,22 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if !ip.first_fragment || !unicast(ip, &ip.src) || !unicast(ip, &ip.dst) {
         return None;
     }
-    let at = offsets(ip)?;
-    if ip.protocol == IPPROTO_TCP {
-        tcp_reset(frame, ip, &at)
-    } else {
-        prohibited(frame, ip, &at)
-    }
-}
-
-#[inline(always)]
-fn offsets(ip: &IpPacket) -> Option<Offsets> {
-    let slot = OFFSETS.get_ptr_mut(0)?;
-    // SAFETY: this CPU's value, written then read back.
-    let [l3, l4] = unsafe {
-        slot.write([ip.l3 as u32, ip.l4_offset as u32]);
-        slot.read_volatile()
+    let cell = CELL.get_ptr_mut(0)?;
+    let buf = Buf::new(frame, cell);
+    // Laundered: on each path through the parser these are numbers the
+    // verifier knows, and it would check the reply code once per path.
+    let at = Offsets {
+        l3: buf.launder(ip.l3)?,
+        l4: buf.launder(ip.l4_offset)?,
     };
-    let (l3, l4) = (l3 as usize, l4 as usize);
-    (l3 <= MAX_L3 && l4 <= MAX_L4 && l3 <= l4).then_some(Offsets { l3, l4 })
+    if at.l3 > MAX_L3 || at.l4 > MAX_L4 || at.l3 > at.l4 {
+        return None;
+    }
+    if ip.protocol == IPPROTO_TCP {
+        tcp_reset(frame, buf, ip, &at)
+    } else {
+        prohibited(frame, cell, ip, &at)
+    }
 }
 
 #[inline(always)]
@@ -96,24 +146,21 @@ fn unicast(ip: &IpPacket, addr: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn tcp_reset<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Option<()> {
-    let (start, end) = frame.bounds();
+fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets) -> Option<()> {
     // First: a later check at a variable offset would cover this one for
     // the compiler, not for the verifier. (A frame that gets no reply is
     // dropped: the swap does no harm.)
-    swap_macs(start, end, 0)?;
-    let tcp: *const [u8; TCP_HDR] = ptr_at(start, end, at.l4).ok()?;
-    // SAFETY: in bounds, checked by `ptr_at`.
-    let tcp = unsafe { *tcp };
-    let flags = tcp[13];
+    swap_macs(buf)?;
+    let ports: [u8; 4] = buf.read(at.l4)?;
+    let their_seq: [u8; 4] = buf.read(at.l4 + 4)?;
+    let their_ack: [u8; 4] = buf.read(at.l4 + 8)?;
+    let [offset, flags]: [u8; 2] = buf.read(at.l4 + 12)?;
     if flags & TCP_RST != 0 {
         return None;
     }
-    let headers = at.l4 - at.l3 + (tcp[12] >> 4) as usize * 4;
+    let headers = at.l4 - at.l3 + (offset >> 4) as usize * 4;
     let mut segment = ip.ip_len.saturating_sub(headers) as u32;
     segment += (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
-    let their_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let their_ack = [tcp[8], tcp[9], tcp[10], tcp[11]];
     // RFC 9293 3.10.7.1: an acceptable reset for what the sender has
     // sent.
     let (seq, ack, flags) = if flags & TCP_ACK != 0 {
@@ -121,29 +168,33 @@ fn tcp_reset<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Option
     } else {
         (
             [0; 4],
-            their_seq.wrapping_add(segment).to_be_bytes(),
+            u32::from_be_bytes(their_seq)
+                .wrapping_add(segment)
+                .to_be_bytes(),
             TCP_RST | TCP_ACK,
         )
     };
     let mut reset = [0u8; TCP_HDR];
-    reset[0..2].copy_from_slice(&tcp[2..4]);
-    reset[2..4].copy_from_slice(&tcp[0..2]);
+    reset[0..2].copy_from_slice(&ports[2..4]);
+    reset[2..4].copy_from_slice(&ports[0..2]);
     reset[4..8].copy_from_slice(&seq);
     reset[8..12].copy_from_slice(&ack);
     reset[12] = (TCP_HDR as u8 / 4) << 4;
     reset[13] = flags;
-    let sum = add_words(
-        write_ip(start, end, ip, at.l3, IPPROTO_TCP, TCP_HDR)?,
-        &reset,
-    );
+    let sum = add_words(write_ip(buf, ip, at.l3, IPPROTO_TCP, TCP_HDR)?, &reset);
     reset[16..18].copy_from_slice(&fold(sum));
     let len = at.l3 + ip_header_len(ip) + TCP_HDR;
-    write(start, end, len - TCP_HDR, reset)?;
+    buf.write(len - TCP_HDR, reset)?;
     frame.truncate(len)
 }
 
 #[inline(always)]
-fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Option<()> {
+fn prohibited<F: Resizable>(
+    frame: &mut F,
+    cell: *mut usize,
+    ip: &IpPacket,
+    at: &Offsets,
+) -> Option<()> {
     let (icmp, icmp_type, code) = if ip.family == FAMILY_IPV4 {
         (IPPROTO_ICMP, 3, 13)
     } else {
@@ -166,9 +217,9 @@ fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Optio
     frame.truncate(l3 + quote)?;
     let grow = ip_header_len(ip) + ICMP_HDR;
     frame.grow_head(grow)?;
-    let (start, end) = frame.bounds();
-    move_l2(start, end, l3, grow)?;
-    let mut sum = write_ip(start, end, ip, l3, icmp, ICMP_HDR + quote)?;
+    let buf = Buf::new(frame, cell);
+    move_l2(buf, l3, grow)?;
+    let mut sum = write_ip(buf, ip, l3, icmp, ICMP_HDR + quote)?;
     if ip.family == FAMILY_IPV4 {
         // ICMP's checksum has no pseudo-header.
         sum = 0;
@@ -177,25 +228,10 @@ fn prohibited<F: Resizable>(frame: &mut F, ip: &IpPacket, at: &Offsets) -> Optio
     // pointer the compiler derives backwards from a checked one.
     let header = [icmp_type, code, 0, 0, 0, 0, 0, 0];
     let at = l3 + grow - ICMP_HDR;
-    write(start, end, at, header)?;
+    buf.write(at, header)?;
     sum = add_words(sum, &header);
-    sum = add_packet(sum, start, end, l3 + grow, quote)?;
-    write(start, end, at + 2, fold(sum))
-}
-
-/// `size_of::<T>()` bytes of the frame at `offset`, if the frame has them.
-///
-/// The offsets here are numbers the verifier does not know, and it refuses
-/// to go backwards from a pointer so made. The compiler would gladly make
-/// one pointer out of another and reach it backwards; hiding the offset
-/// from it makes each pointer from the frame's start.
-#[inline(always)]
-fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, ()> {
-    let at = start + core::hint::black_box(offset);
-    if at + core::mem::size_of::<T>() > end {
-        return Err(());
-    }
-    Ok(at as *const T)
+    sum = add_packet(sum, buf, l3 + grow, quote)?;
+    buf.write(at + 2, fold(sum))
 }
 
 /// Whether an ICMP packet is an error (no error answers an error); its
@@ -223,14 +259,7 @@ fn ip_header_len(ip: &IpPacket) -> usize {
 /// its source, with `payload` bytes of `protocol` after it. Returns the sum
 /// of the transport checksum's pseudo-header.
 #[inline(always)]
-fn write_ip(
-    start: usize,
-    end: usize,
-    ip: &IpPacket,
-    l3: usize,
-    protocol: u8,
-    payload: usize,
-) -> Option<u32> {
+fn write_ip(buf: Buf, ip: &IpPacket, l3: usize, protocol: u8, payload: usize) -> Option<u32> {
     let pseudo = add_words(add_words(0, &ip.src), &ip.dst) + protocol as u32 + payload as u32;
     if ip.family == FAMILY_IPV4 {
         let total = ((IPV4_HDR + payload) as u16).to_be_bytes();
@@ -241,57 +270,41 @@ fn write_ip(
         header[16..20].copy_from_slice(&ip.src[12..]);
         let sum = fold(add_words(0, &header));
         header[10..12].copy_from_slice(&sum);
-        write(start, end, l3, header)?;
+        buf.write(l3, header)?;
     } else {
         let length = (payload as u16).to_be_bytes();
-        let mut header = [0u8; IPV6_HDR];
-        header[0] = 0x60;
-        header[4..6].copy_from_slice(&length);
-        header[6] = protocol;
-        header[7] = TTL;
-        header[8..24].copy_from_slice(&ip.dst);
-        header[24..40].copy_from_slice(&ip.src);
-        write(start, end, l3, header)?;
+        buf.write(l3, [0x60, 0, 0, 0, length[0], length[1], protocol, TTL])?;
+        buf.write(l3 + 8, ip.dst)?;
+        buf.write(l3 + 24, ip.src)?;
     }
     Some(pseudo)
 }
 
-/// Swaps the source and destination MAC addresses of the Ethernet header
-/// at `offset`.
+/// Swaps the source and destination MAC addresses of the frame.
 #[inline(always)]
-fn swap_macs(start: usize, end: usize, offset: usize) -> Option<()> {
-    let eth: *const [u8; ETH_ADDRS] = ptr_at(start, end, offset).ok()?;
-    // SAFETY: in bounds, checked by `ptr_at`.
-    let eth = unsafe { *eth };
-    let mut swapped = [0u8; ETH_ADDRS];
-    swapped[..6].copy_from_slice(&eth[6..]);
-    swapped[6..].copy_from_slice(&eth[..6]);
-    write(start, end, 0, swapped)
+fn swap_macs(buf: Buf) -> Option<()> {
+    let dst: [u8; 6] = buf.read(0)?;
+    let src: [u8; 6] = buf.read(6)?;
+    buf.write(0, src)?;
+    buf.write(6, dst)
 }
 
 /// Moves the `len` bytes of the link-layer header (Ethernet and VLAN
 /// tags) from `from` to the front of the frame, swapping the addresses.
 #[inline(always)]
-fn move_l2(start: usize, end: usize, len: usize, from: usize) -> Option<()> {
-    let eth: *const [u8; ETH_HDR] = ptr_at(start, end, from).ok()?;
-    // SAFETY: in bounds, checked by `ptr_at`.
-    write(start, end, 0, unsafe { *eth })?;
-    swap_macs(start, end, 0)?;
+fn move_l2(buf: Buf, len: usize, from: usize) -> Option<()> {
+    let dst: [u8; 6] = buf.read(from)?;
+    let src: [u8; 6] = buf.read(from + 6)?;
+    let ether_type: [u8; 2] = buf.read(from + 12)?;
+    buf.write(0, src)?;
+    buf.write(6, dst)?;
+    buf.write(12, ether_type)?;
     let mut at = ETH_HDR;
     while at < len && at < ETH_HDR + 2 * VLAN_HDR {
-        let tag: *const [u8; VLAN_HDR] = ptr_at(start, end, from + at).ok()?;
-        // SAFETY: in bounds, checked by `ptr_at`.
-        write(start, end, at, unsafe { *tag })?;
+        let tag: [u8; VLAN_HDR] = buf.read(from + at)?;
+        buf.write(at, tag)?;
         at += VLAN_HDR;
     }
-    Some(())
-}
-
-#[inline(always)]
-fn write<const N: usize>(start: usize, end: usize, offset: usize, bytes: [u8; N]) -> Option<()> {
-    let at: *const [u8; N] = ptr_at(start, end, offset).ok()?;
-    // SAFETY: in bounds, checked by `ptr_at`; the program owns the frame.
-    unsafe { (at as *mut [u8; N]).write_unaligned(bytes) };
     Some(())
 }
 
@@ -309,12 +322,10 @@ fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
 /// Adds `len` bytes of the frame at `offset`: an even number, at most
 /// `QUOTE_MAX`.
 #[inline(always)]
-fn add_packet(mut sum: u32, start: usize, end: usize, offset: usize, len: usize) -> Option<u32> {
+fn add_packet(mut sum: u32, buf: Buf, offset: usize, len: usize) -> Option<u32> {
     let mut i = 0;
     while i < QUOTE_MAX / 2 && 2 * i < len {
-        let word: *const [u8; 2] = ptr_at(start, end, offset + 2 * i).ok()?;
-        // SAFETY: in bounds, checked by `ptr_at`.
-        sum += u16::from_be_bytes(unsafe { *word }) as u32;
+        sum += u16::from_be_bytes(buf.read(offset + 2 * i)?) as u32;
         i += 1;
     }
     Some(sum)

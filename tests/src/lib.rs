@@ -11,7 +11,7 @@ use std::{
     io::{self, Read as _, Write as _},
     net::{IpAddr, TcpListener, TcpStream},
     os::{
-        fd::{AsFd as _, AsRawFd as _},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::{fs::PermissionsExt as _, process::CommandExt as _},
     },
     path::{Path, PathBuf},
@@ -140,6 +140,23 @@ impl Netns {
         join(self.spawn(f))
     }
 
+    /// Adds a veth pair: `port` here, `eth0` in `workload`.
+    pub fn add_veth(&self, port: &str, workload: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            workload.name(),
+        ])
+        .map(drop)
+    }
+
     /// Adds an address; IPv6 addresses skip duplicate address detection.
     pub fn add_addr(&self, dev: &str, addr: &str) -> Result<()> {
         let mut args = vec!["addr", "add", addr, "dev", dev];
@@ -189,18 +206,7 @@ impl VethPort {
     pub fn new() -> Result<VethPort> {
         let host = Netns::new()?;
         let workload = Netns::new()?;
-        host.ip(&[
-            "link",
-            "add",
-            PORT,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            workload.name(),
-        ])?;
+        host.add_veth(PORT, &workload)?;
         for (ns, dev, v4, v6) in [
             (&host, PORT, HOST_V4, HOST_V6),
             (&workload, "eth0", WORKLOAD_V4, WORKLOAD_V6),
@@ -226,7 +232,8 @@ impl VethPort {
 pub struct TapPort {
     pub host: Netns,
     pub host_mac: [u8; 6],
-    file: File,
+    /// The guest's side: what it writes, the workload sends.
+    pub guest: FrameFile,
 }
 
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
@@ -273,23 +280,90 @@ impl TapPort {
                 "permanent",
             ])?;
         }
-        let link = host.ip(&["-j", "link", "show", PORT])?;
-        let link: Value = serde_json::from_slice(&link.stdout)?;
-        let host_mac = parse_mac(link[0]["address"].as_str().unwrap_or_default())?;
+        let host_mac = mac_of(&host, PORT)?;
         Ok(TapPort {
             host,
             host_mac,
-            file,
+            guest: FrameFile { file },
         })
     }
+}
 
-    /// Sends a frame as the guest.
-    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
-        self.file.write_all(frame).context("writing to the tap")
+/// Whole Ethernet frames through a file descriptor: a tap's, where the
+/// test is the guest, or an AF_PACKET socket's on an interface.
+pub struct FrameFile {
+    file: File,
+}
+
+impl FrameFile {
+    /// An AF_PACKET socket on `iface` of `ns`: it sends raw frames out of
+    /// the interface, as the workload behind a veth would, and reads every
+    /// frame the interface sends or receives; `promiscuous` also those
+    /// addressed to other MACs.
+    pub fn packet_socket(ns: &Netns, iface: &str, promiscuous: bool) -> Result<FrameFile> {
+        let iface = iface.to_string();
+        let file = ns.within(move || {
+            let protocol = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2).
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol.into()) };
+            ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+            // SAFETY: a descriptor just returned, owned from here on.
+            let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let name = std::ffi::CString::new(iface.clone())?;
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            ensure!(ifindex != 0, "no interface {iface}");
+            // SAFETY: an all-zero sockaddr_ll is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = protocol;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: bind(2) with an address that outlives the call.
+            let rc = unsafe {
+                libc::bind(
+                    file.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            ensure!(
+                rc == 0,
+                "binding to {iface}: {}",
+                io::Error::last_os_error()
+            );
+            if promiscuous {
+                // SAFETY: an all-zero packet_mreq is valid.
+                let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+                mreq.mr_ifindex = ifindex as i32;
+                mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+                // SAFETY: setsockopt(2) with a value that outlives the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        file.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        libc::PACKET_ADD_MEMBERSHIP,
+                        (&raw const mreq).cast(),
+                        std::mem::size_of::<libc::packet_mreq>() as u32,
+                    )
+                };
+                ensure!(
+                    rc == 0,
+                    "promiscuous {iface}: {}",
+                    io::Error::last_os_error()
+                );
+            }
+            Ok(file)
+        })?;
+        Ok(FrameFile { file })
     }
 
-    /// Waits up to `timeout` for a frame to the guest that `want` accepts;
-    /// other frames (neighbour discovery, say) are skipped.
+    /// Sends a frame.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        self.file.write_all(frame).context("sending a frame")
+    }
+
+    /// Waits up to `timeout` for a frame that `want` accepts; other frames
+    /// (neighbour discovery, say) are skipped.
     pub fn receive(
         &mut self,
         timeout: Duration,
@@ -307,12 +381,19 @@ impl TapPort {
             if poll(&mut fds, PollTimeout::from(millis))? == 0 {
                 return Ok(None);
             }
-            let n = self.file.read(&mut buf).context("reading from the tap")?;
+            let n = self.file.read(&mut buf).context("reading a frame")?;
             if want(&buf[..n]) {
                 return Ok(Some(buf[..n].to_vec()));
             }
         }
     }
+}
+
+/// The MAC address of an interface of a namespace.
+pub fn mac_of(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let link = ns.ip(&["-j", "link", "show", iface])?;
+    let link: Value = serde_json::from_slice(&link.stdout)?;
+    parse_mac(link[0]["address"].as_str().unwrap_or_default())
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {

@@ -118,3 +118,85 @@ fn a_port_whose_interface_went_away_can_be_attached_anew() -> Result<()> {
     assert!(out.contains("detached 1 port"), "{out}");
     Ok(())
 }
+
+#[test]
+fn port_security_input_is_checked_before_anything_is_written() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    let netns = port.host.name();
+    pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
+    let set = |args: &[&str]| {
+        let mut all = vec!["--netns", netns, "port-security", PORT];
+        all.extend_from_slice(args);
+        pins.sg_ctl(&all)
+    };
+    for (args, names) in [
+        (&["--mac", "52:54:00:12:34"][..], "six hex bytes"),
+        (
+            &["--mac", "01:00:5e:00:00:01"],
+            "mac: 01:00:5e:00:00:01 is not a unicast address",
+        ),
+        (
+            &["--mac", "52:54:00:12:34:56", "--ip", "198.18.0.256"],
+            "198.18.0.256",
+        ),
+        (
+            &[
+                "--mac",
+                "52:54:00:12:34:56",
+                "--allowed-pair",
+                "198.18.0.1/24",
+            ],
+            "did you mean 198.18.0.0/24",
+        ),
+        (
+            &[
+                "--mac",
+                "52:54:00:12:34:56",
+                "--allowed-pair",
+                "198.18.0.9,52:54",
+            ],
+            "six hex bytes",
+        ),
+        (
+            &["--off", "--mac", "52:54:00:12:34:56"],
+            "cannot be used with",
+        ),
+        (&[], "--mac"),
+    ] {
+        let out = set(args)?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+    }
+    let security = &ports(&pins)?[0]["port_security"];
+    assert_eq!(security["enabled"], false, "nothing written: {security}");
+
+    let out = pins.sg_ctl(&["--netns", netns, "port-security", "eth9", "--off"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = pins.sg_ctl(&["--netns", netns, "stats", "eth9"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    let out = set(&[
+        "--mac",
+        "52:54:00:12:34:56",
+        "--ip",
+        "198.18.0.2",
+        "--allow-vlan",
+    ])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = pins.sg_ctl_ok(&["--netns", netns, "status"])?;
+    assert!(
+        status.contains("port security: on, macs 52:54:00:12:34:56, allows vlan tags"),
+        "{status}"
+    );
+    assert!(
+        status.contains("owns 198.18.0.2/32 with 52:54:00:12:34:56"),
+        "{status}"
+    );
+    assert!(
+        status.contains("owns fe80::5054:ff:fe12:3456/128"),
+        "{status}"
+    );
+    Ok(())
+}

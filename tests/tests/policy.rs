@@ -288,7 +288,8 @@ impl Datapath {
             src: case.packet.src,
             dst: case.packet.dst,
             transport: case.transport,
-            payload_len: 8,
+            // Room for the target of a neighbour solicitation or advertisement.
+            payload_len: 16,
         }
         .frame()
         .unwrap();

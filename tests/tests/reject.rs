@@ -356,7 +356,9 @@ fn neighbour_discovery_passes_whatever_the_rules() {
     let port = Port(port);
     for direction in Direction::ALL {
         for type_ in [133, 134, 135, 136, 143] {
-            let nd = packet(direction, true, Transport::Icmp { type_, code: 0 });
+            let mut nd = packet(direction, true, Transport::Icmp { type_, code: 0 });
+            // A solicitation or advertisement carries its target.
+            nd.payload_len = 16;
             let (forward, _) = port.run(direction, &nd, Outcome::PassNeighbourDiscovery);
             assert_eq!(forward, Forward::Pass, "{direction:?} ICMPv6 type {type_}");
         }
@@ -474,8 +476,8 @@ fn a_guest_behind_a_tap_gets_its_reset() -> Result<()> {
             transport: tcp(25, TcpFlags::SYN),
             payload_len: 0,
         };
-        tap.send(&syn.frame()?)?;
-        let reset = tap.receive(WAIT, |frame| {
+        tap.guest.send(&syn.frame()?)?;
+        let reset = tap.guest.receive(WAIT, |frame| {
             let l4 = frame.len().saturating_sub(20);
             frame.len() >= 54 && frame[l4 + 13] == 0x14
         })?;

@@ -173,7 +173,8 @@ fn guest_exchanges(tap: &mut TapPort) -> Result<Vec<(&'static str, bool)>> {
             ),
         ];
         for (want, transport) in probes {
-            tap.send(&guest_packet(tap, to, transport).frame()?)?;
+            let frame = guest_packet(tap, to, transport).frame()?;
+            tap.guest.send(&frame)?;
             if want == "udp" {
                 // The host's socket answers what it received.
                 let mut buf = [0u8; 64];
@@ -181,7 +182,9 @@ fn guest_exchanges(tap: &mut TapPort) -> Result<Vec<(&'static str, bool)>> {
                     udp.send_to(b"answer", from)?;
                 }
             }
-            let got = tap.receive(WAIT, |frame| answer(frame) == Some(want))?;
+            let got = tap
+                .guest
+                .receive(WAIT, |frame| answer(frame) == Some(want))?;
             results.push((want, got.is_some()));
         }
     }

@@ -42,7 +42,9 @@ use sg_common::{
 use crate::netns;
 
 mod policy;
+pub mod port_security;
 pub use policy::PolicyMaps;
+pub use port_security::{PortSecurity, PortSecurityStatus};
 
 /// The compiled eBPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT"));
@@ -105,6 +107,8 @@ pub enum DatapathError {
         "the {direction:?} program returned {code}, which sg does not use; is the object out of date? Rebuild with `cargo xtask build`"
     )]
     UnexpectedReturn { direction: Direction, code: u32 },
+    #[error("invalid port security: {0}")]
+    InvalidPortSecurity(crate::model::FieldError),
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
 }
@@ -361,6 +365,26 @@ impl Maps {
         Ok(sum_cpus(&values))
     }
 
+    /// A slot's non-zero counters.
+    fn counter_rows(&self, slot: u32) -> Result<Vec<CounterRow>> {
+        let mut rows = Vec::new();
+        for direction in Direction::ALL {
+            for outcome in Outcome::ALL {
+                let c = self.counter(slot, direction, outcome)?;
+                if c.packets > 0 {
+                    rows.push(CounterRow {
+                        direction: direction.name(),
+                        outcome: outcome.name(),
+                        drop: outcome.is_drop(),
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    }
+
     fn reset_counters(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Kernel {
             what: what.to_string(),
@@ -474,8 +498,7 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .expect("the object has the XDP program")
         .try_into()
         .context(|| "the XDP program has another type".to_string())?;
-    program
-        .load()
+    verify(|| program.load())
         .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
     Ok(program)
 }
@@ -488,10 +511,29 @@ pub fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedCla
         .expect("the object has the TC programs")
         .try_into()
         .context(|| format!("the program {name} has another type"))?;
-    program
-        .load()
+    verify(|| program.load())
         .context(|| format!("the kernel's verifier rejected the program {name}"))?;
     Ok(program)
+}
+
+/// Loads a program. The verifier gives up with EAGAIN when a signal
+/// arrives while it works, which a long verification makes likely; like
+/// libbpf, load again a few times.
+fn verify(
+    mut load: impl FnMut() -> std::result::Result<(), ProgramError>,
+) -> std::result::Result<(), ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What a program did with a frame.
@@ -867,6 +909,7 @@ fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
         maps.unblock(slot, prefix)?;
     }
     PolicyMaps::open(pins)?.clear(slot)?;
+    port_security::install(pins, slot, &PortSecurity::OFF)?;
     maps.reset_counters(slot)?;
     maps.set_port(slot, &PortConfig::EMPTY)?;
 
@@ -902,10 +945,7 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 pub fn detach(pins: &Pins, iface: &str) -> Result<()> {
     require_root("detaching a filter")?;
     let netns = netns::current()?;
-    let not_attached = || DatapathError::NotAttached {
-        name: iface.to_string(),
-        netns: netns::describe(netns),
-    };
+    let not_attached = || not_attached(iface, netns);
     let _lock = pins.lock()?;
     let maps = Maps::open(pins)?.ok_or_else(not_attached)?;
     let (slot, _) = maps.find(netns, iface)?.ok_or_else(not_attached)?;
@@ -940,6 +980,7 @@ pub struct PortStatus {
     /// removed with the interface.
     pub state: &'static str,
     pub blocked: Vec<IpNet>,
+    pub port_security: PortSecurityStatus,
     pub counters: Vec<CounterRow>,
 }
 
@@ -953,12 +994,60 @@ pub struct CounterRow {
     pub bytes: u64,
 }
 
+/// One port's counters as `stats` shows them.
+#[derive(Debug, Serialize)]
+pub struct PortStats {
+    pub slot: u32,
+    pub interface: String,
+    pub netns: String,
+    pub counters: Vec<CounterRow>,
+}
+
+/// The non-zero counters of every port, or of the port of `iface` in the
+/// calling thread's namespace.
+pub fn stats(pins: &Pins, iface: Option<&str>) -> Result<Vec<PortStats>> {
+    require_root("reading the filter's counters")?;
+    let netns = netns::current()?;
+    let Some(maps) = Maps::open(pins)? else {
+        return match iface {
+            Some(iface) => Err(not_attached(iface, netns)),
+            None => Ok(Vec::new()),
+        };
+    };
+    let ports = match iface {
+        Some(iface) => vec![
+            maps.find(netns, iface)?
+                .ok_or_else(|| not_attached(iface, netns))?,
+        ],
+        None => maps.ports()?,
+    };
+    ports
+        .into_iter()
+        .map(|(slot, config)| {
+            Ok(PortStats {
+                slot,
+                interface: ifname_of(&config),
+                netns: netns::describe(config.netns),
+                counters: maps.counter_rows(slot)?,
+            })
+        })
+        .collect()
+}
+
+fn not_attached(iface: &str, netns: u64) -> DatapathError {
+    DatapathError::NotAttached {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    }
+}
+
 /// Every attached port with its blocked prefixes and non-zero counters.
 pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
     require_root("reading the filter's maps")?;
     let Some(maps) = Maps::open(pins)? else {
         return Ok(Vec::new());
     };
+    let security = port_security::PortSecurityMaps::open(pins)?;
     let mut out = Vec::new();
     for (slot, config) in maps.ports()? {
         let state = match (config.is_active(), links_exist(pins, slot, &config)) {
@@ -966,21 +1055,6 @@ pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
             (true, _) => "interface-gone",
             (false, _) => "attaching",
         };
-        let mut counters = Vec::new();
-        for direction in Direction::ALL {
-            for outcome in Outcome::ALL {
-                let c = maps.counter(slot, direction, outcome)?;
-                if c.packets > 0 {
-                    counters.push(CounterRow {
-                        direction: direction.name(),
-                        outcome: outcome.name(),
-                        drop: outcome.is_drop(),
-                        packets: c.packets,
-                        bytes: c.bytes,
-                    });
-                }
-            }
-        }
         out.push(PortStatus {
             slot,
             interface: ifname_of(&config),
@@ -989,7 +1063,8 @@ pub fn status(pins: &Pins) -> Result<Vec<PortStatus>> {
             xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
             state,
             blocked: maps.blocked(slot)?,
-            counters,
+            port_security: security.read(slot)?,
+            counters: maps.counter_rows(slot)?,
         });
     }
     Ok(out)
@@ -1062,10 +1137,7 @@ fn link_ifindex(path: &Path) -> Option<u32> {
 fn port_of(pins: &Pins, iface: &str) -> Result<(Maps, u32)> {
     require_root("changing the filter's maps")?;
     let netns = netns::current()?;
-    let not_attached = || DatapathError::NotAttached {
-        name: iface.to_string(),
-        netns: netns::describe(netns),
-    };
+    let not_attached = || not_attached(iface, netns);
     let maps = Maps::open(pins)?.ok_or_else(not_attached)?;
     let (slot, _) = maps.find(netns, iface)?.ok_or_else(not_attached)?;
     Ok((maps, slot))
@@ -1099,6 +1171,14 @@ pub fn unblock(pins: &Pins, iface: &str, prefixes: &[IpNet]) -> Result<Vec<IpNet
         }
     }
     Ok(missing)
+}
+
+/// Sets the port security of the port of `iface` (see
+/// `port_security::install`).
+pub fn set_port_security(pins: &Pins, iface: &str, security: &PortSecurity) -> Result<()> {
+    let _lock = pins.lock()?;
+    let (_, slot) = port_of(pins, iface)?;
+    port_security::install(pins, slot, security)
 }
 
 /// A prefix as users write it: `198.18.0.0/15`, `2001:db8::/32`, or a bare

@@ -23,4 +23,4 @@ pub use rule::{
     Action, DEFAULT_PRIORITY, Direction, EtherType, IcmpMatch, MAX_DESCRIPTION, PRIORITIES,
     PortRange, PortSpec, Remote, Rule,
 };
-pub use syntax::{check_name, parse_cidr, parse_cidrs};
+pub use syntax::{check_cidr, check_name, parse_cidr, parse_cidrs};

@@ -19,7 +19,7 @@ pub const SMTP_BLOCK_GROUP: &str = "_smtp-block";
 pub const SMTP_PORT: u16 = 25;
 
 /// An Ethernet address, written `52:54:00:12:34:56` (or with `-`).
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {

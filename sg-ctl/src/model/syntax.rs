@@ -73,7 +73,7 @@ pub fn parse_cidrs(field: &'static str, text: &str) -> Result<Vec<IpNet>, FieldE
 }
 
 /// Refuses a CIDR whose address has bits set beyond its prefix.
-pub(super) fn check_cidr(net: &IpNet) -> Result<(), String> {
+pub fn check_cidr(net: &IpNet) -> Result<(), String> {
     if net.addr() == net.network() {
         return Ok(());
     }

@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: the cost per packet of sg's policy as the rule
-//! count grows, measured with BPF_PROG_TEST_RUN on the real programs, and
-//! the kernel memory of the compiled policy. Every number is from this run.
+//! `cargo xtask bench`: the cost per packet of port security and of sg's
+//! policy as the rule count grows, measured with BPF_PROG_TEST_RUN on the
+//! real programs, and the kernel memory of the compiled policy. Every
+//! number is from this run.
 
 use std::{
     fs,
@@ -15,7 +16,10 @@ use ipnet::IpNet;
 use sg_common::{Direction as Dir, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{Pins, TestRun},
+    datapath::{
+        Pins, TestRun,
+        port_security::{self, PortSecurity},
+    },
     frame::{Packet, TcpFlags, Transport},
     model::{
         Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
@@ -134,13 +138,82 @@ fn syn(from: IpAddr, port: u16) -> Result<Vec<u8>> {
     Ok(packet.frame()?)
 }
 
-/// The best of a few rounds of the kernel's mean time per run.
-fn ns_per_packet(run: &TestRun, frame: &[u8]) -> Result<f64> {
+/// The best of a few rounds of the kernel's mean time per run of the
+/// program of `direction`.
+fn ns_per_packet(run: &TestRun, direction: Dir, frame: &[u8]) -> Result<f64> {
     let mut best = Duration::MAX;
     for _ in 0..ROUNDS {
-        best = best.min(run.run_repeated(Dir::Ingress, frame, REPEAT)?.1);
+        best = best.min(run.run_repeated(direction, frame, REPEAT)?.1);
     }
     Ok(best.as_nanos() as f64)
+}
+
+const WORKLOAD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+/// Frames of the workload with port security's work on them: its own
+/// traffic both ways, and a neighbour advertisement (two owned lookups).
+fn port_security_frames() -> Result<Vec<(&'static str, Dir, Vec<u8>)>> {
+    let peer = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    let peer6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    let from = |src: IpAddr, dst: IpAddr| {
+        let mut packet = Packet::udp(src, dst, 40000, 53);
+        packet.src_mac = WORKLOAD_MAC;
+        packet
+    };
+    let mut advert = from(IpAddr::V6(OWN6), peer6);
+    advert.transport = Transport::NeighbourDiscovery {
+        type_: 136,
+        target: OWN6,
+    };
+    let mut toward = from(peer, IpAddr::V4(OWN));
+    (toward.src_mac, toward.dst_mac) = (toward.dst_mac, WORKLOAD_MAC);
+    Ok(vec![
+        (
+            "from the workload, IPv4 UDP",
+            Dir::Egress,
+            from(IpAddr::V4(OWN), peer).frame()?,
+        ),
+        (
+            "from the workload, IPv6 UDP",
+            Dir::Egress,
+            from(IpAddr::V6(OWN6), peer6).frame()?,
+        ),
+        (
+            "from the workload, neighbour advert",
+            Dir::Egress,
+            advert.frame()?,
+        ),
+        (
+            "toward the workload, IPv4 UDP",
+            Dir::Ingress,
+            toward.frame()?,
+        ),
+    ])
+}
+
+/// Prints what port security costs per packet: off, then on.
+fn port_security_cost(port: &TestPort) -> Result<()> {
+    let frames = port_security_frames()?;
+    let off = frames
+        .iter()
+        .map(|(_, direction, frame)| ns_per_packet(&port.run, *direction, frame))
+        .collect::<Result<Vec<_>>>()?;
+    let security = PortSecurity {
+        enabled: true,
+        mac: MacAddr(WORKLOAD_MAC),
+        ips: vec![IpAddr::V4(OWN), IpAddr::V6(OWN6)],
+        ..PortSecurity::OFF
+    };
+    port_security::install(port.pins(), SLOT, &security)?;
+    println!("port security cost per packet (XDP from the workload, TC toward it)");
+    println!("{:<36} {:>9} {:>9}", "", "off", "on");
+    for ((what, direction, frame), off) in frames.iter().zip(off) {
+        let on = ns_per_packet(&port.run, *direction, frame)?;
+        println!("{what:<36} {off:>6.1} ns {on:>6.1} ns");
+    }
+    port_security::install(port.pins(), SLOT, &PortSecurity::OFF)?;
+    println!();
+    Ok(())
 }
 
 /// Kernel memory of a pinned map, from its fdinfo.
@@ -156,7 +229,8 @@ fn memlock(pins: &Pins, name: &str) -> Result<u64> {
 
 fn main() -> Result<()> {
     let mut port = TestPort::new(SLOT)?;
-    let no_policy = ns_per_packet(&port.run, &Shape::Hosts.unmatched()?)?;
+    port_security_cost(&port)?;
+    let no_policy = ns_per_packet(&port.run, Dir::Ingress, &Shape::Hosts.unmatched()?)?;
     println!(
         "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"
     );
@@ -203,8 +277,8 @@ fn run(port: &mut TestPort, shape: Shape) -> Result<()> {
         .iter()
         .map(|name| memlock(port.pins(), name))
         .sum::<Result<u64>>()?;
-        let last = ns_per_packet(&port.run, &shape.last(n)?)?;
-        let none = ns_per_packet(&port.run, &unmatched)?;
+        let last = ns_per_packet(&port.run, Dir::Ingress, &shape.last(n)?)?;
+        let none = ns_per_packet(&port.run, Dir::Ingress, &unmatched)?;
         let (base_last, base_none) = *base.get_or_insert((last, none));
         println!(
             "{n:>7} {:>9.1}ms {:>12} {:>7.1}MB {:>9.1} ns {:>8.2}× {:>7.1} ns {:>8.2}×",
