@@ -9,9 +9,9 @@ use sg_common::{Direction, Outcome, TraceRecord, candidate};
 
 use crate::{
     compile::counter_ids,
-    datapath::{self, Forward, Pins, Result, TestRun},
+    datapath::{self, Forward, Pins, Result, TestRun, port_security::PortSecurityMaps},
     frame::Packet,
-    model::{Policy, Rule},
+    model::{MacAddr, Policy, Rule},
 };
 
 /// What the programs did with the packet.
@@ -51,6 +51,16 @@ pub fn trace(
     policy: Option<(&Policy, &str)>,
 ) -> Result<Trace> {
     let slot = datapath::slot_of(pins, iface)?;
+    // The workload's side of the frame carries the port's own MAC, as its
+    // real traffic does, so that port security lets it by as it would.
+    let mut packet = packet.clone();
+    let security = PortSecurityMaps::open(pins)?.read(slot)?;
+    if let Some(&MacAddr(mac)) = security.macs.first() {
+        match direction {
+            Direction::Egress => packet.src_mac = mac,
+            Direction::Ingress => packet.dst_mac = mac,
+        }
+    }
     let frame = packet.frame().map_err(|e| datapath::DatapathError::Frame {
         reason: e.to_string(),
     })?;

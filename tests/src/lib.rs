@@ -195,8 +195,9 @@ pub fn addr(s: &str) -> IpAddr {
     s.parse().expect("a valid test address")
 }
 
-/// A workload behind a veth pair: `workload` holds `eth0`, `host` holds the
-/// port `port0`, with HOST_* and WORKLOAD_* addresses on them.
+/// A workload behind a veth pair: `workload` holds `eth0` (MAC
+/// `GUEST_MAC`), `host` holds the port `port0`, with HOST_* and WORKLOAD_*
+/// addresses on them.
 pub struct VethPort {
     pub host: Netns,
     pub workload: Netns,
@@ -207,6 +208,9 @@ impl VethPort {
         let host = Netns::new()?;
         let workload = Netns::new()?;
         host.add_veth(PORT, &workload)?;
+        // The workload's MAC is known, as a hypervisor's is: a port with
+        // port security names it.
+        workload.ip(&["link", "set", "eth0", "address", &guest_mac()])?;
         for (ns, dev, v4, v6) in [
             (&host, PORT, HOST_V4, HOST_V6),
             (&workload, "eth0", WORKLOAD_V4, WORKLOAD_V6),
@@ -238,6 +242,15 @@ pub struct TapPort {
 
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
 
+/// `GUEST_MAC` as `ip` and policy files write it.
+pub fn guest_mac() -> String {
+    GUEST_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
 
 impl TapPort {
@@ -259,11 +272,7 @@ impl TapPort {
             unsafe { tun_set_iff(file.as_raw_fd(), &req) }.context("creating the tap")?;
             Ok(file)
         })?;
-        let mac = GUEST_MAC
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let mac = guest_mac();
         host.add_addr(PORT, &format!("{HOST_V4}/24"))?;
         host.add_addr(PORT, &format!("{HOST_V6}/64"))?;
         host.ip(&["link", "set", PORT, "up"])?;

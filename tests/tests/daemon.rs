@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use sg_tests::{
-    HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, require_root,
-    tcp_exchange,
+    HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, guest_mac,
+    require_root, tcp_exchange,
 };
 
 /// The `nobody` user: a local client with neither root nor a token.
@@ -519,7 +519,7 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
         "--iface",
         PORT,
         "--mac",
-        "52:54:00:00:00:02",
+        &guest_mac(),
         "--ip",
         WORKLOAD_V4,
         "--group",
@@ -598,11 +598,12 @@ ports:
   - name: web1
     ifname: {PORT}
     netns: {netns}
-    mac: '52:54:00:00:00:02'
+    mac: '{mac}'
     ips: [{WORKLOAD_V4}]
     groups: [web]
 ",
-            netns = veth.host.name()
+            netns = veth.host.name(),
+            mac = guest_mac(),
         ),
     )?;
     let file = file.to_str().context("a UTF-8 path")?;

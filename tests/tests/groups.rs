@@ -179,5 +179,17 @@ fn a_web_tier_and_a_database_open_only_to_it() -> Result<()> {
         Ok(!lan.tcp("web2", "db", 5432)?)
     })?;
     assert!(lan.tcp("web1", "db", 5432)?, "web1 still reaches db");
+
+    // The ports' records carry their MACs and addresses: port security is
+    // on, and web1 may not send from an address it was not given.
+    let web1 = lan.ns("web1");
+    web1.add_addr("eth0", "198.18.0.99/24")?;
+    let db = db.to_string();
+    let spoofed = web1.exec("ping", &["-c", "1", "-W", "1", "-I", "198.18.0.99", &db])?;
+    assert!(
+        !spoofed.status.success(),
+        "a ping from an address not given"
+    );
+    assert!(d.pins.counter("h-web1", "egress", "drop-spoofed-ipv4")? >= 1);
     Ok(())
 }

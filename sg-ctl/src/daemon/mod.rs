@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compile,
-    datapath::Pins,
+    datapath::{Pins, PortSecurity},
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
     store::{PortPhase, PortState, Role, Settings, State, Store, StoreError, TokenInfo},
 };
@@ -808,6 +808,11 @@ fn check(policy: &Policy, settings: &Settings) -> Result<()> {
                 settings.max_groups_per_port
             )));
         }
+    }
+    for port in &policy.ports {
+        PortSecurity::from_port(port)
+            .compile()
+            .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
     }
     let effective = effective(policy, settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;

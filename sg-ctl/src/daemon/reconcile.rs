@@ -8,7 +8,9 @@
 //! only the ports whose rules name the group, and a restarted daemon adopts
 //! the policies in force instead of reinstalling them (policy ids and rule
 //! counters stay). Interfaces are attached with `datapath::attach`, which
-//! leaves an attached one as it is.
+//! leaves an attached one as it is; the port's security (its MAC, fixed IPs
+//! and allowed address pairs, on unless `port_security: false`) is written
+//! with its policy.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,7 +24,9 @@ use sg_common::NO_POLICY;
 use super::{ApiError, Daemon, Result, effective};
 use crate::{
     compile,
-    datapath::{self, Attached, DatapathError, Pins, PolicyMaps, XdpModeArg},
+    datapath::{
+        self, Attached, DatapathError, Pins, PolicyMaps, PortSecurity, XdpModeArg, port_security,
+    },
     model::{Group, Policy, Port, Remote},
     netns,
     store::{PortPhase, PortState},
@@ -203,6 +207,9 @@ fn install(
     {
         return Ok(done(current));
     }
+    // The port's MAC, addresses and pairs are part of the input: port
+    // security goes in with the policy.
+    port_security::install(pins, slot, &PortSecurity::from_port(port)).map_err(text)?;
     let id = maps.next_policy_id().map_err(text)?;
     let compiled = compile::compile(policy, &port.name, id, counters).map_err(|e| e.to_string())?;
     maps.install(slot, id, &compiled).map_err(text)?;
