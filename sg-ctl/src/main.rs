@@ -524,7 +524,7 @@ fn print_counters(
     for c in counters {
         writeln!(
             out,
-            "  {:<8} {:<22} {:>12} packets {:>14} bytes",
+            "  {:<8} {:<26} {:>12} packets {:>14} bytes",
             c.direction, c.outcome, c.packets, c.bytes
         )?;
     }
