@@ -214,6 +214,12 @@ pub enum PortCommand {
         /// Turn off anti-spoofing for this port.
         #[arg(long)]
         no_port_security: bool,
+        /// Let VLAN-tagged frames leave the workload.
+        #[arg(long)]
+        allow_vlan: bool,
+        /// Let any broadcast and multicast leave the workload.
+        #[arg(long)]
+        allow_multicast: bool,
     },
     /// List the ports with their status.
     List,
@@ -231,6 +237,12 @@ pub enum PortCommand {
         ips: Vec<std::net::IpAddr>,
         #[arg(long)]
         port_security: Option<bool>,
+        /// VLAN-tagged frames may leave the workload.
+        #[arg(long)]
+        allow_vlan: Option<bool>,
+        /// Any broadcast and multicast may leave the workload.
+        #[arg(long)]
+        allow_multicast: Option<bool>,
     },
     /// Delete a port; its interface stops being filtered.
     Delete { name: String },
@@ -480,6 +492,8 @@ impl Session {
                 address_pairs,
                 groups,
                 no_port_security,
+                allow_vlan,
+                allow_multicast,
             } => {
                 let mut port = Port::new(name.as_str(), iface.as_str(), *mac);
                 port.ips = ips.clone();
@@ -491,6 +505,8 @@ impl Session {
                     port.groups = groups.clone();
                 }
                 port.port_security = !no_port_security;
+                port.allow_vlan = *allow_vlan;
+                port.allow_multicast = *allow_multicast;
                 port.netns = self.netns.clone();
                 let view: PortView = self
                     .client
@@ -515,6 +531,8 @@ impl Session {
                 mac,
                 ips,
                 port_security,
+                allow_vlan,
+                allow_multicast,
             } => {
                 let view: PortView = self.get(&port_path(name)).await?;
                 let mut port = view.spec;
@@ -527,8 +545,14 @@ impl Session {
                 if !ips.is_empty() {
                     port.ips = ips.clone();
                 }
-                if let Some(on) = port_security {
-                    port.port_security = *on;
+                for (field, value) in [
+                    (&mut port.port_security, port_security),
+                    (&mut port.allow_vlan, allow_vlan),
+                    (&mut port.allow_multicast, allow_multicast),
+                ] {
+                    if let Some(on) = value {
+                        *field = *on;
+                    }
                 }
                 if self.netns.is_some() {
                     port.netns = self.netns.clone();

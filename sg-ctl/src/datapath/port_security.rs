@@ -50,16 +50,15 @@ impl PortSecurity {
     };
 
     /// The port security of a port of the model: its MAC, fixed IPs,
-    /// allowed address pairs and on/off switch; no VLAN tags and no
-    /// multicast beyond what ARP, DHCP and neighbour discovery need.
+    /// allowed address pairs and switches.
     pub fn from_port(port: &Port) -> PortSecurity {
         PortSecurity {
             enabled: port.port_security,
             mac: port.mac,
             ips: port.ips.clone(),
             allowed_address_pairs: port.allowed_address_pairs.clone(),
-            allow_vlan: false,
-            allow_multicast: false,
+            allow_vlan: port.allow_vlan,
+            allow_multicast: port.allow_multicast,
         }
     }
 
@@ -434,6 +433,10 @@ mod tests {
         assert_eq!(security.mac, port.mac);
         assert_eq!(security.ips, port.ips);
         assert_eq!(security.allowed_address_pairs, port.allowed_address_pairs);
+        assert!(!security.allow_vlan && !security.allow_multicast);
+        (port.allow_vlan, port.allow_multicast) = (true, true);
+        let security = PortSecurity::from_port(&port);
+        assert!(security.allow_vlan && security.allow_multicast);
         port.port_security = false;
         assert!(!PortSecurity::from_port(&port).enabled);
     }

@@ -102,6 +102,14 @@ pub struct Port {
     /// Layer-2 and source-address anti-spoofing; on unless turned off.
     #[serde(default = "port_security_default")]
     pub port_security: bool,
+    /// With port security: 802.1Q/802.1ad tagged frames may leave the
+    /// workload (they are dropped otherwise).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_vlan: bool,
+    /// With port security: any broadcast and multicast may leave the
+    /// workload, not only what ARP, DHCP and neighbour discovery need.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_multicast: bool,
     /// The network namespace (a name of `ip netns`) holding `ifname`;
     /// `None` is the control plane's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +118,10 @@ pub struct Port {
 
 fn port_security_default() -> bool {
     true
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// Linux's IFNAMSIZ less the terminating NUL.
@@ -128,6 +140,8 @@ impl Port {
             allowed_address_pairs: Vec::new(),
             groups: vec![super::DEFAULT_GROUP.into()],
             port_security: true,
+            allow_vlan: false,
+            allow_multicast: false,
             netns: None,
         }
     }
