@@ -631,6 +631,25 @@ pub fn ones_complement_sum(bytes: &[u8]) -> u16 {
     sum as u16
 }
 
+/// A valid policy of `groups` (their JSON, as policy files write them) and
+/// one port `vm`: interface `PORT`, MAC `GUEST_MAC`, the WORKLOAD_*
+/// addresses, the named groups attached in order.
+pub fn vm_policy(groups: Value, attached: &[&str]) -> Policy {
+    let policy: Policy = serde_json::from_value(serde_json::json!({
+        "groups": groups,
+        "ports": [{
+            "name": "vm",
+            "ifname": PORT,
+            "mac": guest_mac(),
+            "ips": [WORKLOAD_V4, WORKLOAD_V6],
+            "groups": attached,
+        }],
+    }))
+    .expect("a well-formed policy");
+    policy.validate().expect("a valid policy");
+    policy
+}
+
 /// Counter ids of a policy's rules, by group name and rule position.
 pub type RuleIds = HashMap<(String, usize), u32>;
 

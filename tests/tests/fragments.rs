@@ -12,7 +12,7 @@ use sg_common::{Direction, Outcome};
 use sg_ctl::{datapath::Forward, frame::Packet, model::Policy};
 use sg_tests::{
     HOST_V4, HOST_V6, PORT, RuleIds, TestPins, TestPort, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    fragments, require_root,
+    fragments, require_root, vm_policy,
 };
 
 const SLOT: u32 = 5;
@@ -21,26 +21,17 @@ const PEER_V6: &str = "2001:db8:1::1";
 
 /// UDP 5000 in allowed, 6000 dropped by a rule, the rest by default.
 fn policy() -> Policy {
-    let policy: Policy = serde_json::from_value(json!({
-        "groups": [{
+    vm_policy(
+        json!([{
             "name": "udp",
             "rules": [
                 {"direction": "ingress", "protocol": "udp", "ports": "5000"},
                 {"direction": "ingress", "protocol": "udp", "ports": "6000", "action": "drop"},
                 {"direction": "egress"},
             ],
-        }],
-        "ports": [{
-            "name": "vm",
-            "ifname": PORT,
-            "mac": "02:00:00:00:00:02",
-            "ips": [WORKLOAD_V4, WORKLOAD_V6],
-            "groups": ["udp"],
-        }],
-    }))
-    .expect("a well-formed policy");
-    policy.validate().expect("a valid policy");
-    policy
+        }]),
+        &["udp"],
+    )
 }
 
 /// An inbound UDP datagram of 3000 bytes in three fragments.

@@ -33,18 +33,7 @@ impl Lan {
         for &(name, ip) in workloads {
             let ns = Netns::new()?;
             let port = format!("h-{name}");
-            lan.host.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
+            lan.host.add_veth(&port, &ns)?;
             lan.host
                 .ip(&["link", "set", &port, "master", "br0", "up"])?;
             ns.add_addr("eth0", &format!("{ip}/24"))?;

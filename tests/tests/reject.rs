@@ -20,7 +20,7 @@ use sg_ctl::{
 };
 use sg_tests::{
     GUEST_MAC, HOST_V4, HOST_V6, PORT, TapPort, TestPins, TestPort, VethPort, WORKLOAD_V4,
-    WORKLOAD_V6, addr, ones_complement_sum, require_root,
+    WORKLOAD_V6, addr, ones_complement_sum, require_root, vm_policy,
 };
 
 const SLOT: u32 = 3;
@@ -32,8 +32,8 @@ const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 /// Rejects telnet and SNMP coming in and SMTP and syslog going out; allows
 /// the rest, ICMP coming in aside.
 fn policy() -> Policy {
-    let policy: Policy = serde_json::from_value(json!({
-        "groups": [{
+    vm_policy(
+        json!([{
             "name": "edge",
             "rules": [
                 {"direction": "ingress", "protocol": "tcp", "ports": "23", "action": "reject"},
@@ -46,18 +46,9 @@ fn policy() -> Policy {
                  "priority": 10},
                 {"direction": "egress"},
             ],
-        }],
-        "ports": [{
-            "name": "vm",
-            "ifname": PORT,
-            "mac": "02:00:00:00:00:02",
-            "ips": [WORKLOAD_V4, WORKLOAD_V6],
-            "groups": ["edge"],
-        }],
-    }))
-    .expect("a well-formed policy");
-    policy.validate().expect("a valid policy");
-    policy
+        }]),
+        &["edge"],
+    )
 }
 
 struct Port(TestPort);

@@ -10,11 +10,11 @@ use sg_ctl::{
     model::Policy,
     trace::{Trace, trace},
 };
-use sg_tests::{PORT, TestPins, VethPort, WORKLOAD_V4, addr, require_root};
+use sg_tests::{PORT, TestPins, VethPort, WORKLOAD_V4, addr, require_root, vm_policy};
 
 fn policy() -> Policy {
-    let policy: Policy = serde_json::from_value(json!({
-        "groups": [
+    vm_policy(
+        json!([
             {
                 "name": "web",
                 "rules": [
@@ -33,18 +33,9 @@ fn policy() -> Policy {
                     {"direction": "ingress", "remote": "198.18.2.0/24", "action": "drop"},
                 ],
             },
-        ],
-        "ports": [{
-            "name": "vm",
-            "ifname": PORT,
-            "mac": "02:00:00:00:00:02",
-            "ips": [WORKLOAD_V4],
-            "groups": ["web", "ops"],
-        }],
-    }))
-    .expect("a well-formed policy");
-    policy.validate().expect("a valid policy");
-    policy
+        ]),
+        &["web", "ops"],
+    )
 }
 
 fn tcp(from: &str, port: u16) -> Packet {
