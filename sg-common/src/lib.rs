@@ -320,9 +320,11 @@ pub const IPV4_MAPPED_PREFIX_BITS: u32 = 96;
 /// The `::ffff:0:0/96` prefix IPv4 addresses are mapped into.
 #[inline(always)]
 pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
+    // Two 64-bit words, not sixteen bytes: in BPF a run of ten zero bytes
+    // becomes a call to a byte-wise `memset`.
+    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]);
+    // SAFETY: two u64s are sixteen bytes, any of which are valid u8s.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, low]) }
 }
 
 /// Prefixes the owned-address trie can hold, all ports together.

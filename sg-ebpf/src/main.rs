@@ -91,17 +91,69 @@ static SG_VERDICT: HashMap<VerdictKey, u64> =
 
 /// The keys of one packet's policy lookups. In this CPU's slot rather than
 /// on the stack, of which a program has 512 bytes for everything; one
-/// program runs at a time on a CPU, so the slot is the run's.
-#[repr(C)]
+/// program runs at a time on a CPU, so the slot is the run's. 8-aligned, so
+/// that keys are written in words rather than byte by byte.
+///
+/// The padding puts every address on an 8-byte boundary.
+#[repr(C, align(8))]
 struct Keys {
-    local: Key<LocalKey>,
+    _pad_local: u32,
+    local: TrieKey<LocalKey>,
     /// For the exact hash; `remote` holds the same for the trie.
     remote_exact: RemoteKey,
-    remote: Key<RemoteKey>,
+    _pad_remote: u32,
+    remote: TrieKey<RemoteKey>,
     l4_exact: L4Key,
-    l4: Key<L4Key>,
+    l4: TrieKey<L4Key>,
     pair: VerdictKey,
     fragment: FragmentKey,
+}
+
+/// Copies an address as two 8-byte loads and stores. Copied as an array,
+/// between two map values it cannot tell apart, the compiler makes it a
+/// call to a byte-wise `memmove`; volatile accesses it leaves as they are.
+/// Both ends are 8-aligned: the addresses lead `IpPacket`, and `Keys` pads
+/// its keys so that theirs are (asserted below).
+#[inline(always)]
+fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
+    let to = (to as *mut [u8; 16]).cast::<u64>();
+    let from = (from as *const [u8; 16]).cast::<u64>();
+    // SAFETY: both 8-aligned (see above), 16 bytes each.
+    unsafe {
+        to.write_volatile(from.read_volatile());
+        to.add(1).write_volatile(from.add(1).read_volatile());
+    }
+}
+
+const _: () = {
+    use core::mem::offset_of;
+    let local =
+        offset_of!(Keys, local) + offset_of!(TrieKey<LocalKey>, data) + offset_of!(LocalKey, addr);
+    let remote_exact = offset_of!(Keys, remote_exact) + offset_of!(RemoteKey, addr);
+    let remote = offset_of!(Keys, remote)
+        + offset_of!(TrieKey<RemoteKey>, data)
+        + offset_of!(RemoteKey, addr);
+    assert!(local % 8 == 0 && remote_exact % 8 == 0 && remote % 8 == 0);
+    assert!(offset_of!(IpPacket, src) % 8 == 0 && offset_of!(IpPacket, dst) % 8 == 0);
+};
+
+/// An LPM trie key laid out as `Key`, which is packed: the same bytes (the
+/// keys here are 4-aligned, so nothing pads them), but written in words
+/// rather than byte by byte.
+#[repr(C)]
+struct TrieKey<K> {
+    prefix_len: u32,
+    data: K,
+}
+
+impl<K> TrieKey<K> {
+    #[inline(always)]
+    fn as_key(&self) -> &Key<K> {
+        const { assert!(size_of::<TrieKey<K>>() == size_of::<Key<K>>()) };
+        // SAFETY: the same layout (asserted above), and `Key` is packed, so
+        // any address is aligned for it.
+        unsafe { &*(self as *const Self).cast::<Key<K>>() }
+    }
 }
 
 #[map(name = "SG_KEYS")]
@@ -239,33 +291,29 @@ fn lookup(
     ip: &IpPacket,
 ) -> Result<u64, Outcome> {
     let (local, remote) = match direction {
-        Direction::Egress => (ip.src, ip.dst),
-        Direction::Ingress => (ip.dst, ip.src),
+        Direction::Egress => (&ip.src, &ip.dst),
+        Direction::Ingress => (&ip.dst, &ip.src),
     };
-    keys.local = Key::new(
-        SCOPE_BITS + 128,
-        LocalKey {
-            policy,
-            family: ip.family as u32,
-            addr: local,
-        },
-    );
-    let local_class = SG_LOCAL.get(&keys.local).copied().unwrap_or(0);
+    keys.local.prefix_len = SCOPE_BITS + 128;
+    keys.local.data.policy = policy;
+    keys.local.data.family = ip.family as u32;
+    copy_addr(&mut keys.local.data.addr, local);
+    let local_class = SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0);
     let scope = Scope {
         policy,
         local_class: local_class as u16,
         direction: direction as u8,
         family: ip.family,
     };
-    keys.remote_exact = RemoteKey {
-        scope,
-        addr: remote,
-    };
-    keys.remote = Key::new(SCOPE_BITS + 128, keys.remote_exact);
+    keys.remote_exact.scope = scope;
+    copy_addr(&mut keys.remote_exact.addr, remote);
+    keys.remote.prefix_len = SCOPE_BITS + 128;
+    keys.remote.data.scope = scope;
+    copy_addr(&mut keys.remote.data.addr, remote);
     // SAFETY: a plain read of a hash map value.
     let remote = match unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) } {
         Some(class) => Some(class),
-        None => SG_REMOTE.get(&keys.remote),
+        None => SG_REMOTE.get(keys.remote.as_key()),
     };
     keys.l4_exact = L4Key {
         scope,
@@ -273,11 +321,14 @@ fn lookup(
         _pad: 0,
         value: ip.l4,
     };
-    keys.l4 = Key::new(SCOPE_BITS + 32, keys.l4_exact);
+    keys.l4 = TrieKey {
+        prefix_len: SCOPE_BITS + 32,
+        data: keys.l4_exact,
+    };
     // SAFETY: a plain read of a hash map value.
     let l4 = match unsafe { SG_L4_EXACT.get(&keys.l4_exact) } {
         Some(class) => Some(class),
-        None => SG_L4.get(&keys.l4),
+        None => SG_L4.get(keys.l4.as_key()),
     };
     // Every scope has root entries in both tries; a miss is a policy being
     // removed under this packet.

@@ -18,10 +18,14 @@ use sg_common::{
 
 /// The header fields the filter decides on. IPv4 addresses are mapped
 /// into IPv6 (`::ffff:a.b.c.d`) so that one trie serves both families.
+///
+/// The addresses first, in an 8-aligned struct: the compiler then copies
+/// them in 8-byte words, not byte by byte (BPF has no unaligned access).
+#[repr(C, align(8))]
 pub struct IpPacket {
-    pub family: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    pub family: u8,
     /// The upper-layer protocol, after any IPv6 extension headers.
     pub protocol: u8,
     /// What rules match besides the protocol: the destination port of
