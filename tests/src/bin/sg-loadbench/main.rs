@@ -56,6 +56,9 @@ struct Args {
 struct Plan {
     sizes: &'static [usize],
     window: Duration,
+    /// A rate is the best of this many windows: other work on the CPU
+    /// only ever lowers one.
+    rounds: usize,
     /// The rule count of the iperf3 runs and of the update.
     at: usize,
     iperf_seconds: u32,
@@ -64,12 +67,14 @@ struct Plan {
 const FULL: Plan = Plan {
     sizes: &[0, 10, 1_000, 10_000, 50_000],
     window: Duration::from_secs(1),
+    rounds: 3,
     at: 10_000,
     iperf_seconds: 3,
 };
 const QUICK: Plan = Plan {
     sizes: &[0, 10, 1_000],
     window: Duration::from_millis(50),
+    rounds: 1,
     at: 1_000,
     iperf_seconds: 1,
 };
@@ -90,8 +95,8 @@ fn remote(i: usize) -> Ipv4Addr {
 
 /// The policy of `n` rules: groups of up to 1000 egress rules, rule `i`
 /// allowing (even `i`) or dropping (odd) UDP ports 1000–1015 to its own
-/// remote address; and ahead of them a group that lets iperf3's
-/// connection to the host through.
+/// remote address; and after them a group that lets iperf3's connection
+/// to the host through, so that its packets are decided last.
 fn bench_policy(n: usize) -> Policy {
     let host: IpNet = IpAddr::from(HOST_V4.parse::<Ipv4Addr>().expect("an address")).into();
     let mut base = Group::empty("base").expect("a valid name");
@@ -109,7 +114,7 @@ fn bench_policy(n: usize) -> Policy {
         remote: Remote::Cidrs(vec![host]),
         ..Rule::new(Direction::Ingress)
     });
-    let mut groups = vec![base];
+    let mut groups = Vec::new();
     for i in 0..n {
         if i % RULES_PER_GROUP == 0 {
             let name = format!("bench-{}", i / RULES_PER_GROUP);
@@ -131,6 +136,7 @@ fn bench_policy(n: usize) -> Policy {
         };
         groups.last_mut().expect("a group").rules.push(rule);
     }
+    groups.push(base);
     let mut port = Port::new(BENCH_PORT, PORT, MacAddr([0x02, 0, 0, 0, 0, 2]));
     port.ips = vec![WORKLOAD_V4.parse().expect("an address")];
     port.groups = groups.iter().map(|g| g.name.clone()).collect();
@@ -175,7 +181,7 @@ fn main() -> Result<()> {
         }
     );
     println!("generator: {generator}");
-    let mut report = Report::new(generator, args.quick, plan.window)?;
+    let mut report = Report::new(generator, args.quick, plan.window, plan.rounds)?;
 
     let ceiling_flows = flows(plan.sizes[plan.sizes.len() - 1], Traffic::Pass)
         .context("the largest size passes traffic")?;
@@ -184,7 +190,7 @@ fn main() -> Result<()> {
         (Traffic::Drop, "sg_bench_drop"),
     ] {
         let link = bed.attach_empty(program)?;
-        let rate = bed.rate(ceiling_flows, plan.window, PACKET_LIMIT);
+        let rate = best_rate(&bed, ceiling_flows, plan);
         bed.detach_empty(program, link)?;
         let pps = rate?;
         println!("ceiling, XDP_{traffic:?}: {:.2} Mpps", pps / 1e6);
@@ -233,7 +239,7 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
         let Some(flows) = flows(n, traffic) else {
             continue;
         };
-        let pps = attached.bed().rate(flows, plan.window, PACKET_LIMIT)?;
+        let pps = best_rate(attached.bed(), flows, plan)?;
         println!(
             "{:<28} {n:>6} rules, {traffic:?}: {:>7.3} Mpps ({:.0} ms to install)",
             filter.label(),
@@ -272,6 +278,15 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
         });
     }
     Ok(())
+}
+
+/// The best rate of `plan.rounds` windows.
+fn best_rate(bed: &Testbed, flows: Flows, plan: &Plan) -> Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..plan.rounds {
+        best = best.max(bed.rate(flows, plan.window, PACKET_LIMIT)?);
+    }
+    Ok(best)
 }
 
 /// What sg's reference matcher says of a UDP packet to `to`:`port`.
@@ -315,7 +330,7 @@ fn update(attached: &mut Attached, policy: &Policy) -> Result<Duration> {
     let (to, port) = (remote(0), FIRST_PORT);
     ensure!(attached.bed().probe(to, port, PROBES)? == u64::from(PROBES));
     let mut changed = policy.clone();
-    changed.groups[1].rules[0].action = Action::Drop;
+    changed.groups[0].rules[0].action = Action::Drop;
     let started = Instant::now();
     attached.install(&changed)?;
     while attached.bed().probe(to, port, PROBES)? != 0 {

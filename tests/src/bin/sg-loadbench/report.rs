@@ -40,6 +40,9 @@ pub struct Rate {
     pub traffic: Traffic,
     pub pps: f64,
     pub ns_per_packet: f64,
+    /// `ns_per_packet` less the ceiling's: the filter's own cost, without
+    /// the generator's and the empty program's.
+    pub over_ceiling_ns: f64,
     /// To the empty program's rate for the same traffic.
     pub to_ceiling: f64,
     /// To nftables' rates with the same rules and traffic.
@@ -55,6 +58,7 @@ impl Default for Rate {
             traffic: Traffic::Drop,
             pps: 0.0,
             ns_per_packet: 0.0,
+            over_ceiling_ns: 0.0,
             to_ceiling: 0.0,
             to_nft_rules: None,
             to_nft_sets: None,
@@ -97,6 +101,7 @@ pub struct Report {
     pub generator: String,
     pub quick: bool,
     pub window_ms: u128,
+    pub rounds: usize,
     pub ceilings: Vec<Ceiling>,
     pub rates: Vec<Rate>,
     pub iperf: Vec<Iperf>,
@@ -137,12 +142,13 @@ impl Machine {
 }
 
 impl Report {
-    pub fn new(generator: String, quick: bool, window: Duration) -> Result<Report> {
+    pub fn new(generator: String, quick: bool, window: Duration, rounds: usize) -> Result<Report> {
         Ok(Report {
             machine: Machine::this()?,
             generator,
             quick,
             window_ms: window.as_millis(),
+            rounds,
             ceilings: Vec::new(),
             rates: Vec::new(),
             iperf: Vec::new(),
@@ -182,6 +188,7 @@ impl Report {
             .collect();
         for (rate, (ceiling, rules, sets)) in self.rates.iter_mut().zip(ratios) {
             rate.ns_per_packet = 1e9 / rate.pps;
+            rate.over_ceiling_ns = rate.ns_per_packet - rate.ns_per_packet * ceiling;
             rate.to_ceiling = ceiling;
             rate.to_nft_rules = rules;
             rate.to_nft_sets = sets;
@@ -257,7 +264,8 @@ impl Report {
         let _ = writeln!(
             out,
             "Kernel {}, {} ({} CPUs), {}, {}.\n\nGenerator: {}; 64-byte UDP/IPv4 frames, random \
-             destinations and ports, generator and receiver on CPU {}; {} ms per rate.\n",
+             destinations and ports, generator and receiver on CPU {}; a rate is the best of \
+             {} windows of {} ms.\n",
             m.kernel,
             m.cpu,
             m.cpus,
@@ -265,6 +273,7 @@ impl Report {
             m.iptables,
             self.generator,
             crate::testbed::CPU,
+            self.rounds,
             self.window_ms
         );
         for c in &self.ceilings {
@@ -277,19 +286,20 @@ impl Report {
             );
         }
         out.push_str(
-            "\n| filter | rules | traffic | Mpps | ns/packet | × ceiling | × nft per rule | × nft maps |\n\
-             |---|---:|---|---:|---:|---:|---:|---:|\n",
+            "\n| filter | rules | traffic | Mpps | ns/packet | ns over ceiling | × ceiling | × nft per rule | × nft maps |\n\
+             |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
         );
         let ratio = |v: Option<f64>| v.map_or("".to_string(), |v| format!("{v:.2}"));
         for r in &self.rates {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:?} | {:.3} | {:.1} | {:.2} | {} | {} |",
+                "| {} | {} | {:?} | {:.3} | {:.1} | {:.1} | {:.2} | {} | {} |",
                 r.filter.label(),
                 r.rules,
                 r.traffic,
                 r.pps / 1e6,
                 r.ns_per_packet,
+                r.over_ceiling_ns,
                 r.to_ceiling,
                 ratio(r.to_nft_rules),
                 ratio(r.to_nft_sets)
@@ -334,6 +344,7 @@ impl Report {
         let markdown = self.markdown();
         println!("\n{markdown}");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = &dir.canonicalize()?;
         fs::write(dir.join("loadbench.md"), &markdown)?;
         fs::write(
             dir.join("loadbench.json"),
