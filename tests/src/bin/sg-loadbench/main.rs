@@ -38,7 +38,7 @@ use sg_tests::{HOST_V4, PORT, WORKLOAD_V4};
 use crate::{
     filter::{Attached, BENCH_PORT, Filter},
     report::{Ceiling, Iperf, Memory, Rate, Report, Traffic, Update},
-    testbed::{CPU, Flows, Testbed},
+    testbed::{CPU, Flows, NICE, Testbed},
 };
 
 #[derive(Parser)]
@@ -352,18 +352,14 @@ impl Drop for Reaped {
     }
 }
 
-/// TCP bulk throughput from the workload to the host, iperf3 on `CPU`.
+/// TCP bulk throughput from the workload to the host, iperf3 on `CPU`
+/// at `NICE`.
 fn iperf(bed: &Testbed, seconds: u32) -> Result<f64> {
     let in_ns = |ns: &sg_tests::Netns| {
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            ns.name(),
-            "taskset",
-            "-c",
-            &CPU.to_string(),
-        ]);
+        let (nice, cpu) = (NICE.to_string(), CPU.to_string());
+        cmd.args(["netns", "exec", ns.name(), "nice", "-n", &nice]);
+        cmd.args(["taskset", "-c", &cpu]);
         cmd.arg("iperf3");
         cmd
     };
