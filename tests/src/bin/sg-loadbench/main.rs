@@ -29,8 +29,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use ipnet::IpNet;
 use sg_ctl::model::{
-    Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
-    Remote, Rule,
+    Action, Direction, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec,
+    Protocol, Remote, Rule,
     reference::{self, Packet},
 };
 use sg_tests::{HOST_V4, PORT, WORKLOAD_V4};
@@ -146,6 +146,83 @@ fn bench_policy(n: usize) -> Policy {
     }
 }
 
+fn rule(direction: Direction, protocol: &str, ports: &str, remote: &str) -> Rule {
+    Rule {
+        protocol: protocol.parse().expect("a protocol"),
+        ports: if ports.is_empty() {
+            PortSpec::default()
+        } else {
+            ports.parse().expect("ports")
+        },
+        remote: remote.parse().expect("a remote"),
+        ..Rule::new(direction)
+    }
+}
+
+/// A policy with every form a rule can take: overlapping prefixes, a
+/// priority, reject, protocol lists, ICMP type and code, a remote group,
+/// local addresses, both families.
+fn sample_policy() -> Policy {
+    let mut web = Group::empty("web").expect("a valid name");
+    web.rules = vec![
+        rule(Direction::Egress, "udp", "53", "198.19.0.0/24"),
+        Rule {
+            action: Action::Drop,
+            ..rule(Direction::Egress, "udp", "53", "198.19.0.5")
+        },
+        Rule {
+            priority: 10,
+            action: Action::Reject,
+            ..rule(Direction::Egress, "tcp,udp", "25,465-587", "any")
+        },
+        Rule {
+            icmp: IcmpMatch {
+                type_: Some(8),
+                code: Some(0),
+            },
+            ..rule(Direction::Ingress, "icmp", "", "any")
+        },
+        Rule {
+            icmp: IcmpMatch {
+                type_: Some(128),
+                code: None,
+            },
+            ..rule(Direction::Ingress, "ipv6-icmp", "", "2001:db8::/64")
+        },
+        Rule {
+            remote: Remote::Group("web".into()),
+            local: vec!["198.18.0.2/32".parse().expect("a prefix")],
+            ..rule(Direction::Ingress, "tcp", "22", "any")
+        },
+        rule(Direction::Ingress, "gre", "", "any"),
+        Rule {
+            action: Action::Drop,
+            ..rule(Direction::Egress, "udp", "9", "198.19.1.0/24")
+        },
+        rule(Direction::Egress, "any", "", "any"),
+    ];
+    web.external_members = vec!["198.18.9.0/24".parse().expect("a prefix")];
+    let mut port = Port::new(BENCH_PORT, PORT, MacAddr([2, 0, 0, 0, 0, 2]));
+    port.ips = vec![
+        WORKLOAD_V4.parse().expect("an address"),
+        "2001:db8::2".parse().expect("an address"),
+    ];
+    port.groups = vec!["web".into()];
+    Policy {
+        groups: vec![web],
+        ports: vec![port],
+    }
+}
+
+/// Flows of `sample_policy` that its rules decide differently.
+const SAMPLE_FLOWS: [(Ipv4Addr, u16); 5] = [
+    (Ipv4Addr::new(198, 19, 0, 5), 53),
+    (Ipv4Addr::new(198, 19, 0, 7), 53),
+    (Ipv4Addr::new(198, 19, 1, 1), 25),
+    (Ipv4Addr::new(198, 19, 1, 1), 9),
+    (Ipv4Addr::new(198, 19, 1, 1), 10),
+];
+
 /// The flows that `n` rules pass (`None` at 0: nothing passes) or drop.
 fn flows(n: usize, traffic: Traffic) -> Option<Flows> {
     let (base, stride, count) = match (traffic, n) {
@@ -209,6 +286,10 @@ fn main() -> Result<()> {
 
     for filter in Filter::ALL {
         let mut attached = Attached::new(&mut bed, filter)?;
+        let sample = sample_policy();
+        attached.install(&sample)?;
+        check_verdicts(attached.bed(), &sample, &SAMPLE_FLOWS)
+            .with_context(|| format!("{} with the sample policy", filter.label()))?;
         for &n in plan.sizes {
             measure(&mut attached, plan, n, &mut report)
                 .with_context(|| format!("{} with {n} rules", filter.label()))?;
@@ -227,7 +308,10 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
     let started = Instant::now();
     let installed = attached.install(&policy)?;
     let install = started.elapsed();
-    check_verdicts(attached.bed(), &policy, n)?;
+    // The first allowed and dropped flows, if any, and one no rule matches.
+    let mut probes = vec![(remote(n + 1), FIRST_PORT + PORTS)];
+    probes.extend((0..n.min(2)).map(|i| (remote(i), FIRST_PORT + PORTS - 1)));
+    check_verdicts(attached.bed(), &policy, &probes)?;
     if let (Some(entries), Some(bytes)) = (installed.map_entries, installed.map_bytes) {
         report.memory.push(Memory {
             rules: n,
@@ -301,14 +385,14 @@ fn expected(policy: &Policy, to: Ipv4Addr, port: u16) -> Result<Action> {
     Ok(reference::evaluate(policy, BENCH_PORT, Direction::Egress, &packet)?.action)
 }
 
-/// Real packets through the filter: the first allowed and the first
-/// dropped flow (when the policy has them) and one no rule matches must
-/// fare as the reference matcher says.
-fn check_verdicts(bed: &Testbed, policy: &Policy, n: usize) -> Result<()> {
-    let mut flows = vec![(remote(n + 1), FIRST_PORT + PORTS)];
-    flows.extend((0..n.min(2)).map(|i| (remote(i), FIRST_PORT + PORTS - 1)));
-    for (to, port) in flows {
-        let want = expected(policy, to, port)?;
+/// Real packets through the filter: each flow must pass or not as the
+/// reference matcher says (a rejected one does not pass).
+fn check_verdicts(bed: &Testbed, policy: &Policy, flows: &[(Ipv4Addr, u16)]) -> Result<()> {
+    for &(to, port) in flows {
+        let want = match expected(policy, to, port)? {
+            Action::Reject => Action::Drop,
+            action => action,
+        };
         let passed = bed.probe(to, port, PROBES)?;
         let got = match passed {
             0 => Action::Drop,

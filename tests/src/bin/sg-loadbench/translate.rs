@@ -618,74 +618,10 @@ fn multiport_groups(ports: &[PortRange]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use sg_ctl::model::{Group, IcmpMatch, MacAddr, Port, PortSpec};
     use sg_tests::{Netns, require_root};
 
     use super::*;
-
-    fn rule(direction: Direction, protocol: &str, ports: &str, remote: &str) -> Rule {
-        Rule {
-            protocol: protocol.parse().unwrap(),
-            ports: if ports.is_empty() {
-                PortSpec::default()
-            } else {
-                ports.parse().unwrap()
-            },
-            remote: remote.parse().unwrap(),
-            ..Rule::new(direction)
-        }
-    }
-
-    /// A policy with every form a rule can take.
-    fn every_form() -> Policy {
-        let mut web = Group::empty("web").unwrap();
-        web.rules = vec![
-            rule(Direction::Egress, "udp", "53", "198.19.0.0/24"),
-            Rule {
-                action: Action::Drop,
-                ..rule(Direction::Egress, "udp", "53", "198.19.0.5")
-            },
-            Rule {
-                priority: 10,
-                action: Action::Reject,
-                ..rule(Direction::Egress, "tcp,udp", "25,465-587", "any")
-            },
-            Rule {
-                icmp: IcmpMatch {
-                    type_: Some(8),
-                    code: Some(0),
-                },
-                ..rule(Direction::Ingress, "icmp", "", "any")
-            },
-            Rule {
-                icmp: IcmpMatch {
-                    type_: Some(128),
-                    code: None,
-                },
-                ..rule(Direction::Ingress, "ipv6-icmp", "", "2001:db8::/64")
-            },
-            Rule {
-                remote: Remote::Group("web".into()),
-                local: vec!["198.18.0.2/32".parse().unwrap()],
-                ..rule(Direction::Ingress, "tcp", "22", "any")
-            },
-            rule(Direction::Ingress, "gre", "", "any"),
-            rule(Direction::Egress, "any", "", "any"),
-        ];
-        web.external_members = vec!["198.18.9.0/24".parse().unwrap()];
-        let mut port = Port::new("vm", "port0", MacAddr([2, 0, 0, 0, 0, 2]));
-        port.ips = vec![
-            "198.18.0.2".parse().unwrap(),
-            "2001:db8::2".parse().unwrap(),
-        ];
-        port.groups = vec!["web".into()];
-        let policy = Policy {
-            groups: vec![web],
-            ports: vec![port],
-        };
-        policy.validate().unwrap();
-        policy
-    }
+    use crate::filter::BENCH_PORT;
 
     fn chain<'a>(ruleset: &'a str, name: &str) -> Vec<&'a str> {
         let start = ruleset
@@ -701,7 +637,12 @@ mod tests {
 
     #[test]
     fn per_rule_keeps_sg_order_one_rule_per_remote() {
-        let nft = nftables(&every_form(), "vm", "port0", NftStyle::PerRule);
+        let nft = nftables(
+            &crate::sample_policy(),
+            BENCH_PORT,
+            "port0",
+            NftStyle::PerRule,
+        );
         assert_eq!(
             chain(&nft, FROM_PORT),
             [
@@ -710,6 +651,7 @@ mod tests {
                 "meta l4proto { 6, 17 } th dport { 25, 465-587 } jump sg-reject",
                 "ip daddr 198.19.0.0/24 meta l4proto 17 th dport { 53 } accept",
                 "ip daddr 198.19.0.5/32 meta l4proto 17 th dport { 53 } drop",
+                "ip daddr 198.19.1.0/24 meta l4proto 17 th dport { 9 } drop",
                 "accept",
                 "drop",
             ]
@@ -732,7 +674,7 @@ mod tests {
 
     #[test]
     fn maps_split_where_a_later_entry_overlaps_an_earlier_one() {
-        let nft = nftables(&every_form(), "vm", "port0", NftStyle::Sets);
+        let nft = nftables(&crate::sample_policy(), BENCH_PORT, "port0", NftStyle::Sets);
         // 198.19.0.5 is inside 198.19.0.0/24: the /24 must decide first,
         // so the /32 goes to a map of its own after it.
         assert_eq!(
@@ -747,12 +689,13 @@ mod tests {
         );
         assert!(nft.contains("6 . 465-587 : jump sg-reject"), "{nft}");
         assert!(nft.contains("198.19.0.0/24 . 17 . 53 : accept\n"), "{nft}");
-        assert!(nft.contains("198.19.0.5/32 . 17 . 53 : drop\n"), "{nft}");
+        assert!(nft.contains("198.19.0.5/32 . 17 . 53 : drop,\n"), "{nft}");
+        assert!(nft.contains("198.19.1.0/24 . 17 . 9 : drop\n"), "{nft}");
     }
 
     #[test]
     fn iptables_splits_protocols_and_families() {
-        let v4 = iptables(&every_form(), "vm", "port0", false);
+        let v4 = iptables(&crate::sample_policy(), BENCH_PORT, "port0", false);
         assert!(
             v4.contains("-A sg-from-port -p 6 -m multiport --dports 25,465:587 -j sg-reject\n")
         );
@@ -761,7 +704,7 @@ mod tests {
         );
         assert!(v4.contains("-A sg-to-port -p icmp --icmp-type 8/0 -j ACCEPT\n"));
         assert!(!v4.contains("2001:db8"));
-        let v6 = iptables(&every_form(), "vm", "port0", true);
+        let v6 = iptables(&crate::sample_policy(), BENCH_PORT, "port0", true);
         assert!(
             v6.contains(
                 "-A sg-to-port -s 2001:db8::/64 -p ipv6-icmp --icmpv6-type 128 -j ACCEPT\n"
@@ -776,13 +719,13 @@ mod tests {
         require_root!();
         let ns = Netns::new().unwrap();
         ns.ip(&["link", "add", "port0", "type", "veth"]).unwrap();
-        for (policy, port) in [(every_form(), "vm"), (crate::bench_policy(50), "bench")] {
+        for policy in [crate::sample_policy(), crate::bench_policy(50)] {
             for style in [NftStyle::PerRule, NftStyle::Sets] {
-                let ruleset = nftables(&policy, port, "port0", style);
+                let ruleset = nftables(&policy, BENCH_PORT, "port0", style);
                 crate::filter::feed(&ns, "nft", &["-c", "-f", "-"], &ruleset).unwrap();
             }
             for (tool, v6) in [("iptables-restore", false), ("ip6tables-restore", true)] {
-                let rules = iptables(&policy, port, "port0", v6);
+                let rules = iptables(&policy, BENCH_PORT, "port0", v6);
                 crate::filter::feed(&ns, tool, &["--test"], &rules).unwrap();
             }
         }
