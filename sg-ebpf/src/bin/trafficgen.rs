@@ -3,7 +3,7 @@
 //! as xdp-trafficgen does it, and the empty programs that give the ceiling.
 //!
 //! The generator is handed one UDP/IPv4 frame; on every run it rewrites the
-//! destination address, the source and destination ports from
+//! source and destination addresses and ports from
 //! `bpf_get_prandom_u32` within the ranges the loader set, fixes the IPv4
 //! header checksum, and sends the frame out of the interface of the run's
 //! context (`XDP_TX`), so many rules and many flows see traffic.
@@ -15,6 +15,11 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
 };
 
+/// Source `SRC_BASE + i` for a random `i < SRC_COUNT`; set by the loader.
+#[unsafe(no_mangle)]
+static SRC_BASE: u32 = 0;
+#[unsafe(no_mangle)]
+static SRC_COUNT: u32 = 1;
 /// Destination `DST_BASE + DST_STRIDE * k` for a random `k < DST_COUNT`
 /// (addresses as host-order numbers); set by the loader.
 #[unsafe(no_mangle)]
@@ -32,6 +37,7 @@ static DPORT_COUNT: u32 = 1;
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
 const CHECKSUM: usize = ETH_LEN + 10;
+const SRC: usize = ETH_LEN + 12;
 const DST: usize = ETH_LEN + 16;
 const SPORT: usize = ETH_LEN + IPV4_LEN;
 const DPORT: usize = SPORT + 2;
@@ -49,8 +55,8 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
     if start + FRAME_MIN > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    let (count, ports) = (global(&DST_COUNT), global(&DPORT_COUNT));
-    if count == 0 || ports == 0 {
+    let (sources, count, ports) = (global(&SRC_COUNT), global(&DST_COUNT), global(&DPORT_COUNT));
+    if sources == 0 || count == 0 || ports == 0 {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: helper calls without arguments.
@@ -58,9 +64,11 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
     let dst = global(&DST_BASE).wrapping_add(global(&DST_STRIDE).wrapping_mul(first % count));
     let dport = global(&DPORT_BASE).wrapping_add((second >> 16) % ports) as u16;
     let sport = 1024 + (second & 0x7fff) as u16;
+    let src = global(&SRC_BASE).wrapping_add((first >> 16) % sources);
     let frame = start as *mut u8;
     // SAFETY: every write below ends before FRAME_MIN, checked above.
     unsafe {
+        write(frame, SRC, &src.to_be_bytes());
         write(frame, DST, &dst.to_be_bytes());
         write(frame, SPORT, &sport.to_be_bytes());
         write(frame, DPORT, &dport.to_be_bytes());

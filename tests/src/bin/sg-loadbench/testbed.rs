@@ -52,8 +52,14 @@ fn object() -> Result<Vec<u8>> {
     })
 }
 
-/// What the generator sends: UDP to `DST_BASE + stride * k` for a random
-/// `k < count`, at a random port of `ports`.
+/// Generated frames come from `FIRST_SOURCE` and the next `SOURCES - 1`
+/// addresses, all on the workload's subnet.
+const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SOURCES: u32 = 200;
+
+/// What the generator sends: UDP from a random source (`SOURCES`) and
+/// source port to `base + stride * k` for a random `k < count`, at a random
+/// port of `ports`.
 #[derive(Clone, Copy, Debug)]
 pub struct Flows {
     pub base: Ipv4Addr,
@@ -273,6 +279,8 @@ impl Generator {
         let base = u32::from(flows.base);
         let (first_port, ports) = (u32::from(flows.first_port), u32::from(flows.ports));
         let mut ebpf = EbpfLoader::new()
+            .override_global("SRC_BASE", &u32::from(FIRST_SOURCE), true)
+            .override_global("SRC_COUNT", &SOURCES, true)
             .override_global("DST_BASE", &base, true)
             .override_global("DST_STRIDE", &flows.stride, true)
             .override_global("DST_COUNT", &flows.count, true)
