@@ -224,7 +224,10 @@ impl Report {
         {
             let ratio = big.ns_per_packet / small.ns_per_packet;
             goals.push((
-                format!("cost at {largest} rules ≤ 1.2× of {smallest} (dropped traffic)"),
+                format!(
+                    "ns/packet at {largest} rules ≤ 1.2× that at {smallest} \
+                     (dropped traffic, generator included)"
+                ),
                 ratio,
                 ratio <= 1.2,
             ));
@@ -264,8 +267,8 @@ impl Report {
         let _ = writeln!(
             out,
             "Kernel {}, {} ({} CPUs), {}, {}.\n\nGenerator: {}; 64-byte UDP/IPv4 frames, random \
-             destinations and ports, generator and receiver on CPU {}; a rate is the best of \
-             {} windows of {} ms.\n",
+             sources, destinations and ports, generator and receiver on CPU {} (nice {}); a rate \
+             is the best of {} windows of {} ms.\n",
             m.kernel,
             m.cpu,
             m.cpus,
@@ -273,6 +276,7 @@ impl Report {
             m.iptables,
             self.generator,
             crate::testbed::CPU,
+            crate::testbed::NICE,
             self.rounds,
             self.window_ms
         );
