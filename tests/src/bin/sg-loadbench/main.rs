@@ -5,11 +5,12 @@
 //! an empty XDP program; TCP bulk throughput through each; how long a
 //! policy update takes to be enforced; the memory of sg's maps. Writes
 //! `docs/bench/loadbench.{json,md,png}` (`--out`). `--quick` runs every
-//! scenario briefly, to check the harness.
+//! scenario briefly, to check the harness, and writes into
+//! `target/loadbench-quick/` unless told otherwise.
 //!
-//! Traffic: 64-byte UDP/IPv4 frames with random destinations and ports
-//! from an XDP program run with BPF_PROG_TEST_RUN in live-frames mode, on
-//! one CPU; the rate is what `port0` received over the run's time.
+//! Traffic: 64-byte UDP/IPv4 frames with random sources, destinations and
+//! ports from an XDP program run with BPF_PROG_TEST_RUN in live-frames
+//! mode, on one CPU; the rate is what `port0` received over the run's time.
 
 mod filter;
 mod plot;
@@ -47,9 +48,10 @@ struct Args {
     /// Every scenario briefly, smaller policies: checks the harness.
     #[arg(long)]
     quick: bool,
-    /// Where the JSON, Markdown and PNG go.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/bench"))]
-    out: PathBuf,
+    /// Where the JSON, Markdown and PNG go [default: docs/bench, quick:
+    /// target/loadbench-quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// How long and how big.
@@ -297,7 +299,15 @@ fn main() -> Result<()> {
     }
     drop(bed);
     report.finish();
-    report.write(&args.out)?;
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = args.out.unwrap_or_else(|| {
+        workspace.join(if args.quick {
+            "target/loadbench-quick"
+        } else {
+            "docs/bench"
+        })
+    });
+    report.write(&out)?;
     Ok(())
 }
 
