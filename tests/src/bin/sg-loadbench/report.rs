@@ -334,7 +334,7 @@ impl Report {
         for g in &self.goals {
             let _ = writeln!(
                 out,
-                "| {} | {:.2} | {} |",
+                "| {} | {:.3} | {} |",
                 g.goal,
                 g.value,
                 if g.met { "yes" } else { "no" }
