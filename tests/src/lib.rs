@@ -22,9 +22,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use aya::maps::MapData;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
-use sg_common::{PORT_ACTIVE, PortConfig};
+use sg_common::{PORT_ACTIVE, PortConfig, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
     datapath::{self, Maps, Pins, PolicyMaps, TestRun},
@@ -648,6 +649,30 @@ pub fn vm_policy(groups: Value, attached: &[&str]) -> Policy {
     .expect("a well-formed policy");
     policy.validate().expect("a valid policy");
     policy
+}
+
+/// The kernel memory of the policy maps under `pins` (the sum of their
+/// fdinfo `memlock`).
+pub fn policy_memory(pins: &Pins) -> Result<u64> {
+    [
+        map_names::LOCAL,
+        map_names::REMOTE,
+        map_names::REMOTE_EXACT,
+        map_names::L4,
+        map_names::L4_EXACT,
+        map_names::VERDICT,
+    ]
+    .iter()
+    .map(|name| {
+        let map = MapData::from_pin(pins.root().join("maps").join(name))?;
+        let fd = map.fd().as_fd().as_raw_fd();
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("no memlock in the fdinfo of {name}"))
+    })
+    .sum()
 }
 
 /// Counter ids of a policy's rules, by group name and rule position.

@@ -32,8 +32,14 @@ enum Task {
     },
     /// Build, then show the filter at work between network namespaces.
     Demo,
-    /// Build, then measure the cost per packet of growing policies (root).
-    Bench,
+    /// Build, then measure the cost per packet of growing policies, then
+    /// live traffic through sg, nftables and iptables (root).
+    Bench {
+        /// Only the live-traffic benchmark, each scenario briefly (checks
+        /// the harness; the numbers mean little).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, check formatting and lints, and run every test (as root, the
     /// integration tests in network namespaces too).
     Test {
@@ -53,7 +59,7 @@ fn main() {
         Task::Build { release } => build(release).map(drop),
         Task::Demo => build(false).and_then(|sg_ctl| demo::run_demo(&sg_ctl)),
         Task::Test { args } => test(&args),
-        Task::Bench => bench(),
+        Task::Bench { quick } => bench(quick),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -97,18 +103,22 @@ fn test(args: &[String]) -> Result<()> {
         .env("SG_CTL", &sg_ctl))
 }
 
-fn bench() -> Result<()> {
+fn bench(quick: bool) -> Result<()> {
     build(true)?;
-    println!("==> benchmark");
-    run(cargo().args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "sg-tests",
-        "--bin",
-        "sg-bench",
-    ]))
+    let run_bin = |bin: &str, args: &[&str]| {
+        run(cargo()
+            .args(["run", "--quiet", "--release", "--package", "sg-tests"])
+            .args(["--bin", bin, "--"])
+            .args(args))
+    };
+    if quick {
+        println!("==> live-traffic benchmark, quick mode");
+        return run_bin("sg-loadbench", &["--quick"]);
+    }
+    println!("==> benchmark: BPF_PROG_TEST_RUN");
+    run_bin("sg-bench", &[])?;
+    println!("==> benchmark: live traffic (writes docs/bench/)");
+    run_bin("sg-loadbench", &[])
 }
 
 fn cargo() -> Command {

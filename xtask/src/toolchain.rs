@@ -24,6 +24,8 @@ const SYSTEM_PREFIX: &str = "/usr";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Packages the integration tests and the demo run.
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
+/// What the live-traffic benchmark compares sg with and measures TCP with.
+const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3"];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
 const BUILD_PACKAGES: &[&str] = &["gcc"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
@@ -201,10 +203,12 @@ pub fn setup() -> Result<EbpfToolchain> {
     step.next("tools the build, the tests and the demo use");
     if has_apt() {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
+        apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
-            "    no apt-get: make sure `ip` (iproute2), `ping` and a C compiler (gcc) are installed"
+            "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3 and a C \
+             compiler (gcc) are installed"
         );
     }
 

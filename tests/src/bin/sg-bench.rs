@@ -4,20 +4,17 @@
 //! number is from this run.
 
 use std::{
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use aya::maps::MapData;
+use anyhow::Result;
 use ipnet::IpNet;
-use sg_common::{Direction as Dir, map_names};
+use sg_common::Direction as Dir;
 use sg_ctl::{
     compile::{compile, counter_ids},
     datapath::{
-        Pins, TestRun,
+        TestRun,
         port_security::{self, PortSecurity},
     },
     frame::{Packet, TcpFlags, Transport},
@@ -216,17 +213,6 @@ fn port_security_cost(port: &TestPort) -> Result<()> {
     Ok(())
 }
 
-/// Kernel memory of a pinned map, from its fdinfo.
-fn memlock(pins: &Pins, name: &str) -> Result<u64> {
-    let map = MapData::from_pin(pins.root().join("maps").join(name))?;
-    let fd = map.fd().as_fd().as_raw_fd();
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no memlock in the map's fdinfo")
-}
-
 fn main() -> Result<()> {
     let mut port = TestPort::new(SLOT)?;
     port_security_cost(&port)?;
@@ -266,17 +252,7 @@ fn run(port: &mut TestPort, shape: Shape) -> Result<()> {
         let compiled = compile(&policy, PORT, id, &counters)?;
         port.policy.install(SLOT, id, &compiled)?;
         let took = started.elapsed();
-        let memory: u64 = [
-            map_names::LOCAL,
-            map_names::REMOTE,
-            map_names::REMOTE_EXACT,
-            map_names::L4,
-            map_names::L4_EXACT,
-            map_names::VERDICT,
-        ]
-        .iter()
-        .map(|name| memlock(port.pins(), name))
-        .sum::<Result<u64>>()?;
+        let memory = sg_tests::policy_memory(port.pins())?;
         let last = ns_per_packet(&port.run, Dir::Ingress, &shape.last(n)?)?;
         let none = ns_per_packet(&port.run, Dir::Ingress, &unmatched)?;
         let (base_last, base_none) = *base.get_or_insert((last, none));

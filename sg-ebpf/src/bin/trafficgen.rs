@@ -1,0 +1,122 @@
+//! The programs of the load benchmark (`sg-loadbench`), apart from the
+//! datapath: a traffic generator for BPF_PROG_TEST_RUN in live-frames mode,
+//! as xdp-trafficgen does it, and the empty programs that give the ceiling.
+//!
+//! The generator is handed one UDP/IPv4 frame; on every run it rewrites the
+//! source and destination addresses and ports from
+//! `bpf_get_prandom_u32` within the ranges the loader set, fixes the IPv4
+//! header checksum, and sends the frame out of the interface of the run's
+//! context (`XDP_TX`), so many rules and many flows see traffic.
+// Built for `bpfel-unknown-none`; on the host only checked by clippy.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
+};
+
+/// Source `SRC_BASE + i` for a random `i < SRC_COUNT`; set by the loader.
+#[unsafe(no_mangle)]
+static SRC_BASE: u32 = 0;
+#[unsafe(no_mangle)]
+static SRC_COUNT: u32 = 1;
+/// Destination `DST_BASE + DST_STRIDE * k` for a random `k < DST_COUNT`
+/// (addresses as host-order numbers); set by the loader.
+#[unsafe(no_mangle)]
+static DST_BASE: u32 = 0;
+#[unsafe(no_mangle)]
+static DST_STRIDE: u32 = 1;
+#[unsafe(no_mangle)]
+static DST_COUNT: u32 = 1;
+/// Destination port `DPORT_BASE + j` for a random `j < DPORT_COUNT`.
+#[unsafe(no_mangle)]
+static DPORT_BASE: u32 = 0;
+#[unsafe(no_mangle)]
+static DPORT_COUNT: u32 = 1;
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const CHECKSUM: usize = ETH_LEN + 10;
+const SRC: usize = ETH_LEN + 12;
+const DST: usize = ETH_LEN + 16;
+const SPORT: usize = ETH_LEN + IPV4_LEN;
+const DPORT: usize = SPORT + 2;
+const UDP_CHECKSUM: usize = SPORT + 6;
+const FRAME_MIN: usize = SPORT + 8;
+
+fn global(value: &u32) -> u32 {
+    // SAFETY: a global the loader may have set; read it, do not fold it.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[xdp]
+pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + FRAME_MIN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (sources, count, ports) = (global(&SRC_COUNT), global(&DST_COUNT), global(&DPORT_COUNT));
+    if sources == 0 || count == 0 || ports == 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: helper calls without arguments.
+    let (first, second) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let dst = global(&DST_BASE).wrapping_add(global(&DST_STRIDE).wrapping_mul(first % count));
+    let dport = global(&DPORT_BASE).wrapping_add((second >> 16) % ports) as u16;
+    let sport = 1024 + (second & 0x7fff) as u16;
+    let src = global(&SRC_BASE).wrapping_add((first >> 16) % sources);
+    let frame = start as *mut u8;
+    // SAFETY: every write below ends before FRAME_MIN, checked above.
+    unsafe {
+        write(frame, SRC, &src.to_be_bytes());
+        write(frame, DST, &dst.to_be_bytes());
+        write(frame, SPORT, &sport.to_be_bytes());
+        write(frame, DPORT, &dport.to_be_bytes());
+        // No UDP checksum: allowed in IPv4, and nothing on the way checks it.
+        write(frame, UDP_CHECKSUM, &[0, 0]);
+        write(frame, CHECKSUM, &[0, 0]);
+        let mut sum = 0u32;
+        for word in 0..IPV4_LEN / 2 {
+            let at = frame.add(ETH_LEN + 2 * word);
+            sum += u32::from(u16::from_be_bytes([*at, *at.add(1)]));
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        write(frame, CHECKSUM, &(!(sum as u16)).to_be_bytes());
+    }
+    xdp_action::XDP_TX
+}
+
+/// # Safety
+/// `frame + at + bytes.len()` must be within the packet.
+unsafe fn write(frame: *mut u8, at: usize, bytes: &[u8]) {
+    for (i, byte) in bytes.iter().enumerate() {
+        // SAFETY: within the packet, as the caller checked.
+        unsafe { *frame.add(at + i) = *byte };
+    }
+}
+
+/// The ceiling when the filter passes: an empty program.
+#[xdp]
+pub fn sg_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The ceiling when the filter drops.
+#[xdp]
+pub fn sg_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,217 @@
+//! The filters under test on `port0`, each put in force from the same
+//! `Policy`: sg's programs and compiled maps, or the nftables and iptables
+//! translations (behind an empty XDP program, which gives the veth the
+//! NAPI context that frames sent with XDP_TX need to arrive).
+
+use std::{io::Write as _, process::Stdio, time::Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::programs::xdp::XdpLinkId;
+use serde::Serialize;
+use sg_ctl::{
+    compile::{compile, counter_ids},
+    datapath::{self, PolicyMaps, XdpModeArg},
+    model::Policy,
+};
+use sg_tests::{PORT, TestPins};
+
+use crate::{
+    testbed::{Testbed, inside},
+    translate::{self, NftStyle},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filter {
+    Sg,
+    NftRules,
+    NftSets,
+    Iptables,
+}
+
+impl Filter {
+    pub const ALL: [Filter; 4] = [
+        Filter::Sg,
+        Filter::NftRules,
+        Filter::NftSets,
+        Filter::Iptables,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Filter::Sg => "sg",
+            Filter::NftRules => "nftables, a rule per rule",
+            Filter::NftSets => "nftables, verdict maps",
+            Filter::Iptables => "iptables",
+        }
+    }
+}
+
+/// The name of the port in the benchmark's policies.
+pub const BENCH_PORT: &str = "bench";
+
+/// A filter attached to `port0`, detached when dropped.
+pub struct Attached<'a> {
+    pub filter: Filter,
+    bed: &'a mut Testbed,
+    state: State,
+}
+
+enum State {
+    Sg {
+        pins: TestPins,
+        slot: u32,
+        maps: Box<PolicyMaps>,
+    },
+    Netfilter {
+        link: Option<XdpLinkId>,
+    },
+}
+
+/// What putting a policy in force took, and the size of sg's maps.
+pub struct Installed {
+    pub map_entries: Option<usize>,
+    pub map_bytes: Option<u64>,
+}
+
+impl<'a> Attached<'a> {
+    pub fn new(bed: &'a mut Testbed, filter: Filter) -> Result<Attached<'a>> {
+        let state = match filter {
+            Filter::Sg => {
+                let pins = TestPins::new();
+                let attached = inside(&bed.link.host, || {
+                    Ok(datapath::attach(&pins.pins, PORT, XdpModeArg::Native)?)
+                })?;
+                let slot = match attached {
+                    datapath::Attached::New { slot } | datapath::Attached::Already { slot } => slot,
+                };
+                let maps = Box::new(PolicyMaps::open(&pins.pins)?);
+                State::Sg { pins, slot, maps }
+            }
+            _ => State::Netfilter {
+                link: Some(bed.attach_empty("sg_bench_pass")?),
+            },
+        };
+        Ok(Attached { filter, bed, state })
+    }
+
+    pub fn bed(&self) -> &Testbed {
+        self.bed
+    }
+
+    /// Puts `policy` in force, replacing what was.
+    pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
+        let host = &self.bed.link.host;
+        match (&mut self.state, self.filter) {
+            (State::Sg { pins, slot, maps }, _) => {
+                let counters = counter_ids(policy)?;
+                let id = maps.next_policy_id()?;
+                let compiled = compile(policy, BENCH_PORT, id, &counters)?;
+                maps.install(*slot, id, &compiled)?;
+                Ok(Installed {
+                    map_entries: Some(compiled.entries()),
+                    map_bytes: Some(sg_tests::policy_memory(&pins.pins)?),
+                })
+            }
+            (State::Netfilter { .. }, Filter::Iptables) => {
+                let rules = translate::iptables(policy, BENCH_PORT, PORT, false);
+                feed(host, "iptables-restore", &[], &rules)?;
+                let rules = translate::iptables(policy, BENCH_PORT, PORT, true);
+                feed(host, "ip6tables-restore", &[], &rules)?;
+                Ok(Installed::NETFILTER)
+            }
+            (State::Netfilter { .. }, filter) => {
+                let style = if filter == Filter::NftSets {
+                    NftStyle::Sets
+                } else {
+                    NftStyle::PerRule
+                };
+                // One transaction: the old table goes as the new one comes.
+                let ruleset = format!(
+                    "flush ruleset\n{}",
+                    translate::nftables(policy, BENCH_PORT, PORT, style)
+                );
+                feed(host, "nft", &["-f", "-"], &ruleset)?;
+                Ok(Installed::NETFILTER)
+            }
+        }
+    }
+}
+
+impl Installed {
+    const NETFILTER: Installed = Installed {
+        map_entries: None,
+        map_bytes: None,
+    };
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let result = match &mut self.state {
+            State::Sg { pins, .. } => inside(&self.bed.link.host, || {
+                Ok(datapath::detach(&pins.pins, PORT)?)
+            }),
+            State::Netfilter { link } => {
+                let flushed = match self.filter {
+                    Filter::Iptables => ["iptables", "ip6tables"].iter().try_for_each(|tool| {
+                        for args in [["-F"], ["-X"]] {
+                            run_in(&self.bed.link.host, tool, &args)?;
+                        }
+                        Ok(())
+                    }),
+                    _ => run_in(&self.bed.link.host, "nft", &["flush", "ruleset"]),
+                };
+                let detached = match link.take() {
+                    Some(link) => self.bed.detach_empty("sg_bench_pass", link),
+                    None => Ok(()),
+                };
+                flushed.and(detached)
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("removing {}: {e:#}", self.filter.label());
+        }
+    }
+}
+
+fn run_in(ns: &sg_tests::Netns, program: &str, args: &[&str]) -> Result<()> {
+    let out = ns.exec(program, args)?;
+    ensure!(
+        out.status.success(),
+        "{program} {} in {}: {}",
+        args.join(" "),
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Runs `program ARGS` in the namespace with `input` on its standard input.
+pub fn feed(ns: &sg_tests::Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), program])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}: `cargo xtask setup` installs it"))?;
+    child
+        .stdin
+        .take()
+        .context("no stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{program} refused the translation ({:?}): {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! `cargo xtask bench` (after the BPF_PROG_TEST_RUN microbenchmark): live
+//! traffic through a veth into a host namespace, filtered on the way in by
+//! sg, by nftables (a rule per rule, and verdict maps) and by iptables, all
+//! loaded with the same policies of 0 to 50k rules, against the ceiling of
+//! an empty XDP program; TCP bulk throughput through each; how long a
+//! policy update takes to be enforced; the memory of sg's maps. Writes
+//! `docs/bench/loadbench.{json,md,png}` (`--out`). `--quick` runs every
+//! scenario briefly, to check the harness, and writes into
+//! `target/loadbench-quick/` unless told otherwise.
+//!
+//! Traffic: 64-byte UDP/IPv4 frames with random sources, destinations and
+//! ports from an XDP program run with BPF_PROG_TEST_RUN in live-frames
+//! mode, on one CPU; the rate is what `port0` received over the run's time.
+
+mod filter;
+mod plot;
+mod report;
+mod testbed;
+mod translate;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use ipnet::IpNet;
+use sg_ctl::model::{
+    Action, Direction, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec,
+    Protocol, Remote, Rule,
+    reference::{self, Packet},
+};
+use sg_tests::{HOST_V4, PORT, WORKLOAD_V4};
+
+use crate::{
+    filter::{Attached, BENCH_PORT, Filter},
+    report::{Ceiling, Iperf, Memory, Rate, Report, Traffic, Update},
+    testbed::{CPU, Flows, NICE, Testbed},
+};
+
+#[derive(Parser)]
+#[command(about = "Live-traffic benchmark of sg against nftables and iptables (root)")]
+struct Args {
+    /// Every scenario briefly, smaller policies: checks the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON, Markdown and PNG go [default: docs/bench, quick:
+    /// target/loadbench-quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// How long and how big.
+struct Plan {
+    sizes: &'static [usize],
+    window: Duration,
+    /// A rate is the best of this many windows: other work on the CPU
+    /// only ever lowers one.
+    rounds: usize,
+    /// The rule count of the iperf3 runs and of the update.
+    at: usize,
+    iperf_seconds: u32,
+}
+
+const FULL: Plan = Plan {
+    sizes: &[0, 10, 1_000, 10_000, 50_000],
+    window: Duration::from_secs(1),
+    rounds: 3,
+    at: 10_000,
+    iperf_seconds: 3,
+};
+const QUICK: Plan = Plan {
+    sizes: &[0, 10, 1_000],
+    window: Duration::from_millis(50),
+    rounds: 1,
+    at: 1_000,
+    iperf_seconds: 1,
+};
+/// No run sends more than this, whatever the window.
+const PACKET_LIMIT: u64 = 50_000_000;
+const PROBES: u32 = 32;
+
+/// The first remote of the benchmark rules; rule `i` has the next `i`-th.
+const FIRST_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
+const FIRST_PORT: u16 = 1000;
+const PORTS: u16 = 16;
+const RULES_PER_GROUP: usize = 1000;
+const IPERF_PORT: u16 = 5201;
+
+fn remote(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(FIRST_REMOTE) + i as u32)
+}
+
+/// The policy of `n` rules: groups of up to 1000 egress rules, rule `i`
+/// allowing (even `i`) or dropping (odd) UDP ports 1000–1015 to its own
+/// remote address; and after them a group that lets iperf3's connection
+/// to the host through, so that its packets are decided last.
+fn bench_policy(n: usize) -> Policy {
+    let host: IpNet = IpAddr::from(HOST_V4.parse::<Ipv4Addr>().expect("an address")).into();
+    let mut base = Group::empty("base").expect("a valid name");
+    base.rules.push(Rule {
+        protocol: Protocol::List(vec![IpProtocol::TCP]),
+        ports: PortSpec(vec![PortRange {
+            start: IPERF_PORT,
+            end: IPERF_PORT,
+        }]),
+        remote: Remote::Cidrs(vec![host]),
+        ..Rule::new(Direction::Egress)
+    });
+    base.rules.push(Rule {
+        protocol: Protocol::List(vec![IpProtocol::TCP]),
+        remote: Remote::Cidrs(vec![host]),
+        ..Rule::new(Direction::Ingress)
+    });
+    let mut groups = Vec::new();
+    for i in 0..n {
+        if i % RULES_PER_GROUP == 0 {
+            let name = format!("bench-{}", i / RULES_PER_GROUP);
+            groups.push(Group::empty(name).expect("a valid name"));
+        }
+        let rule = Rule {
+            protocol: Protocol::List(vec![IpProtocol::UDP]),
+            ports: PortSpec(vec![PortRange {
+                start: FIRST_PORT,
+                end: FIRST_PORT + PORTS - 1,
+            }]),
+            remote: Remote::Cidrs(vec![IpAddr::V4(remote(i)).into()]),
+            action: if i % 2 == 0 {
+                Action::Allow
+            } else {
+                Action::Drop
+            },
+            ..Rule::new(Direction::Egress)
+        };
+        groups.last_mut().expect("a group").rules.push(rule);
+    }
+    groups.push(base);
+    let mut port = Port::new(BENCH_PORT, PORT, MacAddr([0x02, 0, 0, 0, 0, 2]));
+    port.ips = vec![WORKLOAD_V4.parse().expect("an address")];
+    port.groups = groups.iter().map(|g| g.name.clone()).collect();
+    Policy {
+        groups,
+        ports: vec![port],
+    }
+}
+
+fn rule(direction: Direction, protocol: &str, ports: &str, remote: &str) -> Rule {
+    Rule {
+        protocol: protocol.parse().expect("a protocol"),
+        ports: if ports.is_empty() {
+            PortSpec::default()
+        } else {
+            ports.parse().expect("ports")
+        },
+        remote: remote.parse().expect("a remote"),
+        ..Rule::new(direction)
+    }
+}
+
+/// A policy with every form a rule can take: overlapping prefixes, a
+/// priority, reject, protocol lists, ICMP type and code, a remote group,
+/// local addresses, both families.
+fn sample_policy() -> Policy {
+    let mut web = Group::empty("web").expect("a valid name");
+    web.rules = vec![
+        rule(Direction::Egress, "udp", "53", "198.19.0.0/24"),
+        Rule {
+            action: Action::Drop,
+            ..rule(Direction::Egress, "udp", "53", "198.19.0.5")
+        },
+        Rule {
+            priority: 10,
+            action: Action::Reject,
+            ..rule(Direction::Egress, "tcp,udp", "25,465-587", "any")
+        },
+        Rule {
+            icmp: IcmpMatch {
+                type_: Some(8),
+                code: Some(0),
+            },
+            ..rule(Direction::Ingress, "icmp", "", "any")
+        },
+        Rule {
+            icmp: IcmpMatch {
+                type_: Some(128),
+                code: None,
+            },
+            ..rule(Direction::Ingress, "ipv6-icmp", "", "2001:db8::/64")
+        },
+        Rule {
+            remote: Remote::Group("web".into()),
+            local: vec!["198.18.0.2/32".parse().expect("a prefix")],
+            ..rule(Direction::Ingress, "tcp", "22", "any")
+        },
+        rule(Direction::Ingress, "gre", "", "any"),
+        Rule {
+            action: Action::Drop,
+            ..rule(Direction::Egress, "udp", "9", "198.19.1.0/24")
+        },
+        rule(Direction::Egress, "any", "", "any"),
+    ];
+    web.external_members = vec!["198.18.9.0/24".parse().expect("a prefix")];
+    let mut port = Port::new(BENCH_PORT, PORT, MacAddr([2, 0, 0, 0, 0, 2]));
+    port.ips = vec![
+        WORKLOAD_V4.parse().expect("an address"),
+        "2001:db8::2".parse().expect("an address"),
+    ];
+    port.groups = vec!["web".into()];
+    Policy {
+        groups: vec![web],
+        ports: vec![port],
+    }
+}
+
+/// Flows of `sample_policy` that its rules decide differently.
+const SAMPLE_FLOWS: [(Ipv4Addr, u16); 5] = [
+    (Ipv4Addr::new(198, 19, 0, 5), 53),
+    (Ipv4Addr::new(198, 19, 0, 7), 53),
+    (Ipv4Addr::new(198, 19, 1, 1), 25),
+    (Ipv4Addr::new(198, 19, 1, 1), 9),
+    (Ipv4Addr::new(198, 19, 1, 1), 10),
+];
+
+/// The flows that `n` rules pass (`None` at 0: nothing passes) or drop.
+fn flows(n: usize, traffic: Traffic) -> Option<Flows> {
+    let (base, stride, count) = match (traffic, n) {
+        (Traffic::Pass, 0) => return None,
+        (Traffic::Pass, n) => (remote(0), 2, n.div_ceil(2)),
+        // Nothing but the default: any remote.
+        (Traffic::Drop, 0) => (remote(0), 1, 4096),
+        (Traffic::Drop, n) => (remote(1), 2, n / 2),
+    };
+    Some(Flows {
+        base,
+        stride,
+        count: count as u32,
+        first_port: FIRST_PORT,
+        ports: PORTS,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        sg_tests::is_root(),
+        "needs root: network namespaces, XDP and nftables"
+    );
+    let plan = if args.quick { &QUICK } else { &FULL };
+    let mut bed = Testbed::new()?;
+    let generator = format!(
+        "XDP live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES); kernel pktgen: {}",
+        if std::path::Path::new("/proc/net/pktgen").exists() {
+            "present, not used"
+        } else {
+            "absent"
+        }
+    );
+    println!("generator: {generator}");
+    let mut report = Report::new(generator, args.quick, plan.window, plan.rounds)?;
+
+    let ceiling_flows = flows(plan.sizes[plan.sizes.len() - 1], Traffic::Pass)
+        .context("the largest size passes traffic")?;
+    for (traffic, program) in [
+        (Traffic::Pass, "sg_bench_pass"),
+        (Traffic::Drop, "sg_bench_drop"),
+    ] {
+        let link = bed.attach_empty(program)?;
+        let rate = best_rate(&bed, ceiling_flows, plan);
+        bed.detach_empty(program, link)?;
+        let pps = rate?;
+        println!("ceiling, XDP_{traffic:?}: {:.2} Mpps", pps / 1e6);
+        report.ceilings.push(Ceiling { traffic, pps });
+    }
+    report.iperf.push(Iperf {
+        filter: None,
+        rules: 0,
+        gbits: {
+            let link = bed.attach_empty("sg_bench_pass")?;
+            let gbits = iperf(&bed, plan.iperf_seconds);
+            bed.detach_empty("sg_bench_pass", link)?;
+            gbits?
+        },
+    });
+
+    for filter in Filter::ALL {
+        let mut attached = Attached::new(&mut bed, filter)?;
+        let sample = sample_policy();
+        attached.install(&sample)?;
+        check_verdicts(attached.bed(), &sample, &SAMPLE_FLOWS)
+            .with_context(|| format!("{} with the sample policy", filter.label()))?;
+        for &n in plan.sizes {
+            measure(&mut attached, plan, n, &mut report)
+                .with_context(|| format!("{} with {n} rules", filter.label()))?;
+        }
+    }
+    drop(bed);
+    report.finish();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = args.out.unwrap_or_else(|| {
+        workspace.join(if args.quick {
+            "target/loadbench-quick"
+        } else {
+            "docs/bench"
+        })
+    });
+    report.write(&out)?;
+    Ok(())
+}
+
+/// Every scenario of one filter at one size.
+fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) -> Result<()> {
+    let filter = attached.filter;
+    let policy = bench_policy(n);
+    let started = Instant::now();
+    let installed = attached.install(&policy)?;
+    let install = started.elapsed();
+    // The first allowed and dropped flows, if any, and one no rule matches.
+    let mut probes = vec![(remote(n + 1), FIRST_PORT + PORTS)];
+    probes.extend((0..n.min(2)).map(|i| (remote(i), FIRST_PORT + PORTS - 1)));
+    check_verdicts(attached.bed(), &policy, &probes)?;
+    if let (Some(entries), Some(bytes)) = (installed.map_entries, installed.map_bytes) {
+        report.memory.push(Memory {
+            rules: n,
+            entries,
+            bytes,
+        });
+    }
+    for traffic in [Traffic::Drop, Traffic::Pass] {
+        let Some(flows) = flows(n, traffic) else {
+            continue;
+        };
+        let pps = best_rate(attached.bed(), flows, plan)?;
+        println!(
+            "{:<28} {n:>6} rules, {traffic:?}: {:>7.3} Mpps ({:.0} ms to install)",
+            filter.label(),
+            pps / 1e6,
+            install.as_secs_f64() * 1e3
+        );
+        report.rates.push(Rate {
+            filter,
+            rules: n,
+            traffic,
+            pps,
+            ..Rate::default()
+        });
+    }
+    if n == plan.at {
+        let gbits = iperf(attached.bed(), plan.iperf_seconds)?;
+        println!(
+            "{:<28} {n:>6} rules, iperf3: {gbits:.2} Gbit/s",
+            filter.label()
+        );
+        report.iperf.push(Iperf {
+            filter: Some(filter),
+            rules: n,
+            gbits,
+        });
+        let enforced = update(attached, &policy)?;
+        println!(
+            "{:<28} {n:>6} rules, update enforced after {:.1} ms",
+            filter.label(),
+            enforced.as_secs_f64() * 1e3
+        );
+        report.updates.push(Update {
+            filter,
+            rules: n,
+            ms: enforced.as_secs_f64() * 1e3,
+        });
+    }
+    Ok(())
+}
+
+/// The best rate of `plan.rounds` windows.
+fn best_rate(bed: &Testbed, flows: Flows, plan: &Plan) -> Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..plan.rounds {
+        best = best.max(bed.rate(flows, plan.window, PACKET_LIMIT)?);
+    }
+    Ok(best)
+}
+
+/// What sg's reference matcher says of a UDP packet to `to`:`port`.
+fn expected(policy: &Policy, to: Ipv4Addr, port: u16) -> Result<Action> {
+    let packet = Packet {
+        src: WORKLOAD_V4.parse()?,
+        dst: IpAddr::V4(to),
+        protocol: IpProtocol::UDP.0,
+        dst_port: Some(port),
+        icmp: None,
+    };
+    Ok(reference::evaluate(policy, BENCH_PORT, Direction::Egress, &packet)?.action)
+}
+
+/// Real packets through the filter: each flow must pass or not as the
+/// reference matcher says (a rejected one does not pass).
+fn check_verdicts(bed: &Testbed, policy: &Policy, flows: &[(Ipv4Addr, u16)]) -> Result<()> {
+    for &(to, port) in flows {
+        let want = match expected(policy, to, port)? {
+            Action::Reject => Action::Drop,
+            action => action,
+        };
+        let passed = bed.probe(to, port, PROBES)?;
+        let got = match passed {
+            0 => Action::Drop,
+            p if p == u64::from(PROBES) => Action::Allow,
+            p => bail!("{p} of {PROBES} probes to {to}:{port} passed"),
+        };
+        ensure!(
+            got == want,
+            "UDP to {to}:{port}: the filter did {got}, sg's reference matcher says {want}"
+        );
+    }
+    Ok(())
+}
+
+/// Turns rule 0 from allow into drop; the time from the start of the
+/// install to the first probe dropped.
+fn update(attached: &mut Attached, policy: &Policy) -> Result<Duration> {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let (to, port) = (remote(0), FIRST_PORT);
+    ensure!(attached.bed().probe(to, port, PROBES)? == u64::from(PROBES));
+    let mut changed = policy.clone();
+    changed.groups[0].rules[0].action = Action::Drop;
+    let started = Instant::now();
+    attached.install(&changed)?;
+    while attached.bed().probe(to, port, PROBES)? != 0 {
+        ensure!(
+            started.elapsed() < LIMIT,
+            "the update was not enforced in {LIMIT:?}"
+        );
+    }
+    Ok(started.elapsed())
+}
+
+/// A child process killed when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// TCP bulk throughput from the workload to the host, iperf3 on `CPU`
+/// at `NICE`.
+fn iperf(bed: &Testbed, seconds: u32) -> Result<f64> {
+    let in_ns = |ns: &sg_tests::Netns| {
+        let mut cmd = Command::new("ip");
+        let (nice, cpu) = (NICE.to_string(), CPU.to_string());
+        cmd.args(["netns", "exec", ns.name(), "nice", "-n", &nice]);
+        cmd.args(["taskset", "-c", &cpu]);
+        cmd.arg("iperf3");
+        cmd
+    };
+    let port = IPERF_PORT.to_string();
+    let _server = Reaped(
+        in_ns(&bed.link.host)
+            .args(["-s", "-1", "-B", HOST_V4, "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3: `cargo xtask setup` installs it")?,
+    );
+    for _ in 0..50 {
+        let out = in_ns(&bed.link.workload)
+            .args(["-c", HOST_V4, "-p", &port, "-J", "-t", &seconds.to_string()])
+            .output()?;
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bits) = result["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bits / 1e9);
+        }
+        // The server may not listen yet.
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("iperf3 from the workload to {HOST_V4}:{port} did not run")
+}

@@ -1,0 +1,235 @@
+//! The plot of throughput against rule count: plotters on a bitmap for
+//! the lines, embedded-graphics' built-in bitmap font for the words, so
+//! no system font is needed; written as PNG.
+
+use std::{convert::Infallible, fs::File, io::BufWriter, path::Path};
+
+use anyhow::{Context as _, Result};
+use embedded_graphics::{
+    Drawable as _, Pixel,
+    mono_font::{MonoTextStyle, ascii::FONT_8X13},
+    pixelcolor::{Rgb888, RgbColor as _},
+    prelude::{DrawTarget, OriginDimensions, Point, Size},
+    text::{Alignment, Text},
+};
+use plotters::prelude::*;
+
+use crate::{
+    filter::Filter,
+    report::{Report, Traffic},
+};
+
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 640;
+const X_RANGE: (f64, f64) = (5.0, 100_000.0);
+
+fn colour(filter: Filter) -> RGBColor {
+    match filter {
+        Filter::Sg => RGBColor(0, 140, 60),
+        Filter::NftRules => RGBColor(210, 40, 40),
+        Filter::NftSets => RGBColor(230, 140, 0),
+        Filter::Iptables => RGBColor(110, 60, 170),
+    }
+}
+
+/// An RGB buffer as an embedded-graphics target.
+struct Canvas<'a> {
+    pixels: &'a mut [u8],
+}
+
+impl OriginDimensions for Canvas<'_> {
+    fn size(&self) -> Size {
+        Size::new(WIDTH, HEIGHT)
+    }
+}
+
+impl DrawTarget for Canvas<'_> {
+    type Color = Rgb888;
+    type Error = Infallible;
+
+    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
+        &mut self,
+        pixels: I,
+    ) -> Result<(), Infallible> {
+        for Pixel(at, colour) in pixels {
+            if let (Ok(x @ 0..WIDTH), Ok(y @ 0..HEIGHT)) =
+                (u32::try_from(at.x), u32::try_from(at.y))
+            {
+                let i = ((y * WIDTH + x) * 3) as usize;
+                self.pixels[i..i + 3].copy_from_slice(&[colour.r(), colour.g(), colour.b()]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A word to write at a pixel.
+struct Label {
+    text: String,
+    at: (i32, i32),
+    align: Alignment,
+    colour: Rgb888,
+}
+
+fn label(text: impl Into<String>, at: (i32, i32), align: Alignment) -> Label {
+    Label {
+        text: text.into(),
+        at,
+        align,
+        colour: Rgb888::BLACK,
+    }
+}
+
+fn rules_text(n: f64) -> String {
+    if n >= 1000.0 {
+        format!("{}k", n / 1000.0)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// Mpps against rules (log scale) for every filter and traffic, the
+/// ceilings as horizontal lines.
+pub fn throughput(report: &Report, path: &Path) -> Result<()> {
+    let mut pixels = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    let top = report
+        .rates
+        .iter()
+        .map(|r| r.pps)
+        .chain(report.ceilings.iter().map(|c| c.pps))
+        .fold(0.0, f64::max)
+        / 1e6;
+    let step = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .find(|s| top / s <= 8.0)
+        .unwrap_or(20.0);
+    let y_max = (top / step).ceil() * step;
+    let mut labels = Vec::new();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .margin_top(50)
+            .margin_bottom(50)
+            .margin_left(70)
+            .margin_right(340)
+            .build_cartesian_2d((X_RANGE.0..X_RANGE.1).log_scale(), 0.0..y_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let grey = RGBColor(220, 220, 220);
+        let mut grid = Vec::new();
+        for x in [10.0, 100.0, 1_000.0, 10_000.0, 50_000.0] {
+            grid.push(vec![(x, 0.0), (x, y_max)]);
+            let (px, py) = chart.backend_coord(&(x, 0.0));
+            labels.push(label(rules_text(x), (px, py + 18), Alignment::Center));
+        }
+        let mut y = 0.0;
+        while y <= y_max + 1e-9 {
+            grid.push(vec![(X_RANGE.0, y), (X_RANGE.1, y)]);
+            let (px, py) = chart.backend_coord(&(X_RANGE.0, y));
+            labels.push(label(format!("{y:.1}"), (px - 6, py + 4), Alignment::Right));
+            y += step;
+        }
+        for line in grid {
+            chart
+                .draw_series(LineSeries::new(line, grey))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let (left, bottom) = chart.backend_coord(&(X_RANGE.0, 0.0));
+        let (right, up) = chart.backend_coord(&(X_RANGE.1, y_max));
+        labels.push(label(
+            "rules",
+            ((left + right) / 2, bottom + 38),
+            Alignment::Center,
+        ));
+        labels.push(label("Mpps", (left, up - 12), Alignment::Center));
+        let title = format!(
+            "sg, nftables and iptables: 64-byte UDP frames on one CPU ({}, kernel {})",
+            if report.quick {
+                "quick mode"
+            } else {
+                "full run"
+            },
+            report.machine.kernel
+        );
+        labels.push(label(title, ((left + right) / 2, 25), Alignment::Center));
+
+        let mut legend = Vec::new();
+        for c in &report.ceilings {
+            let style = ShapeStyle::from(&BLACK).stroke_width(stroke(c.traffic));
+            let y = c.pps / 1e6;
+            chart
+                .draw_series(LineSeries::new([(X_RANGE.0, y), (X_RANGE.1, y)], style))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            legend.push((
+                format!("empty XDP program, {:?}", c.traffic),
+                BLACK,
+                c.traffic,
+            ));
+        }
+        for filter in Filter::ALL {
+            for traffic in [Traffic::Drop, Traffic::Pass] {
+                let points: Vec<(f64, f64)> = report
+                    .rates
+                    .iter()
+                    .filter(|r| r.filter == filter && r.traffic == traffic && r.rules > 0)
+                    .map(|r| (r.rules as f64, r.pps / 1e6))
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                let style = ShapeStyle::from(&colour(filter)).stroke_width(stroke(traffic));
+                chart
+                    .draw_series(LineSeries::new(points.clone(), style))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 4, style.filled())),
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                legend.push((
+                    format!("{}, {traffic:?}", filter.label()),
+                    colour(filter),
+                    traffic,
+                ));
+            }
+        }
+        for (i, (text, colour, traffic)) in legend.into_iter().enumerate() {
+            let y = up + 10 + 22 * i as i32;
+            let x = right + 20;
+            root.draw(&PathElement::new(
+                [(x, y), (x + 30, y)],
+                ShapeStyle::from(&colour).stroke_width(stroke(traffic)),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            labels.push(label(text, (x + 38, y + 4), Alignment::Left));
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut canvas = Canvas {
+        pixels: &mut pixels,
+    };
+    for l in labels {
+        let style = MonoTextStyle::new(&FONT_8X13, l.colour);
+        Text::with_alignment(&l.text, Point::new(l.at.0, l.at.1), style, l.align)
+            .draw(&mut canvas)
+            .expect("drawing on a buffer cannot fail");
+    }
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(BufWriter::new(file), WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()?
+        .write_image_data(&pixels)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Dropped traffic in thick lines, passed in thin ones.
+fn stroke(traffic: Traffic) -> u32 {
+    match traffic {
+        Traffic::Drop => 3,
+        Traffic::Pass => 1,
+    }
+}

@@ -1,0 +1,361 @@
+//! The results of a run: a Markdown table (printed and written), the same
+//! as JSON, and a plot, with the machine they came from.
+
+use std::{fmt::Write as _, fs, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::filter::Filter;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// Frames the policy passes (XDP_PASS for the ceiling).
+    Pass,
+    /// Frames the policy drops (XDP_DROP for the ceiling).
+    #[default]
+    Drop,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub nft: String,
+    pub iptables: String,
+}
+
+#[derive(Serialize)]
+pub struct Ceiling {
+    pub traffic: Traffic,
+    pub pps: f64,
+}
+
+#[derive(Serialize)]
+pub struct Rate {
+    pub filter: Filter,
+    pub rules: usize,
+    pub traffic: Traffic,
+    pub pps: f64,
+    pub ns_per_packet: f64,
+    /// `ns_per_packet` less the ceiling's: the filter's own cost, without
+    /// the generator's and the empty program's.
+    pub over_ceiling_ns: f64,
+    /// To the empty program's rate for the same traffic.
+    pub to_ceiling: f64,
+    /// To nftables' rates with the same rules and traffic.
+    pub to_nft_rules: Option<f64>,
+    pub to_nft_sets: Option<f64>,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            filter: Filter::Sg,
+            rules: 0,
+            traffic: Traffic::Drop,
+            pps: 0.0,
+            ns_per_packet: 0.0,
+            over_ceiling_ns: 0.0,
+            to_ceiling: 0.0,
+            to_nft_rules: None,
+            to_nft_sets: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Iperf {
+    /// `None`: no filter (the empty XDP program only).
+    pub filter: Option<Filter>,
+    pub rules: usize,
+    pub gbits: f64,
+}
+
+#[derive(Serialize)]
+pub struct Update {
+    pub filter: Filter,
+    pub rules: usize,
+    pub ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Memory {
+    pub rules: usize,
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub value: f64,
+    pub met: bool,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub generator: String,
+    pub quick: bool,
+    pub window_ms: u128,
+    pub rounds: usize,
+    pub ceilings: Vec<Ceiling>,
+    pub rates: Vec<Rate>,
+    pub iperf: Vec<Iperf>,
+    pub updates: Vec<Update>,
+    pub memory: Vec<Memory>,
+    pub goals: Vec<Goal>,
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Machine {
+    fn this() -> Result<Machine> {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo")?;
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        Ok(Machine {
+            kernel: nix::sys::utsname::uname()?
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            cpu,
+            cpus: std::thread::available_parallelism()?.get(),
+            nft: command_line("nft", &["--version"]),
+            iptables: command_line("iptables", &["--version"]),
+        })
+    }
+}
+
+impl Report {
+    pub fn new(generator: String, quick: bool, window: Duration, rounds: usize) -> Result<Report> {
+        Ok(Report {
+            machine: Machine::this()?,
+            generator,
+            quick,
+            window_ms: window.as_millis(),
+            rounds,
+            ceilings: Vec::new(),
+            rates: Vec::new(),
+            iperf: Vec::new(),
+            updates: Vec::new(),
+            memory: Vec::new(),
+            goals: Vec::new(),
+        })
+    }
+
+    fn pps(&self, filter: Filter, rules: usize, traffic: Traffic) -> Option<f64> {
+        self.rates
+            .iter()
+            .find(|r| r.filter == filter && r.rules == rules && r.traffic == traffic)
+            .map(|r| r.pps)
+    }
+
+    fn ceiling(&self, traffic: Traffic) -> f64 {
+        self.ceilings
+            .iter()
+            .find(|c| c.traffic == traffic)
+            .map_or(f64::NAN, |c| c.pps)
+    }
+
+    /// Ratios and the goals, from the rates.
+    pub fn finish(&mut self) {
+        let ratios: Vec<_> = self
+            .rates
+            .iter()
+            .map(|r| {
+                let nft = |filter| self.pps(filter, r.rules, r.traffic).map(|p| r.pps / p);
+                (
+                    r.pps / self.ceiling(r.traffic),
+                    nft(Filter::NftRules),
+                    nft(Filter::NftSets),
+                )
+            })
+            .collect();
+        for (rate, (ceiling, rules, sets)) in self.rates.iter_mut().zip(ratios) {
+            rate.ns_per_packet = 1e9 / rate.pps;
+            rate.over_ceiling_ns = rate.ns_per_packet - rate.ns_per_packet * ceiling;
+            rate.to_ceiling = ceiling;
+            rate.to_nft_rules = rules;
+            rate.to_nft_sets = sets;
+        }
+        let sizes: Vec<usize> = self.memory.iter().map(|m| m.rules).collect();
+        let (Some(&largest), Some(&smallest)) =
+            (sizes.iter().max(), sizes.iter().find(|&&n| n > 0))
+        else {
+            return;
+        };
+        let at = if sizes.contains(&10_000) {
+            10_000
+        } else {
+            largest
+        };
+        let rate = |n, traffic| {
+            self.rates
+                .iter()
+                .find(|r| r.filter == Filter::Sg && r.rules == n && r.traffic == traffic)
+        };
+        let mut goals = Vec::new();
+        for (traffic, what) in [(Traffic::Drop, "XDP_DROP"), (Traffic::Pass, "XDP_PASS")] {
+            if let Some(r) = rate(at, traffic) {
+                goals.push((
+                    format!("{at} rules, {traffic:?} traffic: ≥ 0.9 of {what}"),
+                    r.to_ceiling,
+                    r.to_ceiling >= 0.9,
+                ));
+            }
+        }
+        if let (Some(big), Some(small)) =
+            (rate(largest, Traffic::Drop), rate(smallest, Traffic::Drop))
+        {
+            let ratio = big.ns_per_packet / small.ns_per_packet;
+            goals.push((
+                format!(
+                    "ns/packet at {largest} rules ≤ 1.2× that at {smallest} \
+                     (dropped traffic, generator included)"
+                ),
+                ratio,
+                ratio <= 1.2,
+            ));
+        }
+        for traffic in [Traffic::Drop, Traffic::Pass] {
+            if let Some(r) = rate(at, traffic) {
+                if let Some(v) = r.to_nft_sets {
+                    goals.push((
+                        format!("{at} rules, {traffic:?}: ≥ 3× nftables with maps"),
+                        v,
+                        v >= 3.0,
+                    ));
+                }
+                if let Some(v) = r.to_nft_rules {
+                    goals.push((
+                        format!("{at} rules, {traffic:?}: ≥ 100× nftables per rule"),
+                        v,
+                        v >= 100.0,
+                    ));
+                }
+            }
+        }
+        self.goals = goals
+            .into_iter()
+            .map(|(goal, value, met)| Goal { goal, value, met })
+            .collect();
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# Load benchmark{}\n",
+            if self.quick { " (quick mode)" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "Kernel {}, {} ({} CPUs), {}, {}.\n\nGenerator: {}; 64-byte UDP/IPv4 frames, random \
+             sources, destinations and ports, generator and receiver on CPU {} (nice {}); a rate \
+             is the best of {} windows of {} ms.\n",
+            m.kernel,
+            m.cpu,
+            m.cpus,
+            m.nft,
+            m.iptables,
+            self.generator,
+            crate::testbed::CPU,
+            crate::testbed::NICE,
+            self.rounds,
+            self.window_ms
+        );
+        for c in &self.ceilings {
+            let _ = writeln!(
+                out,
+                "Ceiling, empty XDP program, {:?}: {:.3} Mpps ({:.1} ns/packet)  ",
+                c.traffic,
+                c.pps / 1e6,
+                1e9 / c.pps
+            );
+        }
+        out.push_str(
+            "\n| filter | rules | traffic | Mpps | ns/packet | ns over ceiling | × ceiling | × nft per rule | × nft maps |\n\
+             |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let ratio = |v: Option<f64>| v.map_or("".to_string(), |v| format!("{v:.2}"));
+        for r in &self.rates {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:?} | {:.3} | {:.1} | {:.1} | {:.2} | {} | {} |",
+                r.filter.label(),
+                r.rules,
+                r.traffic,
+                r.pps / 1e6,
+                r.ns_per_packet,
+                r.over_ceiling_ns,
+                r.to_ceiling,
+                ratio(r.to_nft_rules),
+                ratio(r.to_nft_sets)
+            );
+        }
+        out.push_str("\n| TCP bulk (iperf3), filter | rules | Gbit/s |\n|---|---:|---:|\n");
+        for i in &self.iperf {
+            let label = i.filter.map_or("none (empty XDP program)", Filter::label);
+            let _ = writeln!(out, "| {label} | {} | {:.2} |", i.rules, i.gbits);
+        }
+        out.push_str(
+            "\n| policy update, filter | rules | enforced after (ms) |\n|---|---:|---:|\n",
+        );
+        for u in &self.updates {
+            let _ = writeln!(out, "| {} | {} | {:.1} |", u.filter.label(), u.rules, u.ms);
+        }
+        out.push_str("\n| sg rules | map entries | map memory (MB) |\n|---:|---:|---:|\n");
+        for mem in &self.memory {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} |",
+                mem.rules,
+                mem.entries,
+                mem.bytes as f64 / 1e6
+            );
+        }
+        out.push_str("\n| goal | value | met |\n|---|---:|---|\n");
+        for g in &self.goals {
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {} |",
+                g.goal,
+                g.value,
+                if g.met { "yes" } else { "no" }
+            );
+        }
+        out
+    }
+
+    /// Prints the Markdown and writes `loadbench.{md,json,png}` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let markdown = self.markdown();
+        println!("\n{markdown}");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = &dir.canonicalize()?;
+        fs::write(dir.join("loadbench.md"), &markdown)?;
+        fs::write(
+            dir.join("loadbench.json"),
+            serde_json::to_string_pretty(self)? + "\n",
+        )?;
+        crate::plot::throughput(self, &dir.join("loadbench.png"))?;
+        println!("written: {}/loadbench.{{md,json,png}}", dir.display());
+        Ok(())
+    }
+}
