@@ -41,6 +41,7 @@ use sg_common::{
 
 use crate::netns;
 
+pub mod conntrack;
 mod policy;
 pub mod port_security;
 pub use policy::PolicyMaps;
@@ -910,6 +911,8 @@ fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
     }
     PolicyMaps::open(pins)?.clear(slot)?;
     port_security::install(pins, slot, &PortSecurity::OFF)?;
+    // The slot's next port starts with no flows.
+    conntrack::forget_slot(pins, slot)?;
     maps.reset_counters(slot)?;
     maps.set_port(slot, &PortConfig::EMPTY)?;
 
