@@ -82,7 +82,7 @@ unsafe fn copy<T>(from: *mut T, to: *mut u8, len: usize) {
 pub enum Flow {
     /// Not for the table: the policy alone decides (ICMP other than echo
     /// requests and errors about a tracked flow, echo replies and TCP RSTs
-    /// of no flow, packets whose headers the tracker cannot read).
+    /// of no flow, other packets whose headers the tracker cannot read).
     Untracked,
     /// An ICMP error about a tracked flow.
     Related,
@@ -90,7 +90,8 @@ pub enum Flow {
     Tracked(*mut ConntrackEntry),
     /// No flow yet; the packet starts one if the policy allows it.
     New,
-    /// TCP of no flow that cannot start one: not a SYN alone.
+    /// TCP of no flow that cannot start one: not a SYN alone, or a
+    /// header cut short of its flags.
     Stray,
 }
 
@@ -114,11 +115,17 @@ pub fn lookup(
     scratch: &mut Scratch,
     flags: &mut u8,
 ) -> Flow {
+    // TCP the tracker cannot read starts no flow and fits none.
+    let unreadable = if ip.protocol == IPPROTO_TCP {
+        Flow::Stray
+    } else {
+        Flow::Untracked
+    };
     let Some(buf) = Buf::of(start, end) else {
-        return Flow::Untracked;
+        return unreadable;
     };
     let Some(l4) = buf.launder(ip.l4_offset).filter(|&l4| l4 <= MAX_L4) else {
-        return Flow::Untracked;
+        return unreadable;
     };
     let icmp = icmp_protocol(ip.family);
     // Source and destination "ports" of the packet: ICMP echo's
@@ -143,7 +150,7 @@ pub fn lookup(
             // Two bytes, data offset and flags: for one the compiler checks
             // bounds in a way the verifier does not follow.
             let Some([_, tcp_flags]) = buf.read::<2>(l4 + 12) else {
-                return Flow::Untracked;
+                return unreadable;
             };
             *flags = tcp_flags;
         }
@@ -159,10 +166,9 @@ pub fn lookup(
         (&ip.src, src_port),
         (&ip.dst, dst_port),
     );
-    // SAFETY: the entry stays valid for this program run (RCU).
     if let Some(entry) = SG_CONNTRACK.get_ptr_mut(&*key) {
         let now = now();
-        // SAFETY: as above; read only.
+        // SAFETY: the entry stays valid for this program run (RCU).
         let (state, last_seen, origin) =
             unsafe { ((*entry).state, (*entry).last_seen, (*entry).origin) };
         let restart = ip.protocol == IPPROTO_TCP

@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use sg_ctl::model::Policy;
 use sg_tests::{
-    HOST_V4, HOST_V6, PORT, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, require_root,
-    tcp_exchange,
+    HOST_V4, HOST_V6, Netns, PORT, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
+    require_root, tcp_exchange,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
@@ -249,5 +249,87 @@ fn the_conntrack_commands_list_count_and_flush() -> Result<()> {
     ensure!(flushed.trim() == "flushed 1 flows", "{flushed}");
     let expired = pins.sg_ctl_ok(&["conntrack", "gc"])?;
     ensure!(expired.trim() == "expired 0 flows", "{expired}");
+    Ok(())
+}
+
+/// The workload's bulk transfer to a server behind a link of a smaller
+/// MTU: the host routes, and its "fragmentation needed" (IPv4) and "packet
+/// too big" (IPv6) reach the workload as related to the connection,
+/// though no rule lets ICMP in. Without them the transfer would stall.
+#[test]
+fn path_mtu_discovery_works_through_the_filter() -> Result<()> {
+    require_root!(Ok(()));
+    let port = VethPort::new()?;
+    let pins = TestPins::new();
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])?;
+    let egress_tcp = json!({
+        "groups": [{"name": "client", "rules": [{"direction": "egress", "protocol": "tcp"}]}],
+        "ports": [{
+            "name": "vm",
+            "ifname": PORT,
+            "mac": "02:00:00:00:00:02",
+            "ips": [WORKLOAD_V4, WORKLOAD_V6],
+            "groups": ["client"],
+        }],
+    });
+    pins.install(PORT, &serde_json::from_value(egress_tcp)?, "vm")?;
+    let far = Netns::new()?;
+    port.host.add_veth("far0", &far)?;
+    // The narrow link is the router's way out: the server's end keeps
+    // 1500 bytes, so that its MSS does not spare the client the discovery.
+    for (ns, dev, mtu, v4, v6) in [
+        (
+            &port.host,
+            "far0",
+            "1280",
+            "198.18.2.1/24",
+            "2001:db8:2::1/64",
+        ),
+        (&far, "eth0", "1500", "198.18.2.2/24", "2001:db8:2::2/64"),
+    ] {
+        ns.add_addr(dev, v4)?;
+        ns.add_addr(dev, v6)?;
+        ns.ip(&["link", "set", dev, "mtu", mtu, "up"])?;
+    }
+    for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        let out = port.host.exec("sysctl", &["-qw", sysctl])?;
+        ensure!(out.status.success(), "sysctl {sysctl}: {out:?}");
+    }
+    port.workload
+        .ip(&["route", "add", "198.18.2.0/24", "via", HOST_V4])?;
+    port.workload
+        .ip(&["-6", "route", "add", "2001:db8:2::/64", "via", HOST_V6])?;
+    far.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.2.1"])?;
+    far.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8::/64",
+        "via",
+        "2001:db8:2::1",
+    ])?;
+
+    const BYTES: usize = 256 * 1024;
+    for server in ["198.18.2.2", "2001:db8:2::2"] {
+        let server = addr(server);
+        let listener = far.within(move || Ok(TcpListener::bind((server, 0))?))?;
+        let target = listener.local_addr()?;
+        let reader = std::thread::spawn(move || -> Result<usize> {
+            let (mut accepted, _) = listener.accept()?;
+            accepted.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut received = Vec::new();
+            accepted.read_to_end(&mut received)?;
+            Ok(received.len())
+        });
+        let mut client = port
+            .workload
+            .within(move || Ok(TcpStream::connect_timeout(&target, Duration::from_secs(3))?))?;
+        client.set_write_timeout(Some(Duration::from_secs(5)))?;
+        client.write_all(&vec![7u8; BYTES])?;
+        drop(client);
+        let received = reader.join().expect("the reader ends")?;
+        ensure!(received == BYTES, "{received} of {BYTES} bytes to {server}");
+    }
+    ensure!(pins.counter(PORT, "ingress", "pass-related")? >= 2);
     Ok(())
 }

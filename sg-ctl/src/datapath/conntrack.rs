@@ -394,6 +394,29 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_take_the_settings_and_default_where_unset() {
+        let settings = crate::store::ConntrackTimeouts {
+            udp: 5,
+            ..Default::default()
+        };
+        let timeouts = settings.datapath();
+        assert_eq!(timeouts.seconds(sg_common::Timeout::Udp), 5);
+        assert_eq!(timeouts.seconds(sg_common::Timeout::Other), 600);
+        let unset = ConntrackTimeouts::default();
+        assert_eq!(unset.seconds(sg_common::Timeout::TcpEstablished), 432_000);
+        let second = 1_000_000_000;
+        // UDP idle 5 s is not yet expired; 5 s and a nanosecond is.
+        assert!(!timeouts.expired(17, conntrack_state::REPLIED, second, 6 * second));
+        assert!(timeouts.expired(17, conntrack_state::REPLIED, second, 6 * second + 1));
+        // TCP: established for days, the handshake for two minutes.
+        let hour = 3600 * second;
+        assert!(!timeouts.expired(6, conntrack_state::ESTABLISHED, 0, hour));
+        assert!(timeouts.expired(6, conntrack_state::SYN_SENT, 0, hour));
+        // A clock read before the entry was written is no age.
+        assert!(!timeouts.expired(17, conntrack_state::NEW, 2 * hour, hour));
+    }
+
+    #[test]
     fn ipv4_flows_show_their_ipv4_addresses() {
         let addr = sg_common::ipv4_mapped([198, 18, 0, 2]);
         assert_eq!(
