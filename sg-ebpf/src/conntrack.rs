@@ -14,7 +14,6 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap},
@@ -29,9 +28,12 @@ use crate::{
     reject::Buf,
 };
 
+/// Preallocated: an entry added in the datapath takes one from a free
+/// list rather than allocating memory (which took three times the rest of
+/// a new flow's cost, and could fail under memory pressure).
 #[map(name = "SG_CONNTRACK")]
 static SG_CONNTRACK: HashMap<ConntrackKey, ConntrackEntry> =
-    HashMap::pinned(MAX_CONNTRACK_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(MAX_CONNTRACK_ENTRIES, 0);
 
 /// The timeouts, written by `sg-ctl` from its settings.
 #[map(name = "SG_CONNTRACK_TIMEOUTS")]

@@ -91,9 +91,11 @@ static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
 static SG_VERDICT: HashMap<VerdictKey, u64> =
     HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The keys of one packet's policy lookups. In this CPU's slot rather than
-/// on the stack, of which a program has 512 bytes for everything; one
-/// program runs at a time on a CPU, so the slot is the run's.
+/// The keys of one packet's policy lookups, and the connection tracker's
+/// work space (its key, a new entry, an ICMP error's quote). In this CPU's
+/// slot rather than on the stack, of which a program has 512 bytes for
+/// everything; one program runs at a time on a CPU, so the slot is the
+/// run's.
 #[repr(C)]
 struct Keys {
     local: Key<LocalKey>,

@@ -207,6 +207,11 @@ fn conntrack_cost(port: &mut TestPort) -> Result<()> {
     println!("mean of {NEW_FLOWS} single runs (TC), each timed with its run's overhead:");
     println!("  new flow (SYN, classified and entered): {new:.1} ns");
     println!("  established flow: {single:.1} ns");
+    println!(
+        "  the table's kernel memory ({} entries): {:.1} MB",
+        sg_common::MAX_CONNTRACK_ENTRIES,
+        memlock(port.pins(), map_names::CONNTRACK)? as f64 / 1e6
+    );
     println!("best of {ROUNDS} × {REPEAT} runs:");
     println!("  established flow, toward the workload (TC): {tracked:.1} ns/packet");
     println!("  established flow, from the workload (XDP): {reply:.1} ns/packet");
