@@ -43,6 +43,7 @@ pub mod map_names {
     pub const OWNED: &str = "SG_OWNED";
     pub const CONNTRACK: &str = "SG_CONNTRACK";
     pub const CONNTRACK_TIMEOUTS: &str = "SG_CONNTRACK_TIMEOUTS";
+    pub const CONNTRACK_EVENTS: &str = "SG_CONNTRACK_EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -634,6 +635,43 @@ pub mod conntrack_state {
     }
 }
 
+/// What happened to a flow, in `SG_CONNTRACK_EVENTS` (a ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackEvent {
+    /// `bpf_ktime_get_ns`.
+    pub time: u64,
+    pub key: ConntrackKey,
+    /// `conntrack_event`.
+    pub kind: u32,
+}
+
+/// `ConntrackEvent::kind`.
+pub mod conntrack_event {
+    /// A flow started.
+    pub const NEW: u32 = 0;
+    /// An RST ended it, FINs went both ways, or the policy revoked it.
+    pub const CLOSED: u32 = 1;
+    /// Its next packet found it idle past its timeout.
+    pub const EXPIRED: u32 = 2;
+
+    pub const fn name(kind: u32) -> &'static str {
+        match kind {
+            NEW => "new",
+            CLOSED => "closed",
+            EXPIRED => "expired",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Bytes of the events ring buffer.
+pub const CONNTRACK_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Events each CPU may send per second; those past it are not sent (the
+/// flows are tracked all the same).
+pub const CONNTRACK_EVENTS_PER_SECOND: u32 = 1000;
+
 /// `SG_CONNTRACK_TIMEOUTS[0]`: seconds an idle flow is kept, per kind
 /// (`Timeout`); zero for the kind's default (`Timeout::default_seconds`).
 #[repr(C)]
@@ -717,6 +755,7 @@ const _: () = assert!(size_of::<OwnedMacs>() == 32);
 const _: () = assert!(size_of::<ConntrackKey>() == 44);
 const _: () = assert!(size_of::<ConntrackEntry>() == 56);
 const _: () = assert!(size_of::<ConntrackTimeouts>() == 20);
+const _: () = assert!(size_of::<ConntrackEvent>() == 56);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
 
 #[cfg(feature = "user")]
@@ -740,4 +779,5 @@ mod user {
     unsafe impl aya::Pod for ConntrackKey {}
     unsafe impl aya::Pod for ConntrackEntry {}
     unsafe impl aya::Pod for ConntrackTimeouts {}
+    unsafe impl aya::Pod for ConntrackEvent {}
 }

@@ -5,7 +5,13 @@
 mod cli;
 mod trace_cli;
 
-use std::{io::Write as _, net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use hyper::StatusCode;
@@ -252,6 +258,19 @@ enum ConntrackCommand {
     /// Remove the flows idle past their timeout now (the daemon does it
     /// every few seconds).
     Gc,
+    /// Print flows as they start, close and expire (at most 1000 events a
+    /// second per CPU; flows that `gc` removes have none).
+    #[command(after_help = "Examples:
+  sg-ctl conntrack watch
+  sg-ctl -o json conntrack watch --count 10 --seconds 30")]
+    Watch {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 /// Which flows a conntrack command takes.
@@ -367,7 +386,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         };
     }
     let netns = match e.downcast_ref::<DatapathError>() {
-        Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => {
+        Some(
+            DatapathError::NoSuchInterface { .. }
+            | DatapathError::NotAttached { .. }
+            | DatapathError::NothingAttached { .. },
+        ) => {
             return 3;
         }
         Some(DatapathError::InvalidPortSecurity(_)) => return 2,
@@ -569,6 +592,31 @@ fn conntrack_command(
             let removed = conntrack::flush(pins, &flows.filter(pins)?)?;
             report(output, "flushed", removed)?;
         }
+        ConntrackCommand::Watch { count, seconds } => {
+            let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut seen = 0;
+            let mut out = std::io::stdout().lock();
+            conntrack::watch(pins, until, |event| {
+                match output {
+                    Output::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+                    Output::Table => {
+                        let ends = &event.ends;
+                        writeln!(
+                            out,
+                            "{:<8} slot {:<4} {:<9} {} {}",
+                            event.event,
+                            ends.slot,
+                            ends.protocol,
+                            end(ends.local, ends.local_port),
+                            end(ends.remote, ends.remote_port)
+                        )?;
+                    }
+                }
+                out.flush()?;
+                seen += 1;
+                Ok(count.is_none_or(|count| seen < count))
+            })?;
+        }
         ConntrackCommand::Gc => {
             let removed = conntrack::expire(pins)?;
             report(output, "expired", removed)?;
@@ -586,17 +634,21 @@ fn report(output: Output, what: &str, flows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An end of a flow: address and port.
+fn end(addr: IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (IpAddr::V6(addr), Some(port)) => format!("[{addr}]:{port}"),
+        (addr, Some(port)) => format!("{addr}:{port}"),
+        (addr, None) => addr.to_string(),
+    }
+}
+
 fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if flows.is_empty() {
         writeln!(out, "no flows")?;
         return Ok(());
     }
-    let end = |addr: IpAddr, port: Option<u16>| match (addr, port) {
-        (IpAddr::V6(addr), Some(port)) => format!("[{addr}]:{port}"),
-        (addr, Some(port)) => format!("{addr}:{port}"),
-        (addr, None) => addr.to_string(),
-    };
     writeln!(
         out,
         "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>8}",
@@ -615,9 +667,9 @@ fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
             out,
             "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>7}s",
             flow.interface,
-            flow.protocol,
-            end(flow.local, flow.local_port),
-            end(flow.remote, flow.remote_port),
+            flow.ends.protocol,
+            end(flow.ends.local, flow.ends.local_port),
+            end(flow.ends.remote, flow.ends.remote_port),
             flow.state,
             flow.origin,
             format!("{}/{}", flow.packets_egress, flow.bytes_egress),

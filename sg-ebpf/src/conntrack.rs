@@ -16,11 +16,12 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use sg_common::{
-    ConntrackEntry, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, MAX_CONNTRACK_ENTRIES,
-    conntrack_state, ipv4_mapped,
+    CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, ConntrackEntry, ConntrackEvent,
+    ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, MAX_CONNTRACK_ENTRIES,
+    conntrack_event, conntrack_state, ipv4_mapped,
 };
 
 use crate::{
@@ -34,6 +35,20 @@ use crate::{
 #[map(name = "SG_CONNTRACK")]
 static SG_CONNTRACK: HashMap<ConntrackKey, ConntrackEntry> =
     HashMap::pinned(MAX_CONNTRACK_ENTRIES, 0);
+
+/// New, closed and expired flows, for `sg-ctl conntrack watch`.
+#[map(name = "SG_CONNTRACK_EVENTS")]
+static SG_CONNTRACK_EVENTS: RingBuf = RingBuf::pinned(CONNTRACK_EVENTS_BYTES, 0);
+
+/// This CPU's events of the current second: the second, and how many.
+#[repr(C)]
+struct EventBudget {
+    second: u64,
+    sent: u64,
+}
+
+#[map(name = "SG_CONNTRACK_EVENT_BUDGET")]
+static SG_CONNTRACK_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// The timeouts, written by `sg-ctl` from its settings.
 #[map(name = "SG_CONNTRACK_TIMEOUTS")]
@@ -100,6 +115,8 @@ pub enum Flow {
 /// What a packet of a tracked flow does to it.
 pub enum Step {
     Pass,
+    /// The last FIN: the flow waits out its closing timeout.
+    Closing,
     /// An RST: the flow ends with it.
     Close,
     /// Does not fit the flow's state.
@@ -184,6 +201,9 @@ pub fn lookup(
             return Flow::Tracked(entry);
         }
         let _ = SG_CONNTRACK.remove(&*key);
+        if expired {
+            emit(key, conntrack_event::EXPIRED, now);
+        }
     }
     if ip.protocol == IPPROTO_TCP {
         if *flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
@@ -349,15 +369,58 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
     // Another CPU may have started the flow meanwhile: as good.
     const EEXIST: i32 = 17;
     match SG_CONNTRACK.insert(key, entry, aya_ebpf::bindings::BPF_NOEXIST as u64) {
-        Ok(()) => true,
+        Ok(()) => {
+            emit(key, conntrack_event::NEW, now);
+            true
+        }
         Err(error) => error == -EEXIST,
     }
 }
 
-/// Forgets the flow of `scratch.key`.
+/// Sends an event about the flow of `key`, unless this CPU sent its
+/// second's worth already or the ring is full.
+#[inline(always)]
+fn emit(key: &ConntrackKey, kind: u32, now: u64) {
+    let Some(budget) = SG_CONNTRACK_EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, this run's alone.
+    let budget = unsafe { &mut *budget };
+    let second = now / 1_000_000_000;
+    if budget.second != second {
+        budget.second = second;
+        budget.sent = 0;
+    }
+    if budget.sent >= CONNTRACK_EVENTS_PER_SECOND as u64 {
+        return;
+    }
+    let Some(mut event) = SG_CONNTRACK_EVENTS.reserve::<ConntrackEvent>(0) else {
+        return;
+    };
+    budget.sent += 1;
+    let out = event.as_mut_ptr();
+    // SAFETY: the reserved entry, written field by field (a whole event
+    // would be a copy on the stack).
+    unsafe {
+        (*out).time = now;
+        core::ptr::copy_nonoverlapping(key, &mut (*out).key, 1);
+        (*out).kind = kind;
+    }
+    event.submit(0);
+}
+
+/// Forgets the flow of `scratch.key`, which an RST ended or the policy
+/// revoked.
 #[inline(always)]
 pub fn forget(scratch: &Scratch) {
     let _ = SG_CONNTRACK.remove(&scratch.key);
+    closed(scratch);
+}
+
+/// Says that the flow of `scratch.key` closed.
+#[inline(always)]
+pub fn closed(scratch: &Scratch) {
+    emit(&scratch.key, conntrack_event::CLOSED, now());
 }
 
 /// Moves a tracked flow on with a packet in `direction`; TCP's `flags`.
@@ -391,11 +454,11 @@ pub fn advance(entry: &mut ConntrackEntry, direction: Direction, protocol: u8, f
     }
     if flags & TCP_FIN != 0 {
         entry.fins |= 1 << (direction as u8 & 1);
-        entry.state = if entry.fins == 3 {
-            conntrack_state::TIME_WAIT
-        } else {
-            conntrack_state::FIN_WAIT
-        };
+        if entry.fins == 3 {
+            entry.state = conntrack_state::TIME_WAIT;
+            return Step::Closing;
+        }
+        entry.state = conntrack_state::FIN_WAIT;
     }
     Step::Pass
 }

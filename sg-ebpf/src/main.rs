@@ -299,6 +299,10 @@ fn track(
             match conntrack::advance(entry, direction, ip.protocol, flags) {
                 Step::Invalid => return Err(Outcome::DropInvalid),
                 Step::Close => conntrack::forget(&keys.conntrack),
+                Step::Closing => {
+                    conntrack::account(entry, direction, bytes);
+                    conntrack::closed(&keys.conntrack);
+                }
                 Step::Pass => conntrack::account(entry, direction, bytes),
             }
             if ip.fragmented {

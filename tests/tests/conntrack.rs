@@ -182,11 +182,14 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
         assert_eq!(flows.len(), 1, "{flows:?}");
         let flow = &flows[0];
         assert_eq!(
-            (flow.state, flow.origin, flow.protocol.as_str()),
+            (flow.state, flow.origin, flow.ends.protocol.as_str()),
             ("established", "ingress", "tcp")
         );
-        assert_eq!(flow.local, ends(v6).0);
-        assert_eq!((flow.local_port, flow.remote_port), (Some(80), Some(40000)));
+        assert_eq!(flow.ends.local, ends(v6).0);
+        assert_eq!(
+            (flow.ends.local_port, flow.ends.remote_port),
+            (Some(80), Some(40000))
+        );
         assert_eq!((flow.packets_ingress, flow.packets_egress), (2, 1));
         port.check(
             e,
@@ -318,9 +321,12 @@ fn udp_and_ping_replies_pass_on_egress_rules() {
             .iter()
             .all(|f| f.state == "replied" && f.origin == "egress")
     );
-    let ping = flows.iter().find(|f| f.protocol == "icmp").unwrap();
+    let ping = flows.iter().find(|f| f.ends.protocol == "icmp").unwrap();
     // Echo's identifier, as the frame builder sets it.
-    assert_eq!((ping.local_port, ping.remote_port), (Some(1), None));
+    assert_eq!(
+        (ping.ends.local_port, ping.ends.remote_port),
+        (Some(1), None)
+    );
 }
 
 /// An ICMP error toward the workload about `quoted`, a packet it sent.
@@ -404,7 +410,7 @@ fn a_policy_that_no_longer_allows_a_flow_revokes_it() {
     );
     let after = port.flows();
     assert_eq!(after.len(), 1, "{after:?}");
-    let dns_before = before.iter().find(|f| f.protocol == "udp").unwrap();
+    let dns_before = before.iter().find(|f| f.ends.protocol == "udp").unwrap();
     assert_ne!(after[0].policy, dns_before.policy, "the new policy's id");
 }
 
@@ -427,9 +433,33 @@ fn idle_flows_expire_by_their_timeouts() {
     port.check(i, &udp(i, false, dns), Forward::Drop, Outcome::DropDefault);
     // Expiry removes the other (the first is gone already).
     assert_eq!(conntrack::expire(port.0.pins()).unwrap(), 1);
+    // The events: three flows new, the one its packet found idle expired
+    // (expiry's removals have none).
+    let mut events = Vec::new();
+    let until = Instant::now() + Duration::from_millis(300);
+    conntrack::watch(port.0.pins(), Some(until), |event| {
+        events.push((event.event, event.ends.protocol, event.ends.local_port));
+        Ok(true)
+    })
+    .unwrap();
+    let udp = |port| ("udp".to_string(), Some(port));
+    let tcp = ("tcp".to_string(), Some(80));
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|(kind, protocol, port)| (kind, (protocol, port)))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("new", udp(40000)),
+            ("new", udp(40001)),
+            ("new", tcp.clone()),
+            ("expired", udp(40000)),
+        ]
+    );
     let flows = port.flows();
     assert_eq!(flows.len(), 1, "the TCP connection stays: {flows:?}");
-    assert_eq!(flows[0].protocol, "tcp");
+    assert_eq!(flows[0].ends.protocol, "tcp");
 }
 
 #[test]

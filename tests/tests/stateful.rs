@@ -333,3 +333,42 @@ fn path_mtu_discovery_works_through_the_filter() -> Result<()> {
     ensure!(pins.counter(PORT, "ingress", "pass-related")? >= 2);
     Ok(())
 }
+
+#[test]
+fn watch_prints_flows_as_they_start_and_close() -> Result<()> {
+    require_root!(Ok(()));
+    let (port, pins) = setup()?;
+    let watcher = std::process::Command::new(sg_tests::sg_ctl_binary())
+        .args(["--pin-dir", pins.dir(), "-o", "json", "conntrack", "watch"])
+        .args(["--count", "2", "--seconds", "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Time to open the ring before the connection.
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(tcp_exchange(
+        &port.host,
+        &port.workload,
+        addr(WORKLOAD_V4),
+        80
+    )?);
+    let out = watcher.wait_with_output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let events: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    ensure!(kinds == ["new", "closed"], "{events:?}");
+    for event in &events {
+        ensure!(
+            event["protocol"] == "tcp"
+                && event["local"] == WORKLOAD_V4
+                && event["local_port"] == 80,
+            "{event}"
+        );
+    }
+    // Without an attached port there is nothing to watch.
+    let out = TestPins::new().sg_ctl(&["conntrack", "watch", "--seconds", "1"])?;
+    ensure!(out.status.code() == Some(3), "{out:?}");
+    Ok(())
+}

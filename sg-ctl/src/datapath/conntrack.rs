@@ -6,15 +6,17 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::{
-    ConntrackEntry, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, Outcome,
-    conntrack_state, map_names,
+    ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
+    Outcome, conntrack_event, conntrack_state, map_names,
 };
 
-use super::{Context as _, Maps, Pins, Result, ifname_of, open_pinned, require_root};
+use super::{
+    Context as _, DatapathError, Maps, Pins, Result, ifname_of, open_pinned, require_root,
+};
 use crate::model::IpProtocol;
 
 /// The table and its timeouts, opened from their pins.
@@ -183,11 +185,10 @@ fn address(family: u8, addr: [u8; 16]) -> IpAddr {
     }
 }
 
-/// One flow as `sg-ctl conntrack list` shows it.
+/// A flow's ends, as a key gives them.
 #[derive(Debug, Clone, Serialize)]
-pub struct Flow {
+pub struct Ends {
     pub slot: u32,
-    pub interface: String,
     pub protocol: String,
     /// The workload's end.
     pub local: IpAddr,
@@ -195,6 +196,29 @@ pub struct Flow {
     pub local_port: Option<u16>,
     pub remote: IpAddr,
     pub remote_port: Option<u16>,
+}
+
+impl Ends {
+    fn of(key: &ConntrackKey) -> Ends {
+        let protocol = IpProtocol(key.protocol);
+        let port = |bytes: [u8; 2], used: bool| used.then(|| u16::from_be_bytes(bytes));
+        Ends {
+            slot: key.slot,
+            protocol: protocol.to_string(),
+            local: address(key.family, key.local),
+            local_port: port(key.local_port, protocol.has_ports() || protocol.has_icmp()),
+            remote: address(key.family, key.remote),
+            remote_port: port(key.remote_port, protocol.has_ports()),
+        }
+    }
+}
+
+/// One flow as `sg-ctl conntrack list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub interface: String,
+    #[serde(flatten)]
+    pub ends: Ends,
     pub state: &'static str,
     /// Who started the flow: egress (the workload) or ingress.
     pub origin: &'static str,
@@ -230,21 +254,13 @@ pub fn list(pins: &Pins, filter: &FlowFilter) -> Result<Vec<Flow>> {
                 .find(|(slot, _)| *slot == key.slot)
                 .map(|(_, config)| ifname_of(config))
                 .unwrap_or_default();
-            let protocol = IpProtocol(key.protocol);
-            let port = |bytes: [u8; 2], used: bool| used.then(|| u16::from_be_bytes(bytes));
-            let icmp = protocol.has_icmp();
             let timeout =
                 u64::from(timeouts.seconds(sg_common::Timeout::of(key.protocol, entry.state)));
             let secs = |ns: u64| Duration::from_nanos(ns).as_secs();
             let idle = secs(now.saturating_sub(entry.last_seen));
             let flow = Flow {
-                slot: key.slot,
                 interface,
-                protocol: protocol.to_string(),
-                local: address(key.family, key.local),
-                local_port: port(key.local_port, protocol.has_ports() || icmp),
-                remote: address(key.family, key.remote),
-                remote_port: port(key.remote_port, protocol.has_ports()),
+                ends: Ends::of(&key),
                 state: conntrack_state::name(entry.state),
                 origin: if entry.origin == Direction::Egress as u8 {
                     "egress"
@@ -265,6 +281,70 @@ pub fn list(pins: &Pins, filter: &FlowFilter) -> Result<Vec<Flow>> {
         .collect();
     flows.sort_by_key(|(first_seen, _)| *first_seen);
     Ok(flows.into_iter().map(|(_, flow)| flow).collect())
+}
+
+/// A flow's event as `sg-ctl conntrack watch` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowEvent {
+    /// `new`, `closed` (an RST, FINs both ways, or revoked) or `expired`
+    /// (found idle past its timeout by its next packet; flows that expiry
+    /// removes have no event).
+    pub event: &'static str,
+    /// Nanoseconds of CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    #[serde(flatten)]
+    pub ends: Ends,
+}
+
+/// Hands `each` the events of new, closed and expired flows as the
+/// datapath sends them (at most `CONNTRACK_EVENTS_PER_SECOND` a CPU), until
+/// `each` says stop or `until` passes. One reader takes each event: two
+/// watchers share them out.
+pub fn watch(
+    pins: &Pins,
+    until: Option<std::time::Instant>,
+    mut each: impl FnMut(FlowEvent) -> std::io::Result<bool>,
+) -> Result<()> {
+    use std::os::fd::AsFd as _;
+
+    require_root("watching the connection table")?;
+    let path = pins.map(map_names::CONNTRACK_EVENTS);
+    let what = || format!("opening {}", path.display());
+    if !path.exists() {
+        return Err(DatapathError::NothingAttached {
+            dir: pins.root().to_path_buf(),
+        });
+    }
+    let map = MapData::from_pin(&path).context(what)?;
+    let mut ring: RingBuf<MapData> = Map::RingBuf(map).try_into().context(what)?;
+    loop {
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<ConntrackEvent>() {
+                continue;
+            }
+            // SAFETY: the datapath writes whole `ConntrackEvent`s.
+            let event: ConntrackEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let event = FlowEvent {
+                event: conntrack_event::name(event.kind),
+                time_ns: event.time,
+                ends: Ends::of(&event.key),
+            };
+            if !each(event).context(|| "printing an event".to_string())? {
+                return Ok(());
+            }
+        }
+        if until.is_some_and(|until| std::time::Instant::now() >= until) {
+            return Ok(());
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            ring.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context(|| "waiting for events".to_string()),
+        }
+    }
 }
 
 /// Removes the flows `filter` takes; how many. Their next packets are

@@ -72,6 +72,11 @@ pub enum DatapathError {
          `sg-ctl status` lists the attached ports"
     )]
     NotAttached { name: String, netns: String },
+    #[error(
+        "no port is attached under {}: attach one first (`sg-ctl attach IFACE`)",
+        dir.display()
+    )]
+    NothingAttached { dir: PathBuf },
     #[error("all {MAX_PORTS} port slots are in use: detach a port first (`sg-ctl detach IFACE`)")]
     PortsFull,
     #[error(
