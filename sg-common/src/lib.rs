@@ -41,6 +41,9 @@ pub mod map_names {
     pub const TRACE: &str = "SG_TRACE";
     pub const PORT_SECURITY: &str = "SG_PORT_SECURITY";
     pub const OWNED: &str = "SG_OWNED";
+    pub const CONNTRACK: &str = "SG_CONNTRACK";
+    pub const CONNTRACK_TIMEOUTS: &str = "SG_CONNTRACK_TIMEOUTS";
+    pub const CONNTRACK_EVENTS: &str = "SG_CONNTRACK_EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -59,8 +62,9 @@ pub mod program_names {
 pub const PORT_SLOT_GLOBAL: &str = "PORT_SLOT";
 
 /// The global variable that makes an instance a tracer (`sg-ctl trace`):
-/// it counts nothing, remembers no fragment, and writes what it decided to
-/// its own `SG_TRACE` map. Zero in the instances attached to ports, where
+/// it counts nothing, remembers no fragment, leaves the connection table
+/// alone (the policy decides as on a flow's first packet), and writes
+/// what it decided to its own `SG_TRACE` map. Zero in the instances attached to ports, where
 /// the verifier removes the tracing code as dead.
 pub const TRACE_GLOBAL: &str = "TRACE";
 
@@ -174,6 +178,21 @@ pub enum Outcome {
     /// Port security: a unicast frame toward the workload whose destination
     /// MAC is not the port's nor an allowed address pair's.
     DropForeignMac = 20,
+    /// Passed as a packet of a tracked flow (either way), whatever the
+    /// rules of its direction say.
+    PassEstablished = 21,
+    /// Passed as an ICMP error (destination unreachable, packet too big,
+    /// time exceeded, parameter problem) about a tracked flow.
+    PassRelated = 22,
+    /// Dropped: TCP that fits no tracked flow (no SYN to start one, as an
+    /// ACK scan) or breaks its flow's state, though a rule allows it.
+    DropInvalid = 23,
+    /// Dropped: a new flow the policy allows, but the connection table is
+    /// full.
+    DropConntrackFull = 24,
+    /// Dropped: a packet of a tracked flow that the port's changed policy
+    /// no longer allows; the flow is forgotten.
+    DropRevoked = 25,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -183,7 +202,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 26] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -205,12 +224,21 @@ impl Outcome {
         Outcome::DropMulticast,
         Outcome::DropVlanTagged,
         Outcome::DropForeignMac,
+        Outcome::PassEstablished,
+        Outcome::PassRelated,
+        Outcome::DropInvalid,
+        Outcome::DropConntrackFull,
+        Outcome::DropRevoked,
     ];
 
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Outcome::Pass | Outcome::PassNonIp | Outcome::PassNeighbourDiscovery
+            Outcome::Pass
+                | Outcome::PassNonIp
+                | Outcome::PassNeighbourDiscovery
+                | Outcome::PassEstablished
+                | Outcome::PassRelated
         )
     }
 
@@ -237,6 +265,11 @@ impl Outcome {
             Outcome::DropMulticast => "drop-multicast",
             Outcome::DropVlanTagged => "drop-vlan-tagged",
             Outcome::DropForeignMac => "drop-foreign-mac",
+            Outcome::PassEstablished => "pass-established",
+            Outcome::PassRelated => "pass-related",
+            Outcome::DropInvalid => "drop-invalid",
+            Outcome::DropConntrackFull => "drop-conntrack-full",
+            Outcome::DropRevoked => "drop-revoked",
         }
     }
 
@@ -529,6 +562,185 @@ pub mod candidate {
     }
 }
 
+/// Flows the connection table holds, all ports together. A new flow that
+/// finds it full is dropped (`Outcome::DropConntrackFull`); tracked flows
+/// are never evicted for it.
+pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// `SG_CONNTRACK` key: one flow through one port, seen from the workload.
+/// `local` is the workload's address and port (the source of what it
+/// sends, the destination of what it receives), so that both directions
+/// of a flow find one entry. ICMP echo has the identifier as the local
+/// port and no remote port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConntrackKey {
+    pub slot: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub local_port: [u8; 2],
+    pub remote_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+/// `SG_CONNTRACK` value. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// Counters are indexed by `Direction`; XDP and TC may update one entry at
+/// once on two CPUs, so they may miss a packet under such a race.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackEntry {
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// The port's policy (`SG_PORT_POLICY`) that last allowed the flow in
+    /// its origin direction.
+    pub policy: u32,
+    /// `conntrack_state`.
+    pub state: u8,
+    /// `Direction` of the packet that started the flow.
+    pub origin: u8,
+    /// TCP: a bit `1 << direction` per direction that sent a FIN.
+    pub fins: u8,
+    pub _pad: u8,
+}
+
+/// `ConntrackEntry::state`.
+pub mod conntrack_state {
+    /// UDP, ICMP echo or another protocol, seen in its origin direction.
+    pub const NEW: u8 = 0;
+    /// Seen in both directions.
+    pub const REPLIED: u8 = 1;
+    /// TCP: the SYN went out.
+    pub const SYN_SENT: u8 = 2;
+    /// TCP: the SYN-ACK came back.
+    pub const SYN_RECEIVED: u8 = 3;
+    pub const ESTABLISHED: u8 = 4;
+    /// TCP: one side sent a FIN.
+    pub const FIN_WAIT: u8 = 5;
+    /// TCP: both sides sent a FIN.
+    pub const TIME_WAIT: u8 = 6;
+
+    pub const fn name(state: u8) -> &'static str {
+        match state {
+            NEW => "new",
+            REPLIED => "replied",
+            SYN_SENT => "syn-sent",
+            SYN_RECEIVED => "syn-received",
+            ESTABLISHED => "established",
+            FIN_WAIT => "fin-wait",
+            TIME_WAIT => "time-wait",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What happened to a flow, in `SG_CONNTRACK_EVENTS` (a ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackEvent {
+    /// `bpf_ktime_get_ns`.
+    pub time: u64,
+    pub key: ConntrackKey,
+    /// `conntrack_event`.
+    pub kind: u32,
+}
+
+/// `ConntrackEvent::kind`.
+pub mod conntrack_event {
+    /// A flow started.
+    pub const NEW: u32 = 0;
+    /// An RST ended it, FINs went both ways, or the policy revoked it.
+    pub const CLOSED: u32 = 1;
+    /// Its next packet found it idle past its timeout.
+    pub const EXPIRED: u32 = 2;
+
+    pub const fn name(kind: u32) -> &'static str {
+        match kind {
+            NEW => "new",
+            CLOSED => "closed",
+            EXPIRED => "expired",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Bytes of the events ring buffer.
+pub const CONNTRACK_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Events each CPU may send per second; those past it are not sent (the
+/// flows are tracked all the same).
+pub const CONNTRACK_EVENTS_PER_SECOND: u32 = 1000;
+
+/// `SG_CONNTRACK_TIMEOUTS[0]`: seconds an idle flow is kept, per kind
+/// (`Timeout`); zero for the kind's default (`Timeout::default_seconds`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    pub seconds: [u32; Timeout::COUNT],
+}
+
+/// The kinds of flows with a timeout of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    TcpEstablished = 0,
+    /// TCP opening or closing: every state but established.
+    TcpClosing = 1,
+    Udp = 2,
+    /// ICMP and ICMPv6 echo.
+    Icmp = 3,
+    /// Every other protocol.
+    Other = 4,
+}
+
+impl Timeout {
+    pub const COUNT: usize = 5;
+
+    /// Linux's defaults (`nf_conntrack_tcp_timeout_established`,
+    /// `…_time_wait`, `nf_conntrack_udp_timeout`,
+    /// `nf_conntrack_icmp_timeout`, `nf_conntrack_generic_timeout`).
+    pub const DEFAULT_SECONDS: [u32; Timeout::COUNT] = [432_000, 120, 30, 30, 600];
+
+    /// The timeout that applies to a flow of `protocol` in `state`.
+    #[inline(always)]
+    pub const fn of(protocol: u8, state: u8) -> Timeout {
+        match protocol {
+            6 if state == conntrack_state::ESTABLISHED => Timeout::TcpEstablished,
+            6 => Timeout::TcpClosing,
+            17 => Timeout::Udp,
+            1 | 58 => Timeout::Icmp,
+            _ => Timeout::Other,
+        }
+    }
+}
+
+impl ConntrackTimeouts {
+    /// Seconds for `timeout`, its default when unset. (Matches rather
+    /// than an index into the defaults: in BPF a constant array indexed
+    /// by a variable is a copy on the stack.)
+    #[inline(always)]
+    pub const fn seconds(&self, timeout: Timeout) -> u32 {
+        let (seconds, default) = match timeout {
+            Timeout::TcpEstablished => (self.seconds[0], Timeout::DEFAULT_SECONDS[0]),
+            Timeout::TcpClosing => (self.seconds[1], Timeout::DEFAULT_SECONDS[1]),
+            Timeout::Udp => (self.seconds[2], Timeout::DEFAULT_SECONDS[2]),
+            Timeout::Icmp => (self.seconds[3], Timeout::DEFAULT_SECONDS[3]),
+            Timeout::Other => (self.seconds[4], Timeout::DEFAULT_SECONDS[4]),
+        };
+        if seconds == 0 { default } else { seconds }
+    }
+
+    /// Whether a flow of `protocol` in `state`, last seen at `last_seen`,
+    /// has expired at `now` (nanoseconds, as `bpf_ktime_get_ns`).
+    #[inline(always)]
+    pub const fn expired(&self, protocol: u8, state: u8, last_seen: u64, now: u64) -> bool {
+        let timeout = self.seconds(Timeout::of(protocol, state)) as u64 * 1_000_000_000;
+        now > last_seen && now - last_seen > timeout
+    }
+}
+
 const _: () = assert!(size_of::<Scope>() == 8);
 const _: () = assert!(size_of::<LocalKey>() == 24);
 const _: () = assert!(size_of::<RemoteKey>() == 24);
@@ -542,6 +754,10 @@ const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
 const _: () = assert!(size_of::<PortSecurityConfig>() == 72);
 const _: () = assert!(size_of::<OwnedMacs>() == 32);
+const _: () = assert!(size_of::<ConntrackKey>() == 44);
+const _: () = assert!(size_of::<ConntrackEntry>() == 56);
+const _: () = assert!(size_of::<ConntrackTimeouts>() == 20);
+const _: () = assert!(size_of::<ConntrackEvent>() == 56);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
 
 #[cfg(feature = "user")]
@@ -562,4 +778,8 @@ mod user {
     unsafe impl aya::Pod for TraceRecord {}
     unsafe impl aya::Pod for PortSecurityConfig {}
     unsafe impl aya::Pod for OwnedMacs {}
+    unsafe impl aya::Pod for ConntrackKey {}
+    unsafe impl aya::Pod for ConntrackEntry {}
+    unsafe impl aya::Pod for ConntrackTimeouts {}
+    unsafe impl aya::Pod for ConntrackEvent {}
 }

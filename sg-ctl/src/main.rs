@@ -5,7 +5,13 @@
 mod cli;
 mod trace_cli;
 
-use std::{io::Write as _, net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use hyper::StatusCode;
@@ -15,9 +21,10 @@ use sg_ctl::{
     daemon::{Daemon, api},
     datapath::{
         self, Attached, DatapathError, Pins, PortSecurity, PortStatus, XdpModeArg,
+        conntrack::{self, FlowFilter},
         port_security::parse_address_pair,
     },
-    model::{AddressPair, MacAddr},
+    model::{AddressPair, IpProtocol, MacAddr},
     netns,
     store::{Role, Store},
 };
@@ -45,6 +52,7 @@ Low-level datapath commands (no daemon):
                                            anti-spoofing for the workload's MAC and IP
   sg-ctl status                            ports, blocked prefixes, counters
   sg-ctl stats tap0                        a port's counters
+  sg-ctl conntrack list --iface tap0       the port's tracked flows
   sg-ctl detach tap0
 
 Exit codes: 0 ok, 1 failure, 2 invalid, 3 not found, 4 not permitted, 5 conflict."
@@ -217,10 +225,98 @@ enum Command {
         /// Interface name; every port when left out.
         iface: Option<String>,
     },
+    /// The connection table: tracked flows, its fill, flushing, expiry.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
     /// Print a shell completion script.
     #[command(after_help = "Example:
   sg-ctl completions bash > /etc/bash_completion.d/sg-ctl")]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// The tracked flows, oldest first.
+    #[command(after_help = "Examples:
+  sg-ctl conntrack list --iface tap1 --protocol tcp --state established
+  sg-ctl -o json conntrack list --address 198.18.0.0/24")]
+    List(FlowArgs),
+    /// Entries, capacity, and the conntrack outcomes of every port.
+    Stats,
+    /// Forget flows: their next packets are those of new flows, which the
+    /// policy decides on.
+    #[command(after_help = "Examples:
+  sg-ctl conntrack flush --all
+  sg-ctl conntrack flush --iface tap1 --address 203.0.113.7")]
+    Flush {
+        #[command(flatten)]
+        flows: FlowArgs,
+        /// Every flow of every port (without a filter, required).
+        #[arg(long, conflicts_with_all = ["iface", "address", "protocol", "state"])]
+        all: bool,
+    },
+    /// Remove the flows idle past their timeout now (the daemon does it
+    /// every few seconds).
+    Gc,
+    /// Print flows as they start, close and expire (at most 1000 events a
+    /// second per CPU; flows that `gc` removes have none).
+    #[command(after_help = "Examples:
+  sg-ctl conntrack watch
+  sg-ctl -o json conntrack watch --count 10 --seconds 30")]
+    Watch {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+/// Which flows a conntrack command takes.
+#[derive(clap::Args)]
+struct FlowArgs {
+    /// The flows of this port (interface name).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Flows with either end in this prefix or address.
+    #[arg(long, value_parser = datapath::parse_prefix)]
+    address: Option<IpNet>,
+    /// Flows of this protocol (a name or a number).
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Option<IpProtocol>,
+    /// Flows in this state: new, replied, syn-sent, syn-received,
+    /// established, fin-wait, time-wait.
+    #[arg(long, value_parser = conntrack::parse_state)]
+    state: Option<String>,
+}
+
+impl FlowArgs {
+    fn is_empty(&self) -> bool {
+        self.iface.is_none()
+            && self.address.is_none()
+            && self.protocol.is_none()
+            && self.state.is_none()
+    }
+
+    /// The filter, with the port of `--iface` (in the namespace entered).
+    fn filter(&self, pins: &Pins) -> anyhow::Result<FlowFilter> {
+        Ok(FlowFilter {
+            slot: self
+                .iface
+                .as_deref()
+                .map(|iface| datapath::slot_of(pins, iface))
+                .transpose()?,
+            address: self.address,
+            protocol: self.protocol,
+            state: self.state.clone(),
+        })
+    }
+}
+
+fn parse_protocol(text: &str) -> Result<IpProtocol, String> {
+    text.parse()
+        .map_err(|e: sg_ctl::model::FieldError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -290,7 +386,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         };
     }
     let netns = match e.downcast_ref::<DatapathError>() {
-        Some(DatapathError::NoSuchInterface { .. } | DatapathError::NotAttached { .. }) => {
+        Some(
+            DatapathError::NoSuchInterface { .. }
+            | DatapathError::NotAttached { .. }
+            | DatapathError::NothingAttached { .. },
+        ) => {
             return 3;
         }
         Some(DatapathError::InvalidPortSecurity(_)) => return 2,
@@ -430,6 +530,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             );
         }
+        Command::Conntrack(command) => {
+            enter_netns()?;
+            conntrack_command(&pins, command, cli.output)?;
+        }
         Command::Stats { iface } => {
             enter_netns()?;
             let stats = datapath::stats(&pins, iface.as_deref())?;
@@ -438,6 +542,140 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 Output::Table => print_stats(&stats)?,
             }
         }
+    }
+    Ok(())
+}
+
+fn conntrack_command(
+    pins: &Pins,
+    command: &ConntrackCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match command {
+        ConntrackCommand::List(flows) => {
+            let flows = conntrack::list(pins, &flows.filter(pins)?)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
+                Output::Table => print_flows(&flows)?,
+            }
+        }
+        ConntrackCommand::Stats => {
+            let stats = conntrack::stats(pins)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
+                Output::Table => {
+                    println!(
+                        "entries {} of {} ({:.1}%)",
+                        stats.entries, stats.capacity, stats.pressure
+                    );
+                    println!(
+                        "new {}  established {}  related {}  invalid {}  full {}  revoked {}",
+                        stats.new,
+                        stats.established,
+                        stats.related,
+                        stats.invalid,
+                        stats.full,
+                        stats.revoked
+                    );
+                }
+            }
+        }
+        ConntrackCommand::Flush { flows, all } => {
+            if !all && flows.is_empty() {
+                return Err(Invalid(
+                    "conntrack flush: say which flows: --iface, --address, --protocol, --state, \
+                     or --all for every flow"
+                        .to_string(),
+                )
+                .into());
+            }
+            let removed = conntrack::flush(pins, &flows.filter(pins)?)?;
+            report(output, "flushed", removed)?;
+        }
+        ConntrackCommand::Watch { count, seconds } => {
+            let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut seen = 0;
+            let mut out = std::io::stdout().lock();
+            conntrack::watch(pins, until, |event| {
+                match output {
+                    Output::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+                    Output::Table => {
+                        let ends = &event.ends;
+                        writeln!(
+                            out,
+                            "{:<8} slot {:<4} {:<9} {} {}",
+                            event.event,
+                            ends.slot,
+                            ends.protocol,
+                            end(ends.local, ends.local_port),
+                            end(ends.remote, ends.remote_port)
+                        )?;
+                    }
+                }
+                out.flush()?;
+                seen += 1;
+                Ok(count.is_none_or(|count| seen < count))
+            })?;
+        }
+        ConntrackCommand::Gc => {
+            let removed = conntrack::expire(pins)?;
+            report(output, "expired", removed)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many flows a command removed.
+fn report(output: Output, what: &str, flows: usize) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ what: flows })),
+        Output::Table => println!("{what} {flows} flows"),
+    }
+    Ok(())
+}
+
+/// An end of a flow: address and port.
+fn end(addr: IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (IpAddr::V6(addr), Some(port)) => format!("[{addr}]:{port}"),
+        (addr, Some(port)) => format!("{addr}:{port}"),
+        (addr, None) => addr.to_string(),
+    }
+}
+
+fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if flows.is_empty() {
+        writeln!(out, "no flows")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>8}",
+        "PORT",
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "ORIGIN",
+        "OUT pkts/bytes",
+        "IN pkts/bytes",
+        "EXPIRES"
+    )?;
+    for flow in flows {
+        writeln!(
+            out,
+            "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>7}s",
+            flow.interface,
+            flow.ends.protocol,
+            end(flow.ends.local, flow.ends.local_port),
+            end(flow.ends.remote, flow.ends.remote_port),
+            flow.state,
+            flow.origin,
+            format!("{}/{}", flow.packets_egress, flow.bytes_egress),
+            format!("{}/{}", flow.packets_ingress, flow.bytes_ingress),
+            flow.expires_in_seconds,
+        )?;
     }
     Ok(())
 }

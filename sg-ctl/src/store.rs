@@ -19,6 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
+use sg_common::Timeout;
 use sha2::{Digest as _, Sha256};
 
 use crate::model::{Group, Policy, Port};
@@ -125,24 +126,44 @@ impl Default for Settings {
     }
 }
 
-/// Seconds an idle flow is kept, per kind; Linux's defaults.
+/// Seconds an idle flow is kept, per kind; Linux's defaults
+/// (`sg_common::Timeout::DEFAULT_SECONDS`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConntrackTimeouts {
     pub tcp_established: u32,
+    /// TCP opening or closing (every state but established).
     pub tcp_closing: u32,
     pub udp: u32,
+    /// ICMP and ICMPv6 echo.
     pub icmp: u32,
+    /// Every other protocol.
+    pub other: u32,
 }
 
 impl Default for ConntrackTimeouts {
     fn default() -> Self {
+        let [tcp_established, tcp_closing, udp, icmp, other] = Timeout::DEFAULT_SECONDS;
         Self {
-            tcp_established: 432_000,
-            tcp_closing: 120,
-            udp: 30,
-            icmp: 30,
+            tcp_established,
+            tcp_closing,
+            udp,
+            icmp,
+            other,
         }
+    }
+}
+
+impl ConntrackTimeouts {
+    /// As the datapath reads them.
+    pub fn datapath(&self) -> sg_common::ConntrackTimeouts {
+        let mut seconds = [0; Timeout::COUNT];
+        seconds[Timeout::TcpEstablished as usize] = self.tcp_established;
+        seconds[Timeout::TcpClosing as usize] = self.tcp_closing;
+        seconds[Timeout::Udp as usize] = self.udp;
+        seconds[Timeout::Icmp as usize] = self.icmp;
+        seconds[Timeout::Other as usize] = self.other;
+        sg_common::ConntrackTimeouts { seconds }
     }
 }
 

@@ -9,6 +9,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod conntrack;
 mod parse;
 mod portsec;
 mod reject;
@@ -32,6 +33,7 @@ use sg_common::{
 };
 
 use crate::{
+    conntrack::{Flow, Step},
     parse::{Frame, IPPROTO_ICMPV6, IpPacket, parse},
     reject::Resizable,
 };
@@ -89,12 +91,12 @@ static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
 static SG_VERDICT: HashMap<VerdictKey, u64> =
     HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The keys of one packet's policy lookups. In this CPU's slot rather than
-/// on the stack, of which a program has 512 bytes for everything; one
-/// program runs at a time on a CPU, so the slot is the run's. 8-aligned, so
-/// that keys are written in words rather than byte by byte.
-///
-/// The padding puts every address on an 8-byte boundary.
+/// The keys of one packet's policy lookups, and the connection tracker's
+/// work space (its key, a new entry, an ICMP error's quote). In this CPU's
+/// slot rather than on the stack, of which a program has 512 bytes for
+/// everything; one program runs at a time on a CPU, so the slot is the
+/// run's. 8-aligned, with padding that puts every address on an 8-byte
+/// boundary, so that keys are written in words rather than byte by byte.
 #[repr(C, align(8))]
 struct Keys {
     _pad_local: u32,
@@ -107,6 +109,7 @@ struct Keys {
     l4: TrieKey<L4Key>,
     pair: VerdictKey,
     fragment: FragmentKey,
+    conntrack: conntrack::Scratch,
 }
 
 /// Copies an address as two 8-byte loads and stores. Copied as an array,
@@ -237,35 +240,21 @@ fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
 // value is a copy on the stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 fn classify(
+    keys: &mut Keys,
     slot: u32,
+    policy: u32,
     direction: Direction,
     ip: &IpPacket,
     bytes: u64,
 ) -> Result<Outcome, Outcome> {
-    let policy = match SG_PORT_POLICY.get(slot) {
-        Some(&policy) if policy != NO_POLICY => policy,
-        _ => return Ok(Outcome::Pass),
-    };
-    let keys = SG_KEYS.get_ptr_mut(0).ok_or(Outcome::DropDefault)?;
-    // SAFETY: this CPU's slot, this run's alone (see `Keys`).
-    let keys = unsafe { &mut *keys };
     if !ip.fragmented {
         return decide(lookup(keys, policy, direction, ip)?, bytes);
     }
-    keys.fragment = FragmentKey {
-        slot,
-        id: ip.fragment_id,
-        src: ip.src,
-        dst: ip.dst,
-        protocol: ip.protocol,
-        direction: direction as u8,
-        _pad: [0; 2],
-    };
+    set_fragment_key(keys, slot, direction, ip);
     let best = if ip.first_fragment {
         let best = lookup(keys, policy, direction, ip)?;
         if !tracing() {
-            // Full: the later fragments of this datagram are dropped.
-            let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
+            remember_fragment(keys, best);
         }
         best
     } else {
@@ -276,6 +265,118 @@ fn classify(
         }
     };
     decide(best, bytes)
+}
+
+#[inline(always)]
+fn set_fragment_key(keys: &mut Keys, slot: u32, direction: Direction, ip: &IpPacket) {
+    keys.fragment = FragmentKey {
+        slot,
+        id: ip.fragment_id,
+        src: ip.src,
+        dst: ip.dst,
+        protocol: ip.protocol,
+        direction: direction as u8,
+        _pad: [0; 2],
+    };
+}
+
+/// Lets `best` decide the later fragments of the datagram in
+/// `keys.fragment`.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
+fn remember_fragment(keys: &Keys, best: u64) {
+    // Full: the later fragments of this datagram are dropped.
+    let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
+}
+
+/// Decides on a packet with the connection table: a packet of a tracked
+/// flow passes; one that starts a flow passes if the policy allows it and
+/// the table takes the flow.
+///
+/// Rule of order:
+/// 1. An ICMP error about a tracked flow passes (related).
+/// 2. A packet of a tracked flow in the direction that started it is
+///    checked again when the port's policy changed since; if the policy no
+///    longer allows it the flow ends (revoked).
+/// 3. A packet of a tracked flow that fits its state passes (established).
+/// 4. A packet that may start a flow (a TCP SYN alone, UDP, an echo
+///    request, other protocols) is classified; if allowed, the flow starts
+///    (or the packet drops when the table is full).
+/// 5. TCP of no flow that is no SYN: what the policy says, but invalid
+///    where the policy would allow it.
+/// 6. Everything else (untracked ICMP): the policy alone.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
+fn track(
+    keys: &mut Keys,
+    slot: u32,
+    policy: u32,
+    direction: Direction,
+    ip: &IpPacket,
+    frame: (usize, usize),
+    bytes: u64,
+) -> Result<Outcome, Outcome> {
+    let mut flags = 0;
+    let flow = conntrack::lookup(slot, direction, ip, frame, &mut keys.conntrack, &mut flags);
+    let check = match flow {
+        Flow::Related => false,
+        // SAFETY: the table's entry, valid for this run (RCU).
+        Flow::Tracked(entry) => unsafe {
+            (*entry).origin == direction as u8 && (*entry).policy != policy
+        },
+        _ => true,
+    };
+    // One place that classifies: each inlined copy would take stack of its
+    // own.
+    let verdict = if check {
+        classify(keys, slot, policy, direction, ip, bytes)
+    } else {
+        Ok(Outcome::Pass)
+    };
+    match flow {
+        Flow::Tracked(entry) => {
+            // SAFETY: as above.
+            let entry = unsafe { &mut *entry };
+            /* 2 */
+            if check {
+                if verdict.is_err() {
+                    conntrack::forget(&keys.conntrack);
+                    return Err(Outcome::DropRevoked);
+                }
+                entry.policy = policy;
+            }
+            /* 3 */
+            match conntrack::advance(entry, direction, ip.protocol, flags) {
+                Step::Invalid => return Err(Outcome::DropInvalid),
+                Step::Close => conntrack::forget(&keys.conntrack),
+                Step::Closing => {
+                    conntrack::account(entry, direction, bytes);
+                    conntrack::closed(&keys.conntrack);
+                }
+                Step::Pass => conntrack::account(entry, direction, bytes),
+            }
+            if ip.fragmented {
+                set_fragment_key(keys, slot, direction, ip);
+                remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
+            }
+            Ok(Outcome::PassEstablished)
+        }
+        /* 4 */
+        Flow::New => {
+            let outcome = verdict?;
+            if conntrack::start(&mut keys.conntrack, direction, policy, bytes) {
+                Ok(outcome)
+            } else {
+                Err(Outcome::DropConntrackFull)
+            }
+        }
+        /* 5 */
+        Flow::Stray => verdict.and(Err(Outcome::DropInvalid)),
+        /* 1 */
+        Flow::Related => Ok(Outcome::PassRelated),
+        /* 6 */
+        Flow::Untracked => verdict,
+    }
 }
 
 /// The best candidate of the port's policy for the packet. A few lookups
@@ -401,7 +502,13 @@ fn is_neighbour_discovery(ip: &IpPacket) -> bool {
 /// the workload's side of the conversation: the source of what it sends,
 /// the destination of what it receives.
 #[inline(always)]
-fn decide_ip(slot: u32, direction: Direction, ip: &IpPacket, bytes: u64) -> Outcome {
+fn decide_ip(
+    slot: u32,
+    direction: Direction,
+    ip: &IpPacket,
+    frame: (usize, usize),
+    bytes: u64,
+) -> Outcome {
     let addr = match direction {
         Direction::Egress => ip.src,
         Direction::Ingress => ip.dst,
@@ -413,7 +520,23 @@ fn decide_ip(slot: u32, direction: Direction, ip: &IpPacket, bytes: u64) -> Outc
     if is_neighbour_discovery(ip) {
         return Outcome::PassNeighbourDiscovery;
     }
-    classify(slot, direction, ip, bytes).unwrap_or_else(|drop| drop)
+    let policy = match SG_PORT_POLICY.get(slot) {
+        Some(&policy) if policy != NO_POLICY => policy,
+        _ => return Outcome::Pass,
+    };
+    let Some(keys) = SG_KEYS.get_ptr_mut(0) else {
+        return Outcome::DropDefault;
+    };
+    // SAFETY: this CPU's slot, this run's alone (see `Keys`).
+    let keys = unsafe { &mut *keys };
+    // A tracer leaves the table alone, and a later fragment has no ports
+    // to find its flow by: the policy (or its first fragment) decides.
+    if tracing() || !ip.first_fragment {
+        classify(keys, slot, policy, direction, ip, bytes)
+    } else {
+        track(keys, slot, policy, direction, ip, frame, bytes)
+    }
+    .unwrap_or_else(|drop| drop)
 }
 
 /// Parses the frame, decides on it and counts the outcome: `Some(true)`
@@ -434,7 +557,7 @@ fn filter<F: Resizable>(
             &parsed,
         ) {
             (Err(drop), _) => drop,
-            (Ok(()), Frame::Ip(ip)) => match decide_ip(slot, direction, ip, bytes) {
+            (Ok(()), Frame::Ip(ip)) => match decide_ip(slot, direction, ip, (start, end), bytes) {
                 Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
                 outcome => outcome,
             },

@@ -132,7 +132,7 @@ fn l4_value(
     protocol: u8,
 ) -> Result<([u8; 2], [u8; 2]), Outcome> {
     match protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+        _ if has_ports(protocol) => {
             let ports: *const [u8; 4] = ptr_at(start, end, offset)?;
             let [src_high, src_low, dst_high, dst_low] = unsafe { *ports };
             Ok(([dst_high, dst_low], [src_high, src_low]))
@@ -141,6 +141,16 @@ fn l4_value(
         IPPROTO_ICMPV6 if family == FAMILY_IPV6 => icmp_value(start, end, offset),
         _ => Ok(([0, 0], [0, 0])),
     }
+}
+
+/// TCP, UDP, SCTP, DCCP and UDP-Lite: the protocols whose header starts
+/// with source and destination ports.
+#[inline(always)]
+pub fn has_ports(protocol: u8) -> bool {
+    matches!(
+        protocol,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    )
 }
 
 /// ICMP's type and code; no ports.

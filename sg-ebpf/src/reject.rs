@@ -33,8 +33,10 @@ struct Offsets {
 }
 
 /// The frame's bytes, `[start, end)`, and the cell offsets pass through.
+/// Also how the connection tracker reads headers at offsets the parser
+/// found.
 #[derive(Clone, Copy)]
-struct Buf {
+pub(crate) struct Buf {
     start: usize,
     end: usize,
     cell: *mut usize,
@@ -46,9 +48,19 @@ impl Buf {
         Buf { start, end, cell }
     }
 
+    /// The frame `[start, end)`, with this CPU's cell.
+    #[inline(always)]
+    pub(crate) fn of(start: usize, end: usize) -> Option<Buf> {
+        Some(Buf {
+            start,
+            end,
+            cell: CELL.get_ptr_mut(0)?,
+        })
+    }
+
     /// The offset as a number no one knows, but for its bounds.
     #[inline(always)]
-    fn launder(&self, offset: usize) -> Option<usize> {
+    pub(crate) fn launder(&self, offset: usize) -> Option<usize> {
         // SAFETY: this CPU's cell; one program runs at a time on a CPU.
         let offset = unsafe {
             self.cell.write_volatile(offset);
@@ -65,13 +77,23 @@ impl Buf {
     /// reaches it backwards. A laundered offset makes each pointer from
     /// the frame's start, and keeps no stack.
     #[inline(always)]
-    fn at<T>(&self, offset: usize) -> Option<*mut T> {
+    pub(crate) fn at<T>(&self, offset: usize) -> Option<*mut T> {
         let at = self.start + self.launder(offset)?;
         (at + core::mem::size_of::<T>() <= self.end).then_some(at as *mut T)
     }
 
+    /// Copies `bytes` to `offset`. (Not `write`: a value would be loaded
+    /// early and kept on the stack.)
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+    fn copy<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
+        let to = self.at::<[u8; N]>(offset)?;
+        // SAFETY: in bounds, checked by `at`; the program owns the frame.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), to as *mut u8, N) };
+        Some(())
+    }
+
+    #[inline(always)]
+    pub(crate) fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         // SAFETY: in bounds, checked by `at`.
         Some(unsafe { self.at::<[u8; N]>(offset)?.read_unaligned() })
     }
@@ -260,7 +282,10 @@ fn ip_header_len(ip: &IpPacket) -> usize {
 /// of the transport checksum's pseudo-header.
 #[inline(always)]
 fn write_ip(buf: Buf, ip: &IpPacket, l3: usize, protocol: u8, payload: usize) -> Option<u32> {
-    let pseudo = add_words(add_words(0, &ip.src), &ip.dst) + protocol as u32 + payload as u32;
+    let pseudo = protocol as u32 + payload as u32;
+    // The addresses of the pseudo-header are summed from the header as
+    // written: summed from `ip`, all 32 bytes would be loaded at once and
+    // kept on the stack until here.
     if ip.family == FAMILY_IPV4 {
         let total = ((IPV4_HDR + payload) as u16).to_be_bytes();
         let mut header = [
@@ -271,13 +296,14 @@ fn write_ip(buf: Buf, ip: &IpPacket, l3: usize, protocol: u8, payload: usize) ->
         let sum = fold(add_words(0, &header));
         header[10..12].copy_from_slice(&sum);
         buf.write(l3, header)?;
+        add_packet(pseudo, buf, l3 + 12, 8)
     } else {
         let length = (payload as u16).to_be_bytes();
         buf.write(l3, [0x60, 0, 0, 0, length[0], length[1], protocol, TTL])?;
-        buf.write(l3 + 8, ip.dst)?;
-        buf.write(l3 + 24, ip.src)?;
+        buf.copy(l3 + 8, &ip.dst)?;
+        buf.copy(l3 + 24, &ip.src)?;
+        add_packet(pseudo, buf, l3 + 8, 32)
     }
-    Some(pseudo)
 }
 
 /// Swaps the source and destination MAC addresses of the frame.

@@ -663,16 +663,19 @@ pub fn policy_memory(pins: &Pins) -> Result<u64> {
         map_names::VERDICT,
     ]
     .iter()
-    .map(|name| {
-        let map = MapData::from_pin(pins.root().join("maps").join(name))?;
-        let fd = map.fd().as_fd().as_raw_fd();
-        let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-        info.lines()
-            .find_map(|line| line.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .with_context(|| format!("no memlock in the fdinfo of {name}"))
-    })
+    .map(|name| map_memory(pins, name))
     .sum()
+}
+
+/// The kernel memory of the pinned map `name` (its fdinfo `memlock`).
+pub fn map_memory(pins: &Pins, name: &str) -> Result<u64> {
+    let map = MapData::from_pin(pins.root().join("maps").join(name))?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .with_context(|| format!("no memlock in the fdinfo of {name}"))
 }
 
 /// Counter ids of a policy's rules, by group name and rule position.

@@ -1,6 +1,8 @@
 //! The compiled datapath against the reference matcher: random policies
 //! and packets, run through the real programs with BPF_PROG_TEST_RUN; the
-//! verdict and the deciding rule must be the reference's.
+//! verdict and the deciding rule must be the reference's. The connection
+//! table is flushed before each packet, so that every packet is the first
+//! of its flow and the policy alone decides it (as the reference does).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -8,7 +10,10 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_common::{Direction as Dir, Outcome};
 use sg_ctl::{
-    datapath::Forward,
+    datapath::{
+        Forward,
+        conntrack::{self, FlowFilter},
+    },
     frame::{self, TcpFlags, Transport},
     model::{
         Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port,
@@ -307,6 +312,10 @@ impl Datapath {
                     .packets
             }
         };
+        // Every case a new flow: the cases repeat addresses and ports, and
+        // a flow an earlier case started would pass this one whatever the
+        // policy says (the connection table has its own tests).
+        conntrack::flush(self.0.pins(), &FlowFilter::default()).unwrap();
         let before = read();
         let got = self.0.run.run(dir, &frame).unwrap();
         let expected = match want.action {

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use super::{ApiError, Applied, Daemon, Document, ErrorKind, GroupView, PortView};
 use crate::{
+    datapath,
     model::{Group, Port, Rule},
     store::{Role, Settings, TokenInfo},
 };
@@ -37,6 +38,8 @@ pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
 /// How often the daemon re-checks the datapath against the store, so that
 /// an interface that appears later, or was re-created, gets its policy.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How often idle flows leave the connection table.
+const CONNTRACK_GC_EVERY: Duration = Duration::from_secs(10);
 
 type Shared = Arc<Mutex<Daemon>>;
 type Reply<T> = Result<Json<T>, ApiError>;
@@ -465,6 +468,24 @@ pub async fn serve(
             let result = blocking(move || lock(&daemon).reconcile()).await;
             if let Err(e) = result {
                 eprintln!("sg-ctl daemon: reconciling: {e}");
+            }
+        }
+    });
+    // Expiry walks the whole connection table: on its own, without the
+    // daemon's lock, so that the API does not wait for it.
+    let pins = lock(&daemon).pins.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CONNTRACK_GC_EVERY);
+        loop {
+            every.tick().await;
+            let pins = pins.clone();
+            let result = blocking(move || {
+                datapath::conntrack::expire(&pins)
+                    .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+            })
+            .await;
+            if let Err(e) = result {
+                eprintln!("sg-ctl daemon: expiring idle flows: {e}");
             }
         }
     });

@@ -779,6 +779,7 @@ fn check(policy: &Policy, settings: &Settings) -> Result<()> {
         ("conntrack.tcp_closing", timeouts.tcp_closing),
         ("conntrack.udp", timeouts.udp),
         ("conntrack.icmp", timeouts.icmp),
+        ("conntrack.other", timeouts.other),
     ] {
         if value == 0 {
             return Err(ApiError::invalid(format!(

@@ -169,6 +169,11 @@ impl Daemon {
             }
             self.store.set_port_state(&port.name, &state)?;
         }
+        // After the ports: attaching the first creates the maps.
+        let timeouts = self.state.settings.conntrack.datapath();
+        if let Err(e) = datapath::conntrack::set_timeouts(&self.pins, &timeouts) {
+            eprintln!("sg-ctl daemon: conntrack timeouts: {e}");
+        }
         Ok(())
     }
 }

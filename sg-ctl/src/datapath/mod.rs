@@ -41,6 +41,7 @@ use sg_common::{
 
 use crate::netns;
 
+pub mod conntrack;
 mod policy;
 pub mod port_security;
 pub use policy::PolicyMaps;
@@ -71,6 +72,11 @@ pub enum DatapathError {
          `sg-ctl status` lists the attached ports"
     )]
     NotAttached { name: String, netns: String },
+    #[error(
+        "no port is attached under {}: attach one first (`sg-ctl attach IFACE`)",
+        dir.display()
+    )]
+    NothingAttached { dir: PathBuf },
     #[error("all {MAX_PORTS} port slots are in use: detach a port first (`sg-ctl detach IFACE`)")]
     PortsFull,
     #[error(
@@ -910,6 +916,8 @@ fn release(pins: &Pins, mut maps: Maps, slot: u32) -> Result<()> {
     }
     PolicyMaps::open(pins)?.clear(slot)?;
     port_security::install(pins, slot, &PortSecurity::OFF)?;
+    // The slot's next port starts with no flows.
+    conntrack::forget_slot(pins, slot)?;
     maps.reset_counters(slot)?;
     maps.set_port(slot, &PortConfig::EMPTY)?;
 

@@ -10,11 +10,12 @@ use std::{
 
 use anyhow::Result;
 use ipnet::IpNet;
-use sg_common::Direction as Dir;
+use sg_common::{Direction as Dir, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
     datapath::{
-        TestRun,
+        Forward, TestRun,
+        conntrack::{self, FlowFilter},
         port_security::{self, PortSecurity},
     },
     frame::{Packet, TcpFlags, Transport},
@@ -122,17 +123,97 @@ impl Shape {
 }
 
 fn syn(from: IpAddr, port: u16) -> Result<Vec<u8>> {
-    let to = match from {
+    segment(Dir::Ingress, from, (40000, port), TcpFlags::SYN)
+}
+
+/// A TCP segment between `peer` and the workload in `direction`; `ports`
+/// are the peer's and the workload's.
+fn segment(direction: Dir, peer: IpAddr, ports: (u16, u16), flags: TcpFlags) -> Result<Vec<u8>> {
+    let own = match peer {
         IpAddr::V4(_) => IpAddr::V4(OWN),
         IpAddr::V6(_) => IpAddr::V6(OWN6),
     };
-    let mut packet = Packet::udp(from, to, 40000, port);
+    let (src, dst, src_port, dst_port) = match direction {
+        Dir::Ingress => (peer, own, ports.0, ports.1),
+        Dir::Egress => (own, peer, ports.1, ports.0),
+    };
+    let mut packet = Packet::udp(src, dst, src_port, dst_port);
     packet.transport = Transport::Tcp {
-        src_port: 40000,
-        dst_port: port,
-        flags: TcpFlags::SYN,
+        src_port,
+        dst_port,
+        flags,
     };
     Ok(packet.frame()?)
+}
+
+/// New flows: single runs on SYNs of distinct connections.
+const NEW_FLOWS: u16 = 5_000;
+
+/// Prints what connection tracking costs per packet: the first packet of
+/// a flow (classified, then entered in the table) and a packet of a
+/// tracked flow (found in the table, its state and counters updated).
+fn conntrack_cost(port: &mut TestPort) -> Result<()> {
+    let policy = Shape::Hosts.policy(SIZES[0]);
+    let counters = counter_ids(&policy)?;
+    let id = port.policy.next_policy_id()?;
+    port.policy
+        .install(SLOT, id, &compile(&policy, PORT, id, &counters)?)?;
+    // Rule 0 allows its remote to its port.
+    let (_, peer, service) = Shape::Hosts.target(0);
+    let mut total = Duration::ZERO;
+    for n in 0..NEW_FLOWS {
+        let frame = segment(Dir::Ingress, peer, (10_000 + n, service), TcpFlags::SYN)?;
+        let (forward, took) = port.run.run_repeated(Dir::Ingress, &frame, 1)?;
+        anyhow::ensure!(forward == Forward::Pass, "a new flow passes");
+        total += took;
+    }
+    let new = total.as_nanos() as f64 / f64::from(NEW_FLOWS);
+    conntrack::flush(port.pins(), &FlowFilter::default())?;
+    let ports = (40000, service);
+    let ack = TcpFlags {
+        ack: true,
+        ..TcpFlags::default()
+    };
+    let syn_ack = TcpFlags { syn: true, ..ack };
+    port.run.run(
+        Dir::Ingress,
+        &segment(Dir::Ingress, peer, ports, TcpFlags::SYN)?,
+    )?;
+    port.run
+        .run(Dir::Egress, &segment(Dir::Egress, peer, ports, syn_ack)?)?;
+    let established = segment(Dir::Ingress, peer, ports, ack)?;
+    // The same single runs on a tracked flow: what a single run costs
+    // besides the program.
+    let mut total = Duration::ZERO;
+    for _ in 0..NEW_FLOWS {
+        total += port.run.run_repeated(Dir::Ingress, &established, 1)?.1;
+    }
+    let single = total.as_nanos() as f64 / f64::from(NEW_FLOWS);
+    let tracked = ns_per_packet(&port.run, Dir::Ingress, &established)?;
+    let reply = ns_per_packet(
+        &port.run,
+        Dir::Egress,
+        &segment(Dir::Egress, peer, ports, ack)?,
+    )?;
+    conntrack::flush(port.pins(), &FlowFilter::default())?;
+    port.policy.clear(SLOT)?;
+    println!(
+        "connection tracking cost per packet ({} rules, TCP)",
+        SIZES[0]
+    );
+    println!("mean of {NEW_FLOWS} single runs (TC), each timed with its run's overhead:");
+    println!("  new flow (SYN, classified and entered): {new:.1} ns");
+    println!("  established flow: {single:.1} ns");
+    println!(
+        "  the table's kernel memory ({} entries): {:.1} MB",
+        sg_common::MAX_CONNTRACK_ENTRIES,
+        sg_tests::map_memory(port.pins(), map_names::CONNTRACK)? as f64 / 1e6
+    );
+    println!("best of {ROUNDS} × {REPEAT} runs:");
+    println!("  established flow, toward the workload (TC): {tracked:.1} ns/packet");
+    println!("  established flow, from the workload (XDP): {reply:.1} ns/packet");
+    println!();
+    Ok(())
 }
 
 /// The best of a few rounds of the kernel's mean time per run of the
@@ -216,6 +297,7 @@ fn port_security_cost(port: &TestPort) -> Result<()> {
 fn main() -> Result<()> {
     let mut port = TestPort::new(SLOT)?;
     port_security_cost(&port)?;
+    conntrack_cost(&mut port)?;
     let no_policy = ns_per_packet(&port.run, Dir::Ingress, &Shape::Hosts.unmatched()?)?;
     println!(
         "sg policy cost per packet (TC program, BPF_PROG_TEST_RUN, best of {ROUNDS} × {REPEAT} runs)"

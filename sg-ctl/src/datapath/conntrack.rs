@@ -1,0 +1,507 @@
+//! The connection table from userspace: its timeouts, listing, flushing,
+//! and the expiry of idle flows (the datapath only ignores them).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+use ipnet::IpNet;
+use serde::Serialize;
+use sg_common::{
+    ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
+    Outcome, conntrack_event, conntrack_state, map_names,
+};
+
+use super::{
+    Context as _, DatapathError, Maps, Pins, Result, ifname_of, open_pinned, require_root,
+};
+use crate::model::IpProtocol;
+
+/// The table and its timeouts, opened from their pins.
+pub struct ConntrackMaps {
+    table: HashMap<MapData, ConntrackKey, ConntrackEntry>,
+    timeouts: Array<MapData, ConntrackTimeouts>,
+}
+
+impl ConntrackMaps {
+    /// Opens the pinned maps; `None` when nothing is attached yet.
+    pub fn open(pins: &Pins) -> Result<Option<ConntrackMaps>> {
+        if !pins.map(map_names::CONNTRACK).exists() {
+            return Ok(None);
+        }
+        let what = || "the pinned connection table has an unexpected type".to_string();
+        Ok(Some(ConntrackMaps {
+            table: open_pinned(pins, map_names::CONNTRACK)?
+                .try_into()
+                .context(what)?,
+            timeouts: open_pinned(pins, map_names::CONNTRACK_TIMEOUTS)?
+                .try_into()
+                .context(what)?,
+        }))
+    }
+
+    fn timeouts(&self) -> Result<ConntrackTimeouts> {
+        self.timeouts
+            .get(&0, 0)
+            .context(|| "reading the connection-tracking timeouts".to_string())
+    }
+
+    /// Every flow, read at once. Flows that come and go meanwhile may be
+    /// missed (a hash map's walk is not a snapshot).
+    fn entries(&self) -> Result<Vec<(ConntrackKey, ConntrackEntry)>> {
+        let mut out = Vec::new();
+        for item in self.table.iter() {
+            match item {
+                Ok(pair) => out.push(pair),
+                // Deleted under the walk.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e).context(|| "reading the connection table".to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the flows `remove` picks; how many it removed.
+    fn remove_where(
+        &mut self,
+        mut remove: impl FnMut(&ConntrackKey, &ConntrackEntry) -> bool,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for (key, entry) in self.entries()? {
+            if !remove(&key, &entry) {
+                continue;
+            }
+            match self.table.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context(|| "removing a flow".to_string()),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Writes the timeouts the datapath applies (zero: the default).
+pub fn set_timeouts(pins: &Pins, timeouts: &ConntrackTimeouts) -> Result<()> {
+    let Some(mut maps) = ConntrackMaps::open(pins)? else {
+        return Ok(());
+    };
+    maps.timeouts
+        .set(0, timeouts, 0)
+        .context(|| "writing the connection-tracking timeouts".to_string())
+}
+
+/// Forgets every flow of a port's slot.
+pub(super) fn forget_slot(pins: &Pins, slot: u32) -> Result<()> {
+    if let Some(mut maps) = ConntrackMaps::open(pins)? {
+        maps.remove_where(|key, _| key.slot == slot)?;
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC`, which `bpf_ktime_get_ns` reads.
+fn now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Removes the flows idle longer than their timeout; how many. The
+/// datapath treats them as gone already: this only frees their room.
+pub fn expire(pins: &Pins) -> Result<usize> {
+    require_root("expiring idle flows")?;
+    let Some(mut maps) = ConntrackMaps::open(pins)? else {
+        return Ok(0);
+    };
+    let timeouts = maps.timeouts()?;
+    let now = now_ns();
+    maps.remove_where(|key, entry| {
+        timeouts.expired(key.protocol, entry.state, entry.last_seen, now)
+    })
+}
+
+/// Which flows `list` and `flush` take; `None` fields take all.
+#[derive(Debug, Default, Clone)]
+pub struct FlowFilter {
+    pub slot: Option<u32>,
+    /// Either end of the flow in this prefix.
+    pub address: Option<IpNet>,
+    pub protocol: Option<IpProtocol>,
+    /// A `conntrack_state` name.
+    pub state: Option<String>,
+}
+
+impl FlowFilter {
+    fn matches(&self, key: &ConntrackKey, entry: &ConntrackEntry) -> bool {
+        self.slot.is_none_or(|slot| slot == key.slot)
+            && self.address.is_none_or(|net| {
+                net.contains(&address(key.family, key.local))
+                    || net.contains(&address(key.family, key.remote))
+            })
+            && self.protocol.is_none_or(|p| p.0 == key.protocol)
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|state| state == conntrack_state::name(entry.state))
+    }
+}
+
+/// The state names `--state` accepts.
+pub const STATES: [&str; 7] = [
+    "new",
+    "replied",
+    "syn-sent",
+    "syn-received",
+    "established",
+    "fin-wait",
+    "time-wait",
+];
+
+/// Checks a `--state` value.
+pub fn parse_state(text: &str) -> std::result::Result<String, String> {
+    if STATES.contains(&text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "'{text}' is not a state; use one of {}",
+            STATES.join(", ")
+        ))
+    }
+}
+
+fn address(family: u8, addr: [u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(addr))
+    }
+}
+
+/// A flow's ends, as a key gives them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ends {
+    pub slot: u32,
+    pub protocol: String,
+    /// The workload's end.
+    pub local: IpAddr,
+    /// Port, or ICMP echo identifier; absent for protocols without.
+    pub local_port: Option<u16>,
+    pub remote: IpAddr,
+    pub remote_port: Option<u16>,
+}
+
+impl Ends {
+    fn of(key: &ConntrackKey) -> Ends {
+        let protocol = IpProtocol(key.protocol);
+        let port = |bytes: [u8; 2], used: bool| used.then(|| u16::from_be_bytes(bytes));
+        Ends {
+            slot: key.slot,
+            protocol: protocol.to_string(),
+            local: address(key.family, key.local),
+            local_port: port(key.local_port, protocol.has_ports() || protocol.has_icmp()),
+            remote: address(key.family, key.remote),
+            remote_port: port(key.remote_port, protocol.has_ports()),
+        }
+    }
+}
+
+/// One flow as `sg-ctl conntrack list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub interface: String,
+    #[serde(flatten)]
+    pub ends: Ends,
+    pub state: &'static str,
+    /// Who started the flow: egress (the workload) or ingress.
+    pub origin: &'static str,
+    /// The port's policy that last allowed it.
+    pub policy: u32,
+    pub packets_egress: u64,
+    pub bytes_egress: u64,
+    pub packets_ingress: u64,
+    pub bytes_ingress: u64,
+    pub age_seconds: u64,
+    pub idle_seconds: u64,
+    /// Seconds left before it expires, if idle until then.
+    pub expires_in_seconds: u64,
+}
+
+/// The flows `filter` takes, oldest first.
+pub fn list(pins: &Pins, filter: &FlowFilter) -> Result<Vec<Flow>> {
+    require_root("reading the connection table")?;
+    let (Some(maps), Some(ports)) = (ConntrackMaps::open(pins)?, Maps::open(pins)?) else {
+        return Ok(Vec::new());
+    };
+    let timeouts = maps.timeouts()?;
+    let ports = ports.ports()?;
+    let now = now_ns();
+    let mut flows: Vec<(u64, Flow)> = maps
+        .entries()?
+        .into_iter()
+        .filter(|(key, entry)| filter.matches(key, entry))
+        .filter(|(key, entry)| !timeouts.expired(key.protocol, entry.state, entry.last_seen, now))
+        .map(|(key, entry)| {
+            let interface = ports
+                .iter()
+                .find(|(slot, _)| *slot == key.slot)
+                .map(|(_, config)| ifname_of(config))
+                .unwrap_or_default();
+            let timeout =
+                u64::from(timeouts.seconds(sg_common::Timeout::of(key.protocol, entry.state)));
+            let secs = |ns: u64| Duration::from_nanos(ns).as_secs();
+            let idle = secs(now.saturating_sub(entry.last_seen));
+            let flow = Flow {
+                interface,
+                ends: Ends::of(&key),
+                state: conntrack_state::name(entry.state),
+                origin: if entry.origin == Direction::Egress as u8 {
+                    "egress"
+                } else {
+                    "ingress"
+                },
+                policy: entry.policy,
+                packets_egress: entry.packets[Direction::Egress as usize],
+                bytes_egress: entry.bytes[Direction::Egress as usize],
+                packets_ingress: entry.packets[Direction::Ingress as usize],
+                bytes_ingress: entry.bytes[Direction::Ingress as usize],
+                age_seconds: secs(now.saturating_sub(entry.first_seen)),
+                idle_seconds: idle,
+                expires_in_seconds: timeout.saturating_sub(idle),
+            };
+            (entry.first_seen, flow)
+        })
+        .collect();
+    flows.sort_by_key(|(first_seen, _)| *first_seen);
+    Ok(flows.into_iter().map(|(_, flow)| flow).collect())
+}
+
+/// A flow's event as `sg-ctl conntrack watch` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowEvent {
+    /// `new`, `closed` (an RST, FINs both ways, or revoked) or `expired`
+    /// (found idle past its timeout by its next packet; flows that expiry
+    /// removes have no event).
+    pub event: &'static str,
+    /// Nanoseconds of CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    #[serde(flatten)]
+    pub ends: Ends,
+}
+
+/// Hands `each` the events of new, closed and expired flows as the
+/// datapath sends them (at most `CONNTRACK_EVENTS_PER_SECOND` a CPU), until
+/// `each` says stop or `until` passes. One reader takes each event: two
+/// watchers share them out.
+pub fn watch(
+    pins: &Pins,
+    until: Option<std::time::Instant>,
+    mut each: impl FnMut(FlowEvent) -> std::io::Result<bool>,
+) -> Result<()> {
+    use std::os::fd::AsFd as _;
+
+    require_root("watching the connection table")?;
+    let path = pins.map(map_names::CONNTRACK_EVENTS);
+    let what = || format!("opening {}", path.display());
+    if !path.exists() {
+        return Err(DatapathError::NothingAttached {
+            dir: pins.root().to_path_buf(),
+        });
+    }
+    let map = MapData::from_pin(&path).context(what)?;
+    let mut ring: RingBuf<MapData> = Map::RingBuf(map).try_into().context(what)?;
+    loop {
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<ConntrackEvent>() {
+                continue;
+            }
+            // SAFETY: the datapath writes whole `ConntrackEvent`s.
+            let event: ConntrackEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let event = FlowEvent {
+                event: conntrack_event::name(event.kind),
+                time_ns: event.time,
+                ends: Ends::of(&event.key),
+            };
+            if !each(event).context(|| "printing an event".to_string())? {
+                return Ok(());
+            }
+        }
+        if until.is_some_and(|until| std::time::Instant::now() >= until) {
+            return Ok(());
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            ring.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context(|| "waiting for events".to_string()),
+        }
+    }
+}
+
+/// Removes the flows `filter` takes; how many. Their next packets are
+/// those of new flows.
+pub fn flush(pins: &Pins, filter: &FlowFilter) -> Result<usize> {
+    require_root("flushing the connection table")?;
+    match ConntrackMaps::open(pins)? {
+        Some(mut maps) => maps.remove_where(|key, entry| filter.matches(key, entry)),
+        None => Ok(0),
+    }
+}
+
+/// The table's size and what the datapath counted, all ports together.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackStats {
+    pub entries: usize,
+    pub capacity: u32,
+    /// `entries` / `capacity`, in percent.
+    pub pressure: f64,
+    /// Flows started: packets the policy passed (`pass`), which start a
+    /// flow where the protocol has them.
+    pub new: u64,
+    pub established: u64,
+    pub related: u64,
+    pub invalid: u64,
+    pub full: u64,
+    pub revoked: u64,
+}
+
+pub fn stats(pins: &Pins) -> Result<ConntrackStats> {
+    require_root("reading the connection table")?;
+    let (Some(maps), Some(ports)) = (ConntrackMaps::open(pins)?, Maps::open(pins)?) else {
+        return Ok(ConntrackStats {
+            entries: 0,
+            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
+            pressure: 0.0,
+            new: 0,
+            established: 0,
+            related: 0,
+            invalid: 0,
+            full: 0,
+            revoked: 0,
+        });
+    };
+    let path = pins.map(map_names::CONNTRACK);
+    let capacity = aya::maps::MapInfo::from_pin(&path)
+        .context(|| format!("reading the size of {}", path.display()))?
+        .max_entries();
+    let entries = maps.entries()?.len();
+    let total = |outcome: Outcome| -> Result<u64> {
+        let mut sum = 0;
+        for (slot, _) in ports.ports()? {
+            for direction in Direction::ALL {
+                sum += ports.counter(slot, direction, outcome)?.packets;
+            }
+        }
+        Ok(sum)
+    };
+    Ok(ConntrackStats {
+        entries,
+        capacity,
+        pressure: entries as f64 * 100.0 / f64::from(capacity.max(1)),
+        new: total(Outcome::Pass)?,
+        established: total(Outcome::PassEstablished)?,
+        related: total(Outcome::PassRelated)?,
+        invalid: total(Outcome::DropInvalid)?,
+        full: total(Outcome::DropConntrackFull)?,
+        revoked: total(Outcome::DropRevoked)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(local: [u8; 16], remote: [u8; 16]) -> ConntrackKey {
+        ConntrackKey {
+            slot: 3,
+            protocol: 6,
+            family: 6,
+            local_port: [0, 80],
+            remote_port: [0x9c, 0x40],
+            _pad: [0; 2],
+            local,
+            remote,
+        }
+    }
+
+    fn entry(state: u8) -> ConntrackEntry {
+        ConntrackEntry {
+            first_seen: 0,
+            last_seen: 0,
+            packets: [0; 2],
+            bytes: [0; 2],
+            policy: 1,
+            state,
+            origin: 0,
+            fins: 0,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn filters_take_either_end_and_the_state_by_name() {
+        let local: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let remote: Ipv6Addr = "2001:db8:1::9".parse().unwrap();
+        let key = key(local.octets(), remote.octets());
+        let established = entry(conntrack_state::ESTABLISHED);
+        let by_address = |net: &str| FlowFilter {
+            address: Some(net.parse().unwrap()),
+            ..FlowFilter::default()
+        };
+        assert!(by_address("2001:db8:1::/48").matches(&key, &established));
+        assert!(by_address("2001:db8::2/128").matches(&key, &established));
+        assert!(!by_address("2001:db8:2::/48").matches(&key, &established));
+        let by_state = FlowFilter {
+            state: Some(parse_state("established").unwrap()),
+            slot: Some(3),
+            ..FlowFilter::default()
+        };
+        assert!(by_state.matches(&key, &established));
+        assert!(!by_state.matches(&key, &entry(conntrack_state::SYN_SENT)));
+        assert!(parse_state("open").unwrap_err().contains("established"));
+        assert!(STATES.iter().all(|name| {
+            (0..=conntrack_state::TIME_WAIT).any(|state| conntrack_state::name(state) == *name)
+        }));
+    }
+
+    #[test]
+    fn timeouts_take_the_settings_and_default_where_unset() {
+        let settings = crate::store::ConntrackTimeouts {
+            udp: 5,
+            ..Default::default()
+        };
+        let timeouts = settings.datapath();
+        assert_eq!(timeouts.seconds(sg_common::Timeout::Udp), 5);
+        assert_eq!(timeouts.seconds(sg_common::Timeout::Other), 600);
+        let unset = ConntrackTimeouts::default();
+        assert_eq!(unset.seconds(sg_common::Timeout::TcpEstablished), 432_000);
+        let second = 1_000_000_000;
+        // UDP idle 5 s is not yet expired; 5 s and a nanosecond is.
+        assert!(!timeouts.expired(17, conntrack_state::REPLIED, second, 6 * second));
+        assert!(timeouts.expired(17, conntrack_state::REPLIED, second, 6 * second + 1));
+        // TCP: established for days, the handshake for two minutes.
+        let hour = 3600 * second;
+        assert!(!timeouts.expired(6, conntrack_state::ESTABLISHED, 0, hour));
+        assert!(timeouts.expired(6, conntrack_state::SYN_SENT, 0, hour));
+        // A clock read before the entry was written is no age.
+        assert!(!timeouts.expired(17, conntrack_state::NEW, 2 * hour, hour));
+    }
+
+    #[test]
+    fn ipv4_flows_show_their_ipv4_addresses() {
+        let addr = sg_common::ipv4_mapped([198, 18, 0, 2]);
+        assert_eq!(
+            address(FAMILY_IPV4, addr),
+            "198.18.0.2".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! Connection tracking: one table of flows, keyed by port and the flow's
+//! addresses and ports as the workload sees them (see `ConntrackKey`),
+//! shared by the XDP and TC programs. A flow starts with a packet the
+//! policy allows (for TCP only a SYN); later packets of the flow, either
+//! way, pass on its entry; ICMP errors that quote one of its packets pass
+//! as related.
+//!
+//! The table is a plain hash, not an LRU: a full table fails new flows
+//! and never evicts tracked ones. Entries expire by their timeouts: the
+//! datapath treats an expired entry as absent, and `sg-ctl` deletes them.
+
+// Keys are passed by reference to stay in their per-CPU slot: a key passed
+// by value is a copy on the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use sg_common::{
+    CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, ConntrackEntry, ConntrackEvent,
+    ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, MAX_CONNTRACK_ENTRIES,
+    conntrack_event, conntrack_state, ipv4_mapped,
+};
+
+use crate::{
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket, has_ports},
+    reject::Buf,
+};
+
+/// Preallocated: an entry added in the datapath takes one from a free
+/// list rather than allocating memory (which took three times the rest of
+/// a new flow's cost, and could fail under memory pressure).
+#[map(name = "SG_CONNTRACK")]
+static SG_CONNTRACK: HashMap<ConntrackKey, ConntrackEntry> =
+    HashMap::pinned(MAX_CONNTRACK_ENTRIES, 0);
+
+/// New, closed and expired flows, for `sg-ctl conntrack watch`.
+#[map(name = "SG_CONNTRACK_EVENTS")]
+static SG_CONNTRACK_EVENTS: RingBuf = RingBuf::pinned(CONNTRACK_EVENTS_BYTES, 0);
+
+/// This CPU's events of the current second: the second, and how many.
+#[repr(C)]
+struct EventBudget {
+    second: u64,
+    sent: u64,
+}
+
+#[map(name = "SG_CONNTRACK_EVENT_BUDGET")]
+static SG_CONNTRACK_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// The timeouts, written by `sg-ctl` from its settings.
+#[map(name = "SG_CONNTRACK_TIMEOUTS")]
+static SG_CONNTRACK_TIMEOUTS: Array<ConntrackTimeouts> = Array::pinned(1, 0);
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Where a transport header the tracker reads may start.
+const MAX_L4: usize = 512;
+/// An ICMP header, in front of the quoted packet of an error.
+const ICMP_HDR: usize = 8;
+/// `::ffff:0.0.0.0`, which IPv4 addresses are mapped into.
+const IPV4_MAPPED: [u8; 16] = ipv4_mapped([0; 4]);
+
+/// The tracker's work space: in this CPU's slot (see `Keys` in main.rs),
+/// not on the stack.
+pub struct Scratch {
+    pub key: ConntrackKey,
+    /// A new flow's entry, on its way into the table.
+    pub entry: ConntrackEntry,
+    pub quote: Quote,
+}
+
+/// The packet an ICMP error quotes: its IP header (IPv4's without
+/// options), the first bytes of its transport header, and its addresses
+/// (IPv4 mapped).
+pub struct Quote {
+    ip: [u8; 40],
+    l4: [u8; 8],
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// Copies `len` bytes from the frame.
+///
+/// # Safety
+/// `from` has `len` bytes in the frame; `to` has room for them.
+#[inline(always)]
+unsafe fn copy<T>(from: *mut T, to: *mut u8, len: usize) {
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to, len) };
+}
+
+/// What the table says of a packet; the key is in the caller's slot.
+pub enum Flow {
+    /// Not for the table: the policy alone decides (ICMP other than echo
+    /// requests and errors about a tracked flow, echo replies and TCP RSTs
+    /// of no flow, other packets whose headers the tracker cannot read).
+    Untracked,
+    /// An ICMP error about a tracked flow.
+    Related,
+    /// A packet of a tracked flow.
+    Tracked(*mut ConntrackEntry),
+    /// No flow yet; the packet starts one if the policy allows it.
+    New,
+    /// TCP of no flow that cannot start one: not a SYN alone, or a
+    /// header cut short of its flags.
+    Stray,
+}
+
+/// What a packet of a tracked flow does to it.
+pub enum Step {
+    Pass,
+    /// The last FIN: the flow waits out its closing timeout.
+    Closing,
+    /// An RST: the flow ends with it.
+    Close,
+    /// Does not fit the flow's state.
+    Invalid,
+}
+
+/// The packet's flow in the table. `scratch.key` is filled for `Tracked`,
+/// `New` and `Stray`; `flags` gets TCP's flags.
+#[inline(always)]
+pub fn lookup(
+    slot: u32,
+    direction: Direction,
+    ip: &IpPacket,
+    (start, end): (usize, usize),
+    scratch: &mut Scratch,
+    flags: &mut u8,
+) -> Flow {
+    // TCP the tracker cannot read starts no flow and fits none.
+    let unreadable = if ip.protocol == IPPROTO_TCP {
+        Flow::Stray
+    } else {
+        Flow::Untracked
+    };
+    let Some(buf) = Buf::of(start, end) else {
+        return unreadable;
+    };
+    let Some(l4) = buf.launder(ip.l4_offset).filter(|&l4| l4 <= MAX_L4) else {
+        return unreadable;
+    };
+    let icmp = icmp_protocol(ip.family);
+    // Source and destination "ports" of the packet: ICMP echo's
+    // identifier, zeros for protocols without ports.
+    let (src_port, dst_port) = if ip.protocol == icmp {
+        let kind = ip.l4[0];
+        if is_error(ip.family, kind) {
+            return related(slot, direction, ip.family, buf, l4 + ICMP_HDR, scratch);
+        }
+        let Some(id) = buf.read::<2>(l4 + 4) else {
+            return Flow::Untracked;
+        };
+        if kind == echo_request(ip.family) {
+            (id, [0, 0])
+        } else if kind == echo_reply(ip.family) {
+            ([0, 0], id)
+        } else {
+            return Flow::Untracked;
+        }
+    } else {
+        if ip.protocol == IPPROTO_TCP {
+            // Two bytes, data offset and flags: for one the compiler checks
+            // bounds in a way the verifier does not follow.
+            let Some([_, tcp_flags]) = buf.read::<2>(l4 + 12) else {
+                return unreadable;
+            };
+            *flags = tcp_flags;
+        }
+        (ip.src_port, ip.l4)
+    };
+    let key = &mut scratch.key;
+    fill(
+        key,
+        slot,
+        direction,
+        ip.family,
+        ip.protocol,
+        (&ip.src, src_port),
+        (&ip.dst, dst_port),
+    );
+    if let Some(entry) = SG_CONNTRACK.get_ptr_mut(&*key) {
+        let now = now();
+        // SAFETY: the entry stays valid for this program run (RCU).
+        let (state, last_seen, origin) =
+            unsafe { ((*entry).state, (*entry).last_seen, (*entry).origin) };
+        let restart = ip.protocol == IPPROTO_TCP
+            && state == conntrack_state::TIME_WAIT
+            && origin == direction as u8
+            && *flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+        let expired = SG_CONNTRACK_TIMEOUTS
+            .get(0)
+            .is_some_and(|timeouts| timeouts.expired(ip.protocol, state, last_seen, now));
+        if !restart && !expired {
+            return Flow::Tracked(entry);
+        }
+        let _ = SG_CONNTRACK.remove(&*key);
+        if expired {
+            emit(key, conntrack_event::EXPIRED, now);
+        }
+    }
+    if ip.protocol == IPPROTO_TCP {
+        if *flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
+            Flow::New
+        } else if *flags & TCP_RST != 0 {
+            // An RST ends what it finds and starts nothing: the policy
+            // decides. (So passes the RST of a reject rule on TC, which
+            // the XDP program of a port in generic mode sees again.)
+            Flow::Untracked
+        } else {
+            Flow::Stray
+        }
+    } else if ip.protocol == icmp && ip.l4[0] == echo_reply(ip.family) {
+        Flow::Untracked
+    } else {
+        Flow::New
+    }
+}
+
+/// Whether the quoted packet of an ICMP error at `inner` is of a tracked
+/// flow. The quote went the other way than the error: an error the
+/// workload receives quotes what it sent. The quoted IPv6 header is taken
+/// as followed by its transport header (extension headers are not
+/// walked).
+#[inline(always)]
+fn related(
+    slot: u32,
+    direction: Direction,
+    family: u8,
+    buf: Buf,
+    inner: usize,
+    scratch: &mut Scratch,
+) -> Flow {
+    let quote = &mut scratch.quote;
+    // Copied out of the frame first: read there, at offsets that differ
+    // from packet to packet, the fields would take stack.
+    // SAFETY (both copies): in bounds, checked by `at`.
+    let l4 = if family == FAMILY_IPV4 {
+        let Some(header) = buf.at::<[u8; 20]>(inner) else {
+            return Flow::Untracked;
+        };
+        unsafe { copy(header, quote.ip.as_mut_ptr(), 20) };
+        let vihl = quote.ip[0];
+        if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+            return Flow::Untracked;
+        }
+        inner + (vihl & 0x0f) as usize * 4
+    } else {
+        let Some(header) = buf.at::<[u8; 40]>(inner) else {
+            return Flow::Untracked;
+        };
+        unsafe { copy(header, quote.ip.as_mut_ptr(), 40) };
+        inner + 40
+    };
+    let Some(header) = buf.at::<[u8; 8]>(l4) else {
+        return Flow::Untracked;
+    };
+    // SAFETY: as above.
+    unsafe { copy(header, quote.l4.as_mut_ptr(), 8) };
+    let protocol = if family == FAMILY_IPV4 {
+        quote.ip[9]
+    } else {
+        quote.ip[6]
+    };
+    let l4 = &quote.l4;
+    let (src_port, dst_port) = if protocol == icmp_protocol(family) {
+        // An echo request, the only ICMP that starts a flow.
+        if l4[0] != echo_request(family) {
+            return Flow::Untracked;
+        }
+        ([l4[4], l4[5]], [0, 0])
+    } else if has_ports(protocol) {
+        ([l4[0], l4[1]], [l4[2], l4[3]])
+    } else {
+        ([0, 0], [0, 0])
+    };
+    let quoted = match direction {
+        Direction::Egress => Direction::Ingress,
+        Direction::Ingress => Direction::Egress,
+    };
+    if family == FAMILY_IPV4 {
+        quote.src = IPV4_MAPPED;
+        quote.dst = IPV4_MAPPED;
+        quote.src[12..].copy_from_slice(&quote.ip[12..16]);
+        quote.dst[12..].copy_from_slice(&quote.ip[16..20]);
+    } else {
+        quote.src.copy_from_slice(&quote.ip[8..24]);
+        quote.dst.copy_from_slice(&quote.ip[24..40]);
+    }
+    fill(
+        &mut scratch.key,
+        slot,
+        quoted,
+        family,
+        protocol,
+        (&scratch.quote.src, src_port),
+        (&scratch.quote.dst, dst_port),
+    );
+    match SG_CONNTRACK.get_ptr_mut(&scratch.key) {
+        Some(_) => Flow::Related,
+        None => Flow::Untracked,
+    }
+}
+
+/// `(local, remote)` of a packet's source and destination in `direction`.
+#[inline(always)]
+fn local_remote<T>(direction: Direction, src: T, dst: T) -> (T, T) {
+    match direction {
+        Direction::Egress => (src, dst),
+        Direction::Ingress => (dst, src),
+    }
+}
+
+/// The key of a packet from `src` to `dst` (address, port) in `direction`.
+#[inline(always)]
+fn fill(
+    key: &mut ConntrackKey,
+    slot: u32,
+    direction: Direction,
+    family: u8,
+    protocol: u8,
+    src: (&[u8; 16], [u8; 2]),
+    dst: (&[u8; 16], [u8; 2]),
+) {
+    let (local, remote) = local_remote(direction, src, dst);
+    key.slot = slot;
+    key.protocol = protocol;
+    key.family = family;
+    key.local_port = local.1;
+    key.remote_port = remote.1;
+    key._pad = [0; 2];
+    // Copied from where they are: as values, both addresses would be
+    // loaded byte by byte for the choice of local and remote, and kept on
+    // the stack.
+    // SAFETY: 16 bytes each, from and to memory of this run.
+    unsafe {
+        copy(local.0.as_ptr().cast_mut(), key.local.as_mut_ptr(), 16);
+        copy(remote.0.as_ptr().cast_mut(), key.remote.as_mut_ptr(), 16);
+    }
+}
+
+/// Starts the flow of `key` with this packet. `false`: the table is full.
+#[inline(always)]
+pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u64) -> bool {
+    let (key, entry) = (&scratch.key, &mut scratch.entry);
+    let now = now();
+    let d = direction as usize & 1;
+    entry.first_seen = now;
+    entry.last_seen = now;
+    entry.packets = [0; 2];
+    entry.bytes = [0; 2];
+    entry.packets[d] = 1;
+    entry.bytes[d] = bytes;
+    entry.policy = policy;
+    entry.state = if key.protocol == IPPROTO_TCP {
+        conntrack_state::SYN_SENT
+    } else {
+        conntrack_state::NEW
+    };
+    entry.origin = direction as u8;
+    entry.fins = 0;
+    entry._pad = 0;
+    // Another CPU may have started the flow meanwhile: as good.
+    const EEXIST: i32 = 17;
+    match SG_CONNTRACK.insert(key, entry, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+        Ok(()) => {
+            emit(key, conntrack_event::NEW, now);
+            true
+        }
+        Err(error) => error == -EEXIST,
+    }
+}
+
+/// Sends an event about the flow of `key`, unless this CPU sent its
+/// second's worth already or the ring is full.
+#[inline(always)]
+fn emit(key: &ConntrackKey, kind: u32, now: u64) {
+    let Some(budget) = SG_CONNTRACK_EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, this run's alone.
+    let budget = unsafe { &mut *budget };
+    let second = now / 1_000_000_000;
+    if budget.second != second {
+        budget.second = second;
+        budget.sent = 0;
+    }
+    if budget.sent >= CONNTRACK_EVENTS_PER_SECOND as u64 {
+        return;
+    }
+    let Some(mut event) = SG_CONNTRACK_EVENTS.reserve::<ConntrackEvent>(0) else {
+        return;
+    };
+    budget.sent += 1;
+    let out = event.as_mut_ptr();
+    // SAFETY: the reserved entry, written field by field (a whole event
+    // would be a copy on the stack).
+    unsafe {
+        (*out).time = now;
+        core::ptr::copy_nonoverlapping(key, &mut (*out).key, 1);
+        (*out).kind = kind;
+    }
+    event.submit(0);
+}
+
+/// Forgets the flow of `scratch.key`, which an RST ended or the policy
+/// revoked.
+#[inline(always)]
+pub fn forget(scratch: &Scratch) {
+    let _ = SG_CONNTRACK.remove(&scratch.key);
+    closed(scratch);
+}
+
+/// Says that the flow of `scratch.key` closed.
+#[inline(always)]
+pub fn closed(scratch: &Scratch) {
+    emit(&scratch.key, conntrack_event::CLOSED, now());
+}
+
+/// Moves a tracked flow on with a packet in `direction`; TCP's `flags`.
+#[inline(always)]
+pub fn advance(entry: &mut ConntrackEntry, direction: Direction, protocol: u8, flags: u8) -> Step {
+    let origin = entry.origin == direction as u8;
+    if protocol != IPPROTO_TCP {
+        if !origin {
+            entry.state = conntrack_state::REPLIED;
+        }
+        return Step::Pass;
+    }
+    if flags & TCP_RST != 0 {
+        return Step::Close;
+    }
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let syn_ack_back = syn && ack && !origin;
+    match entry.state {
+        conntrack_state::SYN_SENT if origin && syn && !ack => {}
+        conntrack_state::SYN_SENT if syn_ack_back => entry.state = conntrack_state::SYN_RECEIVED,
+        conntrack_state::SYN_RECEIVED if syn_ack_back => {}
+        conntrack_state::SYN_RECEIVED if origin && ack && !syn => {
+            entry.state = conntrack_state::ESTABLISHED;
+        }
+        conntrack_state::SYN_SENT | conntrack_state::SYN_RECEIVED => return Step::Invalid,
+        // A SYN-ACK again after the handshake (the ACK to it was lost)
+        // passes; any other SYN does not belong.
+        _ if syn && !syn_ack_back => return Step::Invalid,
+        _ => {}
+    }
+    if flags & TCP_FIN != 0 {
+        entry.fins |= 1 << (direction as u8 & 1);
+        if entry.fins == 3 {
+            entry.state = conntrack_state::TIME_WAIT;
+            return Step::Closing;
+        }
+        entry.state = conntrack_state::FIN_WAIT;
+    }
+    Step::Pass
+}
+
+/// Counts a packet of `bytes` in `direction` on the flow.
+#[inline(always)]
+pub fn account(entry: &mut ConntrackEntry, direction: Direction, bytes: u64) {
+    let d = direction as usize & 1;
+    entry.packets[d] += 1;
+    entry.bytes[d] += bytes;
+    entry.last_seen = now();
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn icmp_protocol(family: u8) -> u8 {
+    if family == FAMILY_IPV4 {
+        IPPROTO_ICMP
+    } else {
+        IPPROTO_ICMPV6
+    }
+}
+
+#[inline(always)]
+fn echo_request(family: u8) -> u8 {
+    if family == FAMILY_IPV4 { 8 } else { 128 }
+}
+
+#[inline(always)]
+fn echo_reply(family: u8) -> u8 {
+    if family == FAMILY_IPV4 { 0 } else { 129 }
+}
+
+/// ICMP destination unreachable (which carries "fragmentation needed"),
+/// time exceeded, parameter problem; ICMPv6 the same and packet too big.
+#[inline(always)]
+fn is_error(family: u8, kind: u8) -> bool {
+    if family == FAMILY_IPV4 {
+        kind == 3 || kind == 11 || kind == 12
+    } else {
+        (1..=4).contains(&kind)
+    }
+}

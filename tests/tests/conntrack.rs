@@ -1,0 +1,569 @@
+//! Connection tracking on crafted frames through BPF_PROG_TEST_RUN: the
+//! TCP state machine, replies that pass whatever the other direction's
+//! rules say, ICMP errors related to a flow, a policy change that revokes
+//! a flow, expiry, the tracer, a full table.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use serde_json::json;
+use sg_common::{
+    ConntrackEntry, ConntrackKey, ConntrackTimeouts, Direction, MAX_CONNTRACK_ENTRIES, Outcome,
+    Timeout, map_names,
+};
+use sg_ctl::{
+    datapath::{
+        Forward, TestRun,
+        conntrack::{self, Flow, FlowFilter},
+    },
+    frame::{Packet, TcpFlags, Transport},
+    model::Policy,
+};
+use sg_tests::{TestPort, addr, require_root};
+
+const SLOT: u32 = 5;
+const WORKLOAD: &str = "198.18.0.2";
+const PEER: &str = "198.18.1.1";
+const WORKLOAD6: &str = "2001:db8::2";
+const PEER6: &str = "2001:db8:1::1";
+
+/// Ingress: TCP 80 from anyone. Egress: UDP 53, echo requests, nothing
+/// else. Every reply the tests expect to pass has no rule of its own.
+fn policy(with_http: bool) -> Policy {
+    let mut rules = vec![
+        json!({"direction": "egress", "protocol": "udp", "ports": "53"}),
+        json!({"direction": "egress", "protocol": "icmp", "icmp": {"type": 8}}),
+        json!({"direction": "egress", "protocol": "ipv6-icmp", "icmp": {"type": 128}}),
+    ];
+    if with_http {
+        rules.push(json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
+    }
+    serde_json::from_value(json!({
+        "groups": [{"name": "web", "rules": rules}],
+        "ports": [{
+            "name": "vm",
+            "ifname": "test0",
+            "mac": "02:00:00:00:00:02",
+            "ips": [WORKLOAD, WORKLOAD6],
+            "groups": ["web"],
+        }],
+    }))
+    .expect("a well-formed policy")
+}
+
+struct Port(TestPort);
+
+impl Port {
+    fn new() -> Port {
+        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        port.install(&policy(true), "vm").expect("installing");
+        Port(port)
+    }
+
+    /// Runs the frame; checks the verdict and the outcome it was counted as.
+    fn check(&self, direction: Direction, packet: &Packet, want: Forward, outcome: Outcome) {
+        let frame = packet.frame().unwrap();
+        self.check_frame(direction, &frame, want, outcome);
+    }
+
+    fn check_frame(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
+        let before = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let got = self.0.run.run(direction, frame).unwrap();
+        let after = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        assert_eq!(
+            (got, after.packets - before.packets),
+            (want, 1),
+            "{direction:?} {}: verdict and count",
+            outcome.name()
+        );
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        conntrack::list(self.0.pins(), &FlowFilter::default()).unwrap()
+    }
+}
+
+fn tcp(direction: Direction, v6: bool, ports: (u16, u16), flags: TcpFlags) -> Packet {
+    let (workload, peer) = ends(v6);
+    // `ports`: the workload's, the peer's.
+    let (src, dst, src_port, dst_port) = match direction {
+        Direction::Egress => (workload, peer, ports.0, ports.1),
+        Direction::Ingress => (peer, workload, ports.1, ports.0),
+    };
+    let mut packet = Packet::udp(src, dst, src_port, dst_port);
+    packet.transport = Transport::Tcp {
+        src_port,
+        dst_port,
+        flags,
+    };
+    packet
+}
+
+fn udp(direction: Direction, v6: bool, ports: (u16, u16)) -> Packet {
+    let (workload, peer) = ends(v6);
+    match direction {
+        Direction::Egress => Packet::udp(workload, peer, ports.0, ports.1),
+        Direction::Ingress => Packet::udp(peer, workload, ports.1, ports.0),
+    }
+}
+
+fn icmp(direction: Direction, v6: bool, type_: u8) -> Packet {
+    let mut packet = udp(direction, v6, (0, 0));
+    packet.transport = Transport::Icmp { type_, code: 0 };
+    packet
+}
+
+fn ends(v6: bool) -> (IpAddr, IpAddr) {
+    if v6 {
+        (addr(WORKLOAD6), addr(PEER6))
+    } else {
+        (addr(WORKLOAD), addr(PEER))
+    }
+}
+
+const SYN: TcpFlags = TcpFlags::SYN;
+const SYN_ACK: TcpFlags = TcpFlags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+const ACK: TcpFlags = TcpFlags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+const FIN_ACK: TcpFlags = TcpFlags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+const RST: TcpFlags = TcpFlags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+const HTTP: (u16, u16) = (80, 40000);
+
+/// SYN in, SYN-ACK out, ACK in: the handshake of a connection to the
+/// workload's port 80.
+fn handshake(port: &Port, v6: bool) {
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    port.check(i, &tcp(i, v6, HTTP, SYN), Forward::Pass, Outcome::Pass);
+    port.check(
+        e,
+        &tcp(e, v6, HTTP, SYN_ACK),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    port.check(
+        i,
+        &tcp(i, v6, HTTP, ACK),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+}
+
+#[test]
+fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for v6 in [false, true] {
+        handshake(&port, v6);
+        let flows = port.flows();
+        assert_eq!(flows.len(), 1, "{flows:?}");
+        let flow = &flows[0];
+        assert_eq!(
+            (flow.state, flow.origin, flow.ends.protocol.as_str()),
+            ("established", "ingress", "tcp")
+        );
+        assert_eq!(flow.ends.local, ends(v6).0);
+        assert_eq!(
+            (flow.ends.local_port, flow.ends.remote_port),
+            (Some(80), Some(40000))
+        );
+        assert_eq!((flow.packets_ingress, flow.packets_egress), (2, 1));
+        port.check(
+            e,
+            &tcp(e, v6, HTTP, ACK),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+        port.check(
+            e,
+            &tcp(e, v6, HTTP, FIN_ACK),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+        assert_eq!(port.flows()[0].state, "fin-wait");
+        port.check(
+            i,
+            &tcp(i, v6, HTTP, FIN_ACK),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+        assert_eq!(port.flows()[0].state, "time-wait");
+        port.check(
+            e,
+            &tcp(e, v6, HTTP, ACK),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+        // A new connection on the same ports starts over.
+        port.check(i, &tcp(i, v6, HTTP, SYN), Forward::Pass, Outcome::Pass);
+        assert_eq!(port.flows()[0].state, "syn-sent");
+        conntrack::flush(port.0.pins(), &FlowFilter::default()).unwrap();
+    }
+}
+
+#[test]
+fn unsolicited_and_stray_tcp_is_dropped() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for v6 in [false, true] {
+        // An ACK scan of the open port: no flow, invalid.
+        port.check(
+            i,
+            &tcp(i, v6, HTTP, ACK),
+            Forward::Drop,
+            Outcome::DropInvalid,
+        );
+        // Another port: the policy's default.
+        port.check(
+            i,
+            &tcp(i, v6, (22, 40000), SYN),
+            Forward::Drop,
+            Outcome::DropDefault,
+        );
+        // A SYN-ACK of no flow from the workload: no egress rule for it.
+        port.check(
+            e,
+            &tcp(e, v6, HTTP, SYN_ACK),
+            Forward::Drop,
+            Outcome::DropDefault,
+        );
+        // Before the SYN-ACK, the client's ACK does not fit the flow.
+        port.check(i, &tcp(i, v6, HTTP, SYN), Forward::Pass, Outcome::Pass);
+        port.check(
+            i,
+            &tcp(i, v6, HTTP, ACK),
+            Forward::Drop,
+            Outcome::DropInvalid,
+        );
+        conntrack::flush(port.0.pins(), &FlowFilter::default()).unwrap();
+    }
+    assert!(port.flows().is_empty());
+}
+
+#[test]
+fn a_reset_ends_the_flow() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for v6 in [false, true] {
+        handshake(&port, v6);
+        port.check(
+            e,
+            &tcp(e, v6, HTTP, RST),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+        assert!(port.flows().is_empty());
+        port.check(
+            i,
+            &tcp(i, v6, HTTP, ACK),
+            Forward::Drop,
+            Outcome::DropInvalid,
+        );
+    }
+}
+
+#[test]
+fn udp_and_ping_replies_pass_on_egress_rules() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for v6 in [false, true] {
+        let dns = (40000, 53);
+        port.check(e, &udp(e, v6, dns), Forward::Pass, Outcome::Pass);
+        port.check(i, &udp(i, v6, dns), Forward::Pass, Outcome::PassEstablished);
+        // From another port of the server: no flow, no rule.
+        port.check(
+            i,
+            &udp(i, v6, (40000, 54)),
+            Forward::Drop,
+            Outcome::DropDefault,
+        );
+        let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
+        // A reply before any request: no rule allows it.
+        port.check(i, &icmp(i, v6, reply), Forward::Drop, Outcome::DropDefault);
+        port.check(e, &icmp(e, v6, request), Forward::Pass, Outcome::Pass);
+        port.check(
+            i,
+            &icmp(i, v6, reply),
+            Forward::Pass,
+            Outcome::PassEstablished,
+        );
+    }
+    let flows = port.flows();
+    assert_eq!(flows.len(), 4, "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.state == "replied" && f.origin == "egress")
+    );
+    let ping = flows.iter().find(|f| f.ends.protocol == "icmp").unwrap();
+    // Echo's identifier, as the frame builder sets it.
+    assert_eq!(
+        (ping.ends.local_port, ping.ends.remote_port),
+        (Some(1), None)
+    );
+}
+
+/// An ICMP error toward the workload about `quoted`, a packet it sent.
+fn error_about(v6: bool, type_: u8, code: u8, quoted: &Packet) -> Vec<u8> {
+    let quoted = quoted.frame().unwrap();
+    let quoted = &quoted[14..];
+    let mut error = icmp(Direction::Ingress, v6, type_);
+    error.transport = Transport::Icmp { type_, code };
+    error.payload_len = quoted.len();
+    let mut frame = error.frame().unwrap();
+    let at = frame.len() - quoted.len();
+    frame[at..].copy_from_slice(quoted);
+    frame
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_pass_as_related() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for v6 in [false, true] {
+        // Fragmentation needed / packet too big, and port unreachable.
+        let errors: [(u8, u8); 2] = if v6 {
+            [(2, 0), (1, 4)]
+        } else {
+            [(3, 4), (3, 3)]
+        };
+        let dns = udp(e, v6, (40000, 53));
+        port.check(e, &dns, Forward::Pass, Outcome::Pass);
+        for (type_, code) in errors {
+            let frame = error_about(v6, type_, code, &dns);
+            port.check_frame(i, &frame, Forward::Pass, Outcome::PassRelated);
+            // About a flow there is not: the policy has no rule for it.
+            let frame = error_about(v6, type_, code, &udp(e, v6, (40001, 53)));
+            port.check_frame(i, &frame, Forward::Drop, Outcome::DropDefault);
+        }
+        // About a tracked TCP connection, to the server's side.
+        handshake(&port, v6);
+        let frame = error_about(v6, errors[0].0, errors[0].1, &tcp(e, v6, HTTP, ACK));
+        port.check_frame(i, &frame, Forward::Pass, Outcome::PassRelated);
+    }
+}
+
+#[test]
+fn a_policy_that_no_longer_allows_a_flow_revokes_it() {
+    require_root!();
+    let mut port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    handshake(&port, false);
+    let dns = (40000, 53);
+    port.check(e, &udp(e, false, dns), Forward::Pass, Outcome::Pass);
+    let before = port.flows();
+    // Without port 80: the connection ends on its client's next packet.
+    port.0.install(&policy(false), "vm").unwrap();
+    // The server's side passes until then.
+    port.check(
+        e,
+        &tcp(e, false, HTTP, ACK),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    port.check(
+        i,
+        &tcp(i, false, HTTP, ACK),
+        Forward::Drop,
+        Outcome::DropRevoked,
+    );
+    port.check(
+        e,
+        &tcp(e, false, HTTP, ACK),
+        Forward::Drop,
+        Outcome::DropDefault,
+    );
+    // The DNS flow is still allowed: checked once, it goes on under the
+    // new policy.
+    port.check(
+        e,
+        &udp(e, false, dns),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    let after = port.flows();
+    assert_eq!(after.len(), 1, "{after:?}");
+    let dns_before = before.iter().find(|f| f.ends.protocol == "udp").unwrap();
+    assert_ne!(after[0].policy, dns_before.policy, "the new policy's id");
+}
+
+#[test]
+fn idle_flows_expire_by_their_timeouts() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    let mut seconds = [0; Timeout::COUNT];
+    seconds[Timeout::Udp as usize] = 1;
+    conntrack::set_timeouts(port.0.pins(), &ConntrackTimeouts { seconds }).unwrap();
+    let (dns, other) = ((40000, 53), (40001, 53));
+    port.check(e, &udp(e, false, dns), Forward::Pass, Outcome::Pass);
+    port.check(e, &udp(e, false, other), Forward::Pass, Outcome::Pass);
+    handshake(&port, false);
+    assert_eq!(conntrack::expire(port.0.pins()).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    // The datapath no longer knows the flow, before any expiry: the reply
+    // is a new flow, which no rule allows.
+    port.check(i, &udp(i, false, dns), Forward::Drop, Outcome::DropDefault);
+    // Expiry removes the other (the first is gone already).
+    assert_eq!(conntrack::expire(port.0.pins()).unwrap(), 1);
+    // The events: three flows new, the one its packet found idle expired
+    // (expiry's removals have none).
+    let mut events = Vec::new();
+    let until = Instant::now() + Duration::from_millis(300);
+    conntrack::watch(port.0.pins(), Some(until), |event| {
+        events.push((event.event, event.ends.protocol, event.ends.local_port));
+        Ok(true)
+    })
+    .unwrap();
+    let udp = |port| ("udp".to_string(), Some(port));
+    let tcp = ("tcp".to_string(), Some(80));
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|(kind, protocol, port)| (kind, (protocol, port)))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("new", udp(40000)),
+            ("new", udp(40001)),
+            ("new", tcp.clone()),
+            ("expired", udp(40000)),
+        ]
+    );
+    let flows = port.flows();
+    assert_eq!(flows.len(), 1, "the TCP connection stays: {flows:?}");
+    assert_eq!(flows[0].ends.protocol, "tcp");
+}
+
+#[test]
+fn the_tracer_leaves_the_table_alone() {
+    require_root!();
+    let port = Port::new();
+    let mut tracer = TestRun::tracer(port.0.pins(), SLOT).unwrap();
+    let i = Direction::Ingress;
+    let syn = tcp(i, false, HTTP, SYN).frame().unwrap();
+    let (forward, _, record) = tracer.trace(i, &syn).unwrap();
+    assert_eq!(forward, Forward::Pass);
+    assert_eq!(record.outcome, Outcome::Pass as u32);
+    assert!(port.flows().is_empty());
+    // Nor does it use the flows there are: it says what the policy says.
+    handshake(&port, false);
+    let syn_ack = tcp(Direction::Egress, false, HTTP, SYN_ACK)
+        .frame()
+        .unwrap();
+    let (forward, _, record) = tracer.trace(Direction::Egress, &syn_ack).unwrap();
+    assert_eq!(forward, Forward::Drop);
+    assert_eq!(record.outcome, Outcome::DropDefault as u32);
+    assert_eq!(port.flows()[0].packets_egress, 1);
+}
+
+#[test]
+fn a_full_table_drops_new_flows_and_keeps_the_tracked_ones() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    handshake(&port, false);
+    // The rest of the table taken by flows of another slot.
+    let path = port.0.pins().root().join("maps").join(map_names::CONNTRACK);
+    let mut table: HashMap<MapData, ConntrackKey, ConntrackEntry> =
+        Map::HashMap(MapData::from_pin(&path).unwrap())
+            .try_into()
+            .unwrap();
+    let entry = ConntrackEntry {
+        first_seen: 0,
+        last_seen: u64::MAX / 2,
+        packets: [0; 2],
+        bytes: [0; 2],
+        policy: 0,
+        state: 0,
+        origin: 0,
+        fins: 0,
+        _pad: 0,
+    };
+    let started = Instant::now();
+    let mut filled = 1;
+    for n in 0..MAX_CONNTRACK_ENTRIES {
+        let mut remote = [0u8; 16];
+        remote[12..].copy_from_slice(&n.to_be_bytes());
+        let key = ConntrackKey {
+            slot: SLOT + 1,
+            protocol: 17,
+            family: 6,
+            local_port: [0; 2],
+            remote_port: [0; 2],
+            _pad: [0; 2],
+            local: [0; 16],
+            remote,
+        };
+        if table.insert(key, entry, 0).is_err() {
+            break;
+        }
+        filled += 1;
+        assert!(started.elapsed() < Duration::from_secs(60), "filling");
+    }
+    assert_eq!(filled, MAX_CONNTRACK_ENTRIES);
+    port.check(
+        i,
+        &tcp(i, false, (80, 40001), SYN),
+        Forward::Drop,
+        Outcome::DropConntrackFull,
+    );
+    port.check(
+        e,
+        &udp(e, true, (40000, 53)),
+        Forward::Drop,
+        Outcome::DropConntrackFull,
+    );
+    port.check(
+        e,
+        &tcp(e, false, HTTP, ACK),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    let stats = conntrack::stats(port.0.pins()).unwrap();
+    assert_eq!(
+        (stats.entries, stats.capacity, stats.full),
+        (MAX_CONNTRACK_ENTRIES as usize, MAX_CONNTRACK_ENTRIES, 2)
+    );
+    let filter = FlowFilter {
+        slot: Some(SLOT + 1),
+        ..FlowFilter::default()
+    };
+    assert_eq!(
+        conntrack::flush(port.0.pins(), &filter).unwrap(),
+        MAX_CONNTRACK_ENTRIES as usize - 1
+    );
+    port.check(
+        i,
+        &tcp(i, false, (80, 40001), SYN),
+        Forward::Pass,
+        Outcome::Pass,
+    );
+}
