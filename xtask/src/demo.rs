@@ -204,37 +204,16 @@ pub fn run_demo(sg_ctl: &Path) -> Result<()> {
     step.next("the daemon: desired state in SQLite, the API on a Unix socket");
     start_daemon(sg_ctl, &mut cleanup)?;
 
-    step.next("security groups: web (HTTP and ping in, telnet rejected) and client");
+    step.next("security groups: web (HTTP and ping in, telnet rejected) and client (egress only)");
     shown(sg().args(["group", "create", "web", "--description", "web tier"]))?;
     shown(sg().args(["rule", "add", "web", "--preset", "http"]))?;
     shown(sg().args(["rule", "add", "web", "--preset", "ping"]))?;
     shown(sg().args([
         "rule", "add", "web", "--proto", "tcp", "--port", "23", "--action", "reject",
     ]))?;
+    // The client's group has only the allow-all egress a new group starts
+    // with: connection tracking lets the replies in.
     shown(sg().args(["group", "create", "client"]))?;
-    // Until connection tracking, the client's group lets the replies in.
-    shown(sg().args([
-        "rule",
-        "add",
-        "client",
-        "--proto",
-        "tcp",
-        "--port",
-        "1024-65535",
-        "--remote-group",
-        "web",
-    ]))?;
-    shown(sg().args([
-        "rule",
-        "add",
-        "client",
-        "--proto",
-        "icmp",
-        "--icmp-type",
-        "0",
-        "--remote-group",
-        "web",
-    ]))?;
     shown(sg().args(["rule", "list", "web"]))?;
 
     step.next("ports: each workload's MAC, addresses and groups; sg attaches to them");
@@ -299,9 +278,10 @@ pub fn run_demo(sg_ctl: &Path) -> Result<()> {
     }
     println!("    (the ping from {SPOOFED_V4} failed: sg dropped what the client sent from it)");
 
-    step.next("the counters: hits per rule, and packets per port, direction and reason");
+    step.next("the counters: hits per rule, packets per port, direction and reason, the flows");
     shown(sg().args(["group", "show", "web"]))?;
     shown(sg().arg("stats"))?;
+    shown(sg().args(["--netns", HOST, "conntrack", "list"]))?;
 
     step.next("stopping the daemon, detaching sg and removing the namespaces");
     drop(cleanup);
