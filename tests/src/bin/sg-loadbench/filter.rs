@@ -10,7 +10,10 @@ use aya::programs::xdp::XdpLinkId;
 use serde::Serialize;
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{self, PolicyMaps, XdpModeArg},
+    datapath::{
+        self, PolicyMaps, XdpModeArg,
+        conntrack::{self, FlowFilter},
+    },
     model::Policy,
 };
 use sg_tests::{PORT, TestPins};
@@ -97,6 +100,20 @@ impl<'a> Attached<'a> {
 
     pub fn bed(&self) -> &Testbed {
         self.bed
+    }
+
+    /// Forgets sg's tracked flows, so that a scenario starts with none: the
+    /// random flows of the one before would fill the table, where new
+    /// flows fail closed. (The netfilter translations track nothing.)
+    pub fn forget_flows(&self) -> Result<()> {
+        if let State::Sg { pins, slot, .. } = &self.state {
+            let port = FlowFilter {
+                slot: Some(*slot),
+                ..FlowFilter::default()
+            };
+            conntrack::flush(&pins.pins, &port)?;
+        }
+        Ok(())
     }
 
     /// Puts `policy` in force, replacing what was.

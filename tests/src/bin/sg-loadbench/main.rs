@@ -330,6 +330,7 @@ fn ceilings(bed: &mut Testbed, plan: &Plan, report: &mut Report) -> Result<()> {
 fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) -> Result<()> {
     let filter = attached.filter;
     let policy = bench_policy(n);
+    attached.forget_flows()?;
     let started = Instant::now();
     let installed = attached.install(&policy)?;
     let install = started.elapsed();
@@ -364,6 +365,8 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
         });
     }
     if n == plan.at {
+        // The passing traffic's random flows may have filled the table.
+        attached.forget_flows()?;
         let gbits = iperf(attached.bed(), plan.iperf_seconds)?;
         println!(
             "{:<28} {n:>6} rules, iperf3: {gbits:.2} Gbit/s",
