@@ -529,6 +529,14 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
     assert!(veth.host.ping(v4)?, "echo requests are allowed");
     assert!(!veth.host.ping(v6)?, "ICMPv6 has no rule");
     let policy = d.json(&["port", "show", "vm"])?["policy_id"].clone();
+    assert!(
+        d.metric("sg_conntrack_capacity")? > 0,
+        "the table's size is a metric"
+    );
+    assert!(
+        d.metric("sg_conntrack_entries")? >= 1,
+        "the pings are a tracked flow"
+    );
     let rule = r#"sg_rule_packets_total{group="pingable",rule="2"}"#;
     let counted = d.metric(rule)?;
     assert!(counted >= 1);

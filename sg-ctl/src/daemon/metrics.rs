@@ -10,7 +10,7 @@ use sg_common::{Direction, Outcome};
 use super::{Daemon, effective};
 use crate::{
     compile,
-    datapath::{Maps, PolicyMaps},
+    datapath::{Maps, PolicyMaps, conntrack},
     store::PortPhase,
 };
 
@@ -99,6 +99,17 @@ impl Daemon {
                 let _ = writeln!(out, "sg_rule_packets_total{{{labels}}} {}", hits.packets);
                 let _ = writeln!(out, "sg_rule_bytes_total{{{labels}}} {}", hits.bytes);
             }
+        }
+        // What happened to flows is in the ports' outcomes (pass-established,
+        // drop-invalid, ...); the table's fill is here.
+        if let Ok(table) = conntrack::stats(&self.pins) {
+            out += "# HELP sg_conntrack_entries Tracked flows, all ports together.
+                    # TYPE sg_conntrack_entries gauge
+                    # HELP sg_conntrack_capacity Flows the table holds; new ones fail closed beyond.
+                    # TYPE sg_conntrack_capacity gauge
+";
+            let _ = writeln!(out, "sg_conntrack_entries {}", table.entries);
+            let _ = writeln!(out, "sg_conntrack_capacity {}", table.capacity);
         }
         out
     }
