@@ -22,7 +22,7 @@ use sg_ctl::{
     frame::{Packet, TcpFlags, Transport},
     model::Policy,
 };
-use sg_tests::{TestPort, addr, require_root};
+use sg_tests::{TestPort, addr, require_root, vm_policy};
 
 const SLOT: u32 = 5;
 const WORKLOAD: &str = "198.18.0.2";
@@ -41,17 +41,7 @@ fn policy(with_http: bool) -> Policy {
     if with_http {
         rules.push(json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
     }
-    serde_json::from_value(json!({
-        "groups": [{"name": "web", "rules": rules}],
-        "ports": [{
-            "name": "vm",
-            "ifname": "test0",
-            "mac": "02:00:00:00:00:02",
-            "ips": [WORKLOAD, WORKLOAD6],
-            "groups": ["web"],
-        }],
-    }))
-    .expect("a well-formed policy")
+    vm_policy(json!([{"name": "web", "rules": rules}]), &["web"])
 }
 
 struct Port(TestPort);

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sg_ctl::model::Policy;
 use sg_tests::{
     HOST_V4, HOST_V6, Netns, PORT, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    require_root, tcp_exchange,
+    require_root, tcp_exchange, vm_policy,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
@@ -31,17 +31,7 @@ fn policy(with_http: bool) -> Policy {
     if with_http {
         rules.push(json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
     }
-    serde_json::from_value(json!({
-        "groups": [{"name": "web", "rules": rules}],
-        "ports": [{
-            "name": "vm",
-            "ifname": PORT,
-            "mac": "02:00:00:00:00:02",
-            "ips": [WORKLOAD_V4, WORKLOAD_V6],
-            "groups": ["web"],
-        }],
-    }))
-    .expect("a well-formed policy")
+    vm_policy(json!([{"name": "web", "rules": rules}]), &["web"])
 }
 
 fn setup() -> Result<(VethPort, TestPins)> {
