@@ -115,6 +115,18 @@ impl Packet {
         }
     }
 
+    /// A TCP segment between two addresses with made-up MAC addresses.
+    pub fn tcp(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16, flags: TcpFlags) -> Packet {
+        Packet {
+            transport: Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            },
+            ..Packet::udp(src, dst, src_port, dst_port)
+        }
+    }
+
     /// The Ethernet frame, with valid lengths and checksums.
     pub fn frame(&self) -> Result<Vec<u8>, FrameError> {
         let ip = match (self.src, self.dst) {

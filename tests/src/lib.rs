@@ -651,6 +651,25 @@ pub fn vm_policy(groups: Value, attached: &[&str]) -> Policy {
     policy
 }
 
+/// A stateful workload's policy: egress DNS (UDP 53) and echo requests,
+/// with `with_http` ingress TCP 80, nothing else. Every reply the tests
+/// expect to pass has no rule of its own; neighbour discovery passes
+/// without rules.
+pub fn dns_ping_http_policy(with_http: bool) -> Policy {
+    let mut rules = vec![
+        serde_json::json!({"direction": "egress", "protocol": "udp", "ports": "53"}),
+        serde_json::json!({"direction": "egress", "protocol": "icmp", "icmp": {"type": 8}}),
+        serde_json::json!({"direction": "egress", "protocol": "ipv6-icmp", "icmp": {"type": 128}}),
+    ];
+    if with_http {
+        rules.push(serde_json::json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
+    }
+    vm_policy(
+        serde_json::json!([{"name": "web", "rules": rules}]),
+        &["web"],
+    )
+}
+
 /// The kernel memory of the policy maps under `pins` (the sum of their
 /// fdinfo `memlock`).
 pub fn policy_memory(pins: &Pins) -> Result<u64> {

@@ -9,7 +9,6 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use serde_json::json;
 use sg_common::{
     ConntrackEntry, ConntrackKey, ConntrackTimeouts, Direction, MAX_CONNTRACK_ENTRIES, Outcome,
     Timeout, map_names,
@@ -20,29 +19,14 @@ use sg_ctl::{
         conntrack::{self, Flow, FlowFilter},
     },
     frame::{Packet, TcpFlags, Transport},
-    model::Policy,
 };
-use sg_tests::{TestPort, addr, require_root, vm_policy};
+use sg_tests::{TestPort, addr, dns_ping_http_policy as policy, require_root};
 
 const SLOT: u32 = 5;
 const WORKLOAD: &str = "198.18.0.2";
 const PEER: &str = "198.18.1.1";
 const WORKLOAD6: &str = "2001:db8::2";
 const PEER6: &str = "2001:db8:1::1";
-
-/// Ingress: TCP 80 from anyone. Egress: UDP 53, echo requests, nothing
-/// else. Every reply the tests expect to pass has no rule of its own.
-fn policy(with_http: bool) -> Policy {
-    let mut rules = vec![
-        json!({"direction": "egress", "protocol": "udp", "ports": "53"}),
-        json!({"direction": "egress", "protocol": "icmp", "icmp": {"type": 8}}),
-        json!({"direction": "egress", "protocol": "ipv6-icmp", "icmp": {"type": 128}}),
-    ];
-    if with_http {
-        rules.push(json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
-    }
-    vm_policy(json!([{"name": "web", "rules": rules}]), &["web"])
-}
 
 struct Port(TestPort);
 
@@ -83,13 +67,7 @@ fn tcp(direction: Direction, v6: bool, ports: (u16, u16), flags: TcpFlags) -> Pa
         Direction::Egress => (workload, peer, ports.0, ports.1),
         Direction::Ingress => (peer, workload, ports.1, ports.0),
     };
-    let mut packet = Packet::udp(src, dst, src_port, dst_port);
-    packet.transport = Transport::Tcp {
-        src_port,
-        dst_port,
-        flags,
-    };
-    packet
+    Packet::tcp(src, dst, src_port, dst_port, flags)
 }
 
 fn udp(direction: Direction, v6: bool, ports: (u16, u16)) -> Packet {

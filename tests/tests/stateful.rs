@@ -12,27 +12,12 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
-use sg_ctl::model::Policy;
 use sg_tests::{
     HOST_V4, HOST_V6, Netns, PORT, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    require_root, tcp_exchange, vm_policy,
+    dns_ping_http_policy as policy, require_root, tcp_exchange,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
-
-/// The workload serves TCP 80; it may send DNS and pings, nothing else.
-fn policy(with_http: bool) -> Policy {
-    let mut rules = vec![
-        json!({"direction": "egress", "protocol": "udp", "ports": "53"}),
-        json!({"direction": "egress", "protocol": "icmp", "icmp": {"type": 8}}),
-        json!({"direction": "egress", "protocol": "ipv6-icmp", "icmp": {"type": 128}}),
-        // Neighbour discovery passes without rules; nothing else comes in.
-    ];
-    if with_http {
-        rules.push(json!({"direction": "ingress", "protocol": "tcp", "ports": "80"}));
-    }
-    vm_policy(json!([{"name": "web", "rules": rules}]), &["web"])
-}
 
 fn setup() -> Result<(VethPort, TestPins)> {
     let port = VethPort::new()?;

@@ -39,13 +39,7 @@ fn policy() -> Policy {
 }
 
 fn tcp(from: &str, port: u16) -> Packet {
-    let mut packet = Packet::udp(addr(from), addr(WORKLOAD_V4), 40000, port);
-    packet.transport = Transport::Tcp {
-        src_port: 40000,
-        dst_port: port,
-        flags: TcpFlags::SYN,
-    };
-    packet
+    Packet::tcp(addr(from), addr(WORKLOAD_V4), 40000, port, TcpFlags::SYN)
 }
 
 /// Traces an inbound packet on the port, from inside its namespace.

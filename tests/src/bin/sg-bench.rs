@@ -137,13 +137,7 @@ fn segment(direction: Dir, peer: IpAddr, ports: (u16, u16), flags: TcpFlags) -> 
         Dir::Ingress => (peer, own, ports.0, ports.1),
         Dir::Egress => (own, peer, ports.1, ports.0),
     };
-    let mut packet = Packet::udp(src, dst, src_port, dst_port);
-    packet.transport = Transport::Tcp {
-        src_port,
-        dst_port,
-        flags,
-    };
-    Ok(packet.frame()?)
+    Ok(Packet::tcp(src, dst, src_port, dst_port, flags).frame()?)
 }
 
 /// New flows: single runs on SYNs of distinct connections.
