@@ -4,9 +4,15 @@
 //!
 //! The generator is handed one UDP/IPv4 frame; on every run it rewrites the
 //! source and destination addresses and ports from
-//! `bpf_get_prandom_u32` within the ranges the loader set, fixes the IPv4
-//! header checksum, and sends the frame out of the interface of the run's
-//! context (`XDP_TX`), so many rules and many flows see traffic.
+//! `bpf_get_prandom_u32` within the ranges the loader set, restores the time
+//! to live, fixes the IPv4 header checksum, and sends the frame out of the
+//! interface of the run's context (`XDP_TX`), so many rules and many flows
+//! see traffic.
+//!
+//! The kernel reuses a frame's page once the frame is freed, without copying
+//! the template again: a frame the receiver forwarded comes back with its
+//! time to live one less, so every field a receiver may change is written
+//! on every run.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -36,6 +42,7 @@ static DPORT_COUNT: u32 = 1;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
+const TTL: usize = ETH_LEN + 8;
 const CHECKSUM: usize = ETH_LEN + 10;
 const SRC: usize = ETH_LEN + 12;
 const DST: usize = ETH_LEN + 16;
@@ -68,6 +75,7 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
     let frame = start as *mut u8;
     // SAFETY: every write below ends before FRAME_MIN, checked above.
     unsafe {
+        write(frame, TTL, &[64]);
         write(frame, SRC, &src.to_be_bytes());
         write(frame, DST, &dst.to_be_bytes());
         write(frame, SPORT, &sport.to_be_bytes());

@@ -19,6 +19,7 @@ mod testbed;
 mod translate;
 
 use std::{
+    borrow::Cow,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -52,11 +53,18 @@ struct Args {
     /// target/loadbench-quick].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only these filters [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    filter: Vec<Filter>,
+    /// Only these rule counts [default: 0,10,1000,10000,50000; quick:
+    /// 0,10,1000].
+    #[arg(long, value_delimiter = ',')]
+    rules: Vec<usize>,
 }
 
 /// How long and how big.
 struct Plan {
-    sizes: &'static [usize],
+    sizes: Cow<'static, [usize]>,
     window: Duration,
     /// A rate is the best of this many windows: other work on the CPU
     /// only ever lowers one.
@@ -67,21 +75,21 @@ struct Plan {
 }
 
 const FULL: Plan = Plan {
-    sizes: &[0, 10, 1_000, 10_000, 50_000],
+    sizes: Cow::Borrowed(&[0, 10, 1_000, 10_000, 50_000]),
     window: Duration::from_secs(1),
     rounds: 3,
     at: 10_000,
     iperf_seconds: 3,
 };
 const QUICK: Plan = Plan {
-    sizes: &[0, 10, 1_000],
+    sizes: Cow::Borrowed(&[0, 10, 1_000]),
     window: Duration::from_millis(50),
     rounds: 1,
     at: 1_000,
     iperf_seconds: 1,
 };
 /// No run sends more than this, whatever the window.
-const PACKET_LIMIT: u64 = 50_000_000;
+const PACKET_LIMIT: u32 = 200_000_000;
 const PROBES: u32 = 32;
 
 /// The first remote of the benchmark rules; rule `i` has the next `i`-th.
@@ -249,7 +257,16 @@ fn main() -> Result<()> {
         sg_tests::is_root(),
         "needs root: network namespaces, XDP and nftables"
     );
-    let plan = if args.quick { &QUICK } else { &FULL };
+    let mut plan = if args.quick { QUICK } else { FULL };
+    if !args.rules.is_empty() {
+        plan.sizes = args.rules.into();
+    }
+    let plan = &plan;
+    let filters = if args.filter.is_empty() {
+        Filter::ALL.to_vec()
+    } else {
+        args.filter
+    };
     let mut bed = Testbed::new()?;
     let generator = format!(
         "XDP live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES); kernel pktgen: {}",
@@ -274,8 +291,8 @@ fn main() -> Result<()> {
         },
     });
 
-    for filter in Filter::ALL {
-        if filter != Filter::ALL[0] {
+    for &filter in &filters {
+        if filter != filters[0] {
             ceilings(&mut bed, plan, &mut report)?;
         }
         let mut attached = Attached::new(&mut bed, filter)?;
@@ -283,7 +300,7 @@ fn main() -> Result<()> {
         attached.install(&sample)?;
         check_verdicts(attached.bed(), &sample, &SAMPLE_FLOWS)
             .with_context(|| format!("{} with the sample policy", filter.label()))?;
-        for &n in plan.sizes {
+        for &n in plan.sizes.iter() {
             measure(&mut attached, plan, n, &mut report)
                 .with_context(|| format!("{} with {n} rules", filter.label()))?;
         }

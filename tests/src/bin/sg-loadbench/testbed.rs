@@ -7,6 +7,7 @@
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -14,7 +15,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId,
+    },
 };
 use serde_json::Value;
 use sg_ctl::frame::Packet;
@@ -212,24 +215,62 @@ impl Testbed {
         })
     }
 
-    /// Sends `flows` from `eth0` for `window` (or until `limit` packets),
-    /// on `CPU`; returns what `port0` received per second.
-    pub fn rate(&self, flows: Flows, window: Duration, limit: u64) -> Result<f64> {
-        const CHUNK: u32 = 1 << 14;
+    /// Sends `flows` from `eth0` on `CPU` in one run of the generator (at
+    /// most `limit` frames) and returns what `port0` received per second
+    /// over `window`, counted from `SETTLE` after the start. A signal ends
+    /// the run: at the end of each run the kernel waits for an RCU grace
+    /// period before it frees the run's frames, so a train of short runs
+    /// leaves the CPU idle most of the time.
+    pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
+        const SETTLE: Duration = Duration::from_millis(100);
         let generator = Generator::load(flows)?;
-        let before = self.counters()?;
-        let elapsed = inside(&self.link.workload, || {
-            take_cpu()?;
-            let started = Instant::now();
-            let mut sent = 0;
-            while started.elapsed() < window && sent < limit {
-                generator.send(&self.template, self.eth0, CHUNK)?;
-                sent += u64::from(CHUNK);
+        interruptible()?;
+        let sender = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            let run = scope.spawn(|| {
+                let result = (|| {
+                    sg_ctl::netns::enter(self.link.workload.name())?;
+                    take_cpu()?;
+                    // SAFETY: the calling thread's own id.
+                    sender.store(unsafe { libc::pthread_self() }, Ordering::SeqCst);
+                    generator.send(&self.template, self.eth0, limit)
+                })();
+                done.store(true, Ordering::SeqCst);
+                result
+            });
+            let measured = (|| {
+                thread::sleep(SETTLE);
+                let (before, since) = self.received()?;
+                thread::sleep(window);
+                let (after, until) = self.received()?;
+                ensure!(
+                    !done.load(Ordering::SeqCst),
+                    "the generator stopped before the window ended: it failed, or sent all \
+                     {limit} frames"
+                );
+                Ok((after - before) as f64 / (until - since).as_secs_f64())
+            })();
+            while !done.load(Ordering::SeqCst) {
+                let thread = sender.load(Ordering::SeqCst);
+                if thread != 0 {
+                    // SAFETY: a thread of this scope, running until `done`.
+                    unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+                }
+                thread::sleep(Duration::from_millis(5));
             }
-            Ok(started.elapsed())
-        })?;
-        let after = self.counters()?;
-        Ok((after.received - before.received) as f64 / elapsed.as_secs_f64())
+            let sent = run
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            sent.and(measured)
+        })
+    }
+
+    /// `port0`'s received frames, and when they were counted.
+    fn received(&self) -> Result<(u64, Instant)> {
+        let asked = Instant::now();
+        let received = self.counters()?.received;
+        Ok((received, asked + asked.elapsed() / 2))
     }
 
     /// Sends `count` frames of one flow; returns how many the host
@@ -259,6 +300,25 @@ impl Testbed {
             thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Lets SIGUSR1 interrupt a system call of the thread it is sent to,
+/// and do nothing else.
+fn interruptible() -> Result<()> {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: an empty handler, installed without SA_RESTART.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+    };
+    ensure!(
+        rc == 0,
+        "installing a SIGUSR1 handler: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 fn ifindex(name: &str) -> Result<u32> {
@@ -296,7 +356,8 @@ impl Generator {
     }
 
     /// Transmits `repeat` frames out of `ifindex` (of the calling thread's
-    /// namespace): BPF_PROG_TEST_RUN in live-frames mode.
+    /// namespace), or fewer if a signal interrupts the run:
+    /// BPF_PROG_TEST_RUN in live-frames mode.
     fn send(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
         // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
@@ -309,15 +370,22 @@ impl Generator {
             .program("sg_trafficgen")
             .context("no sg_trafficgen")?
             .try_into()?;
-        program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..TestRunOptions::new()
-            })
-            .context("generating frames (BPF_PROG_TEST_RUN, live frames)")?;
-        Ok(())
+        match program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        }) {
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                Ok(())
+            }
+            run => {
+                run.context("generating frames (BPF_PROG_TEST_RUN, live frames)")?;
+                Ok(())
+            }
+        }
     }
 }
