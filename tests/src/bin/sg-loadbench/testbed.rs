@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -220,11 +220,34 @@ impl Testbed {
     /// over `window`, counted from `SETTLE` after the start. A signal ends
     /// the run: at the end of each run the kernel waits for an RCU grace
     /// period before it frees the run's frames, so a train of short runs
-    /// leaves the CPU idle most of the time.
+    /// leaves the CPU idle most of the time. A run cut short by something
+    /// else (the kernel ends it on any pending signal, the freezer's
+    /// included) is tried again, up to `ATTEMPTS` times.
     pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
-        const SETTLE: Duration = Duration::from_millis(100);
+        const ATTEMPTS: usize = 3;
         let generator = Generator::load(flows)?;
         interruptible()?;
+        let mut cut = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match self.window(&generator, window, limit)? {
+                Ok(rate) => return Ok(rate),
+                Err(after) => cut.push(after),
+            }
+        }
+        bail!(
+            "the generator's runs ended before their windows did, after {cut:?} ({limit} frames at most)"
+        )
+    }
+
+    /// One run of `generator`, and the rate over `window` (or how long the
+    /// run lasted if it ended before the window did).
+    fn window(
+        &self,
+        generator: &Generator,
+        window: Duration,
+        limit: u32,
+    ) -> Result<Result<f64, Duration>> {
+        const SETTLE: Duration = Duration::from_millis(100);
         let sender = AtomicU64::new(0);
         let done = AtomicBool::new(false);
         thread::scope(|scope| {
@@ -234,7 +257,9 @@ impl Testbed {
                     take_cpu()?;
                     // SAFETY: the calling thread's own id.
                     sender.store(unsafe { libc::pthread_self() }, Ordering::SeqCst);
-                    generator.send(&self.template, self.eth0, limit)
+                    let started = Instant::now();
+                    generator.send(&self.template, self.eth0, limit)?;
+                    anyhow::Ok((started, Instant::now()))
                 })();
                 done.store(true, Ordering::SeqCst);
                 result
@@ -244,12 +269,10 @@ impl Testbed {
                 let (before, since) = self.received()?;
                 thread::sleep(window);
                 let (after, until) = self.received()?;
-                ensure!(
-                    !done.load(Ordering::SeqCst),
-                    "the generator stopped before the window ended: it failed, or sent all \
-                     {limit} frames"
-                );
-                Ok((after - before) as f64 / (until - since).as_secs_f64())
+                anyhow::Ok((
+                    (after - before) as f64 / (until - since).as_secs_f64(),
+                    until,
+                ))
             })();
             while !done.load(Ordering::SeqCst) {
                 let thread = sender.load(Ordering::SeqCst);
@@ -259,10 +282,15 @@ impl Testbed {
                 }
                 thread::sleep(Duration::from_millis(5));
             }
-            let sent = run
+            let (started, ended) = run
                 .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            sent.and(measured)
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let (rate, until) = measured?;
+            Ok(if ended >= until {
+                Ok(rate)
+            } else {
+                Err(ended - started)
+            })
         })
     }
 
@@ -382,10 +410,9 @@ impl Generator {
             {
                 Ok(())
             }
-            run => {
-                run.context("generating frames (BPF_PROG_TEST_RUN, live frames)")?;
-                Ok(())
-            }
+            run => run
+                .map(drop)
+                .context("generating frames (BPF_PROG_TEST_RUN, live frames)"),
         }
     }
 }
