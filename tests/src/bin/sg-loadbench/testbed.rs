@@ -220,33 +220,36 @@ impl Testbed {
     /// over `window`, counted from `SETTLE` after the start. A signal ends
     /// the run: at the end of each run the kernel waits for an RCU grace
     /// period before it frees the run's frames, so a train of short runs
-    /// leaves the CPU idle most of the time. A run cut short by something
-    /// else (the kernel ends it on any pending signal, the freezer's
-    /// included) is tried again, up to `ATTEMPTS` times.
+    /// leaves the CPU idle most of the time. A window that does not count
+    /// (a run cut short by something else, as the kernel ends a run on any
+    /// pending signal; or nothing received) is tried again, up to
+    /// `ATTEMPTS` times.
     pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
         const ATTEMPTS: usize = 3;
         let generator = Generator::load(flows)?;
         interruptible()?;
-        let mut cut = Vec::new();
+        let mut void = Vec::new();
         for _ in 0..ATTEMPTS {
             match self.window(&generator, window, limit)? {
                 Ok(rate) => return Ok(rate),
-                Err(after) => cut.push(after),
+                Err(why) => void.push(why),
             }
         }
         bail!(
-            "the generator's runs ended before their windows did, after {cut:?} ({limit} frames at most)"
+            "no window of the generator's runs counted: {}",
+            void.join("; ")
         )
     }
 
-    /// One run of `generator`, and the rate over `window` (or how long the
-    /// run lasted if it ended before the window did).
+    /// One run of `generator`, and the rate over `window`; or why the
+    /// window does not count (the run ended before it, or nothing
+    /// arrived).
     fn window(
         &self,
         generator: &Generator,
         window: Duration,
         limit: u32,
-    ) -> Result<Result<f64, Duration>> {
+    ) -> Result<Result<f64, String>> {
         const SETTLE: Duration = Duration::from_millis(100);
         let sender = AtomicU64::new(0);
         let done = AtomicBool::new(false);
@@ -265,14 +268,15 @@ impl Testbed {
                 result
             });
             let measured = (|| {
+                // From when the run is about to start.
+                while sender.load(Ordering::SeqCst) == 0 && !done.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                }
                 thread::sleep(SETTLE);
                 let (before, since) = self.received()?;
                 thread::sleep(window);
                 let (after, until) = self.received()?;
-                anyhow::Ok((
-                    (after - before) as f64 / (until - since).as_secs_f64(),
-                    until,
-                ))
+                anyhow::Ok((after - before, until - since, until))
             })();
             while !done.load(Ordering::SeqCst) {
                 let thread = sender.load(Ordering::SeqCst);
@@ -285,11 +289,13 @@ impl Testbed {
             let (started, ended) = run
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            let (rate, until) = measured?;
-            Ok(if ended >= until {
-                Ok(rate)
+            let (received, over, until) = measured?;
+            Ok(if ended < until {
+                Err(format!("a run ended after {:?}", ended - started))
+            } else if received == 0 {
+                Err(format!("nothing arrived in {over:?}"))
             } else {
-                Err(ended - started)
+                Ok(received as f64 / over.as_secs_f64())
             })
         })
     }
