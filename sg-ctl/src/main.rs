@@ -603,10 +603,10 @@ fn conntrack_command(
                         let ends = &event.ends;
                         writeln!(
                             out,
-                            "{:<8} slot {:<4} {:<9} {} {}",
+                            "{:<8} slot {:<4} {:<18} {} {}",
                             event.event,
                             ends.slot,
-                            ends.protocol,
+                            ends.protocol_label(),
                             end(ends.local, ends.local_port),
                             end(ends.remote, ends.remote_port)
                         )?;
@@ -651,7 +651,7 @@ fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>8}",
+        "{:<12} {:<18} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>8}",
         "PORT",
         "PROTO",
         "LOCAL",
@@ -665,9 +665,9 @@ fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
     for flow in flows {
         writeln!(
             out,
-            "{:<12} {:<9} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>7}s",
+            "{:<12} {:<18} {:<40} {:<40} {:<12} {:<8} {:>16} {:>16} {:>7}s",
             flow.interface,
-            flow.ends.protocol,
+            flow.ends.protocol_label(),
             end(flow.ends.local, flow.ends.local_port),
             end(flow.ends.remote, flow.ends.remote_port),
             flow.state,

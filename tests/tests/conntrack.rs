@@ -292,8 +292,12 @@ fn udp_and_ping_replies_pass_on_egress_rules() {
     let ping = flows.iter().find(|f| f.ends.protocol == "icmp").unwrap();
     // Echo's identifier, as the frame builder sets it.
     assert_eq!(
-        (ping.ends.local_port, ping.ends.remote_port),
-        (Some(1), None)
+        (
+            ping.ends.local_port,
+            ping.ends.remote_port,
+            ping.ends.icmp_id
+        ),
+        (None, None, Some(1))
     );
 }
 

@@ -186,7 +186,7 @@ fn the_conntrack_commands_list_count_and_flush() -> Result<()> {
     ensure!(port.workload.ping(addr(HOST_V6))?);
     let table = pins.sg_ctl_ok(&["--netns", host, "conntrack", "list"])?;
     ensure!(
-        table.contains("198.18.0.2:") && table.contains("replied"),
+        table.contains("icmp id ") && table.contains("198.18.0.2 ") && table.contains("replied"),
         "{table}"
     );
     let v6 = flows(&pins, &port, &["--address", "2001:db8::/32"])?;

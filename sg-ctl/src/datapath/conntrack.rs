@@ -192,13 +192,23 @@ pub struct Ends {
     pub protocol: String,
     /// The workload's end.
     pub local: IpAddr,
-    /// Port, or ICMP echo identifier; absent for protocols without.
+    /// Absent for protocols without ports.
     pub local_port: Option<u16>,
     pub remote: IpAddr,
     pub remote_port: Option<u16>,
+    /// An ICMP echo flow's identifier.
+    pub icmp_id: Option<u16>,
 }
 
 impl Ends {
+    /// The protocol, with the echo identifier of an ICMP flow.
+    pub fn protocol_label(&self) -> String {
+        match self.icmp_id {
+            Some(id) => format!("{} id {id}", self.protocol),
+            None => self.protocol.clone(),
+        }
+    }
+
     fn of(key: &ConntrackKey) -> Ends {
         let protocol = IpProtocol(key.protocol);
         let port = |bytes: [u8; 2], used: bool| used.then(|| u16::from_be_bytes(bytes));
@@ -206,9 +216,10 @@ impl Ends {
             slot: key.slot,
             protocol: protocol.to_string(),
             local: address(key.family, key.local),
-            local_port: port(key.local_port, protocol.has_ports() || protocol.has_icmp()),
+            local_port: port(key.local_port, protocol.has_ports()),
             remote: address(key.family, key.remote),
             remote_port: port(key.remote_port, protocol.has_ports()),
+            icmp_id: port(key.local_port, protocol.has_icmp()),
         }
     }
 }
