@@ -315,8 +315,8 @@ impl Report {
              first of a new flow; both sg's and netfilter's flows forgotten before each window, \
              and windows of up to {} ms, each short enough that what a round sends at the best \
              XDP_PASS ceiling yet fits in {:.0}% of sg's connection table.\n\
-             - **Pass, established**: {} flows that the policy passes, made established in the \
-             filter before (each flow's first packet from the workload, then a reply through the \
+             - **Pass, established**: about {} flows that the policy passes, made established in \
+             the filter before (each flow's first packet from the workload, then a reply through the \
              host), picked at random; windows of {} ms.\n",
             m.kernel,
             m.cpu,
