@@ -22,7 +22,6 @@ use aya::{
         ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId,
     },
 };
-use serde_json::Value;
 use sg_ctl::frame::Packet;
 use sg_tests::{Netns, PORT, VethPort, WORKLOAD_V4, mac_of};
 
@@ -151,7 +150,7 @@ fn take_cpu() -> Result<()> {
     Ok(())
 }
 
-/// Interface counters from `ip -s -j link`.
+/// The host's counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkCounters {
     /// Frames `port0` received (before its XDP program's verdict).
@@ -247,15 +246,23 @@ impl Testbed {
         Ok(program.detach(link)?)
     }
 
+    /// Read on a thread in the host namespace, from its
+    /// `/proc/thread-self/net`: a process (`ip`) would take long to start
+    /// when the machine is busy, and the counts would be read late.
     pub fn counters(&self) -> Result<LinkCounters> {
-        let host = &self.link.host;
-        let out = host.ip(&["-s", "-j", "link", "show", PORT])?;
-        let link: Value = serde_json::from_slice(&out.stdout)?;
-        let received = link[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .context("no rx packets in `ip -s -j link`")?;
-        let snmp = host.exec("cat", &["/proc/net/snmp"])?;
-        let snmp = String::from_utf8(snmp.stdout)?;
+        let (dev, snmp) = inside(&self.link.host, || {
+            Ok((
+                std::fs::read_to_string("/proc/thread-self/net/dev")?,
+                std::fs::read_to_string("/proc/thread-self/net/snmp")?,
+            ))
+        })?;
+        // `  port0: rx_bytes rx_packets …`
+        let received = dev
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim() == PORT)
+            .and_then(|(_, stats)| stats.split_whitespace().nth(1)?.parse().ok())
+            .with_context(|| format!("no {PORT} in the host's /proc/net/dev"))?;
         let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
         let (names, values) = (ip.next(), ip.next());
         let field = |field: &str| -> Result<u64> {
@@ -281,10 +288,11 @@ impl Testbed {
     /// over `window`, counted from `SETTLE` after the start. A signal ends
     /// the run: at the end of each run the kernel waits for an RCU grace
     /// period before it frees the run's frames, so a train of short runs
-    /// leaves the CPU idle most of the time. A run that ends before (a
+    /// leaves the CPU idle most of the time. A run interrupted before (a
     /// test run ends with EINTR whenever its thread finds a signal pending;
     /// one full run saw that once, not from a signal of ours) is started
-    /// again, and a window it ended in is measured again.
+    /// again, and a window it ended in is measured again; one that sent
+    /// all `limit` frames before the window ended is an error.
     pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
         const ATTEMPTS: u32 = 3;
         let generator = Generator::load(flows, Order::Random)?;
@@ -300,7 +308,9 @@ impl Testbed {
                     // SAFETY: the calling thread's own id.
                     sender.store(unsafe { libc::pthread_self() }, Ordering::SeqCst);
                     while !stop.load(Ordering::SeqCst) {
-                        generator.send(&self.template, self.eth0, limit)?;
+                        if generator.send(&self.template, self.eth0, limit)? == Ended::Sent {
+                            break;
+                        }
                         runs.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(())
@@ -323,8 +333,8 @@ impl Testbed {
                     }
                 }
                 bail!(
-                    "the generator failed, or its run ended within each of {ATTEMPTS} windows \
-                     (interrupted, or all {limit} frames sent)"
+                    "the generator failed, sent all {limit} frames before the window ended, or \
+                     was interrupted within each of {ATTEMPTS} windows"
                 )
             })();
             stop.store(true, Ordering::SeqCst);
@@ -374,7 +384,7 @@ impl Testbed {
         let generator = Generator::load(flows, Order::Random)?;
         let before = self.counters()?;
         inside(&self.link.workload, || {
-            generator.send(&self.template, self.eth0, count)
+            generator.send_all(&self.template, self.eth0, count)
         })?;
         self.settled(before, u64::from(count), 0)?;
         Ok(self.counters()?.forwarded - before.forwarded)
@@ -411,7 +421,7 @@ impl Testbed {
         let generator = Generator::load(flows, Order::Sequential)?;
         let before = self.counters()?;
         inside(&self.link.workload, || {
-            generator.send(&self.template, self.eth0, u32::try_from(frames)?)
+            generator.send_all(&self.template, self.eth0, u32::try_from(frames)?)
         })?;
         let sent = self.settled(before, frames, 0)?;
         ensure!(
@@ -534,7 +544,7 @@ impl Generator {
     /// Transmits `repeat` frames out of `ifindex` (of the calling thread's
     /// namespace), or fewer if a signal interrupts the run:
     /// BPF_PROG_TEST_RUN in live-frames mode.
-    fn send(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
+    fn send(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ended> {
         // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
@@ -556,12 +566,28 @@ impl Generator {
             Err(ProgramError::SyscallError(e))
                 if e.io_error.kind() == std::io::ErrorKind::Interrupted =>
             {
-                Ok(())
+                Ok(Ended::Interrupted)
             }
             run => {
                 run.context("generating frames (BPF_PROG_TEST_RUN, live frames)")?;
-                Ok(())
+                Ok(Ended::Sent)
             }
         }
     }
+
+    /// Transmits `repeat` frames; fails if interrupted.
+    fn send_all(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
+        let ended = self.send(frame, ifindex, repeat)?;
+        ensure!(ended == Ended::Sent, "the generator's run was interrupted");
+        Ok(())
+    }
+}
+
+/// How a run of the generator ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// All the frames it was asked for sent.
+    Sent,
+    /// By a signal.
+    Interrupted,
 }
