@@ -1,6 +1,7 @@
 //! The load benchmark's quick mode: every scenario briefly (each filter
 //! checked on real packets against the reference matcher before it is
-//! timed), and its JSON, Markdown and plot written. No timing is asserted.
+//! timed; established flows checked to be established), and its JSON,
+//! Markdown and plot written. No timing is asserted.
 
 use std::process::Command;
 
@@ -27,8 +28,15 @@ fn quick_mode_runs_every_scenario() {
     let rates = report["rates"].as_array().unwrap();
     for filter in ["sg", "nft-rules", "nft-sets", "iptables"] {
         let measured: Vec<_> = rates.iter().filter(|r| r["filter"] == filter).collect();
-        // 0 rules: dropped traffic only; 10 and 1000: both.
-        assert_eq!(measured.len(), 5, "{filter}: {stdout}");
+        // 0 rules: dropped traffic only; 10 and 1000: dropped, new flows
+        // and established flows.
+        assert_eq!(measured.len(), 7, "{filter}: {stdout}");
+        for traffic in ["drop", "pass", "established"] {
+            assert!(
+                measured.iter().any(|r| r["traffic"] == traffic),
+                "{filter}, {traffic}: {stdout}"
+            );
+        }
         assert!(measured.iter().all(|r| r["pps"].as_f64().unwrap() > 0.0));
     }
     assert_eq!(report["ceilings"].as_array().unwrap().len(), 2);
@@ -46,6 +54,11 @@ fn quick_mode_runs_every_scenario() {
         std::fs::read_to_string(out.join("loadbench.md"))
             .unwrap()
             .contains("| sg | 1000 | Drop |")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("loadbench.md"))
+            .unwrap()
+            .contains("| sg | 1000 | Pass, established |")
     );
     std::fs::remove_dir_all(&out).unwrap();
 }

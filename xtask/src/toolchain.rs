@@ -25,7 +25,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Packages the integration tests and the demo run.
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
 /// What the live-traffic benchmark compares sg with and measures TCP with.
-const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3"];
+const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
 const BUILD_PACKAGES: &[&str] = &["gcc"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
@@ -207,7 +207,7 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
-            "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3 and a C \
+            "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack and a C \
              compiler (gcc) are installed"
         );
     }

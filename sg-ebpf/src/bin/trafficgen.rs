@@ -3,11 +3,14 @@
 //! as xdp-trafficgen does it, and the empty programs that give the ceiling.
 //!
 //! The generator is handed one UDP/IPv4 frame; on every run it rewrites the
-//! source and destination addresses and ports from
-//! `bpf_get_prandom_u32` within the ranges the loader set, restores the time
-//! to live, fixes the IPv4 header checksum, and sends the frame out of the
-//! interface of the run's context (`XDP_TX`), so many rules and many flows
-//! see traffic.
+//! source and destination addresses and ports within the ranges the loader
+//! set, restores the time to live, fixes the IPv4 header checksum, and
+//! sends the frame out of the interface of the run's context (`XDP_TX`), so
+//! many rules and many flows see traffic. The flow of a frame is random
+//! (`bpf_get_prandom_u32`), or, when the loader sets `SEQUENTIAL`, the next
+//! of the ranges' flows in turn: destination first, then destination port,
+//! source, source port; the first frames of a sequential run are then every
+//! flow once.
 //!
 //! The kernel reuses a frame's page once the frame is freed, without copying
 //! the template again: a frame the receiver forwarded comes back with its
@@ -21,12 +24,17 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
 };
 
-/// Source `SRC_BASE + i` for a random `i < SRC_COUNT`; set by the loader.
+/// Source `SRC_BASE + i` for an `i < SRC_COUNT`; set by the loader.
 #[unsafe(no_mangle)]
 static SRC_BASE: u32 = 0;
 #[unsafe(no_mangle)]
 static SRC_COUNT: u32 = 1;
-/// Destination `DST_BASE + DST_STRIDE * k` for a random `k < DST_COUNT`
+/// Source port `SPORT_BASE + p` for a `p < SPORT_COUNT`.
+#[unsafe(no_mangle)]
+static SPORT_BASE: u32 = 1024;
+#[unsafe(no_mangle)]
+static SPORT_COUNT: u32 = 1;
+/// Destination `DST_BASE + DST_STRIDE * k` for a `k < DST_COUNT`
 /// (addresses as host-order numbers); set by the loader.
 #[unsafe(no_mangle)]
 static DST_BASE: u32 = 0;
@@ -34,11 +42,17 @@ static DST_BASE: u32 = 0;
 static DST_STRIDE: u32 = 1;
 #[unsafe(no_mangle)]
 static DST_COUNT: u32 = 1;
-/// Destination port `DPORT_BASE + j` for a random `j < DPORT_COUNT`.
+/// Destination port `DPORT_BASE + j` for a `j < DPORT_COUNT`.
 #[unsafe(no_mangle)]
 static DPORT_BASE: u32 = 0;
 #[unsafe(no_mangle)]
 static DPORT_COUNT: u32 = 1;
+/// Non-zero: the flows in turn, not at random.
+#[unsafe(no_mangle)]
+static SEQUENTIAL: u32 = 0;
+/// The number of the next frame of a sequential run (one run's frames are
+/// generated one after the other, on one CPU).
+static mut NEXT: u32 = 0;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -62,16 +76,40 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
     if start + FRAME_MIN > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    let (sources, count, ports) = (global(&SRC_COUNT), global(&DST_COUNT), global(&DPORT_COUNT));
-    if sources == 0 || count == 0 || ports == 0 {
+    let (count, ports) = (global(&DST_COUNT), global(&DPORT_COUNT));
+    let (sources, sports) = (global(&SRC_COUNT), global(&SPORT_COUNT));
+    if sources == 0 || count == 0 || ports == 0 || sports == 0 {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: helper calls without arguments.
-    let (first, second) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let dst = global(&DST_BASE).wrapping_add(global(&DST_STRIDE).wrapping_mul(first % count));
-    let dport = global(&DPORT_BASE).wrapping_add((second >> 16) % ports) as u16;
-    let sport = 1024 + (second & 0x7fff) as u16;
-    let src = global(&SRC_BASE).wrapping_add((first >> 16) % sources);
+    let (k, j, i, p) = if global(&SEQUENTIAL) != 0 {
+        // SAFETY: the runs of one test run do not overlap.
+        let n = unsafe {
+            let next = core::ptr::addr_of_mut!(NEXT);
+            let n = core::ptr::read_volatile(next);
+            core::ptr::write_volatile(next, n.wrapping_add(1));
+            n
+        };
+        let rest = n / count / ports;
+        (
+            n % count,
+            n / count % ports,
+            rest % sources,
+            rest / sources % sports,
+        )
+    } else {
+        // SAFETY: helper calls without arguments.
+        let (first, second) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        (
+            first % count,
+            (second >> 16) % ports,
+            (first >> 16) % sources,
+            (second & 0xffff) % sports,
+        )
+    };
+    let dst = global(&DST_BASE).wrapping_add(global(&DST_STRIDE).wrapping_mul(k));
+    let dport = global(&DPORT_BASE).wrapping_add(j) as u16;
+    let sport = global(&SPORT_BASE).wrapping_add(p) as u16;
+    let src = global(&SRC_BASE).wrapping_add(i);
     let frame = start as *mut u8;
     // SAFETY: every write below ends before FRAME_MIN, checked above.
     unsafe {

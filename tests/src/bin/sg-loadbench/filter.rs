@@ -8,10 +8,11 @@ use std::{io::Write as _, process::Stdio, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use aya::programs::xdp::XdpLinkId;
 use serde::Serialize;
+use sg_common::{Direction, Outcome};
 use sg_ctl::{
     compile::{compile, counter_ids},
     datapath::{
-        self, PolicyMaps, XdpModeArg,
+        self, Maps, PolicyMaps, XdpModeArg,
         conntrack::{self, FlowFilter},
     },
     model::Policy,
@@ -71,6 +72,28 @@ enum State {
     },
 }
 
+/// sg's counters of the packets the workload sent that started a flow
+/// (`pass`), belonged to one (`pass-established`), and of new flows it
+/// dropped because the connection table was full (both ways).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowCounters {
+    pub new: u64,
+    pub established: u64,
+    pub full: u64,
+}
+
+impl std::ops::Sub for FlowCounters {
+    type Output = FlowCounters;
+
+    fn sub(self, before: FlowCounters) -> FlowCounters {
+        FlowCounters {
+            new: self.new - before.new,
+            established: self.established - before.established,
+            full: self.full - before.full,
+        }
+    }
+}
+
 /// What putting a policy in force took, and the size of sg's maps.
 pub struct Installed {
     pub map_entries: Option<usize>,
@@ -102,9 +125,10 @@ impl<'a> Attached<'a> {
         self.bed
     }
 
-    /// Forgets sg's tracked flows, so that a scenario starts with none: the
-    /// random flows of the one before would fill the table, where new
-    /// flows fail closed. (The netfilter translations track nothing.)
+    /// Forgets the tracked flows, sg's of the port and netfilter's of the
+    /// host namespace, so that a scenario starts with none: the random
+    /// flows of the one before would fill sg's table, where new flows fail
+    /// closed, and flows already tracked skip the rules.
     pub fn forget_flows(&self) -> Result<()> {
         if let State::Sg { pins, slot, .. } = &self.state {
             let port = FlowFilter {
@@ -113,7 +137,25 @@ impl<'a> Attached<'a> {
             };
             conntrack::flush(&pins.pins, &port)?;
         }
-        Ok(())
+        run_in(&self.bed.link.host, "conntrack", &["-F"])
+            .context("flushing netfilter's flows: `cargo xtask setup` installs conntrack")
+    }
+
+    /// sg's counters of the port (`None` for the other filters).
+    pub fn flow_counters(&self) -> Result<Option<FlowCounters>> {
+        let State::Sg { pins, slot, .. } = &self.state else {
+            return Ok(None);
+        };
+        let maps = Maps::open(&pins.pins)?.context("sg's maps are not pinned")?;
+        let packets = |direction, outcome| -> Result<u64> {
+            Ok(maps.counter(*slot, direction, outcome)?.packets)
+        };
+        Ok(Some(FlowCounters {
+            new: packets(Direction::Egress, Outcome::Pass)?,
+            established: packets(Direction::Egress, Outcome::PassEstablished)?,
+            full: packets(Direction::Egress, Outcome::DropConntrackFull)?
+                + packets(Direction::Ingress, Outcome::DropConntrackFull)?,
+        }))
     }
 
     /// Puts `policy` in force, replacing what was.

@@ -8,9 +8,15 @@
 //! scenario briefly, to check the harness, and writes into
 //! `target/loadbench-quick/` unless told otherwise.
 //!
-//! Traffic: 64-byte UDP/IPv4 frames with random sources, destinations and
-//! ports from an XDP program run with BPF_PROG_TEST_RUN in live-frames
-//! mode, on one CPU; the rate is what `port0` received over the run's time.
+//! Traffic: 64-byte UDP/IPv4 frames from an XDP program run with
+//! BPF_PROG_TEST_RUN in live-frames mode, on one CPU; the rate is what
+//! `port0` received over a window. The filters track connections (sg's
+//! table; the translations' `ct state established,related accept`), so
+//! three kinds: `Drop`, random flows the policy drops; `Pass`, new flows,
+//! random flows the policy passes, with the tracked flows forgotten before
+//! each window and windows short enough that sg's table never fills;
+//! `Established`, a bounded set of flows the policy passes, established in
+//! the filter before they are measured.
 
 mod filter;
 mod plot;
@@ -40,7 +46,7 @@ use sg_tests::{HOST_V4, PORT, WORKLOAD_V4};
 use crate::{
     filter::{Attached, BENCH_PORT, Filter},
     report::{Ceiling, Iperf, Memory, Rate, Report, Traffic, Update},
-    testbed::{CPU, Flows, NICE, Testbed},
+    testbed::{CPU, FIRST_SPORT, Flows, NICE, SETTLE, SOURCES, SPORTS, Testbed},
 };
 
 #[derive(Parser)]
@@ -91,6 +97,19 @@ const QUICK: Plan = Plan {
 /// No run sends more than this, whatever the window.
 const PACKET_LIMIT: u32 = 200_000_000;
 const PROBES: u32 = 32;
+/// What a round of new flows may send, settling and window, at most: this
+/// share of sg's connection table (at the XDP_PASS ceiling's rate, which
+/// no filter exceeds); and at the very most, should the rate be higher
+/// than the ceiling measured (the machine busy then), this share (the run
+/// fails if the window has not ended by then).
+const NEW_FLOWS_SHARE: f64 = 0.7;
+const NEW_FLOWS_LIMIT: f64 = 0.95;
+/// The established traffic: about this many flows, to up to
+/// `ESTABLISHED_DESTINATIONS` of the allowed remotes, at every port, from
+/// `ESTABLISHED_SOURCES` sources and as many source ports as it takes.
+const ESTABLISHED_FLOWS: u32 = 16_384;
+const ESTABLISHED_DESTINATIONS: u32 = 64;
+const ESTABLISHED_SOURCES: u32 = 16;
 
 /// The first remote of the benchmark rules; rule `i` has the next `i`-th.
 const FIRST_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
@@ -233,22 +252,51 @@ const SAMPLE_FLOWS: [(Ipv4Addr, u16); 5] = [
     (Ipv4Addr::new(198, 19, 1, 1), 10),
 ];
 
-/// The flows that `n` rules pass (`None` at 0: nothing passes) or drop.
+/// The flows of `traffic` with `n` rules (`None` at 0 for passed traffic:
+/// nothing passes).
 fn flows(n: usize, traffic: Traffic) -> Option<Flows> {
-    let (base, stride, count) = match (traffic, n) {
-        (Traffic::Pass, 0) => return None,
-        (Traffic::Pass, n) => (remote(0), 2, n.div_ceil(2)),
-        // Nothing but the default: any remote.
-        (Traffic::Drop, 0) => (remote(0), 1, 4096),
-        (Traffic::Drop, n) => (remote(1), 2, n / 2),
-    };
-    Some(Flows {
+    let random = |base, stride, count: usize| Flows {
+        sources: SOURCES,
+        first_sport: FIRST_SPORT,
+        sports: SPORTS,
         base,
         stride,
         count: count as u32,
         first_port: FIRST_PORT,
         ports: PORTS,
-    })
+    };
+    match (traffic, n) {
+        (Traffic::Pass | Traffic::Established, 0) => None,
+        (Traffic::Pass, n) => Some(random(remote(0), 2, n.div_ceil(2))),
+        // Nothing but the default: any remote.
+        (Traffic::Drop, 0) => Some(random(remote(0), 1, 4096)),
+        (Traffic::Drop, n) => Some(random(remote(1), 2, n / 2)),
+        (Traffic::Established, n) => {
+            let count = (n.div_ceil(2) as u32).min(ESTABLISHED_DESTINATIONS);
+            let per_sport = count * u32::from(PORTS) * ESTABLISHED_SOURCES;
+            Some(Flows {
+                sources: ESTABLISHED_SOURCES,
+                sports: ESTABLISHED_FLOWS.div_ceil(per_sport) as u16,
+                ..random(remote(0), 2, count as usize)
+            })
+        }
+    }
+}
+
+/// The window of new flows: the plan's, or shorter, so that a round sends
+/// at most `NEW_FLOWS_SHARE` of sg's connection table at `ceiling`, the
+/// XDP_PASS ceiling's rate.
+fn new_flows_window(plan: &Plan, ceiling: f64) -> Result<Duration> {
+    let capacity = f64::from(sg_common::MAX_CONNTRACK_ENTRIES);
+    let fits = Duration::from_secs_f64(NEW_FLOWS_SHARE * capacity / ceiling);
+    let window = plan.window.min(fits.saturating_sub(SETTLE));
+    ensure!(
+        window >= Duration::from_millis(10),
+        "at {:.3} Mpps, a window of new flows long enough to measure would fill sg's \
+         connection table",
+        ceiling / 1e6
+    );
+    Ok(window)
 }
 
 fn main() -> Result<()> {
@@ -280,6 +328,7 @@ fn main() -> Result<()> {
     let mut report = Report::new(generator, args.quick, plan.window, plan.rounds)?;
 
     ceilings(&mut bed, plan, &mut report)?;
+    report.established_flows = u64::from(ESTABLISHED_FLOWS);
     report.iperf.push(Iperf {
         filter: None,
         rules: 0,
@@ -333,7 +382,7 @@ fn ceilings(bed: &mut Testbed, plan: &Plan, report: &mut Report) -> Result<()> {
         (Traffic::Drop, "sg_bench_drop"),
     ] {
         let link = bed.attach_empty(program)?;
-        let rate = best_rate(bed, flows, plan);
+        let rate = best_rate(bed, flows, plan.window, plan.rounds);
         bed.detach_empty(program, link)?;
         let pps = rate?;
         println!("ceiling, XDP_{traffic:?}: {:.3} Mpps", pps / 1e6);
@@ -364,14 +413,31 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
             bytes,
         });
     }
-    for traffic in [Traffic::Drop, Traffic::Pass] {
+    for traffic in Traffic::ALL {
         let Some(flows) = flows(n, traffic) else {
             continue;
         };
-        let pps = best_rate(attached.bed(), flows, plan)?;
+        let window = match traffic {
+            // From the best ceiling yet: the new flows' rounds check that
+            // the table never filled.
+            Traffic::Pass => new_flows_window(
+                plan,
+                report
+                    .ceiling(Traffic::Pass)
+                    .context("no XDP_PASS ceiling")?,
+            )?,
+            Traffic::Drop | Traffic::Established => plan.window,
+        };
+        let pps = match traffic {
+            Traffic::Drop => best_rate(attached.bed(), flows, window, plan.rounds),
+            Traffic::Pass => new_flows(attached, flows, window, plan.rounds),
+            Traffic::Established => established(attached, flows, window, plan.rounds),
+        }
+        .with_context(|| traffic.label())?;
         println!(
-            "{:<28} {n:>6} rules, {traffic:?}: {:>7.3} Mpps ({:.0} ms to install)",
+            "{:<28} {n:>6} rules, {:<18} {:>7.3} Mpps ({:.0} ms to install)",
             filter.label(),
+            format!("{}:", traffic.label()),
             pps / 1e6,
             install.as_secs_f64() * 1e3
         );
@@ -380,11 +446,12 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
             rules: n,
             traffic,
             pps,
+            window_ms: window.as_millis(),
             ..Rate::default()
         });
     }
     if n == plan.at {
-        // The passing traffic's random flows may have filled the table.
+        // TCP's own flows only.
         attached.forget_flows()?;
         let gbits = iperf(attached.bed(), plan.iperf_seconds)?;
         println!(
@@ -411,13 +478,57 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
     Ok(())
 }
 
-/// The best rate of `plan.rounds` windows.
-fn best_rate(bed: &Testbed, flows: Flows, plan: &Plan) -> Result<f64> {
+/// The best rate of `rounds` windows.
+fn best_rate(bed: &Testbed, flows: Flows, window: Duration, rounds: usize) -> Result<f64> {
     let mut best: f64 = 0.0;
-    for _ in 0..plan.rounds {
-        best = best.max(bed.rate(flows, plan.window, PACKET_LIMIT)?);
+    for _ in 0..rounds {
+        best = best.max(bed.rate(flows, window, PACKET_LIMIT)?);
     }
     Ok(best)
+}
+
+/// The best rate of `rounds` windows of new flows, each round after the
+/// filter forgot the flows it tracked. Fails if sg's table filled up: the
+/// rate would be that of new flows dropped as it fails closed.
+fn new_flows(attached: &Attached, flows: Flows, window: Duration, rounds: usize) -> Result<f64> {
+    let limit = NEW_FLOWS_LIMIT * f64::from(sg_common::MAX_CONNTRACK_ENTRIES);
+    let before = attached.flow_counters()?;
+    let mut best: f64 = 0.0;
+    for _ in 0..rounds {
+        attached.forget_flows()?;
+        best = best.max(attached.bed().rate(flows, window, limit as u32)?);
+    }
+    if let (Some(before), Some(after)) = (before, attached.flow_counters()?) {
+        let counted = after - before;
+        ensure!(
+            counted.full == 0,
+            "sg's connection table filled up: {} packets dropped as drop-conntrack-full, {} \
+             passed as new flows; windows of {window:?} send too much",
+            counted.full,
+            counted.new
+        );
+    }
+    Ok(best)
+}
+
+/// The best rate of `rounds` windows of `flows`, made established in the
+/// filter first. Fails if sg took more than a few of the packets in the
+/// windows for new flows.
+fn established(attached: &Attached, flows: Flows, window: Duration, rounds: usize) -> Result<f64> {
+    attached.forget_flows()?;
+    attached.bed().establish(flows)?;
+    let before = attached.flow_counters()?;
+    let pps = best_rate(attached.bed(), flows, window, rounds)?;
+    if let (Some(before), Some(after)) = (before, attached.flow_counters()?) {
+        let counted = after - before;
+        ensure!(
+            counted.established > 0 && counted.new * 100 <= counted.established,
+            "sg passed {} packets of established flows as such, {} as new flows",
+            counted.established,
+            counted.new
+        );
+    }
+    Ok(pps)
 }
 
 /// What sg's reference matcher says of a UDP packet to `to`:`port`.
@@ -455,7 +566,10 @@ fn check_verdicts(bed: &Testbed, policy: &Policy, flows: &[(Ipv4Addr, u16)]) -> 
 }
 
 /// Turns rule 0 from allow into drop; the time from the start of the
-/// install to the first probe dropped.
+/// install to the first probe dropped. Every probe is a new flow (a source
+/// port of its own): the filter's policy decides it. A flow already
+/// tracked would tell the tracking instead: sg revokes the flows a new
+/// policy no longer allows, netfilter keeps them established.
 fn update(attached: &mut Attached, policy: &Policy) -> Result<Duration> {
     const LIMIT: Duration = Duration::from_secs(30);
     let (to, port) = (remote(0), FIRST_PORT);

@@ -12,7 +12,7 @@ use embedded_graphics::{
     prelude::{DrawTarget, OriginDimensions, Point, Size},
     text::{Alignment, Text},
 };
-use plotters::prelude::*;
+use plotters::{element::DashedPathElement, prelude::*};
 
 use crate::{
     filter::Filter,
@@ -88,7 +88,7 @@ fn rules_text(n: f64) -> String {
     }
 }
 
-/// Mpps against rules (log scale) for every filter and traffic, the
+/// Mpps against rules (log scale) for every filter and traffic kind, the
 /// ceilings as horizontal lines.
 pub fn throughput(report: &Report, path: &Path) -> Result<()> {
     let mut pixels = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
@@ -111,7 +111,7 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
             .margin_top(50)
             .margin_bottom(50)
             .margin_left(70)
-            .margin_right(340)
+            .margin_right(380)
             .build_cartesian_2d((X_RANGE.0..X_RANGE.1).log_scale(), 0.0..y_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let grey = RGBColor(220, 220, 220);
@@ -160,13 +160,16 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
                 .draw_series(LineSeries::new([(X_RANGE.0, y), (X_RANGE.1, y)], style))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             legend.push((
-                format!("empty XDP program, {:?}", c.traffic),
+                format!(
+                    "empty XDP program, XDP_{}",
+                    format!("{:?}", c.traffic).to_uppercase()
+                ),
                 BLACK,
                 c.traffic,
             ));
         }
         for filter in Filter::ALL {
-            for traffic in [Traffic::Drop, Traffic::Pass] {
+            for traffic in Traffic::ALL {
                 let points: Vec<(f64, f64)> = report
                     .rates
                     .iter()
@@ -177,9 +180,12 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
                     continue;
                 }
                 let style = ShapeStyle::from(&colour(filter)).stroke_width(stroke(traffic));
-                chart
-                    .draw_series(LineSeries::new(points.clone(), style))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if dashed(traffic) {
+                    chart.draw_series(DashedLineSeries::new(points.clone(), DASH, GAP, style))
+                } else {
+                    chart.draw_series(LineSeries::new(points.clone(), style))
+                }
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
                 chart
                     .draw_series(
                         points
@@ -188,7 +194,7 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
                     )
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 legend.push((
-                    format!("{}, {traffic:?}", filter.label()),
+                    format!("{}, {}", filter.label(), legend_text(traffic)),
                     colour(filter),
                     traffic,
                 ));
@@ -197,10 +203,13 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
         for (i, (text, colour, traffic)) in legend.into_iter().enumerate() {
             let y = up + 10 + 22 * i as i32;
             let x = right + 20;
-            root.draw(&PathElement::new(
-                [(x, y), (x + 30, y)],
-                ShapeStyle::from(&colour).stroke_width(stroke(traffic)),
-            ))
+            let style = ShapeStyle::from(&colour).stroke_width(stroke(traffic));
+            let line = [(x, y), (x + 30, y)];
+            if dashed(traffic) {
+                root.draw(&DashedPathElement::new(line, DASH, GAP, style))
+            } else {
+                root.draw(&PathElement::new(line, style))
+            }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             labels.push(label(text, (x + 38, y + 4), Alignment::Left));
         }
@@ -226,10 +235,29 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Dropped traffic in thick lines, passed in thin ones.
+/// Dropped traffic in thick lines, new flows in thin ones, established
+/// flows in dashed ones.
 fn stroke(traffic: Traffic) -> u32 {
     match traffic {
         Traffic::Drop => 3,
         Traffic::Pass => 1,
+        Traffic::Established => 2,
     }
 }
+
+/// The traffic kinds in the legend, short.
+fn legend_text(traffic: Traffic) -> &'static str {
+    match traffic {
+        Traffic::Drop => "drop",
+        Traffic::Pass => "new flows",
+        Traffic::Established => "established",
+    }
+}
+
+fn dashed(traffic: Traffic) -> bool {
+    traffic == Traffic::Established
+}
+
+/// The dashes of a dashed line and the gaps between them, in pixels.
+const DASH: i32 = 8;
+const GAP: i32 = 5;

@@ -1,13 +1,16 @@
 //! Where the load benchmark's traffic flows: a workload namespace whose
 //! `eth0` sends, a host namespace whose `port0` receives and carries the
 //! filter, and a tun device without a reader in the host that takes (and
-//! drops) what the host
-//! forwards. The generator and the programs of the ceiling.
+//! drops) what the host forwards, and through which the host is handed the
+//! replies that make flows established. The generator and the programs of
+//! the ceiling.
 
 use std::{
+    io::Write as _,
     net::Ipv4Addr,
+    os::fd::AsRawFd as _,
     path::PathBuf,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -19,14 +22,15 @@ use aya::{
         ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId,
     },
 };
-use serde_json::Value;
 use sg_ctl::frame::Packet;
 use sg_tests::{Netns, PORT, VethPort, WORKLOAD_V4, mac_of};
 
 /// Where forwarded traffic leaves the host: a tun device nobody reads,
 /// without carrier, so what is routed to it is freed at once. (Forwarded
-/// packets are counted by the host's IP statistics, `OutTransmits`, after
-/// the netfilter hooks.)
+/// packets are counted by the host's IP statistics: `OutTransmits`, after
+/// the netfilter hooks, less `OutRequests`, the host's own packets, as the
+/// ICMP errors of a reject. `ForwDatagrams` counts before the forward
+/// hook.)
 pub const SINK: &str = "sink0";
 /// The destinations of generated traffic (routed to `SINK`).
 pub const DESTINATIONS: &str = "198.19.0.0/16";
@@ -55,21 +59,58 @@ fn object() -> Result<Vec<u8>> {
     })
 }
 
-/// Generated frames come from `FIRST_SOURCE` and the next `SOURCES - 1`
-/// addresses, all on the workload's subnet.
+/// Generated frames come from `FIRST_SOURCE` and at most the next
+/// `SOURCES - 1` addresses, all on the workload's subnet.
 const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const SOURCES: u32 = 200;
+pub const SOURCES: u32 = 200;
+/// The source ports of random flows: `FIRST_SPORT` and the next
+/// `SPORTS - 1`. The probes' source ports come after them.
+pub const FIRST_SPORT: u16 = 1024;
+pub const SPORTS: u16 = 32_768;
+const FIRST_PROBE_SPORT: u16 = FIRST_SPORT + SPORTS;
 
-/// What the generator sends: UDP from a random source (`SOURCES`) and
-/// source port to `base + stride * k` for a random `k < count`, at a random
-/// port of `ports`.
+/// What the generator sends: UDP from one of `sources` addresses from
+/// `FIRST_SOURCE`, from one of `sports` ports from `first_sport`, to
+/// `base + stride * k` for a `k < count`, at one of `ports` ports from
+/// `first_port`: a flow at random for each frame, or (`establish`) each in
+/// turn.
 #[derive(Clone, Copy, Debug)]
 pub struct Flows {
+    pub sources: u32,
+    pub first_sport: u16,
+    pub sports: u16,
     pub base: Ipv4Addr,
     pub stride: u32,
     pub count: u32,
     pub first_port: u16,
     pub ports: u16,
+}
+
+impl Flows {
+    /// How many different flows there are.
+    pub fn len(&self) -> u64 {
+        u64::from(self.sources)
+            * u64::from(self.sports)
+            * u64::from(self.count)
+            * u64::from(self.ports)
+    }
+
+    /// Every flow's reply, in the generator's sequential order: UDP from
+    /// the destination and its port to the source and its port.
+    fn replies(&self) -> impl Iterator<Item = Packet> {
+        let flows = *self;
+        (0..flows.len()).map(move |n| {
+            let (count, ports) = (u64::from(flows.count), u64::from(flows.ports));
+            let rest = n / count / ports;
+            let k = (n % count) as u32;
+            let dst = Ipv4Addr::from(u32::from(flows.base) + flows.stride * k);
+            let dport = flows.first_port + (n / count % ports) as u16;
+            let src =
+                Ipv4Addr::from(u32::from(FIRST_SOURCE) + (rest % u64::from(flows.sources)) as u32);
+            let sport = flows.first_sport + (rest / u64::from(flows.sources)) as u16;
+            Packet::udp(dst.into(), src.into(), dport, sport)
+        })
+    }
 }
 
 /// Runs `f` on a thread inside `ns` and waits for it; unlike
@@ -85,6 +126,9 @@ pub fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Resu
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
+
+/// How long a rate's generator runs before its window starts.
+pub const SETTLE: Duration = Duration::from_millis(100);
 
 /// Nice value of the generator thread and iperf3: other work on the
 /// machine then takes little of `CPU` from them.
@@ -106,7 +150,7 @@ fn take_cpu() -> Result<()> {
     Ok(())
 }
 
-/// Interface counters from `ip -s -j link`.
+/// The host's counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkCounters {
     /// Frames `port0` received (before its XDP program's verdict).
@@ -121,6 +165,8 @@ pub struct Testbed {
     eth0: u32,
     template: Vec<u8>,
     ceiling: Ebpf,
+    /// The source port of the next probe: each probe is a new flow.
+    probe_sport: AtomicU16,
 }
 
 impl Testbed {
@@ -136,13 +182,24 @@ impl Testbed {
             "enabling forwarding in the host namespace"
         );
         let eth0 = inside(&link.workload, || ifindex("eth0"))?;
+        let workload_mac = mac_of(&link.workload, "eth0")?;
+        // Replies to the generated flows leave through `port0` without
+        // asking for the sources' addresses, which nothing answers for.
+        let neighbours: String = (0..SOURCES)
+            .map(|i| {
+                let source = Ipv4Addr::from(u32::from(FIRST_SOURCE) + i);
+                let mac = workload_mac.map(|b| format!("{b:02x}")).join(":");
+                format!("neigh replace {source} lladdr {mac} dev {PORT} nud permanent\n")
+            })
+            .collect();
+        crate::filter::feed(host, "ip", &["-batch", "-"], &neighbours)?;
         let mut packet = Packet::udp(
             WORKLOAD_V4.parse()?,
             Ipv4Addr::new(198, 19, 0, 0).into(),
             1024,
             1024,
         );
-        packet.src_mac = mac_of(&link.workload, "eth0")?;
+        packet.src_mac = workload_mac;
         packet.dst_mac = mac_of(host, PORT)?;
         let mut template = packet.frame()?;
         // 64 bytes on the wire with the FCS: the usual small-packet test.
@@ -160,6 +217,7 @@ impl Testbed {
             eth0,
             template,
             ceiling,
+            probe_sport: AtomicU16::new(FIRST_PROBE_SPORT),
         })
     }
 
@@ -188,30 +246,40 @@ impl Testbed {
         Ok(program.detach(link)?)
     }
 
+    /// Read on a thread in the host namespace, from its
+    /// `/proc/thread-self/net`: a process (`ip`) would take long to start
+    /// when the machine is busy, and the counts would be read late.
     pub fn counters(&self) -> Result<LinkCounters> {
-        let host = &self.link.host;
-        let out = host.ip(&["-s", "-j", "link", "show", PORT])?;
-        let link: Value = serde_json::from_slice(&out.stdout)?;
-        let received = link[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .context("no rx packets in `ip -s -j link`")?;
-        let snmp = host.exec("cat", &["/proc/net/snmp"])?;
-        let snmp = String::from_utf8(snmp.stdout)?;
+        let (dev, snmp) = inside(&self.link.host, || {
+            Ok((
+                std::fs::read_to_string("/proc/thread-self/net/dev")?,
+                std::fs::read_to_string("/proc/thread-self/net/snmp")?,
+            ))
+        })?;
+        // `  port0: rx_bytes rx_packets …`
+        let received = dev
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim() == PORT)
+            .and_then(|(_, stats)| stats.split_whitespace().nth(1)?.parse().ok())
+            .with_context(|| format!("no {PORT} in the host's /proc/net/dev"))?;
         let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
         let (names, values) = (ip.next(), ip.next());
-        let forwarded = names
-            .zip(values)
-            .and_then(|(names, values)| {
-                names
-                    .split_whitespace()
-                    .zip(values.split_whitespace())
-                    .find(|(name, _)| *name == "OutTransmits")
-            })
-            .and_then(|(_, value)| value.parse().ok())
-            .context("no OutTransmits in the host's /proc/net/snmp")?;
+        let field = |field: &str| -> Result<u64> {
+            names
+                .zip(values)
+                .and_then(|(names, values)| {
+                    names
+                        .split_whitespace()
+                        .zip(values.split_whitespace())
+                        .find(|(name, _)| *name == field)
+                })
+                .and_then(|(_, value)| value.parse().ok())
+                .with_context(|| format!("no {field} in the host's /proc/net/snmp"))
+        };
         Ok(LinkCounters {
             received,
-            forwarded,
+            forwarded: field("OutTransmits")? - field("OutRequests")?,
         })
     }
 
@@ -220,39 +288,18 @@ impl Testbed {
     /// over `window`, counted from `SETTLE` after the start. A signal ends
     /// the run: at the end of each run the kernel waits for an RCU grace
     /// period before it frees the run's frames, so a train of short runs
-    /// leaves the CPU idle most of the time. A window that does not count
-    /// (a run cut short by something else, as the kernel ends a run on any
-    /// pending signal; or nothing received) is tried again, up to
-    /// `ATTEMPTS` times.
+    /// leaves the CPU idle most of the time. A run interrupted before (a
+    /// test run ends with EINTR whenever its thread finds a signal pending;
+    /// one full run saw that once, not from a signal of ours) is started
+    /// again, and a window it ended in is measured again; one that sent
+    /// all `limit` frames before the window ended is an error.
     pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
-        const ATTEMPTS: usize = 3;
-        let generator = Generator::load(flows)?;
+        const ATTEMPTS: u32 = 3;
+        let generator = Generator::load(flows, Order::Random)?;
         interruptible()?;
-        let mut void = Vec::new();
-        for _ in 0..ATTEMPTS {
-            match self.window(&generator, window, limit)? {
-                Ok(rate) => return Ok(rate),
-                Err(why) => void.push(why),
-            }
-        }
-        bail!(
-            "no window of the generator's runs counted: {}",
-            void.join("; ")
-        )
-    }
-
-    /// One run of `generator`, and the rate over `window`; or why the
-    /// window does not count (the run ended before it, or nothing
-    /// arrived).
-    fn window(
-        &self,
-        generator: &Generator,
-        window: Duration,
-        limit: u32,
-    ) -> Result<Result<f64, String>> {
-        const SETTLE: Duration = Duration::from_millis(100);
         let sender = AtomicU64::new(0);
-        let done = AtomicBool::new(false);
+        let (stop, done) = (AtomicBool::new(false), AtomicBool::new(false));
+        let runs = AtomicU32::new(0);
         thread::scope(|scope| {
             let run = scope.spawn(|| {
                 let result = (|| {
@@ -260,24 +307,41 @@ impl Testbed {
                     take_cpu()?;
                     // SAFETY: the calling thread's own id.
                     sender.store(unsafe { libc::pthread_self() }, Ordering::SeqCst);
-                    let started = Instant::now();
-                    generator.send(&self.template, self.eth0, limit)?;
-                    anyhow::Ok((started, Instant::now()))
+                    while !stop.load(Ordering::SeqCst) {
+                        if generator.send(&self.template, self.eth0, limit)? == Ended::Sent {
+                            break;
+                        }
+                        runs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
                 })();
                 done.store(true, Ordering::SeqCst);
                 result
             });
             let measured = (|| {
-                // From when the run is about to start.
+                // From when the first run is about to start.
                 while sender.load(Ordering::SeqCst) == 0 && !done.load(Ordering::SeqCst) {
                     thread::sleep(Duration::from_millis(1));
                 }
-                thread::sleep(SETTLE);
-                let (before, since) = self.received()?;
-                thread::sleep(window);
-                let (after, until) = self.received()?;
-                anyhow::Ok((after - before, until - since, until))
+                for _ in 0..ATTEMPTS {
+                    thread::sleep(SETTLE);
+                    let ended = runs.load(Ordering::SeqCst);
+                    let (before, since) = self.received()?;
+                    thread::sleep(window);
+                    let (after, until) = self.received()?;
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if runs.load(Ordering::SeqCst) == ended && after > before {
+                        return Ok((after - before) as f64 / (until - since).as_secs_f64());
+                    }
+                }
+                bail!(
+                    "the generator failed, sent all {limit} frames before the window ended, or \
+                     was interrupted or received nothing within each of {ATTEMPTS} windows"
+                )
             })();
+            stop.store(true, Ordering::SeqCst);
             while !done.load(Ordering::SeqCst) {
                 let thread = sender.load(Ordering::SeqCst);
                 if thread != 0 {
@@ -286,17 +350,10 @@ impl Testbed {
                 }
                 thread::sleep(Duration::from_millis(5));
             }
-            let (started, ended) = run
+            let sent = run
                 .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            let (received, over, until) = measured?;
-            Ok(if ended < until {
-                Err(format!("a run ended after {:?}", ended - started))
-            } else if received == 0 {
-                Err(format!("nothing arrived in {over:?}"))
-            } else {
-                Ok(received as f64 / over.as_secs_f64())
-            })
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            sent.and(measured)
         })
     }
 
@@ -307,33 +364,118 @@ impl Testbed {
         Ok((received, asked + asked.elapsed() / 2))
     }
 
-    /// Sends `count` frames of one flow; returns how many the host
-    /// forwarded (the filter passed).
+    /// Sends `count` frames of one flow from the first source, a new flow
+    /// each time (the next source port after the random flows'), so that
+    /// the filter's policy decides it and not a tracked flow's state;
+    /// returns how many the host forwarded (the filter passed).
     pub fn probe(&self, to: Ipv4Addr, port: u16, count: u32) -> Result<u64> {
+        let sport = self
+            .probe_sport
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                Some(p.checked_add(1).unwrap_or(FIRST_PROBE_SPORT))
+            })
+            .unwrap_or(FIRST_PROBE_SPORT);
         let flows = Flows {
+            sources: 1,
+            first_sport: sport,
+            sports: 1,
             base: to,
             stride: 1,
             count: 1,
             first_port: port,
             ports: 1,
         };
-        let generator = Generator::load(flows)?;
+        let generator = Generator::load(flows, Order::Random)?;
         let before = self.counters()?;
         inside(&self.link.workload, || {
-            generator.send(&self.template, self.eth0, count)
+            generator.send_all(&self.template, self.eth0, count)
         })?;
-        // What was sent is through the host once the softirq that
-        // received it ran; give a preempted one a moment.
+        self.settled(before, u64::from(count), 0)?;
+        Ok(self.counters()?.forwarded - before.forwarded)
+    }
+
+    /// Waits until `port0` received `received` frames and the host
+    /// forwarded `forwarded` packets since `before` (what was sent is
+    /// through the host once the softirq that received it ran; give a
+    /// preempted one a moment), or a while; returns the counters then.
+    fn settled(&self, before: LinkCounters, received: u64, forwarded: u64) -> Result<LinkCounters> {
         let deadline = Instant::now() + Duration::from_millis(200);
         loop {
             let after = self.counters()?;
-            if after.received - before.received >= u64::from(count) || Instant::now() > deadline {
+            if (after.received - before.received >= received
+                && after.forwarded - before.forwarded >= forwarded)
+                || Instant::now() > deadline
+            {
                 thread::sleep(Duration::from_millis(5));
-                return Ok(self.counters()?.forwarded - before.forwarded);
+                return self.counters();
             }
             thread::sleep(Duration::from_millis(2));
         }
     }
+
+    /// Makes every flow of `flows` established in the filter on `port0`,
+    /// sg's or netfilter's connection tracking: sends each flow's first
+    /// packet (every flow in turn, twice over, so that a frame lost on the
+    /// way loses no flow), then hands the host one reply per flow through
+    /// `SINK`, which it forwards to `port0` and the workload. Fails unless
+    /// every reply went through the host: the translations' chains toward
+    /// the port let UDP through only as part of an established flow.
+    pub fn establish(&self, flows: Flows) -> Result<()> {
+        let frames = 2 * flows.len();
+        let generator = Generator::load(flows, Order::Sequential)?;
+        let before = self.counters()?;
+        inside(&self.link.workload, || {
+            generator.send_all(&self.template, self.eth0, u32::try_from(frames)?)
+        })?;
+        let sent = self.settled(before, frames, 0)?;
+        ensure!(
+            sent.received - before.received >= frames,
+            "{PORT} received {} of the {frames} first packets",
+            sent.received - before.received
+        );
+        inside(&self.link.host, || reply(flows))?;
+        let after = self.settled(sent, 0, flows.len())?;
+        ensure!(
+            after.forwarded - sent.forwarded >= flows.len(),
+            "the host forwarded {} of {} replies: the filter did not take every flow as \
+             established",
+            after.forwarded - sent.forwarded,
+            flows.len()
+        );
+        Ok(())
+    }
+}
+
+/// Writes the replies of `flows` into `SINK`, as if they came from there;
+/// on a thread in the host namespace. The device carries them while it is
+/// open.
+fn reply(flows: Flows) -> Result<()> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: a plain C struct, all zeroes valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in request.ifr_name.iter_mut().zip(SINK.bytes()) {
+        *to = from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF with a valid `ifreq`.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request) };
+    ensure!(
+        rc == 0,
+        "attaching to {SINK}: {}",
+        std::io::Error::last_os_error()
+    );
+    for packet in flows.replies() {
+        let frame = packet.frame()?;
+        // The tun device takes the IP packet without the Ethernet header.
+        let ip = &frame[14..];
+        let written = (&tun).write(ip).context("writing a reply into the sink")?;
+        ensure!(written == ip.len(), "a reply was cut short");
+    }
+    Ok(())
 }
 
 /// Lets SIGUSR1 interrupt a system call of the thread it is sent to,
@@ -363,18 +505,32 @@ fn ifindex(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// Which flow each generated frame belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Random,
+    /// Every flow in turn (`Flows::replies`' order), from the first.
+    Sequential,
+}
+
 /// The generator program, loaded with its flows.
 struct Generator {
     ebpf: Ebpf,
 }
 
 impl Generator {
-    fn load(flows: Flows) -> Result<Generator> {
+    fn load(flows: Flows, order: Order) -> Result<Generator> {
+        ensure!(flows.sources <= SOURCES, "more than {SOURCES} sources");
         let base = u32::from(flows.base);
         let (first_port, ports) = (u32::from(flows.first_port), u32::from(flows.ports));
+        let (first_sport, sports) = (u32::from(flows.first_sport), u32::from(flows.sports));
+        let sequential = u32::from(order == Order::Sequential);
         let mut ebpf = EbpfLoader::new()
             .override_global("SRC_BASE", &u32::from(FIRST_SOURCE), true)
-            .override_global("SRC_COUNT", &SOURCES, true)
+            .override_global("SRC_COUNT", &flows.sources, true)
+            .override_global("SPORT_BASE", &first_sport, true)
+            .override_global("SPORT_COUNT", &sports, true)
+            .override_global("SEQUENTIAL", &sequential, true)
             .override_global("DST_BASE", &base, true)
             .override_global("DST_STRIDE", &flows.stride, true)
             .override_global("DST_COUNT", &flows.count, true)
@@ -392,7 +548,7 @@ impl Generator {
     /// Transmits `repeat` frames out of `ifindex` (of the calling thread's
     /// namespace), or fewer if a signal interrupts the run:
     /// BPF_PROG_TEST_RUN in live-frames mode.
-    fn send(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
+    fn send(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ended> {
         // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
@@ -414,11 +570,28 @@ impl Generator {
             Err(ProgramError::SyscallError(e))
                 if e.io_error.kind() == std::io::ErrorKind::Interrupted =>
             {
-                Ok(())
+                Ok(Ended::Interrupted)
             }
-            run => run
-                .map(drop)
-                .context("generating frames (BPF_PROG_TEST_RUN, live frames)"),
+            run => {
+                run.context("generating frames (BPF_PROG_TEST_RUN, live frames)")?;
+                Ok(Ended::Sent)
+            }
         }
     }
+
+    /// Transmits `repeat` frames; fails if interrupted.
+    fn send_all(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
+        let ended = self.send(frame, ifindex, repeat)?;
+        ensure!(ended == Ended::Sent, "the generator's run was interrupted");
+        Ok(())
+    }
+}
+
+/// How a run of the generator ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// All the frames it was asked for sent.
+    Sent,
+    /// By a signal.
+    Interrupted,
 }

@@ -4,10 +4,15 @@
 //! interface, what it receives (ingress) in one that forward and output
 //! jump to for packets toward it.
 //!
-//! Rules apply in sg's order (priority, group position, rule position);
-//! the first that matches decides; IPv6 neighbour discovery passes first;
-//! the default ends each chain. Like sg today, the translations are
-//! stateless.
+//! Stateful, as OpenStack's drivers write them and as sg tracks
+//! connections: each chain starts by accepting the packets of flows
+//! netfilter's connection tracking knows (`ct state established,related`)
+//! and dropping those it finds invalid, so the rules decide a flow's first
+//! packet only. Then the rules apply in sg's order (priority, group
+//! position, rule position); the first that matches decides; IPv6
+//! neighbour discovery passes first; the default ends each chain. (Unlike
+//! sg, netfilter keeps a flow established when a new policy no longer
+//! allows it.)
 //!
 //! Two nftables forms: `PerRule`, one rule per sg rule and remote prefix,
 //! as a translator that maps rules one by one writes them (OpenStack's
@@ -192,7 +197,10 @@ pub fn nftables(policy: &Policy, port: &str, iface: &str, style: NftStyle) -> St
         (TO_PORT, Direction::Ingress),
     ] {
         let (matches, default) = ordered(policy, port, direction);
-        let mut body = Vec::new();
+        let mut body = vec![
+            "ct state established,related accept".to_string(),
+            "ct state invalid drop".to_string(),
+        ];
         let nd: Vec<String> = NEIGHBOUR_DISCOVERY.iter().map(u8::to_string).collect();
         body.push(format!("icmpv6 type {{ {} }} accept", nd.join(", ")));
         match style {
@@ -517,6 +525,11 @@ pub fn iptables(policy: &Policy, port: &str, iface: &str, v6: bool) -> String {
             Direction::Egress => ("-d", "-s"),
             Direction::Ingress => ("-s", "-d"),
         };
+        let _ = writeln!(
+            out,
+            "-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
+        let _ = writeln!(out, "-A {chain} -m conntrack --ctstate INVALID -j DROP");
         if v6 {
             for kind in NEIGHBOUR_DISCOVERY {
                 let _ = writeln!(out, "-A {chain} -p {icmp} {icmp_type} {kind} -j ACCEPT");
@@ -646,6 +659,8 @@ mod tests {
         assert_eq!(
             chain(&nft, FROM_PORT),
             [
+                "ct state established,related accept",
+                "ct state invalid drop",
                 "icmpv6 type { 130, 131, 132, 133, 134, 135, 136, 143 } accept",
                 // Priority 10 goes before the default priority.
                 "meta l4proto { 6, 17 } th dport { 25, 465-587 } jump sg-reject",
@@ -659,6 +674,8 @@ mod tests {
         assert_eq!(
             chain(&nft, TO_PORT),
             [
+                "ct state established,related accept",
+                "ct state invalid drop",
                 "icmpv6 type { 130, 131, 132, 133, 134, 135, 136, 143 } accept",
                 "meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 accept",
                 "ip6 saddr 2001:db8::/64 meta l4proto 58 icmpv6 type 128 accept",
@@ -678,7 +695,7 @@ mod tests {
         // 198.19.0.5 is inside 198.19.0.0/24: the /24 must decide first,
         // so the /32 goes to a map of its own after it.
         assert_eq!(
-            chain(&nft, FROM_PORT)[1..],
+            chain(&nft, FROM_PORT)[3..],
             [
                 "meta l4proto . th dport vmap @m0",
                 "ip daddr . meta l4proto . th dport vmap @m1",
@@ -696,6 +713,19 @@ mod tests {
     #[test]
     fn iptables_splits_protocols_and_families() {
         let v4 = iptables(&crate::sample_policy(), BENCH_PORT, "port0", false);
+        for chain in [FROM_PORT, TO_PORT] {
+            let rules: Vec<&str> = v4
+                .lines()
+                .filter(|l| l.starts_with(&format!("-A {chain} ")))
+                .collect();
+            assert_eq!(
+                rules[..2],
+                [
+                    format!("-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+                    format!("-A {chain} -m conntrack --ctstate INVALID -j DROP"),
+                ]
+            );
+        }
         assert!(
             v4.contains("-A sg-from-port -p 6 -m multiport --dports 25,465:587 -j sg-reject\n")
         );
