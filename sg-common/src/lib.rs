@@ -585,7 +585,8 @@ pub struct ConntrackKey {
     pub remote: [u8; 16],
 }
 
-/// `SG_CONNTRACK` value. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// `SG_CONNTRACK` value. Times are `bpf_ktime_get_coarse_ns`
+/// (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC to within a tick).
 /// Counters are indexed by `Direction`; XDP and TC may update one entry at
 /// once on two CPUs, so they may miss a packet under such a race.
 #[repr(C)]
@@ -641,7 +642,7 @@ pub mod conntrack_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConntrackEvent {
-    /// `bpf_ktime_get_ns`.
+    /// `bpf_ktime_get_coarse_ns`.
     pub time: u64,
     pub key: ConntrackKey,
     /// `conntrack_event`.
@@ -733,7 +734,7 @@ impl ConntrackTimeouts {
     }
 
     /// Whether a flow of `protocol` in `state`, last seen at `last_seen`,
-    /// has expired at `now` (nanoseconds, as `bpf_ktime_get_ns`).
+    /// has expired at `now` (nanoseconds, as `bpf_ktime_get_coarse_ns`).
     #[inline(always)]
     pub const fn expired(&self, protocol: u8, state: u8, last_seen: u64, now: u64) -> bool {
         let timeout = self.seconds(Timeout::of(protocol, state)) as u64 * 1_000_000_000;

@@ -14,7 +14,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
@@ -475,7 +475,7 @@ pub fn account(entry: &mut ConntrackEntry, direction: Direction, bytes: u64) {
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -103,7 +103,8 @@ pub(super) fn forget_slot(pins: &Pins, slot: u32) -> Result<()> {
     Ok(())
 }
 
-/// `CLOCK_MONOTONIC`, which `bpf_ktime_get_ns` reads.
+/// `CLOCK_MONOTONIC`: the datapath's times (`bpf_ktime_get_coarse_ns`,
+/// the same clock as of the last tick) are never later.
 fn now_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
