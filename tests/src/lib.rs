@@ -254,25 +254,30 @@ pub fn guest_mac() -> String {
 
 nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
 
+/// Opens the tun or tap device `name` of the calling thread's namespace
+/// (`flags`: `IFF_TUN` or `IFF_TAP`, and more), creating it if it is not
+/// there; it lives while the file is open, unless made persistent.
+pub fn open_tun(name: &str, flags: libc::c_int) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF with an ifreq that outlives the call.
+    unsafe { tun_set_iff(file.as_raw_fd(), &req) }.with_context(|| format!("opening {name}"))?;
+    Ok(file)
+}
+
 impl TapPort {
     pub fn new() -> Result<TapPort> {
         let host = Netns::new()?;
-        let file = host.within(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")
-                .context("opening /dev/net/tun")?;
-            // SAFETY: an all-zero ifreq is valid.
-            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-            for (dst, src) in req.ifr_name.iter_mut().zip(PORT.bytes()) {
-                *dst = src as libc::c_char;
-            }
-            req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-            // SAFETY: TUNSETIFF with an ifreq that outlives the call.
-            unsafe { tun_set_iff(file.as_raw_fd(), &req) }.context("creating the tap")?;
-            Ok(file)
-        })?;
+        let file = host.within(|| open_tun(PORT, libc::IFF_TAP | libc::IFF_NO_PI))?;
         let mac = guest_mac();
         host.add_addr(PORT, &format!("{HOST_V4}/24"))?;
         host.add_addr(PORT, &format!("{HOST_V6}/64"))?;

@@ -8,7 +8,6 @@
 use std::{
     io::Write as _,
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     thread,
@@ -450,24 +449,7 @@ impl Testbed {
 /// on a thread in the host namespace. The device carries them while it is
 /// open.
 fn reply(flows: Flows) -> Result<()> {
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .context("opening /dev/net/tun")?;
-    // SAFETY: a plain C struct, all zeroes valid.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (to, from) in request.ifr_name.iter_mut().zip(SINK.bytes()) {
-        *to = from as libc::c_char;
-    }
-    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF with a valid `ifreq`.
-    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request) };
-    ensure!(
-        rc == 0,
-        "attaching to {SINK}: {}",
-        std::io::Error::last_os_error()
-    );
+    let tun = sg_tests::open_tun(SINK, libc::IFF_TUN | libc::IFF_NO_PI)?;
     for packet in flows.replies() {
         let frame = packet.frame()?;
         // The tun device takes the IP packet without the Ethernet header.
