@@ -613,16 +613,18 @@ fn digest(token: &str) -> String {
 mod tests {
     use super::*;
 
-    fn temp_db(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("sg-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("sg.db")
+    /// A directory for a database, removed when dropped.
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sg-store-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn a_new_store_holds_the_default_group_and_reopens() {
-        let path = temp_db("new");
+        let dir = temp_dir();
+        let path = dir.path().join("sg.db");
         let store = Store::open(&path).unwrap();
         let state = store.load().unwrap();
         assert_eq!(state.policy, Policy::new());
@@ -641,7 +643,8 @@ mod tests {
 
     #[test]
     fn saves_write_what_changed_with_new_revisions() {
-        let mut store = Store::open(&temp_db("save")).unwrap();
+        let dir = temp_dir();
+        let mut store = Store::open(&dir.path().join("sg.db")).unwrap();
         let old = store.load().unwrap();
         let mut policy = old.policy.clone();
         policy.groups.push(Group::new("web").unwrap());
@@ -678,7 +681,8 @@ mod tests {
 
     #[test]
     fn tokens_have_roles_and_are_stored_as_digests() {
-        let store = Store::open(&temp_db("tokens")).unwrap();
+        let dir = temp_dir();
+        let store = Store::open(&dir.path().join("sg.db")).unwrap();
         let (viewer, viewer_info) = store.create_token(Role::Viewer).unwrap();
         let (owner, _) = store.create_token(Role::Owner).unwrap();
         assert_eq!(viewer.len(), 64);

@@ -550,10 +550,12 @@ mod tests {
     async fn every_documented_operation_is_served() {
         let spec: serde_json::Value =
             serde_norway::from_str(include_str!("../../../docs/openapi.yaml")).unwrap();
-        let dir = std::env::temp_dir().join(format!("sg-openapi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("sg.db")).unwrap();
-        let daemon = Daemon::start(store, Pins::new(dir.join("pins"))).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sg-openapi-")
+            .tempdir()
+            .unwrap();
+        let store = Store::open(&dir.path().join("sg.db")).unwrap();
+        let daemon = Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap();
         let app = router(Arc::new(Mutex::new(daemon)));
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;

@@ -909,12 +909,18 @@ mod tests {
 
     /// A daemon on a fresh database; without ports it never touches the
     /// datapath, so this needs no root.
-    fn daemon(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("sg-daemon-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("sg.db")).unwrap();
-        Daemon::start(store, Pins::new(dir.join("pins"))).unwrap()
+    /// `dir` holds the database (and pins, never made); the daemon must
+    /// not outlive it.
+    fn daemon(dir: &tempfile::TempDir) -> Daemon {
+        let store = Store::open(&dir.path().join("sg.db")).unwrap();
+        Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap()
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sg-daemon-")
+            .tempdir()
+            .unwrap()
     }
 
     fn document(yaml: &str) -> Document {
@@ -923,7 +929,8 @@ mod tests {
 
     #[test]
     fn apply_reports_changes_and_is_idempotent() {
-        let mut d = daemon("apply");
+        let dir = temp_dir();
+        let mut d = daemon(&dir);
         let doc = document(
             "groups:\n  - name: web\n    rules:\n      - {direction: egress}\n\
              settings: {max_rules_per_group: 10}\n",
@@ -973,7 +980,8 @@ mod tests {
 
     #[test]
     fn invalid_documents_change_nothing() {
-        let mut d = daemon("invalid");
+        let dir = temp_dir();
+        let mut d = daemon(&dir);
         let doc = document(
             "groups:\n  - name: web\n    rules:\n      - {direction: ingress, remote: {group: db}}\n",
         );
@@ -989,7 +997,8 @@ mod tests {
 
     #[test]
     fn limits_and_roles() {
-        let mut d = daemon("limits");
+        let dir = temp_dir();
+        let mut d = daemon(&dir);
         let settings = Settings {
             max_rules_per_group: 4,
             ..Settings::default()
