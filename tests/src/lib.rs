@@ -16,7 +16,10 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -57,10 +60,57 @@ macro_rules! require_root {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A name no other test of any running test process uses.
+/// A name no other test of any running test process uses. The first
+/// call of a process removes what killed test processes left.
 fn unique(prefix: &str) -> String {
+    static REAPED: Once = Once::new();
+    REAPED.call_once(reap_leftovers);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Removes the namespaces, pin directories and daemon directories named
+/// (by `unique`) after processes that are gone: what a test or benchmark
+/// killed by a signal left behind, since destructors did not run.
+fn reap_leftovers() {
+    type Remove = fn(&Path) -> Result<()>;
+    let namespace: Remove = |path| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        run("ip", &["netns", "del", &name]).map(drop)
+    };
+    let pins: Remove = |path| {
+        datapath::detach_all(&Pins::new(path))?;
+        Ok(fs::remove_dir_all(path)?)
+    };
+    let directory: Remove = |path| Ok(fs::remove_dir_all(path)?);
+    let temp = std::env::temp_dir();
+    let kinds = [
+        (Path::new("/run/netns"), "sgt-", namespace),
+        (Path::new("/sys/fs/bpf"), "sg-test-", pins),
+        (temp.as_path(), "sg-daemon-", directory),
+    ];
+    for (dir, prefix, remove) in kinds {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let Some(pid) = name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match remove(&path) {
+                Ok(()) => eprintln!("removed {}, left by process {pid}, gone", path.display()),
+                Err(e) => eprintln!("removing {}: {e:#}", path.display()),
+            }
+        }
+    }
 }
 
 /// Runs a command to completion; fails with its stderr when it fails.
