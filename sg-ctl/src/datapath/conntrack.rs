@@ -220,7 +220,10 @@ impl Ends {
             local_port: port(key.local_port, protocol.has_ports()),
             remote: address(key.family, key.remote),
             remote_port: port(key.remote_port, protocol.has_ports()),
-            icmp_id: port(key.local_port, protocol.has_icmp()),
+            // On the side of the end that sent the request, the other zero.
+            icmp_id: protocol
+                .has_icmp()
+                .then(|| u16::from_be_bytes(key.local_port) | u16::from_be_bytes(key.remote_port)),
         }
     }
 }
@@ -457,6 +460,29 @@ mod tests {
             fins: 0,
             _pad: 0,
         }
+    }
+
+    #[test]
+    fn an_echo_flow_shows_its_identifier_whichever_end_asked() {
+        let mut echo = key([0; 16], [0; 16]);
+        echo.protocol = IpProtocol::IPV6_ICMP.0;
+        for (local_port, remote_port) in [([0x12, 0x34], [0, 0]), ([0, 0], [0x12, 0x34])] {
+            let ends = Ends::of(&ConntrackKey {
+                local_port,
+                remote_port,
+                ..echo
+            });
+            assert_eq!(
+                (ends.local_port, ends.remote_port, ends.icmp_id),
+                (None, None, Some(0x1234))
+            );
+            assert_eq!(ends.protocol_label(), "ipv6-icmp id 4660");
+        }
+        let tcp = Ends::of(&key([0; 16], [0; 16]));
+        assert_eq!(
+            (tcp.local_port, tcp.remote_port, tcp.icmp_id),
+            (Some(80), Some(40000), None)
+        );
     }
 
     #[test]
