@@ -12,6 +12,7 @@ use serde_json::Value;
 use sg_ctl::{
     client::Client,
     daemon::{Action, Applied, Document, GroupView, PortView},
+    datapath::conntrack::Flow,
     model::{
         AddressPair, EtherType, Group, IcmpMatch, MacAddr, Port, PortSpec, Protocol, Remote, Rule,
         catalogue, parse_cidr,
@@ -20,7 +21,7 @@ use sg_ctl::{
     store::{Settings, TokenInfo},
 };
 
-use crate::{Output, TokenCommand};
+use crate::{FlowMatch, Output, TokenCommand, print_flows};
 
 /// An argument the daemon was not asked about because it is wrong on its
 /// face; exits 2 like clap's own errors.
@@ -257,6 +258,16 @@ pub enum PortCommand {
         name: String,
         #[arg(required = true)]
         groups: Vec<String>,
+    },
+    /// The flows the connection tracker holds for an attached port.
+    #[command(after_help = "Examples:
+  sg-ctl port flows vm1
+  sg-ctl port flows vm1 --protocol tcp --state established
+  sg-ctl -o json port flows vm1 --address 203.0.113.0/24")]
+    Flows {
+        name: String,
+        #[command(flatten)]
+        of: FlowMatch,
     },
 }
 
@@ -573,6 +584,15 @@ impl Session {
                     .request(Method::DELETE, &port_path(name), NO_BODY, None)
                     .await?;
                 self.deleted("port", name)
+            }
+            PortCommand::Flows { name, of } => {
+                let flows: Vec<Flow> = self
+                    .get(&format!("{}/flows{}", port_path(name), of.query()))
+                    .await?;
+                match self.output {
+                    Output::Json => self.json(&flows),
+                    Output::Table => Ok(print_flows(&flows)?),
+                }
             }
             PortCommand::Attach { name, groups } | PortCommand::Detach { name, groups } => {
                 let verb = if matches!(command, PortCommand::Attach { .. }) {

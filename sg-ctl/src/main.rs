@@ -279,6 +279,13 @@ struct FlowArgs {
     /// The flows of this port (interface name).
     #[arg(long)]
     iface: Option<String>,
+    #[command(flatten)]
+    of: FlowMatch,
+}
+
+/// Which of a port's flows a command takes.
+#[derive(clap::Args)]
+pub struct FlowMatch {
     /// Flows with either end in this prefix or address.
     #[arg(long, value_parser = datapath::parse_prefix)]
     address: Option<IpNet>,
@@ -291,12 +298,33 @@ struct FlowArgs {
     state: Option<String>,
 }
 
+impl FlowMatch {
+    fn is_empty(&self) -> bool {
+        self.address.is_none() && self.protocol.is_none() && self.state.is_none()
+    }
+
+    /// The same as the query of `GET /v1/ports/{name}/flows`.
+    pub fn query(&self) -> String {
+        let fields = [
+            ("address", self.address.map(|a| a.to_string())),
+            ("protocol", self.protocol.map(|p| p.0.to_string())),
+            ("state", self.state.clone()),
+        ];
+        let pairs: Vec<String> = fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+}
+
 impl FlowArgs {
     fn is_empty(&self) -> bool {
-        self.iface.is_none()
-            && self.address.is_none()
-            && self.protocol.is_none()
-            && self.state.is_none()
+        self.iface.is_none() && self.of.is_empty()
     }
 
     /// The filter, with the port of `--iface` (in the namespace entered).
@@ -307,9 +335,9 @@ impl FlowArgs {
                 .as_deref()
                 .map(|iface| datapath::slot_of(pins, iface))
                 .transpose()?,
-            address: self.address,
-            protocol: self.protocol,
-            state: self.state.clone(),
+            address: self.of.address,
+            protocol: self.of.protocol,
+            state: self.of.state.clone(),
         })
     }
 }
@@ -643,7 +671,7 @@ fn end(addr: IpAddr, port: Option<u16>) -> String {
     }
 }
 
-fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
+pub fn print_flows(flows: &[conntrack::Flow]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if flows.is_empty() {
         writeln!(out, "no flows")?;

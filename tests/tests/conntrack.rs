@@ -150,7 +150,11 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
         assert_eq!(flows.len(), 1, "{flows:?}");
         let flow = &flows[0];
         assert_eq!(
-            (flow.state, flow.origin, flow.ends.protocol.as_str()),
+            (
+                flow.state.as_str(),
+                flow.origin.as_str(),
+                flow.ends.protocol.as_str()
+            ),
             ("established", "ingress", "tcp")
         );
         assert_eq!(flow.ends.local, ends(v6).0);

@@ -638,6 +638,40 @@ ports:
         "8080 does not"
     );
 
+    // The port's tracked flows, through the API: a viewer needs no root.
+    let viewer = d.ok(&["daemon", "token", "create", "--role", "viewer"])?;
+    let flows = |args: &[&str]| -> Result<Value> {
+        let mut all = vec![
+            "--token",
+            viewer.trim(),
+            "-o",
+            "json",
+            "port",
+            "flows",
+            "web1",
+        ];
+        all.extend_from_slice(args);
+        let out = d.sg_ctl_as(Some(NOBODY), &all)?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let tcp = flows(&["--protocol", "tcp"])?;
+    let tcp = tcp.as_array().context("a list")?;
+    assert!(
+        tcp.iter()
+            .any(|f| f["local_port"] == 80 && f["origin"] == "ingress" && f["interface"] == PORT),
+        "{tcp:?}"
+    );
+    // No flow of 8080 started: the policy dropped its SYN.
+    assert!(tcp.iter().all(|f| f["local_port"] != 8080), "{tcp:?}");
+    assert_eq!(flows(&["--protocol", "udp"])?, serde_json::json!([]));
+    assert_eq!(d.fails(&["port", "flows", "nope"])?.0, 3);
+    assert_eq!(d.fails(&["port", "flows", "web1", "--state", "open"])?.0, 2);
+
     // Trace names the rules of the daemon's policy.
     let trace = |direction: &str, from: &str, to: &str, dport: &str| {
         d.json(&[

@@ -26,9 +26,9 @@ use axum::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{ApiError, Applied, Daemon, Document, ErrorKind, GroupView, PortView};
+use super::{ApiError, Applied, Daemon, Document, ErrorKind, FlowQuery, GroupView, PortView};
 use crate::{
-    datapath,
+    datapath::{self, conntrack::Flow},
     model::{Group, Port, Rule},
     store::{Role, Settings, TokenInfo},
 };
@@ -218,6 +218,7 @@ fn router(daemon: Shared) -> Router {
         )
         .route("/v1/ports/{name}/attach", post(attach_groups))
         .route("/v1/ports/{name}/detach", post(detach_groups))
+        .route("/v1/ports/{name}/flows", get(port_flows))
         .route("/v1/settings", get(show_settings).put(update_settings))
         .route("/v1/export", get(export))
         .route("/v1/apply", post(apply))
@@ -318,6 +319,15 @@ async fn delete_rule(
 
 async fn list_ports(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<PortView>> {
     with(d, move |d| d.ports(role)).await
+}
+
+async fn port_flows(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    UrlPath(name): Name,
+    Query(query): Query<FlowQuery>,
+) -> Reply<Vec<Flow>> {
+    with(d, move |d| d.flows(role, &name, query)).await
 }
 
 async fn create_port(
@@ -588,7 +598,6 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 23);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(operations, 24);
     }
 }

@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compile,
-    datapath::{Pins, PortSecurity},
+    datapath::{
+        Pins, PortSecurity,
+        conntrack::{self, Flow, FlowFilter},
+    },
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
     store::{PortPhase, PortState, Role, Settings, State, Store, StoreError, TokenInfo},
 };
@@ -497,6 +500,41 @@ impl Daemon {
         Ok(self.port_view(port, &self.store.port_states()?))
     }
 
+    /// The tracked flows of an attached port, oldest first, that `query`
+    /// takes.
+    pub fn flows(&self, role: Role, name: &str, query: FlowQuery) -> Result<Vec<Flow>> {
+        require(role, Role::Viewer)?;
+        self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        let states = self.store.port_states()?;
+        let state = states.get(name);
+        let Some(slot) = state.and_then(|s| s.slot) else {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "port '{name}' is not attached ({}): it has no flows; `sg-ctl port show \
+                     {name}` tells why",
+                    state.map_or("pending".into(), |s| s.reason.clone())
+                ),
+            ));
+        };
+        let protocol = query
+            .protocol
+            .map(|p| p.parse().map_err(ApiError::invalid))
+            .transpose()?;
+        let state = query
+            .state
+            .map(|s| conntrack::parse_state(&s).map_err(ApiError::invalid))
+            .transpose()?;
+        let filter = FlowFilter {
+            slot: Some(slot),
+            address: query.address,
+            protocol,
+            state,
+        };
+        conntrack::list(&self.pins, &filter)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
+    }
+
     fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
         let state = states.get(&port.name);
         PortView {
@@ -726,6 +764,15 @@ fn no_group(name: &str) -> ApiError {
         ErrorKind::NotFound,
         format!("no group named '{name}'; `sg-ctl group list` shows the groups"),
     )
+}
+
+/// Which of a port's flows `GET /v1/ports/{name}/flows` lists.
+#[derive(Debug, Default, Deserialize)]
+pub struct FlowQuery {
+    /// Either end in this prefix.
+    pub address: Option<ipnet::IpNet>,
+    pub protocol: Option<String>,
+    pub state: Option<String>,
 }
 
 fn no_port(name: &str) -> ApiError {

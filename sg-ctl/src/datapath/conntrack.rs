@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sg_common::{
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
     Outcome, conntrack_event, conntrack_state, map_names,
@@ -187,7 +187,7 @@ fn address(family: u8, addr: [u8; 16]) -> IpAddr {
 }
 
 /// A flow's ends, as a key gives them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ends {
     pub slot: u32,
     pub protocol: String,
@@ -229,14 +229,14 @@ impl Ends {
 }
 
 /// One flow as `sg-ctl conntrack list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Flow {
     pub interface: String,
     #[serde(flatten)]
     pub ends: Ends,
-    pub state: &'static str,
+    pub state: String,
     /// Who started the flow: egress (the workload) or ingress.
-    pub origin: &'static str,
+    pub origin: String,
     /// The port's policy that last allowed it.
     pub policy: u32,
     pub packets_egress: u64,
@@ -276,12 +276,13 @@ pub fn list(pins: &Pins, filter: &FlowFilter) -> Result<Vec<Flow>> {
             let flow = Flow {
                 interface,
                 ends: Ends::of(&key),
-                state: conntrack_state::name(entry.state),
+                state: conntrack_state::name(entry.state).to_string(),
                 origin: if entry.origin == Direction::Egress as u8 {
                     "egress"
                 } else {
                     "ingress"
-                },
+                }
+                .to_string(),
                 policy: entry.policy,
                 packets_egress: entry.packets[Direction::Egress as usize],
                 bytes_egress: entry.bytes[Direction::Egress as usize],
