@@ -16,6 +16,8 @@ use sg_common::{
     FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped, mac_word,
 };
 
+use crate::reject::Buf;
+
 /// The header fields the filter decides on. IPv4 addresses are mapped
 /// into IPv6 (`::ffff:a.b.c.d`) so that one trie serves both families.
 ///
@@ -52,7 +54,21 @@ pub struct IpPacket {
     /// advertisement. (An `Option` rather than zeros: sixteen zero bytes
     /// become a call to a byte-wise `memset` in BPF.)
     pub nd_target: Option<[u8; 16]>,
+    /// The link-layer address (as `mac_word`) that the options of a
+    /// neighbour solicitation or advertisement give, 0 for none, or
+    /// `ND_LLADDR_UNCHECKABLE`.
+    pub nd_lladdr: u64,
 }
+
+/// `IpPacket::nd_lladdr` of options that cannot be checked: more than
+/// `ND_OPTIONS`, malformed, or two link-layer addresses that differ. (No
+/// MAC is this word: a MAC has 48 bits.)
+pub const ND_LLADDR_UNCHECKABLE: u64 = u64::MAX;
+/// How many options of a neighbour solicitation or advertisement are read.
+const ND_OPTIONS: usize = 4;
+/// ND options: source and target link-layer address.
+const ND_OPT_SOURCE_LLADDR: u8 = 1;
+const ND_OPT_TARGET_LLADDR: u8 = 2;
 
 /// Where the parsed IP packet lives: this CPU's slot rather than the stack,
 /// of which a program has 512 bytes for everything. One program runs at a
@@ -263,6 +279,7 @@ fn parse_ipv4(start: usize, end: usize, offset: usize, out: &mut IpPacket) -> Re
         fragment_id: u16::from_be_bytes(ip.id) as u32,
         src_port,
         nd_target: None,
+        nd_lladdr: 0,
     };
     Ok(())
 }
@@ -337,6 +354,12 @@ fn parse_ipv6(start: usize, end: usize, l3: usize, out: &mut IpPacket) -> Result
     } else {
         None
     };
+    let nd_lladdr = if nd_target.is_some() {
+        let payload_end = l3 + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
+        nd_lladdr(start, end, offset + 24, payload_end)
+    } else {
+        0
+    };
     *out = IpPacket {
         family: FAMILY_IPV6,
         src: ip.src_addr,
@@ -351,6 +374,46 @@ fn parse_ipv6(start: usize, end: usize, l3: usize, out: &mut IpPacket) -> Result
         fragment_id,
         src_port,
         nd_target,
+        nd_lladdr,
     };
     Ok(())
+}
+
+/// The link-layer address in the options from `at` to `until` (the IP
+/// payload's end) of a neighbour solicitation or advertisement in the
+/// frame `[start, end)` (see `IpPacket::nd_lladdr`).
+#[inline(always)]
+fn nd_lladdr(start: usize, end: usize, mut at: usize, until: usize) -> u64 {
+    let Some(buf) = Buf::of(start, end) else {
+        return ND_LLADDR_UNCHECKABLE;
+    };
+    let mut found = 0;
+    for _ in 0..ND_OPTIONS {
+        if at >= until {
+            return found;
+        }
+        let Some([kind, units]) = buf.read::<2>(at) else {
+            return ND_LLADDR_UNCHECKABLE;
+        };
+        if units == 0 {
+            return ND_LLADDR_UNCHECKABLE;
+        }
+        if kind == ND_OPT_SOURCE_LLADDR || kind == ND_OPT_TARGET_LLADDR {
+            // An Ethernet address takes one unit of 8 bytes.
+            let Some(mac) = buf.read::<6>(at + 2) else {
+                return ND_LLADDR_UNCHECKABLE;
+            };
+            let mac = mac_word(mac);
+            if units != 1 || (found != 0 && found != mac) {
+                return ND_LLADDR_UNCHECKABLE;
+            }
+            found = mac;
+        }
+        at += units as usize * 8;
+    }
+    if at < until {
+        ND_LLADDR_UNCHECKABLE
+    } else {
+        found
+    }
 }

@@ -15,7 +15,9 @@
 //!    with the source MAC, or `::` for a router or neighbour solicitation or
 //!    an MLD report (`drop-spoofed-ipv6`); the target of a neighbour advertisement,
 //!    and of a solicitation from `::` (duplicate address detection), owned
-//!    with the source MAC (`drop-nd-spoof`);
+//!    with the source MAC, and the link-layer address option of either, if
+//!    any, the source MAC (`drop-nd-spoof`; up to four options are read,
+//!    more, a malformed one or two addresses that differ are a drop too);
 //! 4. a broadcast or multicast destination only for ARP, the DHCP client
 //!    (UDP 68→67), neighbour discovery and MLD reports (ICMPv6 131, 132,
 //!    133, 135, 136, 143), the DHCPv6 client (UDP 546→547), or any with
@@ -190,6 +192,11 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
         && (icmp_type == ND_NEIGHBOUR_ADVERT || from_unspecified)
         && !owns(slot, target, src_mac)
     {
+        return Err(Outcome::DropNdSpoof);
+    }
+    // And its link-layer address option is the sender's MAC, or neighbours
+    // would send to another's. (Options it cannot check count as another.)
+    if ip.nd_lladdr != 0 && ip.nd_lladdr != src_mac {
         return Err(Outcome::DropNdSpoof);
     }
     Ok(matches!(

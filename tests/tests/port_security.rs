@@ -117,6 +117,17 @@ fn nd(type_: u8, target: &str) -> Transport {
     }
 }
 
+/// Where the link-layer address option of `nd`'s untagged frame starts:
+/// after the Ethernet and IPv6 headers, ICMPv6's 8 bytes and the target.
+const ND_OPTION: usize = 14 + 40 + 8 + 16;
+
+/// An `nd` frame whose link-layer address option says `mac` (the
+/// checksum left as it was: nothing on the way checks it).
+fn nd_claiming(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[ND_OPTION + 2..ND_OPTION + 8].copy_from_slice(&mac);
+    frame
+}
+
 fn own_link_local() -> String {
     link_local(MacAddr(MAC)).to_string()
 }
@@ -421,6 +432,37 @@ fn each_spoof_is_dropped_and_counted_by_its_reason() {
             Outcome::DropNdSpoof,
         ),
         (
+            "neighbour advertisement giving another's MAC as its own",
+            nd_claiming(
+                frame(MAC, ROUTER_MAC, OWN6, PEER6, nd(NEIGHBOUR_ADVERT, OWN6)),
+                OTHER_MAC,
+            ),
+            Outcome::DropNdSpoof,
+        ),
+        (
+            "neighbour solicitation giving another's MAC as its own",
+            nd_claiming(
+                frame(
+                    MAC,
+                    multicast_mac("ff02::1:ff00:1"),
+                    OWN6,
+                    "ff02::1:ff00:1",
+                    nd(NEIGHBOUR_SOLICIT, PEER6),
+                ),
+                OTHER_MAC,
+            ),
+            Outcome::DropNdSpoof,
+        ),
+        (
+            "neighbour advertisement with an option of no length",
+            {
+                let mut frame = frame(MAC, ROUTER_MAC, OWN6, PEER6, nd(NEIGHBOUR_ADVERT, OWN6));
+                frame[ND_OPTION + 1] = 0;
+                frame
+            },
+            Outcome::DropNdSpoof,
+        ),
+        (
             "duplicate address detection of another address",
             frame(
                 MAC,
@@ -693,6 +735,14 @@ fn workload_cases(mac: [u8; 6], host_mac: [u8; 6]) -> Vec<Case> {
             "neighbour advertisement for itself",
             to_host(WORKLOAD_V6, nd(NEIGHBOUR_ADVERT, WORKLOAD_V6)),
             None,
+        ),
+        case(
+            "neighbour advertisement giving another's MAC",
+            nd_claiming(
+                to_host(WORKLOAD_V6, nd(NEIGHBOUR_ADVERT, WORKLOAD_V6)),
+                other,
+            ),
+            Some("drop-nd-spoof"),
         ),
         case(
             "spoofed MAC",
