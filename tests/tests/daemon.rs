@@ -581,6 +581,15 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
     );
     assert!(veth.host.ping(v4)?);
     assert!(!veth.host.ping(v6)?, "the policy is back");
+
+    // Counts stay with their rule when a change renumbers the rules.
+    let echo = d.metric(rule)?;
+    assert!(echo >= 1);
+    d.ok(&["rule", "delete", "pingable", "0"])?;
+    let moved = r#"sg_rule_packets_total{group="pingable",rule="1"}"#;
+    assert!(d.metric(moved)? >= echo, "the echo rule keeps its counts");
+    d.ok(&["rule", "add", "pingable", "--proto", "tcp", "--port", "22"])?;
+    assert_eq!(d.metric(rule)?, 0, "a new rule counts from zero");
     Ok(())
 }
 

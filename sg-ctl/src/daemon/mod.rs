@@ -198,6 +198,10 @@ pub struct Daemon {
     store: Store,
     state: State,
     pins: Pins,
+    /// The rule each counter id counted at the last reconcile: counter ids
+    /// follow rule order, so a change that moves rules moves their counts
+    /// too (`reconcile::renumbering`). Empty until the first.
+    counted: HashMap<u32, (String, Rule)>,
 }
 
 impl Daemon {
@@ -205,7 +209,12 @@ impl Daemon {
     /// what is already installed.
     pub fn start(store: Store, pins: Pins) -> Result<Daemon> {
         let state = store.load()?;
-        let mut daemon = Daemon { store, state, pins };
+        let mut daemon = Daemon {
+            store,
+            state,
+            pins,
+            counted: HashMap::new(),
+        };
         daemon.reconcile()?;
         Ok(daemon)
     }

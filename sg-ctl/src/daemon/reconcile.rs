@@ -27,7 +27,7 @@ use crate::{
     datapath::{
         self, Attached, DatapathError, Pins, PolicyMaps, PortSecurity, XdpModeArg, port_security,
     },
-    model::{Group, Policy, Port, Remote},
+    model::{Group, Policy, Port, Remote, Rule},
     netns,
     store::{PortPhase, PortState},
 };
@@ -94,7 +94,68 @@ fn in_netns<T: Send>(
     })
 }
 
+/// The counter moves that keep each rule's counts with the rule when
+/// counter ids change from `before` to `after` (id → group and rule):
+/// `(to, from)`, from the id that counted the same rule of the same group,
+/// or `None` (zeros) for a rule that is new, and for an id no rule has
+/// any more. Ids that keep their rule are left alone.
+pub(super) fn renumbering(
+    before: &HashMap<u32, (String, Rule)>,
+    after: &HashMap<u32, (String, Rule)>,
+) -> Vec<(u32, Option<u32>)> {
+    let mut sources: HashMap<&(String, Rule), Vec<u32>> = HashMap::new();
+    let mut old: Vec<_> = before.iter().collect();
+    old.sort_by_key(|(id, _)| **id);
+    for (id, rule) in old {
+        sources.entry(rule).or_default().push(*id);
+    }
+    let mut new: Vec<_> = after.iter().collect();
+    new.sort_by_key(|(id, _)| **id);
+    let mut moves = Vec::new();
+    for (&id, rule) in new {
+        let from = sources.get_mut(rule).and_then(|ids| {
+            // The same id if it counted this rule, else the first.
+            let at = ids.iter().position(|&old| old == id).unwrap_or(0);
+            (!ids.is_empty()).then(|| ids.remove(at))
+        });
+        if from != Some(id) {
+            moves.push((id, from));
+        }
+    }
+    let mut gone: Vec<u32> = before
+        .keys()
+        .filter(|id| !after.contains_key(id))
+        .copied()
+        .collect();
+    gone.sort_unstable();
+    moves.extend(gone.into_iter().map(|id| (id, None)));
+    moves
+}
+
 impl Daemon {
+    /// Moves the rule counters with their rules when `counters` (of
+    /// `policy`) numbers them differently from the last reconcile. A
+    /// failure is logged: counts are not worth failing a change for.
+    fn follow_counters(&mut self, policy: &Policy, counters: &HashMap<(String, usize), u32>) {
+        let now: HashMap<u32, (String, Rule)> = counters
+            .iter()
+            .filter_map(|((group, index), &id)| {
+                let rule = policy.group(group)?.rules.get(*index)?;
+                Some((id, (group.clone(), rule.clone())))
+            })
+            .collect();
+        if !self.counted.is_empty() && self.counted != now {
+            let moves = renumbering(&self.counted, &now);
+            if !moves.is_empty()
+                && let Ok(mut maps) = PolicyMaps::open(&self.pins)
+                && let Err(e) = maps.move_counters(&moves)
+            {
+                eprintln!("sg-ctl daemon: moving rule counters with their rules: {e}");
+            }
+        }
+        self.counted = now;
+    }
+
     /// Brings every port's datapath in line with the desired state and
     /// records each port's status. A port that fails (interface missing,
     /// maps full) is marked `error` with the reason and keeps what it had;
@@ -102,6 +163,7 @@ impl Daemon {
     pub(super) fn reconcile(&mut self) -> Result<()> {
         let policy = effective(&self.state.policy, &self.state.settings);
         let counters = compile::counter_ids(&policy).map_err(ApiError::invalid)?;
+        self.follow_counters(&policy, &counters);
         let states = self.store.port_states()?;
 
         for (name, state) in &states {
@@ -219,4 +281,46 @@ fn install(
     let compiled = compile::compile(policy, &port.name, id, counters).map_err(|e| e.to_string())?;
     maps.install(slot, id, &compiled).map_err(text)?;
     Ok(done(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    /// Counter ids 1, 2, … of rules given by their port, all in group g.
+    fn numbered(ports: &[u16]) -> HashMap<u32, (String, Rule)> {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let rule = Rule {
+                    ports: port.to_string().parse().unwrap(),
+                    protocol: "tcp".parse().unwrap(),
+                    ..Rule::new(Direction::Ingress)
+                };
+                (i as u32 + 1, ("g".to_string(), rule))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counts_follow_their_rules_when_ids_change() {
+        let before = numbered(&[22, 80, 443]);
+        assert_eq!(renumbering(&before, &before), []);
+        // The second rule deleted: the third's counts move up, the last id
+        // is no rule's.
+        assert_eq!(
+            renumbering(&before, &numbered(&[22, 443])),
+            [(2, Some(3)), (3, None)]
+        );
+        // A rule in front: every count moves down one; the new rule's id
+        // starts from zero.
+        assert_eq!(
+            renumbering(&before, &numbered(&[8080, 22, 80, 443])),
+            [(1, None), (2, Some(1)), (3, Some(2)), (4, Some(3))]
+        );
+        // A rule changed in place counts afresh.
+        assert_eq!(renumbering(&before, &numbered(&[22, 81, 443])), [(2, None)]);
+    }
 }

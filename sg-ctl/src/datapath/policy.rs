@@ -3,7 +3,9 @@
 
 use std::{thread, time::Duration};
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{
+    Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+};
 use sg_common::{
     Class, Counter, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names,
 };
@@ -160,6 +162,37 @@ impl PolicyMaps {
         remove_hash(&mut self.verdict, map_names::VERDICT, |k| {
             k.scope.policy == id
         })
+    }
+
+    /// Moves rule counters: each `(to, from)` gives counter `to` what
+    /// counter `from` holds on every CPU, or zeros for `None`. All sources
+    /// are read before anything is written.
+    pub fn move_counters(&mut self, moves: &[(u32, Option<u32>)]) -> Result<()> {
+        let sources = moves
+            .iter()
+            .map(|&(_, from)| {
+                from.map(|from| {
+                    self.rule_stats
+                        .get(&from, 0)
+                        .context(|| format!("reading rule counter {from}"))
+                })
+                .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context(|| "counting the CPUs".to_string())?;
+        for (&(to, _), values) in moves.iter().zip(sources) {
+            let values = match values {
+                Some(values) => values,
+                None => PerCpuValues::try_from(vec![Counter::default(); cpus])
+                    .context(|| "zeros for every CPU".to_string())?,
+            };
+            self.rule_stats
+                .set(to, values, 0)
+                .context(|| format!("writing rule counter {to}"))?;
+        }
+        Ok(())
     }
 
     /// Packets and bytes a rule decided, summed over CPUs.
