@@ -974,7 +974,7 @@ mod tests {
 
     fn temp_dir() -> tempfile::TempDir {
         tempfile::Builder::new()
-            .prefix("sg-daemon-")
+            .prefix("sg-unit-daemon-")
             .tempdir()
             .unwrap()
     }

@@ -290,8 +290,9 @@ impl Testbed {
     /// leaves the CPU idle most of the time. A run interrupted before (a
     /// test run ends with EINTR whenever its thread finds a signal pending;
     /// one full run saw that once, not from a signal of ours) is started
-    /// again, and a window it ended in is measured again; one that sent
-    /// all `limit` frames before the window ended is an error.
+    /// again, and a window it ended in, or in which nothing arrived, is
+    /// measured again; one that sent all `limit` frames before the window
+    /// ended is an error.
     pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
         const ATTEMPTS: u32 = 3;
         let generator = Generator::load(flows, Order::Random)?;
