@@ -80,6 +80,12 @@ fn label(text: impl Into<String>, at: (i32, i32), align: Alignment) -> Label {
     }
 }
 
+/// A grid line's rate, with as many decimals as it needs.
+fn mpps_text(mpps: f64) -> String {
+    let decimals = (-mpps.log10().floor()).max(0.0) as usize;
+    format!("{mpps:.decimals$}")
+}
+
 fn rules_text(n: f64) -> String {
     if n >= 1000.0 {
         format!("{}k", n / 1000.0)
@@ -88,22 +94,22 @@ fn rules_text(n: f64) -> String {
     }
 }
 
-/// Mpps against rules (log scale) for every filter and traffic kind, the
-/// ceilings as horizontal lines.
+/// Mpps against rules for every filter and traffic kind, the ceilings as
+/// horizontal lines; both axes in log scale, since the rates span four
+/// orders of magnitude.
 pub fn throughput(report: &Report, path: &Path) -> Result<()> {
     let mut pixels = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
-    let top = report
-        .rates
-        .iter()
-        .map(|r| r.pps)
-        .chain(report.ceilings.iter().map(|c| c.pps))
-        .fold(0.0, f64::max)
-        / 1e6;
-    let step = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .find(|s| top / s <= 8.0)
-        .unwrap_or(20.0);
-    let y_max = (top / step).ceil() * step;
+    let rates = || {
+        report
+            .rates
+            .iter()
+            .map(|r| r.pps / 1e6)
+            .chain(report.ceilings.iter().map(|c| c.pps / 1e6))
+            .filter(|&mpps| mpps > 0.0)
+    };
+    // Whole decades around every rate.
+    let y_max = 10f64.powf(rates().fold(0.1, f64::max).log10().ceil());
+    let y_min = 10f64.powf(rates().fold(y_max, f64::min).log10().floor());
     let mut labels = Vec::new();
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
@@ -112,28 +118,36 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
             .margin_bottom(50)
             .margin_left(70)
             .margin_right(380)
-            .build_cartesian_2d((X_RANGE.0..X_RANGE.1).log_scale(), 0.0..y_max)
+            .build_cartesian_2d(
+                (X_RANGE.0..X_RANGE.1).log_scale(),
+                (y_min..y_max).log_scale(),
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let grey = RGBColor(220, 220, 220);
         let mut grid = Vec::new();
         for x in [10.0, 100.0, 1_000.0, 10_000.0, 50_000.0] {
-            grid.push(vec![(x, 0.0), (x, y_max)]);
-            let (px, py) = chart.backend_coord(&(x, 0.0));
+            grid.push(vec![(x, y_min), (x, y_max)]);
+            let (px, py) = chart.backend_coord(&(x, y_min));
             labels.push(label(rules_text(x), (px, py + 18), Alignment::Center));
         }
-        let mut y = 0.0;
-        while y <= y_max + 1e-9 {
-            grid.push(vec![(X_RANGE.0, y), (X_RANGE.1, y)]);
-            let (px, py) = chart.backend_coord(&(X_RANGE.0, y));
-            labels.push(label(format!("{y:.1}"), (px - 6, py + 4), Alignment::Right));
-            y += step;
+        let mut decade = y_min;
+        while decade <= y_max * 1.001 {
+            for y in [decade, 2.0 * decade, 5.0 * decade] {
+                if y > y_max * 1.001 {
+                    break;
+                }
+                grid.push(vec![(X_RANGE.0, y), (X_RANGE.1, y)]);
+                let (px, py) = chart.backend_coord(&(X_RANGE.0, y));
+                labels.push(label(mpps_text(y), (px - 6, py + 4), Alignment::Right));
+            }
+            decade *= 10.0;
         }
         for line in grid {
             chart
                 .draw_series(LineSeries::new(line, grey))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let (left, bottom) = chart.backend_coord(&(X_RANGE.0, 0.0));
+        let (left, bottom) = chart.backend_coord(&(X_RANGE.0, y_min));
         let (right, up) = chart.backend_coord(&(X_RANGE.1, y_max));
         labels.push(label(
             "rules",
