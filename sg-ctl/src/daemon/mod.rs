@@ -513,6 +513,14 @@ impl Daemon {
     /// takes.
     pub fn flows(&self, role: Role, name: &str, query: FlowQuery) -> Result<Vec<Flow>> {
         require(role, Role::Viewer)?;
+        let protocol = query
+            .protocol
+            .map(|p| p.parse().map_err(ApiError::invalid))
+            .transpose()?;
+        let flow_state = query
+            .state
+            .map(|s| conntrack::parse_state(&s).map_err(ApiError::invalid))
+            .transpose()?;
         self.state.policy.port(name).ok_or_else(|| no_port(name))?;
         let states = self.store.port_states()?;
         let state = states.get(name);
@@ -526,19 +534,11 @@ impl Daemon {
                 ),
             ));
         };
-        let protocol = query
-            .protocol
-            .map(|p| p.parse().map_err(ApiError::invalid))
-            .transpose()?;
-        let state = query
-            .state
-            .map(|s| conntrack::parse_state(&s).map_err(ApiError::invalid))
-            .transpose()?;
         let filter = FlowFilter {
             slot: Some(slot),
             address: query.address,
             protocol,
-            state,
+            state: flow_state,
         };
         conntrack::list(&self.pins, &filter)
             .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
@@ -1049,6 +1049,33 @@ mod tests {
              or use one of: default, web"
         );
         assert!(d.state().policy.group("web").is_none());
+    }
+
+    #[test]
+    fn flows_need_a_viewer_a_valid_query_and_a_port() {
+        let dir = temp_dir();
+        let d = daemon(&dir);
+        let kind = |role, name: &str, query| d.flows(role, name, query).unwrap_err().kind;
+        assert_eq!(
+            kind(Role::Anonymous, "vm", FlowQuery::default()),
+            ErrorKind::Unauthenticated
+        );
+        let protocol = FlowQuery {
+            protocol: Some("bogus".into()),
+            ..FlowQuery::default()
+        };
+        assert_eq!(kind(Role::Viewer, "vm", protocol), ErrorKind::Invalid);
+        let state = FlowQuery {
+            state: Some("open".into()),
+            ..FlowQuery::default()
+        };
+        let error = d.flows(Role::Viewer, "vm", state).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid);
+        assert!(error.message.contains("established"), "{error}");
+        assert_eq!(
+            kind(Role::Viewer, "vm", FlowQuery::default()),
+            ErrorKind::NotFound
+        );
     }
 
     #[test]
