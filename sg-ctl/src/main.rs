@@ -621,10 +621,13 @@ fn conntrack_command(
             report(output, "flushed", removed)?;
         }
         ConntrackCommand::Watch { count, seconds } => {
+            let mut events = conntrack::FlowEvents::open(pins)?;
+            // Said once the ring is open: what happens from here on is shown.
+            eprintln!("watching flows as they start, close and expire");
             let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
             let mut seen = 0;
             let mut out = std::io::stdout().lock();
-            conntrack::watch(pins, until, |event| {
+            events.watch(until, |event| {
                 match output {
                     Output::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
                     Output::Table => {

@@ -113,6 +113,24 @@ fn reap_leftovers() {
     }
 }
 
+/// Polls `check` until it holds, for `timeout` at most: for what takes as
+/// long as it takes on the machine at hand (a reconcile, a connection's
+/// last segments), never for a fixed time.
+pub fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a command to completion; fails with its stderr when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(program)
@@ -273,8 +291,11 @@ impl VethPort {
         // A fresh link takes a moment before IPv6 neighbour discovery
         // answers; tests start once both families do.
         for to in [WORKLOAD_V4, WORKLOAD_V6] {
-            let reachable = (0..5).any(|_| host.ping(addr(to)).unwrap_or(false));
-            ensure!(reachable, "{to} is unreachable over a fresh veth");
+            eventually(
+                &format!("{to} reachable over a fresh veth"),
+                Duration::from_secs(15),
+                || host.ping(addr(to)),
+            )?;
         }
         Ok(VethPort { host, workload })
     }

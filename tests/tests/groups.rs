@@ -11,7 +11,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use sg_tests::{Netns, TestDaemon, addr, require_root, tcp_exchange};
+use sg_tests::{Netns, TestDaemon, addr, eventually, require_root, tcp_exchange};
+
+/// How long a change may take to be in force: the daemon reconciles once
+/// it committed.
+const SETTLED: Duration = Duration::from_secs(10);
 
 /// Workloads on one bridge: each in a namespace of its own, its veth's
 /// host side `h-<name>` on the bridge in `host`.
@@ -75,18 +79,6 @@ const POLICY: &str = "groups:
 ports:
 ";
 
-/// Tries `check` up to 5 times a second apart: a change the daemon made
-/// is in force once it has reconciled.
-fn eventually(what: &str, check: impl Fn() -> Result<bool>) -> Result<()> {
-    for _ in 0..5 {
-        if check()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    anyhow::bail!("{what}: not after 5 tries")
-}
-
 #[test]
 fn a_web_tier_and_a_database_open_only_to_it() -> Result<()> {
     require_root!(Ok(()));
@@ -115,7 +107,7 @@ fn a_web_tier_and_a_database_open_only_to_it() -> Result<()> {
     std::fs::write(&file, policy)?;
     d.ok(&["apply", "-f", file.to_str().context("a UTF-8 path")?])?;
     for (name, ..) in &lan.workloads {
-        eventually(&format!("port {name} active"), || {
+        eventually(&format!("port {name} active"), SETTLED, || {
             Ok(d.json(&["port", "show", name])?["status"]["state"] == "active")
         })?;
     }
@@ -155,11 +147,11 @@ fn a_web_tier_and_a_database_open_only_to_it() -> Result<()> {
     // web2 joins the web group: the database lets it in, live, with no
     // workload touched; and out again when it leaves.
     d.ok(&["port", "attach", "web2", "web"])?;
-    eventually("web2 → db:5432 once in web", || {
+    eventually("web2 → db:5432 once in web", SETTLED, || {
         lan.tcp("web2", "db", 5432)
     })?;
     d.ok(&["port", "detach", "web2", "web"])?;
-    eventually("web2 → db:5432 refused once out of web", || {
+    eventually("web2 → db:5432 refused once out of web", SETTLED, || {
         Ok(!lan.tcp("web2", "db", 5432)?)
     })?;
     assert!(lan.tcp("web1", "db", 5432)?, "web1 still reaches db");

@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
-    thread,
     time::Duration,
 };
 
@@ -1024,8 +1023,6 @@ fn a_promiscuous_workload_sees_none_of_its_neighbours_traffic() -> Result<()> {
 
     // Without port security on b's port, the hub shows b everything.
     pins.sg_ctl_ok(&["--netns", netns, "port-security", "port1", "--off"])?;
-    // Settle: the switch is one map write, but let frames in flight pass.
-    thread::sleep(Duration::from_millis(50));
     peer.send(&for_a)?;
     assert!(
         b.receive(WAIT, is_for_a)?.is_some(),

@@ -5,7 +5,7 @@
 //! the flows.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, Read as _, Write as _},
     net::{IpAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use sg_tests::{
     HOST_V4, HOST_V6, Netns, PORT, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    dns_ping_http_policy as policy, require_root, tcp_exchange,
+    dns_ping_http_policy as policy, eventually, require_root, tcp_exchange,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
@@ -64,17 +64,17 @@ fn a_server_answers_on_its_ingress_rule_alone_and_nothing_else_gets_in() -> Resu
     }
     // Both connections closed with FINs: in time-wait, or fin-wait where
     // the last ACK is still to come.
-    std::thread::sleep(Duration::from_millis(200));
-    let tcp = flows(&pins, &port, &["--protocol", "tcp"])?;
-    ensure!(tcp.len() == 2, "two connections: {tcp:?}");
+    let closed = |flow: &Value| flow["state"] == "time-wait" || flow["state"] == "fin-wait";
+    let mut tcp = Vec::new();
+    eventually("both connections closing", WAIT * 5, || {
+        tcp = flows(&pins, &port, &["--protocol", "tcp"])?;
+        Ok(tcp.len() == 2 && tcp.iter().all(closed))
+    })
+    .with_context(|| format!("{tcp:?}"))?;
     for flow in &tcp {
         ensure!(
             flow["local_port"] == 80 && flow["origin"] == "ingress",
             "{flow}"
-        );
-        ensure!(
-            flow["state"] == "time-wait" || flow["state"] == "fin-wait",
-            "closed: {flow}"
         );
         ensure!(flow["packets_egress"].as_u64() >= Some(3), "{flow}");
     }
@@ -313,13 +313,17 @@ fn path_mtu_discovery_works_through_the_filter() -> Result<()> {
 fn watch_prints_flows_as_they_start_and_close() -> Result<()> {
     require_root!(Ok(()));
     let (port, pins) = setup()?;
-    let watcher = std::process::Command::new(sg_tests::sg_ctl_binary())
+    let mut watcher = std::process::Command::new(sg_tests::sg_ctl_binary())
         .args(["--pin-dir", pins.dir(), "-o", "json", "conntrack", "watch"])
-        .args(["--count", "2", "--seconds", "10"])
+        .args(["--count", "2", "--seconds", "30"])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
-    // Time to open the ring before the connection.
-    std::thread::sleep(Duration::from_millis(500));
+    // It says so once the ring is open, before the connection.
+    let stderr = watcher.stderr.take().context("the watcher's stderr")?;
+    let mut said = String::new();
+    std::io::BufReader::new(stderr).read_line(&mut said)?;
+    ensure!(said.starts_with("watching"), "the watcher said: {said}");
     ensure!(tcp_exchange(
         &port.host,
         &port.workload,

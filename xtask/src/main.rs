@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, builds, the demo and the test suite of sg.
 
 mod demo;
+mod testrun;
 mod toolchain;
 
 use std::{
@@ -41,7 +42,8 @@ enum Task {
         quick: bool,
     },
     /// Build, check formatting and lints, and run every test (as root, the
-    /// integration tests in network namespaces too).
+    /// integration tests in network namespaces too), failing binaries
+    /// included; a summary names each failed test.
     Test {
         /// Arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -96,11 +98,13 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    println!("==> cargo test");
-    run(cargo()
-        .args(["test", "--workspace"])
-        .args(args)
-        .env("SG_CTL", &sg_ctl))
+    println!("==> cargo test (every test binary, then a summary)");
+    testrun::run_tests(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args)
+            .env("SG_CTL", &sg_ctl),
+    )
 }
 
 fn bench(quick: bool) -> Result<()> {

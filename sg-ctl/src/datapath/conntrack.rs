@@ -312,53 +312,67 @@ pub struct FlowEvent {
     pub ends: Ends,
 }
 
-/// Hands `each` the events of new, closed and expired flows as the
-/// datapath sends them (at most `CONNTRACK_EVENTS_PER_SECOND` a CPU), until
-/// `each` says stop or `until` passes. One reader takes each event: two
-/// watchers share them out.
-pub fn watch(
-    pins: &Pins,
-    until: Option<std::time::Instant>,
-    mut each: impl FnMut(FlowEvent) -> std::io::Result<bool>,
-) -> Result<()> {
-    use std::os::fd::AsFd as _;
+/// The events of new, closed and expired flows as the datapath sends them
+/// (at most `CONNTRACK_EVENTS_PER_SECOND` a CPU). One reader takes each
+/// event: two watchers share them out.
+pub struct FlowEvents {
+    ring: RingBuf<MapData>,
+}
 
-    require_root("watching the connection table")?;
-    let path = pins.map(map_names::CONNTRACK_EVENTS);
-    let what = || format!("opening {}", path.display());
-    if !path.exists() {
-        return Err(DatapathError::NothingAttached {
-            dir: pins.root().to_path_buf(),
-        });
+impl FlowEvents {
+    /// Opens the ring of events: what the datapath sends from now on (and
+    /// what it sent that no one read yet) is read.
+    pub fn open(pins: &Pins) -> Result<FlowEvents> {
+        require_root("watching the connection table")?;
+        let path = pins.map(map_names::CONNTRACK_EVENTS);
+        let what = || format!("opening {}", path.display());
+        if !path.exists() {
+            return Err(DatapathError::NothingAttached {
+                dir: pins.root().to_path_buf(),
+            });
+        }
+        let map = MapData::from_pin(&path).context(what)?;
+        let ring = Map::RingBuf(map).try_into().context(what)?;
+        Ok(FlowEvents { ring })
     }
-    let map = MapData::from_pin(&path).context(what)?;
-    let mut ring: RingBuf<MapData> = Map::RingBuf(map).try_into().context(what)?;
-    loop {
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<ConntrackEvent>() {
-                continue;
+
+    /// Hands `each` the events as they come, until `each` says stop or
+    /// `until` passes.
+    pub fn watch(
+        &mut self,
+        until: Option<std::time::Instant>,
+        mut each: impl FnMut(FlowEvent) -> std::io::Result<bool>,
+    ) -> Result<()> {
+        use std::os::fd::AsFd as _;
+
+        loop {
+            while let Some(item) = self.ring.next() {
+                if item.len() < size_of::<ConntrackEvent>() {
+                    continue;
+                }
+                // SAFETY: the datapath writes whole `ConntrackEvent`s.
+                let event: ConntrackEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let event = FlowEvent {
+                    event: conntrack_event::name(event.kind),
+                    time_ns: event.time,
+                    ends: Ends::of(&event.key),
+                };
+                if !each(event).context(|| "printing an event".to_string())? {
+                    return Ok(());
+                }
             }
-            // SAFETY: the datapath writes whole `ConntrackEvent`s.
-            let event: ConntrackEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let event = FlowEvent {
-                event: conntrack_event::name(event.kind),
-                time_ns: event.time,
-                ends: Ends::of(&event.key),
-            };
-            if !each(event).context(|| "printing an event".to_string())? {
+            if until.is_some_and(|until| std::time::Instant::now() >= until) {
                 return Ok(());
             }
-        }
-        if until.is_some_and(|until| std::time::Instant::now() >= until) {
-            return Ok(());
-        }
-        let mut fds = [nix::poll::PollFd::new(
-            ring.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e).context(|| "waiting for events".to_string()),
+            let mut fds = [nix::poll::PollFd::new(
+                self.ring.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).context(|| "waiting for events".to_string()),
+            }
         }
     }
 }

@@ -50,8 +50,13 @@ static DPORT_COUNT: u32 = 1;
 /// Non-zero: the flows in turn, not at random.
 #[unsafe(no_mangle)]
 static SEQUENTIAL: u32 = 0;
-/// The number of the next frame of a sequential run (one run's frames are
-/// generated one after the other, on one CPU).
+/// Of random frames, one in `THIN` is sent and the others dropped by the
+/// generator itself: a slower generator, to check the benchmark at the low
+/// rates of a slow machine. 1 (or 0) sends every frame.
+#[unsafe(no_mangle)]
+static THIN: u32 = 1;
+/// The number of the next frame of a sequential or thinned run (one run's
+/// frames are generated one after the other, on one CPU).
 static mut NEXT: u32 = 0;
 
 const ETH_LEN: usize = 14;
@@ -81,14 +86,13 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
     if sources == 0 || count == 0 || ports == 0 || sports == 0 {
         return xdp_action::XDP_ABORTED;
     }
-    let (k, j, i, p) = if global(&SEQUENTIAL) != 0 {
-        // SAFETY: the runs of one test run do not overlap.
-        let n = unsafe {
-            let next = core::ptr::addr_of_mut!(NEXT);
-            let n = core::ptr::read_volatile(next);
-            core::ptr::write_volatile(next, n.wrapping_add(1));
-            n
-        };
+    let sequential = global(&SEQUENTIAL) != 0;
+    let thin = global(&THIN);
+    if !sequential && thin > 1 && !next().is_multiple_of(thin) {
+        return xdp_action::XDP_DROP;
+    }
+    let (k, j, i, p) = if sequential {
+        let n = next();
         let rest = n / count / ports;
         (
             n % count,
@@ -131,6 +135,17 @@ pub fn sg_trafficgen(ctx: XdpContext) -> u32 {
         write(frame, CHECKSUM, &(!(sum as u16)).to_be_bytes());
     }
     xdp_action::XDP_TX
+}
+
+/// The number of this frame in a sequential or thinned run.
+fn next() -> u32 {
+    // SAFETY: the runs of one test run do not overlap.
+    unsafe {
+        let next = core::ptr::addr_of_mut!(NEXT);
+        let n = core::ptr::read_volatile(next);
+        core::ptr::write_volatile(next, n.wrapping_add(1));
+        n
+    }
 }
 
 /// # Safety

@@ -66,8 +66,9 @@ pub struct Rate {
     pub rules: usize,
     pub traffic: Traffic,
     pub pps: f64,
-    /// The window `pps` was counted over.
-    pub window_ms: u128,
+    /// The window `pps` was counted over (new flows: the middle of a
+    /// round, as long as it took).
+    pub window_ms: f64,
     pub ns_per_packet: f64,
     /// `ns_per_packet` less the ceiling's: the filter's own cost, without
     /// the generator's and the empty program's.
@@ -86,7 +87,7 @@ impl Default for Rate {
             rules: 0,
             traffic: Traffic::Drop,
             pps: 0.0,
-            window_ms: 0,
+            window_ms: 0.0,
             ns_per_packet: 0.0,
             over_ceiling_ns: 0.0,
             to_ceiling: 0.0,
@@ -133,6 +134,11 @@ pub struct Report {
     pub window_ms: u128,
     /// The flows of the established traffic, per filter and size.
     pub established_flows: u64,
+    /// The frames, nearly each a new flow, of a round of new flows.
+    pub new_flows: u32,
+    /// Of the frames timed, the generator sent one in this many
+    /// (`--throttle`; 1: every one).
+    pub throttle: u32,
     pub rounds: usize,
     pub ceilings: Vec<Ceiling>,
     pub rates: Vec<Rate>,
@@ -181,6 +187,8 @@ impl Report {
             quick,
             window_ms: window.as_millis(),
             established_flows: 0,
+            new_flows: 0,
+            throttle: 1,
             rounds,
             ceilings: Vec::new(),
             rates: Vec::new(),
@@ -305,16 +313,17 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Kernel {}, {} ({} CPUs), {}, {}.\n\nGenerator: {}; 64-byte UDP/IPv4 frames, \
+            "Kernel {}, {} ({} CPUs), {}, {}.\n\nGenerator: {}{}; 64-byte UDP/IPv4 frames, \
              generator and receiver on CPU {} (nice {}); a rate is the best of {} windows. The \
              filters track connections: sg's table, and the translations' `ct state \
              established,related accept` ahead of the rules. Traffic:\n\n\
              - **Drop**: random flows (random sources, source ports, destinations and ports) \
              that the policy drops; windows of {} ms.\n\
              - **Pass, new flows**: random flows that the policy passes, nearly every frame the \
-             first of a new flow; both sg's and netfilter's flows forgotten before each window, \
-             and windows of up to {} ms, each short enough that what a round sends at the best \
-             XDP_PASS ceiling yet fits in {:.0}% of sg's connection table.\n\
+             first of a new flow; both sg's and netfilter's flows forgotten before each round. \
+             A round is {} frames, fewer than sg's connection table holds whatever the rate; \
+             its window is from when a tenth of them had arrived to when nine tenths had \
+             ({} new flows), {:.1} ms at the longest in this run.\n\
              - **Pass, established**: about {} flows that the policy passes, made established in \
              the filter before (each flow's first packet from the workload, then a reply through the \
              host), picked at random; windows of {} ms.\n",
@@ -324,17 +333,25 @@ impl Report {
             m.nft,
             m.iptables,
             self.generator,
+            if self.throttle > 1 {
+                format!(
+                    ", throttled: it sent one frame in {} of those timed",
+                    self.throttle
+                )
+            } else {
+                String::new()
+            },
             crate::testbed::CPU,
             crate::testbed::NICE,
             self.rounds,
             self.window_ms,
+            self.new_flows,
+            self.new_flows / 10 * 8,
             self.rates
                 .iter()
                 .filter(|r| r.traffic == Traffic::Pass)
                 .map(|r| r.window_ms)
-                .max()
-                .unwrap_or(self.window_ms),
-            crate::NEW_FLOWS_SHARE * 100.0,
+                .fold(0.0, f64::max),
             self.established_flows,
             self.window_ms
         );

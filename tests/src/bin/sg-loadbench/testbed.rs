@@ -128,6 +128,10 @@ pub fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Resu
 
 /// How long a rate's generator runs before its window starts.
 pub const SETTLE: Duration = Duration::from_millis(100);
+/// How long frames sent may take to be received and forwarded, at most.
+const SETTLED: Duration = Duration::from_secs(5);
+/// No run sends more than this, whatever the window.
+const RUN_LIMIT: u32 = 200_000_000;
 
 /// Nice value of the generator thread and iperf3: other work on the
 /// machine then takes little of `CPU` from them.
@@ -158,6 +162,55 @@ pub struct LinkCounters {
     pub forwarded: u64,
 }
 
+/// The host's counters, read by a thread in the host namespace from its
+/// `/proc/thread-self/net`: a process (`ip`) would take long to start when
+/// the machine is busy, and the counts would be read late.
+fn read_counters() -> Result<LinkCounters> {
+    let received = read_received()?;
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next(), ip.next());
+    let field = |field: &str| -> Result<u64> {
+        names
+            .zip(values)
+            .and_then(|(names, values)| {
+                names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .find(|(name, _)| *name == field)
+            })
+            .and_then(|(_, value)| value.parse().ok())
+            .with_context(|| format!("no {field} in the host's /proc/net/snmp"))
+    };
+    Ok(LinkCounters {
+        received,
+        forwarded: field("OutTransmits")? - field("OutRequests")?,
+    })
+}
+
+/// The frames `port0` received, as `read_counters`.
+fn read_received() -> Result<u64> {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    // `  port0: rx_bytes rx_packets …`
+    dev.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim() == PORT)
+        .and_then(|(_, stats)| stats.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("no {PORT} in the host's /proc/net/dev"))
+}
+
+/// Keeps the calling thread off `CPU`, where it would take time from the
+/// generator and the receiver.
+fn leave_cpu() -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    let cpus = thread::available_parallelism()?.get();
+    for cpu in (0..cpus).filter(|&cpu| cpu != CPU) {
+        set.set(cpu)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("keeping off CPU {CPU}"))
+}
+
 pub struct Testbed {
     pub link: VethPort,
     /// `eth0`'s index in the workload namespace.
@@ -166,10 +219,15 @@ pub struct Testbed {
     ceiling: Ebpf,
     /// The source port of the next probe: each probe is a new flow.
     probe_sport: AtomicU16,
+    /// Of the frames of a rate, the generator sends one in `thin`.
+    thin: u32,
 }
 
 impl Testbed {
-    pub fn new() -> Result<Testbed> {
+    /// The generator sends one frame in `thin` of those whose rate it
+    /// measures (`--throttle`).
+    pub fn new(thin: u32) -> Result<Testbed> {
+        ensure!(thin >= 1, "the throttle is 1 (none) or more");
         let link = VethPort::new()?;
         let host = &link.host;
         host.ip(&["tuntap", "add", SINK, "mode", "tun"])?;
@@ -217,6 +275,7 @@ impl Testbed {
             template,
             ceiling,
             probe_sport: AtomicU16::new(FIRST_PROBE_SPORT),
+            thin,
         })
     }
 
@@ -245,45 +304,13 @@ impl Testbed {
         Ok(program.detach(link)?)
     }
 
-    /// Read on a thread in the host namespace, from its
-    /// `/proc/thread-self/net`: a process (`ip`) would take long to start
-    /// when the machine is busy, and the counts would be read late.
+    /// Read on a thread in the host namespace (see `read_counters`).
     pub fn counters(&self) -> Result<LinkCounters> {
-        let (dev, snmp) = inside(&self.link.host, || {
-            Ok((
-                std::fs::read_to_string("/proc/thread-self/net/dev")?,
-                std::fs::read_to_string("/proc/thread-self/net/snmp")?,
-            ))
-        })?;
-        // `  port0: rx_bytes rx_packets …`
-        let received = dev
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.trim() == PORT)
-            .and_then(|(_, stats)| stats.split_whitespace().nth(1)?.parse().ok())
-            .with_context(|| format!("no {PORT} in the host's /proc/net/dev"))?;
-        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-        let (names, values) = (ip.next(), ip.next());
-        let field = |field: &str| -> Result<u64> {
-            names
-                .zip(values)
-                .and_then(|(names, values)| {
-                    names
-                        .split_whitespace()
-                        .zip(values.split_whitespace())
-                        .find(|(name, _)| *name == field)
-                })
-                .and_then(|(_, value)| value.parse().ok())
-                .with_context(|| format!("no {field} in the host's /proc/net/snmp"))
-        };
-        Ok(LinkCounters {
-            received,
-            forwarded: field("OutTransmits")? - field("OutRequests")?,
-        })
+        inside(&self.link.host, read_counters)
     }
 
     /// Sends `flows` from `eth0` on `CPU` in one run of the generator (at
-    /// most `limit` frames) and returns what `port0` received per second
+    /// most `RUN_LIMIT` frames) and returns what `port0` received per second
     /// over `window`, counted from `SETTLE` after the start. A signal ends
     /// the run: at the end of each run the kernel waits for an RCU grace
     /// period before it frees the run's frames, so a train of short runs
@@ -291,11 +318,12 @@ impl Testbed {
     /// test run ends with EINTR whenever its thread finds a signal pending;
     /// one full run saw that once, not from a signal of ours) is started
     /// again, and a window it ended in, or in which nothing arrived, is
-    /// measured again; one that sent all `limit` frames before the window
+    /// measured again; one that sent all its frames before the window
     /// ended is an error.
-    pub fn rate(&self, flows: Flows, window: Duration, limit: u32) -> Result<f64> {
+    pub fn rate(&self, flows: Flows, window: Duration) -> Result<f64> {
         const ATTEMPTS: u32 = 3;
-        let generator = Generator::load(flows, Order::Random)?;
+        let generator = Generator::load(flows, Order::Random, self.thin)?;
+        let limit = RUN_LIMIT;
         interruptible()?;
         let sender = AtomicU64::new(0);
         let (stop, done) = (AtomicBool::new(false), AtomicBool::new(false));
@@ -357,6 +385,70 @@ impl Testbed {
         })
     }
 
+    /// Sends `frames` frames of `flows` (at random) from `eth0` on `CPU` in
+    /// one run of the generator, while a thread in the host namespace
+    /// samples what `port0` received; returns the rate over the middle of
+    /// the run, from when a tenth of what arrived had arrived to when nine
+    /// tenths had, and how long that was. A number of frames rather than a
+    /// time: a run of new flows must not send more flows than the filter's
+    /// table holds, whatever the rate. `None` when the run was cut short
+    /// (see `rate`): its frames went out all the same, so the caller
+    /// forgets the flows before it tries again.
+    pub fn rate_of_count(&self, flows: Flows, frames: u32) -> Result<Option<(f64, Duration)>> {
+        /// The fewest samples within the band that make a rate.
+        const SAMPLES: usize = 3;
+        let generator = Generator::load(flows, Order::Random, self.thin)?;
+        let generated = frames
+            .checked_mul(self.thin)
+            .context("too many frames for the throttle")?;
+        let start = self.counters()?.received;
+        let done = AtomicBool::new(false);
+        let (ended, samples) = thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                sg_ctl::netns::enter(self.link.host.name())?;
+                leave_cpu()?;
+                let mut samples = Vec::new();
+                loop {
+                    // Whether the run ended before this sample was taken.
+                    let last = done.load(Ordering::SeqCst);
+                    samples.push((Instant::now(), read_received()?));
+                    if last {
+                        return Ok(samples);
+                    }
+                }
+            });
+            let ended = inside(&self.link.workload, || {
+                take_cpu()?;
+                generator.send(&self.template, self.eth0, generated)
+            });
+            done.store(true, Ordering::SeqCst);
+            let samples: Result<Vec<(Instant, u64)>> = sampler
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (ended, samples)
+        });
+        let samples = samples?;
+        if ended? == Ended::Interrupted {
+            return Ok(None);
+        }
+        let arrived = self.settled_at(start, u64::from(frames))? - start;
+        let (low, high) = (start + arrived / 10, start + arrived * 9 / 10);
+        let band: Vec<_> = samples
+            .iter()
+            .filter(|&&(_, count)| (low..=high).contains(&count))
+            .collect();
+        let (Some(&&(since, first)), Some(&&(until, last))) = (band.first(), band.last()) else {
+            bail!("{PORT} received {arrived} of {frames} frames, none sampled mid-run");
+        };
+        ensure!(
+            band.len() >= SAMPLES && until > since && last > first,
+            "{} samples of {PORT}'s counter within a run of {frames} frames: too few for a rate",
+            band.len()
+        );
+        let window = until - since;
+        Ok(Some(((last - first) as f64 / window.as_secs_f64(), window)))
+    }
+
     /// `port0`'s received frames, and when they were counted.
     fn received(&self) -> Result<(u64, Instant)> {
         let asked = Instant::now();
@@ -385,7 +477,7 @@ impl Testbed {
             first_port: port,
             ports: 1,
         };
-        let generator = Generator::load(flows, Order::Random)?;
+        let generator = Generator::load(flows, Order::Random, 1)?;
         let before = self.counters()?;
         inside(&self.link.workload, || {
             generator.send_all(&self.template, self.eth0, count)
@@ -394,12 +486,23 @@ impl Testbed {
         Ok(self.counters()?.forwarded - before.forwarded)
     }
 
+    /// `port0`'s received frames once it received `frames` more than
+    /// `start`, or after `SETTLED` (see `settled`).
+    fn settled_at(&self, start: u64, frames: u64) -> Result<u64> {
+        let before = LinkCounters {
+            received: start,
+            forwarded: 0,
+        };
+        Ok(self.settled(before, frames, 0)?.received)
+    }
+
     /// Waits until `port0` received `received` frames and the host
     /// forwarded `forwarded` packets since `before` (what was sent is
     /// through the host once the softirq that received it ran; give a
-    /// preempted one a moment), or a while; returns the counters then.
+    /// preempted one a moment), or `SETTLED` at most; returns the counters
+    /// then.
     fn settled(&self, before: LinkCounters, received: u64, forwarded: u64) -> Result<LinkCounters> {
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + SETTLED;
         loop {
             let after = self.counters()?;
             if (after.received - before.received >= received
@@ -422,7 +525,7 @@ impl Testbed {
     /// the port let UDP through only as part of an established flow.
     pub fn establish(&self, flows: Flows) -> Result<()> {
         let frames = 2 * flows.len();
-        let generator = Generator::load(flows, Order::Sequential)?;
+        let generator = Generator::load(flows, Order::Sequential, 1)?;
         let before = self.counters()?;
         inside(&self.link.workload, || {
             generator.send_all(&self.template, self.eth0, u32::try_from(frames)?)
@@ -502,7 +605,8 @@ struct Generator {
 }
 
 impl Generator {
-    fn load(flows: Flows, order: Order) -> Result<Generator> {
+    /// `thin`: of random frames, one in `thin` is sent.
+    fn load(flows: Flows, order: Order, thin: u32) -> Result<Generator> {
         ensure!(flows.sources <= SOURCES, "more than {SOURCES} sources");
         let base = u32::from(flows.base);
         let (first_port, ports) = (u32::from(flows.first_port), u32::from(flows.ports));
@@ -514,6 +618,7 @@ impl Generator {
             .override_global("SPORT_BASE", &first_sport, true)
             .override_global("SPORT_COUNT", &sports, true)
             .override_global("SEQUENTIAL", &sequential, true)
+            .override_global("THIN", &thin, true)
             .override_global("DST_BASE", &base, true)
             .override_global("DST_STRIDE", &flows.stride, true)
             .override_global("DST_COUNT", &flows.count, true)
