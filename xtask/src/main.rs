@@ -111,7 +111,7 @@ fn bench(quick: bool) -> Result<()> {
     build(true)?;
     let run_bin = |bin: &str, args: &[&str]| {
         run(cargo()
-            .args(["run", "--quiet", "--release", "--package", "sg-tests"])
+            .args(["run", "--quiet", "--release", "--package", "sg-bench"])
             .args(["--bin", bin, "--"])
             .args(args))
     };

@@ -267,12 +267,21 @@ pub fn build_ebpf(toolchain: &EbpfToolchain) -> Result<PathBuf> {
     );
     let root = workspace_root();
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", toolchain.rustup_name(), "cargo", "build"])
-        .args(["--package", "sg-ebpf", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(root.join("target/ebpf"))
-        .current_dir(&root);
+    // The datapath, and the benchmark's generator beside it (only that
+    // program of its crate is built for the kernel).
+    cmd.args([
+        "run",
+        toolchain.rustup_name(),
+        "cargo",
+        "build",
+        "--release",
+    ])
+    .args(["--package", "sg-ebpf", "--bin", "sg-ebpf"])
+    .args(["--package", "sg-bench", "--bin", "sg-trafficgen"])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(root.join("target/ebpf"))
+    .current_dir(&root);
     // Settings of the host build must not leak into the eBPF one.
     for var in [
         "RUSTUP_TOOLCHAIN",

@@ -46,7 +46,7 @@ use sg_tests::{HOST_V4, PORT, WORKLOAD_V4};
 use crate::{
     filter::{Attached, BENCH_PORT, Filter},
     report::{Ceiling, Iperf, Memory, Rate, Report, Traffic, Update},
-    testbed::{CPU, FIRST_SPORT, Flows, NICE, SOURCES, SPORTS, Testbed},
+    testbed::{CPU, FIRST_SPORT, Flows, NICE, Round, SOURCES, SPORTS, Testbed},
 };
 
 #[derive(Parser)]
@@ -108,7 +108,7 @@ const PROBES: u32 = 32;
 /// A round of new flows: 70% of sg's connection table, so that it never
 /// fills (a full table fails closed, and the rate would be that of drops).
 pub const NEW_FLOWS: u32 = sg_common::MAX_CONNTRACK_ENTRIES / 10 * 7;
-/// Tries of a round of new flows that a signal cut short.
+/// Tries of a round of new flows that yielded no rate.
 const ATTEMPTS: usize = 3;
 /// The established traffic: about this many flows, to up to
 /// `ESTABLISHED_DESTINATIONS` of the allowed remotes, at every port, from
@@ -484,16 +484,18 @@ fn new_flows(
     let before = attached.flow_counters()?;
     let mut best = (0.0, Duration::ZERO);
     for _ in 0..rounds {
-        let mut measured = None;
-        for _ in 0..ATTEMPTS {
+        let mut attempts = 0;
+        let (pps, window) = loop {
+            attempts += 1;
             attached.forget_flows()?;
-            measured = attached.bed().rate_of_count(flows, frames)?;
-            if measured.is_some() {
-                break;
+            match attached.bed().rate_of_count(flows, frames)? {
+                Round::Rate(pps, window) => break (pps, window),
+                Round::Again(why) if attempts == ATTEMPTS => {
+                    bail!("no rate of new flows in {ATTEMPTS} rounds; the last: {why}")
+                }
+                Round::Again(_) => {}
             }
-        }
-        let (pps, window) = measured
-            .with_context(|| format!("the generator was interrupted in each of {ATTEMPTS} runs"))?;
+        };
         if pps > best.0 {
             best = (pps, window);
         }

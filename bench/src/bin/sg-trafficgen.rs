@@ -16,7 +16,8 @@
 //! the template again: a frame the receiver forwarded comes back with its
 //! time to live one less, so every field a receiver may change is written
 //! on every run.
-// Built for `bpfel-unknown-none`; on the host only checked by clippy.
+// Built for `bpfel-unknown-none` (`cargo xtask build-ebpf`); on the host
+// only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -133,16 +133,33 @@ const SETTLED: Duration = Duration::from_secs(5);
 /// No run sends more than this, whatever the window.
 const RUN_LIMIT: u32 = 200_000_000;
 
-/// Nice value of the generator thread and iperf3: other work on the
-/// machine then takes little of `CPU` from them.
+/// Nice value of the generator thread, the thread that samples its rate,
+/// and iperf3: other work on the machine then takes little time from them.
 pub const NICE: i32 = -20;
 
 /// Pins the calling thread to `CPU`, at `NICE`.
 fn take_cpu() -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(CPU)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("pinning to CPU {CPU}"))?;
+    run_on(&set)
+}
+
+/// Keeps the calling thread off `CPU`, where it would take time from the
+/// generator and the receiver, at `NICE`, where other work on the machine
+/// takes little time from it.
+fn leave_cpu() -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    let cpus = thread::available_parallelism()?.get();
+    for cpu in (0..cpus).filter(|&cpu| cpu != CPU) {
+        set.set(cpu)?;
+    }
+    run_on(&set)
+}
+
+/// Runs the calling thread on `cpus` at `NICE`.
+fn run_on(cpus: &nix::sched::CpuSet) -> Result<()> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)
+        .context("setting the CPUs of a thread")?;
     // SAFETY: setpriority(2) on the calling thread (who 0).
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
     ensure!(
@@ -197,18 +214,6 @@ fn read_received() -> Result<u64> {
         .find(|(name, _)| name.trim() == PORT)
         .and_then(|(_, stats)| stats.split_whitespace().nth(1)?.parse().ok())
         .with_context(|| format!("no {PORT} in the host's /proc/net/dev"))
-}
-
-/// Keeps the calling thread off `CPU`, where it would take time from the
-/// generator and the receiver.
-fn leave_cpu() -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    let cpus = thread::available_parallelism()?.get();
-    for cpu in (0..cpus).filter(|&cpu| cpu != CPU) {
-        set.set(cpu)?;
-    }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("keeping off CPU {CPU}"))
 }
 
 pub struct Testbed {
@@ -387,14 +392,15 @@ impl Testbed {
 
     /// Sends `frames` frames of `flows` (at random) from `eth0` on `CPU` in
     /// one run of the generator, while a thread in the host namespace
-    /// samples what `port0` received; returns the rate over the middle of
-    /// the run, from when a tenth of what arrived had arrived to when nine
-    /// tenths had, and how long that was. A number of frames rather than a
-    /// time: a run of new flows must not send more flows than the filter's
-    /// table holds, whatever the rate. `None` when the run was cut short
-    /// (see `rate`): its frames went out all the same, so the caller
-    /// forgets the flows before it tries again.
-    pub fn rate_of_count(&self, flows: Flows, frames: u32) -> Result<Option<(f64, Duration)>> {
+    /// samples what `port0` received; the rate over the middle of the run,
+    /// from when a tenth of what arrived had arrived to when nine tenths
+    /// had, and how long that was. A number of frames rather than a time: a
+    /// run of new flows must not send more flows than the filter's table
+    /// holds, whatever the rate. A run cut short (see `rate`), or one the
+    /// sampler saw too little of (its CPU taken by other work), is to be
+    /// tried again: its frames went out all the same, so the caller forgets
+    /// the flows first.
+    pub fn rate_of_count(&self, flows: Flows, frames: u32) -> Result<Round> {
         /// The fewest samples within the band that make a rate.
         const SAMPLES: usize = 3;
         let generator = Generator::load(flows, Order::Random, self.thin)?;
@@ -402,23 +408,31 @@ impl Testbed {
             .checked_mul(self.thin)
             .context("too many frames for the throttle")?;
         let start = self.counters()?.received;
-        let done = AtomicBool::new(false);
+        let (sampling, done) = (AtomicBool::new(false), AtomicBool::new(false));
         let (ended, samples) = thread::scope(|scope| {
             let sampler = scope.spawn(|| {
-                sg_ctl::netns::enter(self.link.host.name())?;
-                leave_cpu()?;
-                let mut samples = Vec::new();
-                loop {
-                    // Whether the run ended before this sample was taken.
-                    let last = done.load(Ordering::SeqCst);
-                    samples.push((Instant::now(), read_received()?));
-                    if last {
-                        return Ok(samples);
+                let result = (|| {
+                    sg_ctl::netns::enter(self.link.host.name())?;
+                    leave_cpu()?;
+                    let mut samples = vec![(Instant::now(), read_received()?)];
+                    sampling.store(true, Ordering::SeqCst);
+                    loop {
+                        // Whether the run ended before this sample was taken.
+                        let last = done.load(Ordering::SeqCst);
+                        samples.push((Instant::now(), read_received()?));
+                        if last {
+                            return Ok(samples);
+                        }
                     }
-                }
+                })();
+                sampling.store(true, Ordering::SeqCst);
+                result
             });
             let ended = inside(&self.link.workload, || {
                 take_cpu()?;
+                while !sampling.load(Ordering::SeqCst) {
+                    thread::yield_now();
+                }
                 generator.send(&self.template, self.eth0, generated)
             });
             done.store(true, Ordering::SeqCst);
@@ -429,7 +443,7 @@ impl Testbed {
         });
         let samples = samples?;
         if ended? == Ended::Interrupted {
-            return Ok(None);
+            return Ok(Round::Again("the generator's run was interrupted".into()));
         }
         let arrived = self.settled_at(start, u64::from(frames))? - start;
         let (low, high) = (start + arrived / 10, start + arrived * 9 / 10);
@@ -437,16 +451,22 @@ impl Testbed {
             .iter()
             .filter(|&&(_, count)| (low..=high).contains(&count))
             .collect();
-        let (Some(&&(since, first)), Some(&&(until, last))) = (band.first(), band.last()) else {
-            bail!("{PORT} received {arrived} of {frames} frames, none sampled mid-run");
-        };
-        ensure!(
-            band.len() >= SAMPLES && until > since && last > first,
-            "{} samples of {PORT}'s counter within a run of {frames} frames: too few for a rate",
-            band.len()
-        );
-        let window = until - since;
-        Ok(Some(((last - first) as f64 / window.as_secs_f64(), window)))
+        match (band.first(), band.last()) {
+            (Some(&&(since, first)), Some(&&(until, last)))
+                if band.len() >= SAMPLES && until > since && last > first =>
+            {
+                let window = until - since;
+                Ok(Round::Rate(
+                    (last - first) as f64 / window.as_secs_f64(),
+                    window,
+                ))
+            }
+            _ => Ok(Round::Again(format!(
+                "{} samples of {PORT}'s counter between a tenth and nine tenths of the {arrived} \
+                 frames it received: too few for a rate",
+                band.len()
+            ))),
+        }
     }
 
     /// `port0`'s received frames, and when they were counted.
@@ -673,6 +693,14 @@ impl Generator {
         ensure!(ended == Ended::Sent, "the generator's run was interrupted");
         Ok(())
     }
+}
+
+/// What a round of `rate_of_count` measured.
+pub enum Round {
+    /// Frames per second, over a window this long.
+    Rate(f64, Duration),
+    /// Nothing: why, and the round is to be tried again.
+    Again(String),
 }
 
 /// How a run of the generator ended.
