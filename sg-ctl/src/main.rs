@@ -20,7 +20,7 @@ use sg_ctl::{
     client::{Client, ClientError},
     daemon::{Daemon, api},
     datapath::{
-        self, Attached, DatapathError, Pins, PortSecurity, PortStatus, XdpModeArg,
+        self, Attached, Datapath, DatapathError, Pins, PortSecurity, PortStatus, XdpModeArg,
         conntrack::{self, FlowFilter},
         port_security::parse_address_pair,
     },
@@ -328,12 +328,12 @@ impl FlowArgs {
     }
 
     /// The filter, with the port of `--iface` (in the namespace entered).
-    fn filter(&self, pins: &Pins) -> anyhow::Result<FlowFilter> {
+    fn filter(&self, datapath: &Datapath) -> anyhow::Result<FlowFilter> {
         Ok(FlowFilter {
             slot: self
                 .iface
                 .as_deref()
-                .map(|iface| datapath::slot_of(pins, iface))
+                .map(|iface| datapath.slot_of(iface))
                 .transpose()?,
             address: self.of.address,
             protocol: self.of.protocol,
@@ -433,7 +433,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let pins = Pins::new(&cli.pin_dir);
+    let datapath = Datapath::new(Pins::new(&cli.pin_dir));
     // The datapath commands work on interfaces of the --netns namespace;
     // the client commands keep it as the namespace of the ports they make.
     let enter_netns = || cli.netns.as_deref().map(netns::enter).transpose();
@@ -445,7 +445,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Attach { iface, xdp_mode } => {
             enter_netns()?;
-            match datapath::attach(&pins, iface, *xdp_mode)? {
+            match datapath.attach(iface, *xdp_mode)? {
                 Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
                 Attached::Already { slot } => {
                     println!("{iface} is already attached (slot {slot})");
@@ -456,21 +456,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             iface: Some(iface), ..
         } => {
             enter_netns()?;
-            datapath::detach(&pins, iface)?;
+            datapath.detach(iface)?;
             println!("detached from {iface}");
         }
         Command::Detach { iface: None, .. } => {
-            let n = datapath::detach_all(&pins)?;
+            let n = datapath.detach_all()?;
             println!("detached {n} port(s)");
         }
         Command::Block { iface, prefixes } => {
             enter_netns()?;
-            datapath::block(&pins, iface, prefixes)?;
+            datapath.block(iface, prefixes)?;
             println!("{iface}: blocking {}", join(prefixes));
         }
         Command::Unblock { iface, prefixes } => {
             enter_netns()?;
-            let missing = datapath::unblock(&pins, iface, prefixes)?;
+            let missing = datapath.unblock(iface, prefixes)?;
             if !missing.is_empty() {
                 eprintln!("{iface}: {} were not blocked", join(&missing));
             }
@@ -496,7 +496,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 },
                 _ => PortSecurity::OFF,
             };
-            datapath::set_port_security(&pins, iface, &security)?;
+            datapath.set_port_security(iface, &security)?;
             if security.enabled {
                 println!("{iface}: port security on for {}", security.mac);
             } else {
@@ -505,7 +505,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Status => {
             enter_netns()?;
-            let ports = datapath::status(&pins)?;
+            let ports = datapath.status()?;
             match cli.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&ports)?),
                 Output::Table => print_status(&ports)?,
@@ -519,7 +519,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             if let Some(dir) = db.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let daemon = Daemon::start(Store::open(db)?, pins)?;
+            let daemon = Daemon::start(Store::open(db)?, datapath)?;
             block_on(async {
                 let metrics = match metrics {
                     Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -546,7 +546,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            trace_cli::run(args, &pins, cli.netns.as_deref(), known, cli.output)?;
+            trace_cli::run(args, &datapath, cli.netns.as_deref(), known, cli.output)?;
         }
         Command::Protocols => cli::print_protocols(cli.output)?,
         Command::Presets => cli::print_presets(cli.output)?,
@@ -560,11 +560,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Conntrack(command) => {
             enter_netns()?;
-            conntrack_command(&pins, command, cli.output)?;
+            conntrack_command(&datapath, command, cli.output)?;
         }
         Command::Stats { iface } => {
             enter_netns()?;
-            let stats = datapath::stats(&pins, iface.as_deref())?;
+            let stats = datapath.stats(iface.as_deref())?;
             match cli.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
                 Output::Table => print_stats(&stats)?,
@@ -575,20 +575,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn conntrack_command(
-    pins: &Pins,
+    datapath: &Datapath,
     command: &ConntrackCommand,
     output: Output,
 ) -> anyhow::Result<()> {
     match command {
         ConntrackCommand::List(flows) => {
-            let flows = conntrack::list(pins, &flows.filter(pins)?)?;
+            let flows = datapath.flows(&flows.filter(datapath)?)?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
                 Output::Table => print_flows(&flows)?,
             }
         }
         ConntrackCommand::Stats => {
-            let stats = conntrack::stats(pins)?;
+            let stats = datapath.conntrack_stats()?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
                 Output::Table => {
@@ -617,11 +617,11 @@ fn conntrack_command(
                 )
                 .into());
             }
-            let removed = conntrack::flush(pins, &flows.filter(pins)?)?;
+            let removed = datapath.flush_flows(&flows.filter(datapath)?)?;
             report(output, "flushed", removed)?;
         }
         ConntrackCommand::Watch { count, seconds } => {
-            let mut events = conntrack::FlowEvents::open(pins)?;
+            let mut events = datapath.flow_events()?;
             // Said once the ring is open: what happens from here on is shown.
             eprintln!("watching flows as they start, close and expire");
             let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
@@ -649,7 +649,7 @@ fn conntrack_command(
             })?;
         }
         ConntrackCommand::Gc => {
-            let removed = conntrack::expire(pins)?;
+            let removed = datapath.expire_flows()?;
             report(output, "expired", removed)?;
         }
     }

@@ -1,6 +1,6 @@
 //! `sg-ctl trace`: what the port's real programs do with a packet
 //! described on the command line, and why. A tracer instance of the
-//! programs (see `TestRun::tracer`) runs on a frame built from the
+//! programs (see `Datapath::tracer`) runs on a frame built from the
 //! description, through BPF_PROG_TEST_RUN, on the port's maps; it counts
 //! nothing and records the classes and candidates it looked up.
 
@@ -9,7 +9,7 @@ use sg_common::{Direction, Outcome, TraceRecord, candidate};
 
 use crate::{
     compile::counter_ids,
-    datapath::{self, Forward, Pins, Result, TestRun, port_security::PortSecurityMaps},
+    datapath::{Datapath, DatapathError, Forward, Result},
     frame::Packet,
     model::{MacAddr, Policy, Rule},
 };
@@ -44,27 +44,27 @@ pub struct TracedRule {
 /// interface of the calling thread's namespace). With the policy in force
 /// (`policy`, and the port's name in it), the deciding rule is named.
 pub fn trace(
-    pins: &Pins,
+    datapath: &Datapath,
     iface: &str,
     direction: Direction,
     packet: &Packet,
     policy: Option<(&Policy, &str)>,
 ) -> Result<Trace> {
-    let slot = datapath::slot_of(pins, iface)?;
+    let slot = datapath.slot_of(iface)?;
     // The workload's side of the frame carries the port's own MAC, as its
     // real traffic does, so that port security lets it by as it would.
     let mut packet = packet.clone();
-    let security = PortSecurityMaps::open(pins)?.read(slot)?;
+    let security = datapath.port_security(slot)?;
     if let Some(&MacAddr(mac)) = security.macs.first() {
         match direction {
             Direction::Egress => packet.src_mac = mac,
             Direction::Ingress => packet.dst_mac = mac,
         }
     }
-    let frame = packet.frame().map_err(|e| datapath::DatapathError::Frame {
+    let frame = packet.frame().map_err(|e| DatapathError::Frame {
         reason: e.to_string(),
     })?;
-    let mut tracer = TestRun::tracer(pins, slot)?;
+    let mut tracer = datapath.tracer(slot)?;
     let (forward, _, record) = tracer.trace(direction, &frame)?;
     Ok(explain(direction, forward, &record, policy))
 }

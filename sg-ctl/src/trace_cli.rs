@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use sg_common::Direction;
 use sg_ctl::{
     daemon::{Document, effective},
-    datapath::{Forward, Pins},
+    datapath::{Datapath, Forward},
     frame::{Packet, TcpFlags, Transport},
     model::{IpProtocol, Policy},
     netns,
@@ -195,7 +195,7 @@ pub fn known(document: Document, name: &str) -> Result<Known> {
 /// namespace, and prints it.
 pub fn run(
     args: &TraceArgs,
-    pins: &Pins,
+    datapath: &Datapath,
     netns_arg: Option<&str>,
     known: Option<Known>,
     output: Output,
@@ -213,7 +213,7 @@ pub fn run(
         netns::enter(name)?;
     }
     let policy = known.as_ref().map(|k| (&k.policy, k.port.as_str()));
-    let traced = trace::trace(pins, iface, direction, &packet, policy)?;
+    let traced = trace::trace(datapath, iface, direction, &packet, policy)?;
     match output {
         Output::Json => println!(
             "{}",

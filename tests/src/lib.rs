@@ -31,7 +31,7 @@ use serde_json::Value;
 use sg_common::{PORT_ACTIVE, PortConfig, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{self, Maps, Pins, PolicyMaps, TestRun},
+    datapath::{Datapath, Pins, TestRun},
     model::Policy,
 };
 
@@ -79,7 +79,7 @@ fn reap_leftovers() {
         run("ip", &["netns", "del", &name]).map(drop)
     };
     let pins: Remove = |path| {
-        datapath::detach_all(&Pins::new(path))?;
+        Datapath::new(Pins::new(path)).detach_all()?;
         Ok(fs::remove_dir_all(path)?)
     };
     let directory: Remove = |path| Ok(fs::remove_dir_all(path)?);
@@ -552,11 +552,15 @@ impl TestPins {
         Ok(u32::try_from(slot)?)
     }
 
+    /// A handle on the datapath under these pins.
+    pub fn datapath(&self) -> Datapath {
+        Datapath::new(self.pins.clone())
+    }
+
     /// Compiles `policy` for its port `port` and puts it in force on the
     /// attached interface `iface`.
     pub fn install(&self, iface: &str, policy: &Policy, port: &str) -> Result<RuleIds> {
-        let mut maps = PolicyMaps::open(&self.pins)?;
-        install(&mut maps, self.slot(iface)?, policy, port)
+        install(&self.datapath(), self.slot(iface)?, policy, port)
     }
 
     /// Packets counted on `iface` for a direction and outcome, from
@@ -581,7 +585,7 @@ impl Default for TestPins {
 
 impl Drop for TestPins {
     fn drop(&mut self) {
-        if let Err(e) = datapath::detach_all(&self.pins) {
+        if let Err(e) = self.datapath().detach_all() {
             eprintln!("cleaning up {}: {e}", self.dir());
         }
         match fs::remove_dir_all(self.pins.root()) {
@@ -598,22 +602,20 @@ impl Drop for TestPins {
 /// BPF_PROG_TEST_RUN.
 pub struct TestPort {
     pub run: TestRun,
-    pub maps: Maps,
-    pub policy: PolicyMaps,
+    pub datapath: Datapath,
     pub slot: u32,
+    /// Last: the pins go when everything else is dropped.
     pins: TestPins,
 }
 
 impl TestPort {
     pub fn new(slot: u32) -> Result<TestPort> {
         let pins = TestPins::new();
-        let run = TestRun::load(&pins.pins, slot)?;
-        let maps = Maps::open(&pins.pins)?.context("loading pinned the maps")?;
-        let policy = PolicyMaps::open(&pins.pins)?;
-        let mut port = TestPort {
+        let datapath = pins.datapath();
+        let run = datapath.test_run(slot)?;
+        let port = TestPort {
             run,
-            maps,
-            policy,
+            datapath,
             slot,
             pins,
         };
@@ -627,11 +629,11 @@ impl TestPort {
 
     /// Compiles `policy` for its port `port` and puts it in force here.
     pub fn install(&mut self, policy: &Policy, port: &str) -> Result<RuleIds> {
-        install(&mut self.policy, self.slot, policy, port)
+        install(&self.datapath, self.slot, policy, port)
     }
 
     /// An inactive port's programs pass everything, uncounted.
-    pub fn set_active(&mut self, active: bool) -> Result<()> {
+    pub fn set_active(&self, active: bool) -> Result<()> {
         let config = PortConfig {
             ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
             netns: 0,
@@ -640,7 +642,7 @@ impl TestPort {
             xdp_mode: 0,
             _pad: 0,
         };
-        Ok(self.maps.set_port(self.slot, &config)?)
+        Ok(self.datapath.set_port(self.slot, &config)?)
     }
 }
 
@@ -776,11 +778,11 @@ pub fn map_memory(pins: &Pins, name: &str) -> Result<u64> {
 /// Counter ids of a policy's rules, by group name and rule position.
 pub type RuleIds = HashMap<(String, usize), u32>;
 
-fn install(maps: &mut PolicyMaps, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
+fn install(datapath: &Datapath, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
     let counters = counter_ids(policy)?;
-    let id = maps.next_policy_id()?;
+    let id = datapath.next_policy_id()?;
     let compiled = compile(policy, port, id, &counters)?;
-    maps.install(slot, id, &compiled)?;
+    datapath.install_policy(slot, id, &compiled)?;
     Ok(counters)
 }
 

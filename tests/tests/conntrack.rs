@@ -15,8 +15,8 @@ use sg_common::{
 };
 use sg_ctl::{
     datapath::{
-        Forward, TestRun,
-        conntrack::{self, Flow, FlowFilter},
+        Forward,
+        conntrack::{Flow, FlowFilter},
     },
     frame::{Packet, TcpFlags, Transport},
 };
@@ -44,9 +44,9 @@ impl Port {
     }
 
     fn check_frame(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
-        let before = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let before = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
         let got = self.0.run.run(direction, frame).unwrap();
-        let after = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let after = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
         assert_eq!(
             (got, after.packets - before.packets),
             (want, 1),
@@ -56,7 +56,7 @@ impl Port {
     }
 
     fn flows(&self) -> Vec<Flow> {
-        conntrack::list(self.0.pins(), &FlowFilter::default()).unwrap()
+        self.0.datapath.flows(&FlowFilter::default()).unwrap()
     }
 }
 
@@ -192,7 +192,7 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
         // A new connection on the same ports starts over.
         port.check(i, &tcp(i, v6, HTTP, SYN), Forward::Pass, Outcome::Pass);
         assert_eq!(port.flows()[0].state, "syn-sent");
-        conntrack::flush(port.0.pins(), &FlowFilter::default()).unwrap();
+        port.0.datapath.flush_flows(&FlowFilter::default()).unwrap();
     }
 }
 
@@ -231,7 +231,7 @@ fn unsolicited_and_stray_tcp_is_dropped() {
             Forward::Drop,
             Outcome::DropInvalid,
         );
-        conntrack::flush(port.0.pins(), &FlowFilter::default()).unwrap();
+        port.0.datapath.flush_flows(&FlowFilter::default()).unwrap();
     }
     assert!(port.flows().is_empty());
 }
@@ -397,22 +397,25 @@ fn idle_flows_expire_by_their_timeouts() {
     let (i, e) = (Direction::Ingress, Direction::Egress);
     let mut seconds = [0; Timeout::COUNT];
     seconds[Timeout::Udp as usize] = 1;
-    conntrack::set_timeouts(port.0.pins(), &ConntrackTimeouts { seconds }).unwrap();
+    port.0
+        .datapath
+        .set_conntrack_timeouts(&ConntrackTimeouts { seconds })
+        .unwrap();
     let (dns, other) = ((40000, 53), (40001, 53));
     port.check(e, &udp(e, false, dns), Forward::Pass, Outcome::Pass);
     port.check(e, &udp(e, false, other), Forward::Pass, Outcome::Pass);
     handshake(&port, false);
-    assert_eq!(conntrack::expire(port.0.pins()).unwrap(), 0);
+    assert_eq!(port.0.datapath.expire_flows().unwrap(), 0);
     std::thread::sleep(Duration::from_millis(2100));
     // The datapath no longer knows the flow, before any expiry: the reply
     // is a new flow, which no rule allows.
     port.check(i, &udp(i, false, dns), Forward::Drop, Outcome::DropDefault);
     // Expiry removes the other (the first is gone already).
-    assert_eq!(conntrack::expire(port.0.pins()).unwrap(), 1);
+    assert_eq!(port.0.datapath.expire_flows().unwrap(), 1);
     // The events: three flows new, the one its packet found idle expired
     // (expiry's removals have none).
     let mut events = Vec::new();
-    let mut ring = conntrack::FlowEvents::open(port.0.pins()).unwrap();
+    let mut ring = port.0.datapath.flow_events().unwrap();
     // All are in the ring already: take them as they are read, then make
     // sure that no other follows.
     let until = Instant::now() + Duration::from_secs(5);
@@ -450,7 +453,7 @@ fn idle_flows_expire_by_their_timeouts() {
 fn the_tracer_leaves_the_table_alone() {
     require_root!();
     let port = Port::new();
-    let mut tracer = TestRun::tracer(port.0.pins(), SLOT).unwrap();
+    let mut tracer = port.0.datapath.tracer(SLOT).unwrap();
     let i = Direction::Ingress;
     let syn = tcp(i, false, HTTP, SYN).frame().unwrap();
     let (forward, _, record) = tracer.trace(i, &syn).unwrap();
@@ -531,7 +534,7 @@ fn a_full_table_drops_new_flows_and_keeps_the_tracked_ones() {
         Forward::Pass,
         Outcome::PassEstablished,
     );
-    let stats = conntrack::stats(port.0.pins()).unwrap();
+    let stats = port.0.datapath.conntrack_stats().unwrap();
     assert_eq!(
         (stats.entries, stats.capacity, stats.full),
         (MAX_CONNTRACK_ENTRIES as usize, MAX_CONNTRACK_ENTRIES, 2)
@@ -541,7 +544,7 @@ fn a_full_table_drops_new_flows_and_keeps_the_tracked_ones() {
         ..FlowFilter::default()
     };
     assert_eq!(
-        conntrack::flush(port.0.pins(), &filter).unwrap(),
+        port.0.datapath.flush_flows(&filter).unwrap(),
         MAX_CONNTRACK_ENTRIES as usize - 1
     );
     port.check(

@@ -572,7 +572,7 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
     // A reboot loses the pins: the daemon, started again, restores the
     // stored policy.
     d.kill()?;
-    sg_ctl::datapath::detach_all(&d.pins.pins)?;
+    d.pins.datapath().detach_all()?;
     assert!(veth.host.ping(v6)?, "no filter left");
     d.spawn()?;
     assert_eq!(

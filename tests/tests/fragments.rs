@@ -68,7 +68,7 @@ impl Port {
     /// Runs the fragments one by one: what became of each and the
     /// outcome each was counted as.
     fn run(&self, frames: &[Vec<u8>]) -> Vec<(Forward, Outcome)> {
-        let maps = &self.port.maps;
+        let maps = &self.port.datapath;
         frames
             .iter()
             .map(|frame| {
@@ -93,7 +93,7 @@ impl Port {
 
     fn rule_packets(&self, rule: usize) -> u64 {
         let id = self.rules[&("udp".to_string(), rule)];
-        self.port.policy.rule_counter(id).unwrap().packets
+        self.port.datapath.rule_counter(id).unwrap().packets
     }
 }
 

@@ -10,10 +10,7 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_common::{Direction as Dir, Outcome};
 use sg_ctl::{
-    datapath::{
-        Forward,
-        conntrack::{self, FlowFilter},
-    },
+    datapath::{Forward, conntrack::FlowFilter},
     frame::{self, TcpFlags, Transport},
     model::{
         Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port,
@@ -303,10 +300,10 @@ impl Datapath {
             .as_ref()
             .map(|r| counters[&(r.group.clone(), r.rule)]);
         let read = || match rule_counter {
-            Some(id) => self.0.policy.rule_counter(id).unwrap().packets,
+            Some(id) => self.0.datapath.rule_counter(id).unwrap().packets,
             None => {
                 self.0
-                    .maps
+                    .datapath
                     .counter(SLOT, dir, Outcome::DropDefault)
                     .unwrap()
                     .packets
@@ -315,7 +312,7 @@ impl Datapath {
         // Every case a new flow: the cases repeat addresses and ports, and
         // a flow an earlier case started would pass this one whatever the
         // policy says (the connection table has its own tests).
-        conntrack::flush(self.0.pins(), &FlowFilter::default()).unwrap();
+        self.0.datapath.flush_flows(&FlowFilter::default()).unwrap();
         let before = read();
         let got = self.0.run.run(dir, &frame).unwrap();
         let expected = match want.action {

@@ -18,7 +18,7 @@ use sg_common::{Direction, Outcome};
 use sg_ctl::{
     datapath::{
         Forward,
-        port_security::{self, PortSecurity, link_local, parse_address_pair},
+        port_security::{PortSecurity, link_local, parse_address_pair},
     },
     frame::{Arp, Packet, Transport},
     model::MacAddr,
@@ -63,12 +63,15 @@ impl Port {
     }
 
     fn install(&self, security: &PortSecurity) {
-        port_security::install(self.0.pins(), SLOT, security).unwrap();
+        self.0
+            .datapath
+            .install_port_security(SLOT, security)
+            .unwrap();
     }
 
     /// Runs the frame and checks the verdict and the counter it landed in.
     fn check(&self, what: &str, direction: Direction, frame: &[u8], outcome: Outcome) {
-        let maps = &self.0.maps;
+        let maps = &self.0.datapath;
         let before = maps.counter(SLOT, direction, outcome).unwrap().packets;
         let want = if outcome.is_drop() {
             Forward::Drop
@@ -619,10 +622,7 @@ fn port_security_off_lets_spoofed_traffic_pass() {
     port.sent("another MAC, on", &spoofed, Outcome::DropSpoofedMac);
     port.install(&PortSecurity::OFF);
     port.sent("another MAC, off again", &spoofed, Outcome::Pass);
-    let status = port_security::PortSecurityMaps::open(port.0.pins())
-        .unwrap()
-        .read(SLOT)
-        .unwrap();
+    let status = port.0.datapath.port_security(SLOT).unwrap();
     assert!(!status.enabled && status.owned.is_empty(), "{status:?}");
 }
 
@@ -643,10 +643,7 @@ fn a_new_configuration_replaces_the_old_one() {
         &from("198.18.0.100"),
         Outcome::DropSpoofedIpv4,
     );
-    let status = port_security::PortSecurityMaps::open(port.0.pins())
-        .unwrap()
-        .read(SLOT)
-        .unwrap();
+    let status = port.0.datapath.port_security(SLOT).unwrap();
     let owned: Vec<String> = status.owned.iter().map(|o| o.prefix.to_string()).collect();
     assert_eq!(
         owned,
@@ -662,7 +659,11 @@ fn an_invalid_configuration_changes_nothing() {
     let mut bad = security();
     bad.ips = vec![addr("198.18.0.7")];
     bad.mac = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
-    let err = port_security::install(port.0.pins(), SLOT, &bad).unwrap_err();
+    let err = port
+        .0
+        .datapath
+        .install_port_security(SLOT, &bad)
+        .unwrap_err();
     assert!(err.to_string().contains("mac: "), "{err}");
     let from = |src: &str| frame(MAC, ROUTER_MAC, src, PEER, ECHO);
     port.sent("the address in force", &from(OWN), Outcome::Pass);

@@ -64,7 +64,7 @@ impl Port {
     /// Runs the frame of `packet`, checks that `outcome` counted it, and
     /// returns the verdict and the frame as the program left it.
     fn run(&self, direction: Direction, packet: &Packet, outcome: Outcome) -> (Forward, Vec<u8>) {
-        let counter = || self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let counter = || self.0.datapath.counter(SLOT, direction, outcome).unwrap();
         let before = counter();
         let out = self
             .0

@@ -25,15 +25,18 @@ impl Port {
     }
 
     fn block(&mut self, prefix: &str) {
-        self.0.maps.block(SLOT, prefix.parse().unwrap()).unwrap();
+        self.0
+            .datapath
+            .block_slot(SLOT, prefix.parse().unwrap())
+            .unwrap();
     }
 
     /// Runs the frame and checks the verdict and the counter it landed in.
     fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
-        let before = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let before = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
         let got = self.0.run.run(direction, frame).unwrap();
         assert_eq!(got, want, "{direction:?} verdict on {frame:02x?}");
-        let after = self.0.maps.counter(SLOT, direction, outcome).unwrap();
+        let after = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
         assert_eq!(
             after.packets,
             before.packets + 1,
@@ -165,7 +168,7 @@ fn an_inactive_port_passes_everything_uncounted() {
     );
     let counted = port
         .0
-        .maps
+        .datapath
         .counter(SLOT, Direction::Egress, Outcome::Pass)
         .unwrap();
     assert_eq!(counted.packets, 0);

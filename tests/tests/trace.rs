@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::json;
 use sg_common::Direction;
 use sg_ctl::{
-    datapath::{DatapathError, Forward, Pins},
+    datapath::{Datapath, DatapathError, Forward, Pins},
     frame::{Packet, TcpFlags, Transport},
     model::Policy,
     trace::{Trace, trace},
@@ -44,10 +44,10 @@ fn tcp(from: &str, port: u16) -> Packet {
 
 /// Traces an inbound packet on the port, from inside its namespace.
 fn run(port: &VethPort, pins: &Pins, packet: Packet, policy: Option<Policy>) -> Result<Trace> {
-    let pins = pins.clone();
+    let datapath = Datapath::new(pins.clone());
     port.host.within(move || {
         let policy = policy.as_ref().map(|p| (p, "vm"));
-        Ok(trace(&pins, PORT, Direction::Ingress, &packet, policy)?)
+        Ok(trace(&datapath, PORT, Direction::Ingress, &packet, policy)?)
     })
 }
 

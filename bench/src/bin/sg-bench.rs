@@ -13,11 +13,7 @@ use ipnet::IpNet;
 use sg_common::{Direction as Dir, map_names};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{
-        Forward, TestRun,
-        conntrack::{self, FlowFilter},
-        port_security::{self, PortSecurity},
-    },
+    datapath::{Forward, TestRun, conntrack::FlowFilter, port_security::PortSecurity},
     frame::{Packet, TcpFlags, Transport},
     model::{
         Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
@@ -149,9 +145,9 @@ const NEW_FLOWS: u16 = 5_000;
 fn conntrack_cost(port: &mut TestPort) -> Result<()> {
     let policy = Shape::Hosts.policy(SIZES[0]);
     let counters = counter_ids(&policy)?;
-    let id = port.policy.next_policy_id()?;
-    port.policy
-        .install(SLOT, id, &compile(&policy, PORT, id, &counters)?)?;
+    let id = port.datapath.next_policy_id()?;
+    port.datapath
+        .install_policy(SLOT, id, &compile(&policy, PORT, id, &counters)?)?;
     // Rule 0 allows its remote to its port.
     let (_, peer, service) = Shape::Hosts.target(0);
     let mut total = Duration::ZERO;
@@ -162,7 +158,7 @@ fn conntrack_cost(port: &mut TestPort) -> Result<()> {
         total += took;
     }
     let new = total.as_nanos() as f64 / f64::from(NEW_FLOWS);
-    conntrack::flush(port.pins(), &FlowFilter::default())?;
+    port.datapath.flush_flows(&FlowFilter::default())?;
     let ports = (40000, service);
     let ack = TcpFlags {
         ack: true,
@@ -189,8 +185,8 @@ fn conntrack_cost(port: &mut TestPort) -> Result<()> {
         Dir::Egress,
         &segment(Dir::Egress, peer, ports, ack)?,
     )?;
-    conntrack::flush(port.pins(), &FlowFilter::default())?;
-    port.policy.clear(SLOT)?;
+    port.datapath.flush_flows(&FlowFilter::default())?;
+    port.datapath.clear_policy(SLOT)?;
     println!(
         "connection tracking cost per packet ({} rules, TCP)",
         SIZES[0]
@@ -276,14 +272,15 @@ fn port_security_cost(port: &TestPort) -> Result<()> {
         ips: vec![IpAddr::V4(OWN), IpAddr::V6(OWN6)],
         ..PortSecurity::OFF
     };
-    port_security::install(port.pins(), SLOT, &security)?;
+    port.datapath.install_port_security(SLOT, &security)?;
     println!("port security cost per packet (XDP from the workload, TC toward it)");
     println!("{:<36} {:>9} {:>9}", "", "off", "on");
     for ((what, direction, frame), off) in frames.iter().zip(off) {
         let on = ns_per_packet(&port.run, *direction, frame)?;
         println!("{what:<36} {off:>6.1} ns {on:>6.1} ns");
     }
-    port_security::install(port.pins(), SLOT, &PortSecurity::OFF)?;
+    port.datapath
+        .install_port_security(SLOT, &PortSecurity::OFF)?;
     println!();
     Ok(())
 }
@@ -303,7 +300,7 @@ fn main() -> Result<()> {
     for shape in [Shape::Hosts, Shape::Prefixes] {
         println!("\n{}:", shape.name());
         // Each size replaces the one before; the first starts clean.
-        port.policy.clear(SLOT)?;
+        port.datapath.clear_policy(SLOT)?;
         run(&mut port, shape)?;
     }
     println!(
@@ -324,9 +321,9 @@ fn run(port: &mut TestPort, shape: Shape) -> Result<()> {
         let policy = shape.policy(n);
         let started = Instant::now();
         let counters = counter_ids(&policy)?;
-        let id = port.policy.next_policy_id()?;
+        let id = port.datapath.next_policy_id()?;
         let compiled = compile(&policy, PORT, id, &counters)?;
-        port.policy.install(SLOT, id, &compiled)?;
+        port.datapath.install_policy(SLOT, id, &compiled)?;
         let took = started.elapsed();
         let memory = sg_tests::policy_memory(port.pins())?;
         let last = ns_per_packet(&port.run, Dir::Ingress, &shape.last(n)?)?;

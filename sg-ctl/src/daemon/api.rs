@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use super::{ApiError, Applied, Daemon, Document, ErrorKind, FlowQuery, GroupView, PortView};
 use crate::{
-    datapath::{self, conntrack::Flow},
+    datapath::conntrack::Flow,
     model::{Group, Port, Rule},
     store::{Role, Settings, TokenInfo},
 };
@@ -483,14 +483,15 @@ pub async fn serve(
     });
     // Expiry walks the whole connection table: on its own, without the
     // daemon's lock, so that the API does not wait for it.
-    let pins = lock(&daemon).pins.clone();
+    let datapath = lock(&daemon).datapath().clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CONNTRACK_GC_EVERY);
         loop {
             every.tick().await;
-            let pins = pins.clone();
+            let datapath = datapath.clone();
             let result = blocking(move || {
-                datapath::conntrack::expire(&pins)
+                datapath
+                    .expire_flows()
                     .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
             })
             .await;
@@ -552,7 +553,10 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::{datapath::Pins, store::Store};
+    use crate::{
+        datapath::{Datapath, Pins},
+        store::Store,
+    };
 
     /// Every operation docs/openapi.yaml describes is routed: the answer
     /// comes from a handler (a JSON body), not from the router's 404 or 405.
@@ -565,7 +569,8 @@ mod tests {
             .tempdir()
             .unwrap();
         let store = Store::open(&dir.path().join("sg.db")).unwrap();
-        let daemon = Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap();
+        let daemon =
+            Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap();
         let app = router(Arc::new(Mutex::new(daemon)));
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;

@@ -8,11 +8,7 @@ use serde::{Deserialize, Serialize};
 use sg_common::{Direction, Outcome};
 
 use super::{Daemon, effective};
-use crate::{
-    compile,
-    datapath::{Maps, PolicyMaps, conntrack},
-    store::PortPhase,
-};
+use crate::{compile, store::PortPhase};
 
 /// Packets and bytes a rule decided, on every port attaching its group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +22,7 @@ impl Daemon {
     /// port is attached (no policy maps).
     pub(super) fn rule_hits(&self) -> HashMap<String, Vec<Hits>> {
         let policy = effective(&self.state.policy, &self.state.settings);
-        let (Ok(maps), Ok(counters)) =
-            (PolicyMaps::open(&self.pins), compile::counter_ids(&policy))
+        let (Ok(true), Ok(counters)) = (self.datapath.has_ports(), compile::counter_ids(&policy))
         else {
             return HashMap::new();
         };
@@ -38,7 +33,7 @@ impl Daemon {
                 let hits = (0..group.rules.len())
                     .map(|index| {
                         let id = counters[&(group.name.clone(), index)];
-                        maps.rule_counter(id).map_or_else(
+                        self.datapath.rule_counter(id).map_or_else(
                             |_| Hits::default(),
                             |counter| Hits {
                                 packets: counter.packets,
@@ -63,18 +58,17 @@ impl Daemon {
             let up = u8::from(state.phase == PortPhase::Active);
             let _ = writeln!(out, "sg_port_up{{port=\"{port}\"}} {up}");
         }
-        let maps = Maps::open(&self.pins).ok().flatten();
         out += "# HELP sg_port_packets_total Packets per port, direction (egress: sent by the \
                 workload) and outcome.\n# TYPE sg_port_packets_total counter\n\
                 # HELP sg_port_bytes_total Bytes per port, direction and outcome.\n\
                 # TYPE sg_port_bytes_total counter\n";
         for (port, state) in &states {
-            let (Some(maps), Some(slot)) = (&maps, state.slot) else {
+            let Some(slot) = state.slot else {
                 continue;
             };
             for direction in Direction::ALL {
                 for outcome in Outcome::ALL {
-                    let Ok(counter) = maps.counter(slot, direction, outcome) else {
+                    let Ok(counter) = self.datapath.counter(slot, direction, outcome) else {
                         continue;
                     };
                     let labels = format!(
@@ -102,7 +96,7 @@ impl Daemon {
         }
         // What happened to flows is in the ports' outcomes (pass-established,
         // drop-invalid, ...); the table's fill is here.
-        if let Ok(table) = conntrack::stats(&self.pins) {
+        if let Ok(table) = self.datapath.conntrack_stats() {
             out += "# HELP sg_conntrack_entries Tracked flows, all ports together.
                     # TYPE sg_conntrack_entries gauge
                     # HELP sg_conntrack_capacity Flows the table holds; new ones fail closed beyond.

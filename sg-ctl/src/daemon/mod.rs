@@ -12,6 +12,7 @@ pub use metrics::Hits;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compile,
     datapath::{
-        Pins, PortSecurity,
+        Datapath, PortSecurity,
         conntrack::{self, Flow, FlowFilter},
     },
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
@@ -193,11 +194,11 @@ pub struct Applied {
     pub changes: Vec<Change>,
 }
 
-/// The daemon: the store, the state it holds, and the datapath's pins.
+/// The daemon: the store, the state it holds, and the datapath.
 pub struct Daemon {
     store: Store,
     state: State,
-    pins: Pins,
+    datapath: Arc<Datapath>,
     /// The rule each counter id counted at the last reconcile: counter ids
     /// follow rule order, so a change that moves rules moves their counts
     /// too (`reconcile::renumbering`). Empty until the first.
@@ -207,12 +208,12 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store and brings the datapath in line with it, adopting
     /// what is already installed.
-    pub fn start(store: Store, pins: Pins) -> Result<Daemon> {
+    pub fn start(store: Store, datapath: Datapath) -> Result<Daemon> {
         let state = store.load()?;
         let mut daemon = Daemon {
             store,
             state,
-            pins,
+            datapath: Arc::new(datapath),
             counted: HashMap::new(),
         };
         daemon.reconcile()?;
@@ -225,6 +226,12 @@ impl Daemon {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The datapath the daemon keeps in line, for work beside it (the
+    /// connection table's expiry).
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.datapath
     }
 
     /// Checks `change` applied to a copy of the desired state, then commits
@@ -540,7 +547,8 @@ impl Daemon {
             protocol,
             state: flow_state,
         };
-        conntrack::list(&self.pins, &filter)
+        self.datapath
+            .flows(&filter)
             .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
     }
 
@@ -961,7 +969,7 @@ fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Direction;
+    use crate::{datapath::Pins, model::Direction};
 
     /// A daemon on a fresh database; without ports it never touches the
     /// datapath, so this needs no root.
@@ -969,7 +977,7 @@ mod tests {
     /// not outlive it.
     fn daemon(dir: &tempfile::TempDir) -> Daemon {
         let store = Store::open(&dir.path().join("sg.db")).unwrap();
-        Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap()
+        Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap()
     }
 
     fn temp_dir() -> tempfile::TempDir {

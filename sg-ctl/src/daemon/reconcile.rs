@@ -24,9 +24,7 @@ use sg_common::NO_POLICY;
 use super::{ApiError, Daemon, Result, effective};
 use crate::{
     compile,
-    datapath::{
-        self, Attached, DatapathError, Pins, PolicyMaps, PortSecurity, XdpModeArg, port_security,
-    },
+    datapath::{Attached, Datapath, DatapathError, PortSecurity, XdpModeArg},
     model::{Group, Policy, Port, Remote, Rule},
     netns,
     store::{PortPhase, PortState},
@@ -147,8 +145,8 @@ impl Daemon {
         if !self.counted.is_empty() && self.counted != now {
             let moves = renumbering(&self.counted, &now);
             if !moves.is_empty()
-                && let Ok(mut maps) = PolicyMaps::open(&self.pins)
-                && let Err(e) = maps.move_counters(&moves)
+                && self.datapath.has_ports().unwrap_or(false)
+                && let Err(e) = self.datapath.move_counters(&moves)
             {
                 eprintln!("sg-ctl daemon: moving rule counters with their rules: {e}");
             }
@@ -173,7 +171,7 @@ impl Daemon {
             let mut detached = true;
             if moved && state.policy_id.is_some() {
                 let result = in_netns(state.netns.as_deref(), || {
-                    datapath::detach(&self.pins, &state.ifname)
+                    self.datapath.detach(&state.ifname)
                 });
                 match result {
                     Ok(())
@@ -203,7 +201,7 @@ impl Daemon {
                 .filter(|state| state.ifname == port.ifname && state.netns == port.netns);
             let input = serde_json::to_string(&CompileInput::new(&policy, port, &counters))
                 .expect("the compiler's input serializes");
-            let state = match install(&self.pins, &policy, port, &counters, prior, input) {
+            let state = match install(&self.datapath, &policy, port, &counters, prior, input) {
                 Ok(state) => state,
                 Err(e) => PortState {
                     netns: port.netns.clone(),
@@ -233,7 +231,7 @@ impl Daemon {
         }
         // After the ports: attaching the first creates the maps.
         let timeouts = self.state.settings.conntrack.datapath();
-        if let Err(e) = datapath::conntrack::set_timeouts(&self.pins, &timeouts) {
+        if let Err(e) = self.datapath.set_conntrack_timeouts(&timeouts) {
             eprintln!("sg-ctl daemon: conntrack timeouts: {e}");
         }
         Ok(())
@@ -243,7 +241,7 @@ impl Daemon {
 /// Attaches the port's interface if needed and installs its policy unless
 /// the one in force was compiled from the same input.
 fn install(
-    pins: &Pins,
+    datapath: &Datapath,
     policy: &Policy,
     port: &Port,
     counters: &HashMap<(String, usize), u32>,
@@ -252,12 +250,11 @@ fn install(
 ) -> Result<PortState, String> {
     let text = |e: DatapathError| e.to_string();
     let attached = in_netns(port.netns.as_deref(), || {
-        datapath::attach(pins, &port.ifname, XdpModeArg::Auto)
+        datapath.attach(&port.ifname, XdpModeArg::Auto)
     })
     .map_err(text)?;
     let (Attached::New { slot } | Attached::Already { slot }) = attached;
-    let mut maps = PolicyMaps::open(pins).map_err(text)?;
-    let current = maps.policy_of(slot).map_err(text)?;
+    let current = datapath.policy_of(slot).map_err(text)?;
     let done = |policy_id| PortState {
         netns: port.netns.clone(),
         ifname: port.ifname.clone(),
@@ -276,10 +273,12 @@ fn install(
     }
     // The port's MAC, addresses and pairs are part of the input: port
     // security goes in with the policy.
-    port_security::install(pins, slot, &PortSecurity::from_port(port)).map_err(text)?;
-    let id = maps.next_policy_id().map_err(text)?;
+    datapath
+        .install_port_security(slot, &PortSecurity::from_port(port))
+        .map_err(text)?;
+    let id = datapath.next_policy_id().map_err(text)?;
     let compiled = compile::compile(policy, &port.name, id, counters).map_err(|e| e.to_string())?;
-    maps.install(slot, id, &compiled).map_err(text)?;
+    datapath.install_policy(slot, id, &compiled).map_err(text)?;
     Ok(done(id))
 }
 

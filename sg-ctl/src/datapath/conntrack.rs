@@ -14,32 +14,21 @@ use sg_common::{
     Outcome, conntrack_event, conntrack_state, map_names,
 };
 
-use super::{
-    Context as _, DatapathError, Maps, Pins, Result, ifname_of, open_pinned, require_root,
-};
+use super::{Context as _, Datapath, DatapathError, Pins, Result, require_root, sys::ifname_of};
 use crate::model::IpProtocol;
 
 /// The table and its timeouts, opened from their pins.
-pub struct ConntrackMaps {
+pub(super) struct ConntrackMaps {
     table: HashMap<MapData, ConntrackKey, ConntrackEntry>,
     timeouts: Array<MapData, ConntrackTimeouts>,
 }
 
 impl ConntrackMaps {
-    /// Opens the pinned maps; `None` when nothing is attached yet.
-    pub fn open(pins: &Pins) -> Result<Option<ConntrackMaps>> {
-        if !pins.map(map_names::CONNTRACK).exists() {
-            return Ok(None);
-        }
-        let what = || "the pinned connection table has an unexpected type".to_string();
-        Ok(Some(ConntrackMaps {
-            table: open_pinned(pins, map_names::CONNTRACK)?
-                .try_into()
-                .context(what)?,
-            timeouts: open_pinned(pins, map_names::CONNTRACK_TIMEOUTS)?
-                .try_into()
-                .context(what)?,
-        }))
+    pub(super) fn open(pins: &Pins) -> Result<ConntrackMaps> {
+        Ok(ConntrackMaps {
+            table: pins.open(map_names::CONNTRACK)?,
+            timeouts: pins.open(map_names::CONNTRACK_TIMEOUTS)?,
+        })
     }
 
     fn timeouts(&self) -> Result<ConntrackTimeouts> {
@@ -83,24 +72,11 @@ impl ConntrackMaps {
         }
         Ok(removed)
     }
-}
 
-/// Writes the timeouts the datapath applies (zero: the default).
-pub fn set_timeouts(pins: &Pins, timeouts: &ConntrackTimeouts) -> Result<()> {
-    let Some(mut maps) = ConntrackMaps::open(pins)? else {
-        return Ok(());
-    };
-    maps.timeouts
-        .set(0, timeouts, 0)
-        .context(|| "writing the connection-tracking timeouts".to_string())
-}
-
-/// Forgets every flow of a port's slot.
-pub(super) fn forget_slot(pins: &Pins, slot: u32) -> Result<()> {
-    if let Some(mut maps) = ConntrackMaps::open(pins)? {
-        maps.remove_where(|key, _| key.slot == slot)?;
+    /// Forgets every flow of a port's slot.
+    pub(super) fn forget_slot(&mut self, slot: u32) -> Result<()> {
+        self.remove_where(|key, _| key.slot == slot).map(drop)
     }
-    Ok(())
 }
 
 /// `CLOCK_MONOTONIC`: the datapath's times (`bpf_ktime_get_coarse_ns`,
@@ -113,20 +89,6 @@ fn now_ns() -> u64 {
     // SAFETY: a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// Removes the flows idle longer than their timeout; how many. The
-/// datapath treats them as gone already: this only frees their room.
-pub fn expire(pins: &Pins) -> Result<usize> {
-    require_root("expiring idle flows")?;
-    let Some(mut maps) = ConntrackMaps::open(pins)? else {
-        return Ok(0);
-    };
-    let timeouts = maps.timeouts()?;
-    let now = now_ns();
-    maps.remove_where(|key, entry| {
-        timeouts.expired(key.protocol, entry.state, entry.last_seen, now)
-    })
 }
 
 /// Which flows `list` and `flush` take; `None` fields take all.
@@ -249,16 +211,108 @@ pub struct Flow {
     pub expires_in_seconds: u64,
 }
 
-/// The flows `filter` takes, oldest first.
-pub fn list(pins: &Pins, filter: &FlowFilter) -> Result<Vec<Flow>> {
-    require_root("reading the connection table")?;
-    let (Some(maps), Some(ports)) = (ConntrackMaps::open(pins)?, Maps::open(pins)?) else {
-        return Ok(Vec::new());
-    };
-    let timeouts = maps.timeouts()?;
-    let ports = ports.ports()?;
+impl Datapath {
+    /// Writes the timeouts the datapath applies (zero: the default); when
+    /// nothing is attached, there is nothing to write them to.
+    pub fn set_conntrack_timeouts(&self, timeouts: &ConntrackTimeouts) -> Result<()> {
+        self.with_maps(|maps| {
+            maps.conntrack
+                .timeouts
+                .set(0, timeouts, 0)
+                .context(|| "writing the connection-tracking timeouts".to_string())
+        })
+        .map(drop)
+    }
+
+    /// Removes the flows idle longer than their timeout; how many. The
+    /// datapath treats them as gone already: this only frees their room.
+    pub fn expire_flows(&self) -> Result<usize> {
+        require_root("expiring idle flows")?;
+        let expired = self.with_maps(|maps| {
+            let timeouts = maps.conntrack.timeouts()?;
+            let now = now_ns();
+            maps.conntrack.remove_where(|key, entry| {
+                timeouts.expired(key.protocol, entry.state, entry.last_seen, now)
+            })
+        })?;
+        Ok(expired.unwrap_or(0))
+    }
+
+    /// Removes the flows `filter` takes; how many. Their next packets are
+    /// those of new flows.
+    pub fn flush_flows(&self, filter: &FlowFilter) -> Result<usize> {
+        require_root("flushing the connection table")?;
+        let flushed = self.with_maps(|maps| {
+            maps.conntrack
+                .remove_where(|key, entry| filter.matches(key, entry))
+        })?;
+        Ok(flushed.unwrap_or(0))
+    }
+
+    /// The events of flows from now on (see `FlowEvents`).
+    pub fn flow_events(&self) -> Result<FlowEvents> {
+        FlowEvents::open(&self.pins)
+    }
+
+    /// The flows `filter` takes, oldest first.
+    pub fn flows(&self, filter: &FlowFilter) -> Result<Vec<Flow>> {
+        require_root("reading the connection table")?;
+        let flows = self.with_maps(|maps| flows(maps, filter))?;
+        Ok(flows.unwrap_or_default())
+    }
+
+    /// The table's size and what the datapath counted, all ports together.
+    pub fn conntrack_stats(&self) -> Result<ConntrackStats> {
+        require_root("reading the connection table")?;
+        let stats = self.with_maps(|maps| {
+            let path = self.pins.map(map_names::CONNTRACK);
+            let capacity = aya::maps::MapInfo::from_pin(&path)
+                .context(|| format!("reading the size of {}", path.display()))?
+                .max_entries();
+            let entries = maps.conntrack.entries()?.len();
+            let ports = maps.ports.ports()?;
+            let total = |outcome: Outcome| -> Result<u64> {
+                let mut sum = 0;
+                for (slot, _) in &ports {
+                    for direction in Direction::ALL {
+                        sum += maps.ports.counter(*slot, direction, outcome)?.packets;
+                    }
+                }
+                Ok(sum)
+            };
+            Ok(ConntrackStats {
+                entries,
+                capacity,
+                pressure: entries as f64 * 100.0 / f64::from(capacity.max(1)),
+                new: total(Outcome::Pass)?,
+                established: total(Outcome::PassEstablished)?,
+                related: total(Outcome::PassRelated)?,
+                invalid: total(Outcome::DropInvalid)?,
+                full: total(Outcome::DropConntrackFull)?,
+                revoked: total(Outcome::DropRevoked)?,
+            })
+        })?;
+        Ok(stats.unwrap_or(ConntrackStats {
+            entries: 0,
+            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
+            pressure: 0.0,
+            new: 0,
+            established: 0,
+            related: 0,
+            invalid: 0,
+            full: 0,
+            revoked: 0,
+        }))
+    }
+}
+
+/// The flows of the table that `filter` takes, oldest first.
+fn flows(maps: &super::MapSet, filter: &FlowFilter) -> Result<Vec<Flow>> {
+    let timeouts = maps.conntrack.timeouts()?;
+    let ports = maps.ports.ports()?;
     let now = now_ns();
     let mut flows: Vec<(u64, Flow)> = maps
+        .conntrack
         .entries()?
         .into_iter()
         .filter(|(key, entry)| filter.matches(key, entry))
@@ -322,7 +376,7 @@ pub struct FlowEvents {
 impl FlowEvents {
     /// Opens the ring of events: what the datapath sends from now on (and
     /// what it sent that no one read yet) is read.
-    pub fn open(pins: &Pins) -> Result<FlowEvents> {
+    fn open(pins: &Pins) -> Result<FlowEvents> {
         require_root("watching the connection table")?;
         let path = pins.map(map_names::CONNTRACK_EVENTS);
         let what = || format!("opening {}", path.display());
@@ -377,16 +431,6 @@ impl FlowEvents {
     }
 }
 
-/// Removes the flows `filter` takes; how many. Their next packets are
-/// those of new flows.
-pub fn flush(pins: &Pins, filter: &FlowFilter) -> Result<usize> {
-    require_root("flushing the connection table")?;
-    match ConntrackMaps::open(pins)? {
-        Some(mut maps) => maps.remove_where(|key, entry| filter.matches(key, entry)),
-        None => Ok(0),
-    }
-}
-
 /// The table's size and what the datapath counted, all ports together.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConntrackStats {
@@ -402,48 +446,6 @@ pub struct ConntrackStats {
     pub invalid: u64,
     pub full: u64,
     pub revoked: u64,
-}
-
-pub fn stats(pins: &Pins) -> Result<ConntrackStats> {
-    require_root("reading the connection table")?;
-    let (Some(maps), Some(ports)) = (ConntrackMaps::open(pins)?, Maps::open(pins)?) else {
-        return Ok(ConntrackStats {
-            entries: 0,
-            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
-            pressure: 0.0,
-            new: 0,
-            established: 0,
-            related: 0,
-            invalid: 0,
-            full: 0,
-            revoked: 0,
-        });
-    };
-    let path = pins.map(map_names::CONNTRACK);
-    let capacity = aya::maps::MapInfo::from_pin(&path)
-        .context(|| format!("reading the size of {}", path.display()))?
-        .max_entries();
-    let entries = maps.entries()?.len();
-    let total = |outcome: Outcome| -> Result<u64> {
-        let mut sum = 0;
-        for (slot, _) in ports.ports()? {
-            for direction in Direction::ALL {
-                sum += ports.counter(slot, direction, outcome)?.packets;
-            }
-        }
-        Ok(sum)
-    };
-    Ok(ConntrackStats {
-        entries,
-        capacity,
-        pressure: entries as f64 * 100.0 / f64::from(capacity.max(1)),
-        new: total(Outcome::Pass)?,
-        established: total(Outcome::PassEstablished)?,
-        related: total(Outcome::PassRelated)?,
-        invalid: total(Outcome::DropInvalid)?,
-        full: total(Outcome::DropConntrackFull)?,
-        revoked: total(Outcome::DropRevoked)?,
-    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use sg_common::{
     Class, Counter, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names,
 };
 
-use super::{Context as _, Pins, Result, open_pinned, sum_cpus};
+use super::{Context as _, Datapath, Pins, Result, ports::sum_cpus};
 use crate::compile::Compiled;
 
 /// How long old policy entries stay after the switch: longer than any
@@ -18,7 +18,7 @@ use crate::compile::Compiled;
 const GRACE: Duration = Duration::from_millis(20);
 
 /// The pinned policy maps.
-pub struct PolicyMaps {
+pub(super) struct PolicyMaps {
     port_policy: Array<MapData, u32>,
     local: LpmTrie<MapData, LocalKey, u32>,
     remote: LpmTrie<MapData, RemoteKey, Class>,
@@ -31,46 +31,29 @@ pub struct PolicyMaps {
 }
 
 impl PolicyMaps {
-    pub fn open(pins: &Pins) -> Result<PolicyMaps> {
-        let what = || "the pinned policy maps have unexpected types".to_string();
+    pub(super) fn open(pins: &Pins) -> Result<PolicyMaps> {
         Ok(PolicyMaps {
-            port_policy: open_pinned(pins, map_names::PORT_POLICY)?
-                .try_into()
-                .context(what)?,
-            local: open_pinned(pins, map_names::LOCAL)?
-                .try_into()
-                .context(what)?,
-            remote: open_pinned(pins, map_names::REMOTE)?
-                .try_into()
-                .context(what)?,
-            remote_exact: open_pinned(pins, map_names::REMOTE_EXACT)?
-                .try_into()
-                .context(what)?,
-            l4: open_pinned(pins, map_names::L4)?.try_into().context(what)?,
-            l4_exact: open_pinned(pins, map_names::L4_EXACT)?
-                .try_into()
-                .context(what)?,
-            verdict: open_pinned(pins, map_names::VERDICT)?
-                .try_into()
-                .context(what)?,
-            fragments: open_pinned(pins, map_names::FRAGMENTS)?
-                .try_into()
-                .context(what)?,
-            rule_stats: open_pinned(pins, map_names::RULE_STATS)?
-                .try_into()
-                .context(what)?,
+            port_policy: pins.open(map_names::PORT_POLICY)?,
+            local: pins.open(map_names::LOCAL)?,
+            remote: pins.open(map_names::REMOTE)?,
+            remote_exact: pins.open(map_names::REMOTE_EXACT)?,
+            l4: pins.open(map_names::L4)?,
+            l4_exact: pins.open(map_names::L4_EXACT)?,
+            verdict: pins.open(map_names::VERDICT)?,
+            fragments: pins.open(map_names::FRAGMENTS)?,
+            rule_stats: pins.open(map_names::RULE_STATS)?,
         })
     }
 
     /// The policy id in force on a slot.
-    pub fn policy_of(&self, slot: u32) -> Result<u32> {
+    fn policy_of(&self, slot: u32) -> Result<u32> {
         self.port_policy
             .get(&slot, 0)
             .context(|| format!("reading the policy of slot {slot}"))
     }
 
     /// An id no port uses.
-    pub fn next_policy_id(&self) -> Result<u32> {
+    fn next_policy_id(&self) -> Result<u32> {
         let mut max = NO_POLICY;
         for slot in 0..self.port_policy.len() {
             max = max.max(self.policy_of(slot)?);
@@ -81,7 +64,7 @@ impl PolicyMaps {
     /// Writes `compiled` (built for `id`), switches the slot to it, then
     /// removes the slot's previous policy. When a write fails, what was
     /// written is removed and the previous policy stays in force.
-    pub fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+    fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
         if let Err(e) = self.write(compiled) {
             self.remove_entries(id)?;
             return Err(e);
@@ -99,7 +82,7 @@ impl PolicyMaps {
 
     /// Takes the slot's policy away: only the blocklist applies after. The
     /// fragmented datagrams it decided are forgotten.
-    pub fn clear(&mut self, slot: u32) -> Result<()> {
+    pub(super) fn clear(&mut self, slot: u32) -> Result<()> {
         let old = self.policy_of(slot)?;
         self.port_policy
             .set(slot, NO_POLICY, 0)
@@ -167,7 +150,7 @@ impl PolicyMaps {
     /// Moves rule counters: each `(to, from)` gives counter `to` what
     /// counter `from` holds on every CPU, or zeros for `None`. All sources
     /// are read before anything is written.
-    pub fn move_counters(&mut self, moves: &[(u32, Option<u32>)]) -> Result<()> {
+    fn move_counters(&mut self, moves: &[(u32, Option<u32>)]) -> Result<()> {
         let sources = moves
             .iter()
             .map(|&(_, from)| {
@@ -196,12 +179,52 @@ impl PolicyMaps {
     }
 
     /// Packets and bytes a rule decided, summed over CPUs.
-    pub fn rule_counter(&self, counter: u32) -> Result<Counter> {
+    fn rule_counter(&self, counter: u32) -> Result<Counter> {
         let values = self
             .rule_stats
             .get(&counter, 0)
             .context(|| format!("reading rule counter {counter}"))?;
         Ok(sum_cpus(&values))
+    }
+}
+
+impl Datapath {
+    /// The policy id in force on a slot (`NO_POLICY`: none).
+    pub fn policy_of(&self, slot: u32) -> Result<u32> {
+        self.policy(|maps| maps.policy_of(slot))
+    }
+
+    /// An id no port uses, for the next policy to install.
+    pub fn next_policy_id(&self) -> Result<u32> {
+        self.policy(|maps| maps.next_policy_id())
+    }
+
+    /// Writes `compiled` (built for `id`) beside the slot's policy, switches
+    /// the slot to it, then removes the previous one. When a write fails,
+    /// what was written is removed and the previous policy stays in force.
+    pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+        self.policy(|maps| maps.install(slot, id, compiled))
+    }
+
+    /// Takes the slot's policy away: only the blocklist applies after.
+    pub fn clear_policy(&self, slot: u32) -> Result<()> {
+        self.policy(|maps| maps.clear(slot))
+    }
+
+    /// Moves rule counters: each `(to, from)` gives counter `to` what
+    /// counter `from` holds on every CPU, or zeros for `None`.
+    pub fn move_counters(&self, moves: &[(u32, Option<u32>)]) -> Result<()> {
+        self.policy(|maps| maps.move_counters(moves))
+    }
+
+    /// Packets and bytes a rule decided, summed over CPUs.
+    pub fn rule_counter(&self, counter: u32) -> Result<Counter> {
+        self.policy(|maps| maps.rule_counter(counter))
+    }
+
+    fn policy<T>(&self, f: impl FnOnce(&mut PolicyMaps) -> Result<T>) -> Result<T> {
+        self.with_maps(|maps| f(&mut maps.policy))?
+            .ok_or_else(|| self.nothing_attached())
     }
 }
 

@@ -16,7 +16,10 @@ use sg_common::{
     map_names,
 };
 
-use super::{Context as _, DatapathError, Pins, Result, block_key, open_pinned, prefix_of};
+use super::{
+    Context as _, Datapath, DatapathError, Pins, Result,
+    ports::{block_key, prefix_of},
+};
 use crate::model::{AddressPair, FieldError, MacAddr, Port, check_cidr, parse_cidr};
 
 /// What port security enforces on one port.
@@ -224,22 +227,27 @@ pub struct CompiledPortSecurity {
 }
 
 /// The pinned port security maps.
-pub struct PortSecurityMaps {
+pub(super) struct PortSecurityMaps {
     config: Array<MapData, PortSecurityConfig>,
     owned: LpmTrie<MapData, BlockKey, OwnedMacs>,
 }
 
 impl PortSecurityMaps {
-    pub fn open(pins: &Pins) -> Result<PortSecurityMaps> {
-        let what = || "the pinned port security maps have unexpected types".to_string();
+    pub(super) fn open(pins: &Pins) -> Result<PortSecurityMaps> {
         Ok(PortSecurityMaps {
-            config: open_pinned(pins, map_names::PORT_SECURITY)?
-                .try_into()
-                .context(what)?,
-            owned: open_pinned(pins, map_names::OWNED)?
-                .try_into()
-                .context(what)?,
+            config: pins.open(map_names::PORT_SECURITY)?,
+            owned: pins.open(map_names::OWNED)?,
         })
+    }
+
+    /// Writes the port security of the port at `slot`: everything is
+    /// checked before anything is written, and a failed write leaves the
+    /// previous owned addresses in place.
+    pub(super) fn install(&mut self, slot: u32, security: &PortSecurity) -> Result<()> {
+        let compiled = security
+            .compile()
+            .map_err(DatapathError::InvalidPortSecurity)?;
+        self.write(slot, &compiled)
     }
 
     fn owned_entries(&self, slot: u32) -> Result<Vec<(Key<BlockKey>, OwnedMacs)>> {
@@ -297,7 +305,7 @@ impl PortSecurityMaps {
     }
 
     /// What a slot's port security is.
-    pub fn read(&self, slot: u32) -> Result<PortSecurityStatus> {
+    pub(super) fn read(&self, slot: u32) -> Result<PortSecurityStatus> {
         let config = self
             .config
             .get(&slot, 0)
@@ -343,14 +351,27 @@ pub struct OwnedStatus {
     pub macs: Vec<MacAddr>,
 }
 
-/// Writes the port security of the port at `slot`: everything is checked
-/// before anything is written, and a failed write leaves the previous
-/// owned addresses in place.
-pub fn install(pins: &Pins, slot: u32, security: &PortSecurity) -> Result<()> {
-    let compiled = security
-        .compile()
-        .map_err(DatapathError::InvalidPortSecurity)?;
-    PortSecurityMaps::open(pins)?.write(slot, &compiled)
+impl Datapath {
+    /// Sets the port security of the port of `iface`, an interface of the
+    /// calling thread's namespace (see `install_port_security`).
+    pub fn set_port_security(&self, iface: &str, security: &PortSecurity) -> Result<()> {
+        let _lock = self.pins.lock()?;
+        self.with_port(iface, |maps, slot| maps.security.install(slot, security))
+    }
+
+    /// Writes the port security of the port at `slot`: everything is
+    /// checked before anything is written, and a failed write leaves the
+    /// previous owned addresses in place.
+    pub fn install_port_security(&self, slot: u32, security: &PortSecurity) -> Result<()> {
+        self.with_maps(|maps| maps.security.install(slot, security))?
+            .ok_or_else(|| self.nothing_attached())
+    }
+
+    /// What a slot's port security is.
+    pub fn port_security(&self, slot: u32) -> Result<PortSecurityStatus> {
+        self.with_maps(|maps| maps.security.read(slot))?
+            .ok_or_else(|| self.nothing_attached())
+    }
 }
 
 #[cfg(test)]

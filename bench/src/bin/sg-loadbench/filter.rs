@@ -11,10 +11,7 @@ use serde::Serialize;
 use sg_common::{Direction, Outcome};
 use sg_ctl::{
     compile::{compile, counter_ids},
-    datapath::{
-        self, Maps, PolicyMaps, XdpModeArg,
-        conntrack::{self, FlowFilter},
-    },
+    datapath::{Attached as Slot, Datapath, XdpModeArg, conntrack::FlowFilter},
     model::Policy,
 };
 use sg_tests::{PORT, TestPins};
@@ -63,9 +60,10 @@ pub struct Attached<'a> {
 
 enum State {
     Sg {
-        pins: TestPins,
+        datapath: Datapath,
         slot: u32,
-        maps: Box<PolicyMaps>,
+        /// Last: the pins go once the port is detached.
+        pins: TestPins,
     },
     Netfilter {
         link: Option<XdpLinkId>,
@@ -105,14 +103,15 @@ impl<'a> Attached<'a> {
         let state = match filter {
             Filter::Sg => {
                 let pins = TestPins::new();
-                let attached = inside(&bed.link.host, || {
-                    Ok(datapath::attach(&pins.pins, PORT, XdpModeArg::Native)?)
+                let datapath = pins.datapath();
+                let (Slot::New { slot } | Slot::Already { slot }) = inside(&bed.link.host, || {
+                    Ok(datapath.attach(PORT, XdpModeArg::Native)?)
                 })?;
-                let slot = match attached {
-                    datapath::Attached::New { slot } | datapath::Attached::Already { slot } => slot,
-                };
-                let maps = Box::new(PolicyMaps::open(&pins.pins)?);
-                State::Sg { pins, slot, maps }
+                State::Sg {
+                    datapath,
+                    slot,
+                    pins,
+                }
             }
             _ => State::Netfilter {
                 link: Some(bed.attach_empty("sg_bench_pass")?),
@@ -130,12 +129,12 @@ impl<'a> Attached<'a> {
     /// flows of the one before would fill sg's table, where new flows fail
     /// closed, and flows already tracked skip the rules.
     pub fn forget_flows(&self) -> Result<()> {
-        if let State::Sg { pins, slot, .. } = &self.state {
+        if let State::Sg { datapath, slot, .. } = &self.state {
             let port = FlowFilter {
                 slot: Some(*slot),
                 ..FlowFilter::default()
             };
-            conntrack::flush(&pins.pins, &port)?;
+            datapath.flush_flows(&port)?;
         }
         run_in(&self.bed.link.host, "conntrack", &["-F"])
             .context("flushing netfilter's flows: `cargo xtask setup` installs conntrack")
@@ -143,12 +142,11 @@ impl<'a> Attached<'a> {
 
     /// sg's counters of the port (`None` for the other filters).
     pub fn flow_counters(&self) -> Result<Option<FlowCounters>> {
-        let State::Sg { pins, slot, .. } = &self.state else {
+        let State::Sg { datapath, slot, .. } = &self.state else {
             return Ok(None);
         };
-        let maps = Maps::open(&pins.pins)?.context("sg's maps are not pinned")?;
         let packets = |direction, outcome| -> Result<u64> {
-            Ok(maps.counter(*slot, direction, outcome)?.packets)
+            Ok(datapath.counter(*slot, direction, outcome)?.packets)
         };
         Ok(Some(FlowCounters {
             new: packets(Direction::Egress, Outcome::Pass)?,
@@ -162,11 +160,18 @@ impl<'a> Attached<'a> {
     pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
         let host = &self.bed.link.host;
         match (&mut self.state, self.filter) {
-            (State::Sg { pins, slot, maps }, _) => {
+            (
+                State::Sg {
+                    datapath,
+                    slot,
+                    pins,
+                },
+                _,
+            ) => {
                 let counters = counter_ids(policy)?;
-                let id = maps.next_policy_id()?;
+                let id = datapath.next_policy_id()?;
                 let compiled = compile(policy, BENCH_PORT, id, &counters)?;
-                maps.install(*slot, id, &compiled)?;
+                datapath.install_policy(*slot, id, &compiled)?;
                 Ok(Installed {
                     map_entries: Some(compiled.entries()),
                     map_bytes: Some(sg_tests::policy_memory(&pins.pins)?),
@@ -207,9 +212,9 @@ impl Installed {
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
         let result = match &mut self.state {
-            State::Sg { pins, .. } => inside(&self.bed.link.host, || {
-                Ok(datapath::detach(&pins.pins, PORT)?)
-            }),
+            State::Sg { datapath, .. } => {
+                inside(&self.bed.link.host, || Ok(datapath.detach(PORT)?))
+            }
             State::Netfilter { link } => {
                 let flushed = match self.filter {
                     Filter::Iptables => ["iptables", "ip6tables"].iter().try_for_each(|tool| {

@@ -1,0 +1,86 @@
+//! Loading sg's eBPF object: one instance per port slot (or a tracer of
+//! one), its maps created or reused from their pins, its programs through
+//! the verifier.
+
+use std::fs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use sg_common::{PORT_SLOT_GLOBAL, TRACE_GLOBAL, program_names};
+
+use super::{Context as _, DatapathError, Pins, Result};
+
+/// The compiled eBPF object, embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT"));
+
+/// Loads the eBPF object for one port slot, creating or reusing the pinned
+/// maps: the port's programs or (`trace`) a tracer of the port. The
+/// programs are loaded by `xdp_program` and `tc_program`, and attached
+/// nowhere.
+pub(super) fn instance(pins: &Pins, slot: u32, trace: bool) -> Result<Ebpf> {
+    let maps = pins.maps();
+    fs::create_dir_all(&maps).context(|| format!("creating {}", maps.display()))?;
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .override_global(PORT_SLOT_GLOBAL, &slot, true)
+        .override_global(TRACE_GLOBAL, &u32::from(trace), true)
+        .load(EBPF_OBJECT)
+        .map_err(|source| match source {
+            aya::EbpfError::MapError(_) => DatapathError::IncompatiblePins {
+                dir: maps,
+                source: Box::new(source),
+            },
+            source => DatapathError::Kernel {
+                what: "loading the eBPF object".to_string(),
+                source: Box::new(source),
+            },
+        })?;
+    Ok(ebpf)
+}
+
+/// The loaded XDP program of an object from `load`.
+pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::XDP)
+        .expect("the object has the XDP program")
+        .try_into()
+        .context(|| "the XDP program has another type".to_string())?;
+    verify(|| program.load())
+        .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
+    Ok(program)
+}
+
+/// A loaded TC program of an object from `load`: `program_names::TC` or
+/// `program_names::TC_REPLY`.
+pub(super) fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .expect("the object has the TC programs")
+        .try_into()
+        .context(|| format!("the program {name} has another type"))?;
+    verify(|| program.load())
+        .context(|| format!("the kernel's verifier rejected the program {name}"))?;
+    Ok(program)
+}
+
+/// Loads a program. The verifier gives up with EAGAIN when a signal
+/// arrives while it works, which a long verification makes likely; like
+/// libbpf, load again a few times.
+fn verify(
+    mut load: impl FnMut() -> std::result::Result<(), ProgramError>,
+) -> std::result::Result<(), ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What `sg-ctl status` and `sg-ctl stats` show of the attached ports.
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{
+    Datapath, PortSecurityStatus, Result, XdpModeArg,
+    attach::links_exist,
+    not_attached, require_root,
+    sys::{ifname_of, link_alive},
+};
+use crate::netns;
+
+/// One attached port as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub slot: u32,
+    pub interface: String,
+    pub ifindex: u32,
+    pub netns: String,
+    pub xdp_mode: XdpModeArg,
+    /// `active`, `attaching`, or `interface-gone` when its links were
+    /// removed with the interface.
+    pub state: &'static str,
+    pub blocked: Vec<IpNet>,
+    pub port_security: PortSecurityStatus,
+    pub counters: Vec<CounterRow>,
+}
+
+/// A non-zero counter.
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One port's counters as `stats` shows them.
+#[derive(Debug, Serialize)]
+pub struct PortStats {
+    pub slot: u32,
+    pub interface: String,
+    pub netns: String,
+    pub counters: Vec<CounterRow>,
+}
+
+impl Datapath {
+    /// The non-zero counters of every port, or of the port of `iface` in
+    /// the calling thread's namespace.
+    pub fn stats(&self, iface: Option<&str>) -> Result<Vec<PortStats>> {
+        require_root("reading the filter's counters")?;
+        let netns = netns::current()?;
+        let guard = self.maps()?;
+        let Some(maps) = guard.as_ref() else {
+            return match iface {
+                Some(iface) => Err(not_attached(iface, netns)),
+                None => Ok(Vec::new()),
+            };
+        };
+        let ports = match iface {
+            Some(iface) => vec![
+                maps.ports
+                    .find(netns, iface)?
+                    .ok_or_else(|| not_attached(iface, netns))?,
+            ],
+            None => maps.ports.ports()?,
+        };
+        ports
+            .into_iter()
+            .map(|(slot, config)| {
+                Ok(PortStats {
+                    slot,
+                    interface: ifname_of(&config),
+                    netns: netns::describe(config.netns),
+                    counters: maps.ports.counter_rows(slot)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every attached port with its blocked prefixes and non-zero counters.
+    pub fn status(&self) -> Result<Vec<PortStatus>> {
+        require_root("reading the filter's maps")?;
+        let guard = self.maps()?;
+        let Some(maps) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let pins = &self.pins;
+        let mut out = Vec::new();
+        for (slot, config) in maps.ports.ports()? {
+            let state = match (config.is_active(), links_exist(pins, slot, &config)) {
+                (true, true) if link_alive(&pins.xdp_link(slot)) => "active",
+                (true, _) => "interface-gone",
+                (false, _) => "attaching",
+            };
+            out.push(PortStatus {
+                slot,
+                interface: ifname_of(&config),
+                ifindex: config.ifindex,
+                netns: netns::describe(config.netns),
+                xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
+                state,
+                blocked: maps.ports.blocked(slot)?,
+                port_security: maps.security.read(slot)?,
+                counters: maps.ports.counter_rows(slot)?,
+            });
+        }
+        Ok(out)
+    }
+}

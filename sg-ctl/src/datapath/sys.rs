@@ -1,0 +1,159 @@
+//! The raw system calls the datapath needs that aya does not wrap:
+//! interface names and indexes, an interface's driver, a pinned link's
+//! interface.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use sg_common::PortConfig;
+
+pub(super) fn ifname_bytes(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+pub(super) fn ifname_of(config: &PortConfig) -> String {
+    let end = config.ifname.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&config.ifname[..end]).into_owned()
+}
+
+pub(super) fn ifindex_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// The name of an interface's driver ("veth", "tun", …) as ethtool gives
+/// it; `None` when the interface does not say.
+pub(super) fn driver_of(iface: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        counts: [u32; 5],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        counts: [0; 5],
+    };
+    // SAFETY: `ifreq` is plain data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname_bytes(iface);
+    for (to, from) in request.ifr_name.iter_mut().zip(name) {
+        *to = from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a new socket, owned by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a socket we just opened and own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads `request` and writes `info`, both live.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &raw mut request) } != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    String::from_utf8(info.driver[..len].to_vec()).ok()
+}
+
+/// A pinned link whose device went away is defunct: the kernel reports no
+/// interface for it any more.
+pub(super) fn link_alive(path: &Path) -> bool {
+    link_ifindex(path).is_some_and(|ifindex| ifindex != 0)
+}
+
+/// The interface of a pinned XDP or TCX link, from `BPF_OBJ_GET_INFO_BY_FD`
+/// (aya does not expose the per-type part of the link info).
+fn link_ifindex(path: &Path) -> Option<u32> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `bpf_link_info`: type, id, prog_id, then the per-type union at
+    /// offset 16, where both `xdp` and `tcx` start with the ifindex.
+    const IFINDEX_OFFSET: usize = 16;
+
+    /// `bpf_attr` for BPF_OBJ_GET.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the attribute and the path outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &get, size_of::<ObjGet>()) };
+    // SAFETY: a descriptor the kernel just gave us, owned from here on.
+    let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
+    let mut info = [0u8; 128];
+    let query = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the attribute and the info buffer outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &query,
+            size_of::<InfoByFd>(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let bytes = info[IFINDEX_OFFSET..IFINDEX_OFFSET + 4].try_into().ok()?;
+    Some(u32::from_ne_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_nul_padded() {
+        let config = PortConfig {
+            ifname: ifname_bytes("tap0"),
+            ..PortConfig::EMPTY
+        };
+        assert_eq!(ifname_of(&config), "tap0");
+        assert_eq!(ifname_bytes("a-very-long-interface-name")[15], 0);
+    }
+}
