@@ -15,7 +15,7 @@ use std::{
         unix::{fs::PermissionsExt as _, process::CommandExt as _},
     },
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    process::{Child, Command, Output, Stdio},
     sync::{
         Once,
         atomic::{AtomicU32, Ordering},
@@ -178,6 +178,53 @@ impl Netns {
             .args(args)
             .output()
             .with_context(|| format!("running {program} in {}", self.name))
+    }
+
+    /// Runs a command inside the namespace; fails with its stderr when it
+    /// fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<()> {
+        let out = self.exec(program, args)?;
+        ensure!(
+            out.status.success(),
+            "{program} {} in {}: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Runs a command inside the namespace with `input` on its standard
+    /// input; fails with (the start of) its stderr when it fails.
+    pub fn feed(&self, program: &str, args: &[&str], input: &str) -> Result<()> {
+        let started = Instant::now();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {program}: `cargo xtask setup` installs it"))?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{program} {} in {} refused its input ({:?}): {}",
+            args.join(" "),
+            self.name,
+            started.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        Ok(())
     }
 
     /// Whether one ping (IPv4 or IPv6) from this namespace gets its reply

@@ -1,72 +1,25 @@
 //! The attach lifecycle of a port: a slot found or freed, the object
 //! loaded for it, its links made and pinned, the port marked active last;
-//! and its release, in the reverse order.
+//! and its release, in the reverse order. The callers hold the pins' lock.
 
-use std::{fmt, fs};
+use std::fs;
 
 use aya::{
     Ebpf,
-    programs::{LinkOrder, TcAttachType, XdpMode, links::FdLink, tc::TcAttachOptions},
+    programs::{LinkOrder, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
-use serde::Serialize;
 use sg_common::{PORT_ACTIVE, PORT_REPLY_VIA_TC, PortConfig, program_names};
 
 use super::{
-    Context as _, Datapath, DatapathError, MapSet, Pins, PortSecurity, Result, load, not_attached,
-    pins::remove_if_exists,
-    require_root,
+    error::{Context as _, DatapathError, Result},
+    load,
+    maps::MapSet,
+    mode::XdpModeArg,
+    pins::{Pins, remove_if_exists},
+    port_security::PortSecurity,
     sys::{driver_of, ifindex_of, ifname_bytes},
 };
 use crate::netns;
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeArg {
-    /// Native if the driver supports it, else generic.
-    #[default]
-    Auto,
-    /// In the driver (veth, tap, most physical NICs).
-    Native,
-    /// In the kernel's network stack, after the skb is built.
-    Generic,
-}
-
-impl XdpModeArg {
-    fn to_aya(self) -> XdpMode {
-        match self {
-            XdpModeArg::Auto => XdpMode::Default,
-            XdpModeArg::Native => XdpMode::Driver,
-            XdpModeArg::Generic => XdpMode::Skb,
-        }
-    }
-
-    pub(super) fn from_raw(raw: u32) -> Self {
-        match raw {
-            1 => XdpModeArg::Native,
-            2 => XdpModeArg::Generic,
-            _ => XdpModeArg::Auto,
-        }
-    }
-
-    fn to_raw(self) -> u32 {
-        match self {
-            XdpModeArg::Auto => 0,
-            XdpModeArg::Native => 1,
-            XdpModeArg::Generic => 2,
-        }
-    }
-}
-
-impl fmt::Display for XdpModeArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            XdpModeArg::Auto => "auto",
-            XdpModeArg::Native => "native",
-            XdpModeArg::Generic => "generic",
-        })
-    }
-}
 
 /// What `attach` did.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,107 +28,74 @@ pub enum Attached {
     Already { slot: u32 },
 }
 
-impl Datapath {
-    /// Attaches the filter to an interface of the calling thread's
-    /// namespace. Attaching an attached interface changes nothing.
-    pub fn attach(&self, iface: &str, mode: XdpModeArg) -> Result<Attached> {
-        require_root("attaching a filter")?;
-        let netns = netns::current()?;
-        let ifindex = ifindex_of(iface).ok_or_else(|| DatapathError::NoSuchInterface {
-            name: iface.to_string(),
-            netns: netns::describe(netns),
-        })?;
-        self.pins.ensure_bpffs()?;
-        let _lock = self.pins.lock()?;
-
-        let slot = {
-            let mut guard = self.maps()?;
-            match guard.as_mut() {
-                None => 0,
-                Some(maps) => match maps.ports.find(netns, iface)? {
-                    Some((slot, port))
-                        if port.is_active()
-                            && port.ifindex == ifindex
-                            && links_exist(&self.pins, slot, &port) =>
-                    {
-                        return Ok(Attached::Already { slot });
-                    }
-                    // Left over from an interface of the same name that is
-                    // gone, or from an attach that did not finish.
-                    Some((slot, _)) => {
-                        release(&self.pins, &mut guard, slot)?;
-                        slot
-                    }
-                    None => maps.ports.free_slot()?,
-                },
+/// Attaches the filter to `iface`, of the calling thread's namespace
+/// (`netns`), whose index is `ifindex`. Attaching an attached interface
+/// changes nothing.
+pub(super) fn attach(
+    pins: &Pins,
+    maps: &mut Option<Box<MapSet>>,
+    iface: &str,
+    mode: XdpModeArg,
+) -> Result<Attached> {
+    let netns = netns::current()?;
+    let ifindex = ifindex_of(iface).ok_or_else(|| DatapathError::NoSuchInterface {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    })?;
+    let slot = match maps.as_deref() {
+        None => 0,
+        Some(set) => match set.ports.find(netns, iface)? {
+            Some((slot, port))
+                if port.is_active()
+                    && port.ifindex == ifindex
+                    && links_exist(pins, slot, &port) =>
+            {
+                return Ok(Attached::Already { slot });
             }
-        };
+            // Left over from an interface of the same name that is gone,
+            // or from an attach that did not finish.
+            Some((slot, _)) => {
+                release(pins, maps, slot)?;
+                slot
+            }
+            None => set.ports.free_slot()?,
+        },
+    };
 
-        let mut ebpf = load::instance(&self.pins, slot, false)?;
-        let mut guard = self.maps()?;
-        // A veth's peer drops XDP_TX frames unless it runs XDP or GRO
-        // itself; generic XDP transmits them without the driver.
-        let reply_via_tc =
-            mode != XdpModeArg::Generic && driver_of(iface).as_deref() == Some("veth");
-        let mut config = PortConfig {
-            ifname: ifname_bytes(iface),
-            netns,
-            ifindex,
-            flags: 0,
-            xdp_mode: mode.to_raw(),
-            _pad: 0,
-        };
-        let maps = guard.as_mut().expect("loading pinned the maps");
-        maps.ports.set_port(slot, &config)?;
-        maps.ports.reset_counters(slot)?;
+    let mut ebpf = load::instance(pins, slot, false)?;
+    MapSet::refresh(pins, maps)?;
+    // A veth's peer drops XDP_TX frames unless it runs XDP or GRO itself;
+    // generic XDP transmits them without the driver.
+    let reply_via_tc = mode != XdpModeArg::Generic && driver_of(iface).as_deref() == Some("veth");
+    let mut config = PortConfig {
+        ifname: ifname_bytes(iface),
+        netns,
+        ifindex,
+        flags: 0,
+        xdp_mode: mode.to_raw(),
+        _pad: 0,
+    };
+    let set = maps.as_deref_mut().expect("loading pinned the maps");
+    set.ports.set_port(slot, &config)?;
+    set.ports.reset_counters(slot)?;
 
-        if let Err(e) = link(&self.pins, &mut ebpf, slot, iface, mode, reply_via_tc) {
-            release(&self.pins, &mut guard, slot)?;
-            return Err(e);
-        }
-        config.flags = PORT_ACTIVE | if reply_via_tc { PORT_REPLY_VIA_TC } else { 0 };
-        let maps = guard
-            .as_mut()
-            .expect("the maps stay while a port is attached");
-        maps.ports.set_port(slot, &config)?;
-        Ok(Attached::New { slot })
+    if let Err(e) = link(pins, &mut ebpf, slot, iface, mode, reply_via_tc) {
+        release(pins, maps, slot)?;
+        return Err(e);
     }
-
-    /// Detaches the filter from an interface of the calling thread's
-    /// namespace. The interface itself may be gone already.
-    pub fn detach(&self, iface: &str) -> Result<()> {
-        require_root("detaching a filter")?;
-        let netns = netns::current()?;
-        let not_attached = || not_attached(iface, netns);
-        let _lock = self.pins.lock()?;
-        let mut guard = self.maps()?;
-        let maps = guard.as_mut().ok_or_else(not_attached)?;
-        let (slot, _) = maps.ports.find(netns, iface)?.ok_or_else(not_attached)?;
-        release(&self.pins, &mut guard, slot)
-    }
-
-    /// Detaches every port, in every namespace, and removes all pins; how
-    /// many ports there were.
-    pub fn detach_all(&self) -> Result<usize> {
-        require_root("detaching filters")?;
-        let _lock = self.pins.lock()?;
-        let mut guard = self.maps()?;
-        let Some(maps) = guard.as_mut() else {
-            return Ok(0);
-        };
-        let ports = maps.ports.ports()?;
-        for (slot, _) in &ports {
-            release(&self.pins, &mut guard, *slot)?;
-        }
-        Ok(ports.len())
-    }
+    config.flags = PORT_ACTIVE | if reply_via_tc { PORT_REPLY_VIA_TC } else { 0 };
+    let set = maps
+        .as_deref_mut()
+        .expect("the maps stay while a port is attached");
+    set.ports.set_port(slot, &config)?;
+    Ok(Attached::New { slot })
 }
 
 /// Frees a slot: links, blocked prefixes, policy, port security, flows,
 /// counters, record; and the maps when it was the last port (`maps` is
 /// `None` after).
-fn release(pins: &Pins, maps: &mut Option<Box<MapSet>>, slot: u32) -> Result<()> {
-    let set = maps.as_mut().expect("a port to release has maps");
+pub(super) fn release(pins: &Pins, maps: &mut Option<Box<MapSet>>, slot: u32) -> Result<()> {
+    let set = maps.as_deref_mut().expect("a port to release has maps");
     if let Ok(mut config) = set.ports.port(slot) {
         config.flags &= !PORT_ACTIVE;
         set.ports.set_port(slot, &config)?;

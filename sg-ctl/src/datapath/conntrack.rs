@@ -14,7 +14,12 @@ use sg_common::{
     Outcome, conntrack_event, conntrack_state, map_names,
 };
 
-use super::{Context as _, Datapath, DatapathError, Pins, Result, require_root, sys::ifname_of};
+use super::{
+    error::{Context as _, DatapathError, Result},
+    pins::Pins,
+    ports::PortMaps,
+    sys::ifname_of,
+};
 use crate::model::IpProtocol;
 
 /// The table and its timeouts, opened from their pins.
@@ -76,6 +81,28 @@ impl ConntrackMaps {
     /// Forgets every flow of a port's slot.
     pub(super) fn forget_slot(&mut self, slot: u32) -> Result<()> {
         self.remove_where(|key, _| key.slot == slot).map(drop)
+    }
+
+    /// Writes the timeouts the datapath applies (zero: the default).
+    pub(super) fn set_timeouts(&mut self, timeouts: &ConntrackTimeouts) -> Result<()> {
+        self.timeouts
+            .set(0, timeouts, 0)
+            .context(|| "writing the connection-tracking timeouts".to_string())
+    }
+
+    /// Removes the flows idle longer than their timeout; how many. The
+    /// datapath treats them as gone already: this only frees their room.
+    pub(super) fn expire(&mut self) -> Result<usize> {
+        let timeouts = self.timeouts()?;
+        let now = now_ns();
+        self.remove_where(|key, entry| {
+            timeouts.expired(key.protocol, entry.state, entry.last_seen, now)
+        })
+    }
+
+    /// Removes the flows `filter` takes; how many.
+    pub(super) fn flush(&mut self, filter: &FlowFilter) -> Result<usize> {
+        self.remove_where(|key, entry| filter.matches(key, entry))
     }
 }
 
@@ -211,108 +238,50 @@ pub struct Flow {
     pub expires_in_seconds: u64,
 }
 
-impl Datapath {
-    /// Writes the timeouts the datapath applies (zero: the default); when
-    /// nothing is attached, there is nothing to write them to.
-    pub fn set_conntrack_timeouts(&self, timeouts: &ConntrackTimeouts) -> Result<()> {
-        self.with_maps(|maps| {
-            maps.conntrack
-                .timeouts
-                .set(0, timeouts, 0)
-                .context(|| "writing the connection-tracking timeouts".to_string())
-        })
-        .map(drop)
-    }
-
-    /// Removes the flows idle longer than their timeout; how many. The
-    /// datapath treats them as gone already: this only frees their room.
-    pub fn expire_flows(&self) -> Result<usize> {
-        require_root("expiring idle flows")?;
-        let expired = self.with_maps(|maps| {
-            let timeouts = maps.conntrack.timeouts()?;
-            let now = now_ns();
-            maps.conntrack.remove_where(|key, entry| {
-                timeouts.expired(key.protocol, entry.state, entry.last_seen, now)
-            })
-        })?;
-        Ok(expired.unwrap_or(0))
-    }
-
-    /// Removes the flows `filter` takes; how many. Their next packets are
-    /// those of new flows.
-    pub fn flush_flows(&self, filter: &FlowFilter) -> Result<usize> {
-        require_root("flushing the connection table")?;
-        let flushed = self.with_maps(|maps| {
-            maps.conntrack
-                .remove_where(|key, entry| filter.matches(key, entry))
-        })?;
-        Ok(flushed.unwrap_or(0))
-    }
-
-    /// The events of flows from now on (see `FlowEvents`).
-    pub fn flow_events(&self) -> Result<FlowEvents> {
-        FlowEvents::open(&self.pins)
-    }
-
-    /// The flows `filter` takes, oldest first.
-    pub fn flows(&self, filter: &FlowFilter) -> Result<Vec<Flow>> {
-        require_root("reading the connection table")?;
-        let flows = self.with_maps(|maps| flows(maps, filter))?;
-        Ok(flows.unwrap_or_default())
-    }
-
-    /// The table's size and what the datapath counted, all ports together.
-    pub fn conntrack_stats(&self) -> Result<ConntrackStats> {
-        require_root("reading the connection table")?;
-        let stats = self.with_maps(|maps| {
-            let path = self.pins.map(map_names::CONNTRACK);
-            let capacity = aya::maps::MapInfo::from_pin(&path)
-                .context(|| format!("reading the size of {}", path.display()))?
-                .max_entries();
-            let entries = maps.conntrack.entries()?.len();
-            let ports = maps.ports.ports()?;
-            let total = |outcome: Outcome| -> Result<u64> {
-                let mut sum = 0;
-                for (slot, _) in &ports {
-                    for direction in Direction::ALL {
-                        sum += maps.ports.counter(*slot, direction, outcome)?.packets;
-                    }
-                }
-                Ok(sum)
-            };
-            Ok(ConntrackStats {
-                entries,
-                capacity,
-                pressure: entries as f64 * 100.0 / f64::from(capacity.max(1)),
-                new: total(Outcome::Pass)?,
-                established: total(Outcome::PassEstablished)?,
-                related: total(Outcome::PassRelated)?,
-                invalid: total(Outcome::DropInvalid)?,
-                full: total(Outcome::DropConntrackFull)?,
-                revoked: total(Outcome::DropRevoked)?,
-            })
-        })?;
-        Ok(stats.unwrap_or(ConntrackStats {
-            entries: 0,
-            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
-            pressure: 0.0,
-            new: 0,
-            established: 0,
-            related: 0,
-            invalid: 0,
-            full: 0,
-            revoked: 0,
-        }))
-    }
+/// The table's size and what the datapath counted, all ports together.
+pub(super) fn stats(
+    pins: &Pins,
+    table: &ConntrackMaps,
+    ports: &PortMaps,
+) -> Result<ConntrackStats> {
+    let path = pins.map(map_names::CONNTRACK);
+    let capacity = aya::maps::MapInfo::from_pin(&path)
+        .context(|| format!("reading the size of {}", path.display()))?
+        .max_entries();
+    let entries = table.entries()?.len();
+    let slots = ports.ports()?;
+    let total = |outcome: Outcome| -> Result<u64> {
+        let mut sum = 0;
+        for (slot, _) in &slots {
+            for direction in Direction::ALL {
+                sum += ports.counter(*slot, direction, outcome)?.packets;
+            }
+        }
+        Ok(sum)
+    };
+    Ok(ConntrackStats {
+        entries,
+        capacity,
+        pressure: entries as f64 * 100.0 / f64::from(capacity.max(1)),
+        new: total(Outcome::Pass)?,
+        established: total(Outcome::PassEstablished)?,
+        related: total(Outcome::PassRelated)?,
+        invalid: total(Outcome::DropInvalid)?,
+        full: total(Outcome::DropConntrackFull)?,
+        revoked: total(Outcome::DropRevoked)?,
+    })
 }
 
 /// The flows of the table that `filter` takes, oldest first.
-fn flows(maps: &super::MapSet, filter: &FlowFilter) -> Result<Vec<Flow>> {
-    let timeouts = maps.conntrack.timeouts()?;
-    let ports = maps.ports.ports()?;
+pub(super) fn flows(
+    table: &ConntrackMaps,
+    ports: &PortMaps,
+    filter: &FlowFilter,
+) -> Result<Vec<Flow>> {
+    let timeouts = table.timeouts()?;
+    let ports = ports.ports()?;
     let now = now_ns();
-    let mut flows: Vec<(u64, Flow)> = maps
-        .conntrack
+    let mut flows: Vec<(u64, Flow)> = table
         .entries()?
         .into_iter()
         .filter(|(key, entry)| filter.matches(key, entry))
@@ -376,8 +345,7 @@ pub struct FlowEvents {
 impl FlowEvents {
     /// Opens the ring of events: what the datapath sends from now on (and
     /// what it sent that no one read yet) is read.
-    fn open(pins: &Pins) -> Result<FlowEvents> {
-        require_root("watching the connection table")?;
+    pub(super) fn open(pins: &Pins) -> Result<FlowEvents> {
         let path = pins.map(map_names::CONNTRACK_EVENTS);
         let what = || format!("opening {}", path.display());
         if !path.exists() {
@@ -446,6 +414,23 @@ pub struct ConntrackStats {
     pub invalid: u64,
     pub full: u64,
     pub revoked: u64,
+}
+
+impl ConntrackStats {
+    /// While nothing is attached: no table yet, the size it will have.
+    pub(super) fn empty() -> ConntrackStats {
+        ConntrackStats {
+            entries: 0,
+            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
+            pressure: 0.0,
+            new: 0,
+            established: 0,
+            related: 0,
+            invalid: 0,
+            full: 0,
+            revoked: 0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use aya::programs::ProgramError;
 use sg_common::{Direction, MAX_PORTS};
 
-use super::XdpModeArg;
+use super::mode::XdpModeArg;
 use crate::netns;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,10 @@ use aya::{
 };
 use sg_common::{PORT_SLOT_GLOBAL, TRACE_GLOBAL, program_names};
 
-use super::{Context as _, DatapathError, Pins, Result};
+use super::{
+    error::{Context as _, DatapathError, Result},
+    pins::Pins,
+};
 
 /// The compiled eBPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT"));

@@ -2,16 +2,24 @@
 //! interfaces, and its pinned maps read and written, through one handle,
 //! [`Datapath`].
 //!
-//! Links and maps are pinned (see [`pins`]), so enforcement goes on when
+//! Links and maps are pinned (see `pins`), so enforcement goes on when
 //! sg-ctl exits; detaching a port removes its links, and the last detach
-//! removes the maps. The handle keeps the maps it opened: each call checks
-//! that the pins still hold the same maps (another sg-ctl may have removed
+//! removes the maps. The handle keeps the maps it opened (`maps`): each call
+//! checks that the pins still hold them (another sg-ctl may have removed
 //! them and attached afresh) and opens them again when not.
+//!
+//! The modules below by concern, each using only those above it in this
+//! list: `error`, `mode`, `pins`, `sys` (raw system calls); the map families
+//! `ports`, `policy`, `port_security`, `conntrack`; `maps` (all of them
+//! together), `load`; `attach` (the lifecycle), `status`, `test_run`; and
+//! the handle here, which only composes them.
 
 mod attach;
 pub mod conntrack;
 mod error;
 mod load;
+mod maps;
+mod mode;
 mod pins;
 mod policy;
 pub mod port_security;
@@ -26,54 +34,30 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use aya::maps::MapInfo;
 use ipnet::IpNet;
-use sg_common::{Counter, Direction, Outcome, PortConfig, map_names};
+use sg_common::{ConntrackTimeouts, Counter, Direction, Outcome, PortConfig};
 
-pub use attach::{Attached, XdpModeArg};
-use conntrack::ConntrackMaps;
-use error::{Context, not_attached, require_root};
+pub use attach::Attached;
+use conntrack::{ConntrackStats, Flow, FlowEvents, FlowFilter};
 pub use error::{DatapathError, Result};
+use error::{not_attached, require_root};
 pub use load::EBPF_OBJECT;
+use maps::MapSet;
+pub use mode::XdpModeArg;
 pub use pins::{DEFAULT_PIN_DIR, Pins};
-use policy::PolicyMaps;
-use port_security::PortSecurityMaps;
 pub use port_security::{PortSecurity, PortSecurityStatus};
-pub use ports::PortMaps;
-pub use status::{CounterRow, PortStats, PortStatus};
+pub use ports::CounterRow;
+pub use status::{PortStats, PortStatus};
 pub use test_run::{Forward, TestRun};
 
-use crate::netns;
-
-/// Every map family, opened from the pins together.
-struct MapSet {
-    /// The kernel's id of the `SG_PORTS` opened: the pins hold these maps
-    /// while their `SG_PORTS` has it.
-    id: u32,
-    ports: PortMaps,
-    policy: PolicyMaps,
-    security: PortSecurityMaps,
-    conntrack: ConntrackMaps,
-}
-
-impl MapSet {
-    fn open(pins: &Pins, id: u32) -> Result<MapSet> {
-        Ok(MapSet {
-            id,
-            ports: PortMaps::open(pins)?,
-            policy: PolicyMaps::open(pins)?,
-            security: PortSecurityMaps::open(pins)?,
-            conntrack: ConntrackMaps::open(pins)?,
-        })
-    }
-}
+use crate::{compile::Compiled, netns};
 
 /// The datapath under one pin directory: the pins and the maps opened from
 /// them. Its methods may be called from any thread; those about an
 /// interface by name take it in the calling thread's network namespace.
 pub struct Datapath {
     pins: Pins,
-    /// Boxed: the maps' handles are large, the handle is moved about.
+    /// Boxed: the maps' handles are large, and the handle is moved about.
     maps: Mutex<Option<Box<MapSet>>>,
 }
 
@@ -90,23 +74,10 @@ impl Datapath {
         &self.pins
     }
 
-    /// The maps, opened again when the pins hold others than those opened;
-    /// `None` when nothing is attached (no maps are pinned).
+    /// The maps as the pins hold them now; `None` when nothing is attached.
     fn maps(&self) -> Result<MutexGuard<'_, Option<Box<MapSet>>>> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let path = self.pins.map(map_names::PORTS);
-        let pinned = match MapInfo::from_pin(&path) {
-            Ok(info) => Some(info.id()),
-            Err(_) if !path.exists() => None,
-            Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
-        };
-        match pinned {
-            None => *maps = None,
-            Some(id) if maps.as_ref().is_none_or(|m| m.id != id) => {
-                *maps = Some(Box::new(MapSet::open(&self.pins, id)?));
-            }
-            Some(_) => {}
-        }
+        MapSet::refresh(&self.pins, &mut maps)?;
         Ok(maps)
     }
 
@@ -115,26 +86,64 @@ impl Datapath {
         self.maps()?.as_deref_mut().map(f).transpose()
     }
 
+    /// Runs `f` on the maps, which must be there.
+    fn on_maps<T>(&self, f: impl FnOnce(&mut MapSet) -> Result<T>) -> Result<T> {
+        self.with_maps(f)?
+            .ok_or_else(|| DatapathError::NothingAttached {
+                dir: self.pins.root().to_path_buf(),
+            })
+    }
+
     /// Runs `f` on the maps and the slot of the port of `iface`, an
     /// interface of the calling thread's namespace.
-    fn with_port<T>(
-        &self,
-        iface: &str,
-        f: impl FnOnce(&mut MapSet, u32) -> Result<T>,
-    ) -> Result<T> {
+    fn on_port<T>(&self, iface: &str, f: impl FnOnce(&mut MapSet, u32) -> Result<T>) -> Result<T> {
         require_root("changing the filter's maps")?;
         let netns = netns::current()?;
         let not_attached = || not_attached(iface, netns);
         let mut guard = self.maps()?;
-        let maps = guard.as_mut().ok_or_else(not_attached)?;
+        let maps = guard.as_deref_mut().ok_or_else(not_attached)?;
         let (slot, _) = maps.ports.find(netns, iface)?.ok_or_else(not_attached)?;
         f(maps, slot)
     }
 
-    /// The slot of the port of `iface`, an interface of the calling
-    /// thread's namespace.
-    pub fn slot_of(&self, iface: &str) -> Result<u32> {
-        self.with_port(iface, |_, slot| Ok(slot))
+    // Ports: attaching, detaching, what they are.
+
+    /// Attaches the filter to an interface of the calling thread's
+    /// namespace. Attaching an attached interface changes nothing.
+    pub fn attach(&self, iface: &str, mode: XdpModeArg) -> Result<Attached> {
+        require_root("attaching a filter")?;
+        self.pins.ensure_bpffs()?;
+        let _lock = self.pins.lock()?;
+        attach::attach(&self.pins, &mut *self.maps()?, iface, mode)
+    }
+
+    /// Detaches the filter from an interface of the calling thread's
+    /// namespace. The interface itself may be gone already.
+    pub fn detach(&self, iface: &str) -> Result<()> {
+        require_root("detaching a filter")?;
+        let netns = netns::current()?;
+        let not_attached = || not_attached(iface, netns);
+        let _lock = self.pins.lock()?;
+        let mut maps = self.maps()?;
+        let set = maps.as_deref().ok_or_else(not_attached)?;
+        let (slot, _) = set.ports.find(netns, iface)?.ok_or_else(not_attached)?;
+        attach::release(&self.pins, &mut maps, slot)
+    }
+
+    /// Detaches every port, in every namespace, and removes all pins; how
+    /// many ports there were.
+    pub fn detach_all(&self) -> Result<usize> {
+        require_root("detaching filters")?;
+        let _lock = self.pins.lock()?;
+        let mut maps = self.maps()?;
+        let Some(set) = maps.as_deref() else {
+            return Ok(0);
+        };
+        let ports = set.ports.ports()?;
+        for (slot, _) in &ports {
+            attach::release(&self.pins, &mut maps, *slot)?;
+        }
+        Ok(ports.len())
     }
 
     /// Whether any port is attached: the maps are there while one is.
@@ -149,25 +158,46 @@ impl Datapath {
             .unwrap_or_default())
     }
 
+    /// The slot of the port of `iface`, an interface of the calling
+    /// thread's namespace.
+    pub fn slot_of(&self, iface: &str) -> Result<u32> {
+        self.on_port(iface, |_, slot| Ok(slot))
+    }
+
     /// Writes a slot's record as it is given: for programs run through
     /// `BPF_PROG_TEST_RUN` on a slot no interface has (`attach` writes the
     /// records of real ports).
     pub fn set_port(&self, slot: u32, config: &PortConfig) -> Result<()> {
-        self.with_maps(|maps| maps.ports.set_port(slot, config))?
-            .ok_or_else(|| self.nothing_attached())
+        self.on_maps(|maps| maps.ports.set_port(slot, config))
+    }
+
+    /// Every attached port with its blocked prefixes and non-zero counters.
+    pub fn status(&self) -> Result<Vec<PortStatus>> {
+        require_root("reading the filter's maps")?;
+        Ok(self
+            .with_maps(|maps| status::status(&self.pins, maps))?
+            .unwrap_or_default())
+    }
+
+    /// The non-zero counters of every port, or of the port of `iface` in
+    /// the calling thread's namespace.
+    pub fn stats(&self, iface: Option<&str>) -> Result<Vec<PortStats>> {
+        require_root("reading the filter's counters")?;
+        status::stats(self.maps()?.as_deref(), iface)
     }
 
     /// Counter of one outcome on a slot, summed over CPUs.
     pub fn counter(&self, slot: u32, direction: Direction, outcome: Outcome) -> Result<Counter> {
-        self.with_maps(|maps| maps.ports.counter(slot, direction, outcome))?
-            .ok_or_else(|| self.nothing_attached())
+        self.on_maps(|maps| maps.ports.counter(slot, direction, outcome))
     }
+
+    // Blocklists and port security.
 
     /// Drops, on the port of `iface`, packets from (XDP) or to (TC)
     /// addresses in the prefixes.
     pub fn block(&self, iface: &str, prefixes: &[IpNet]) -> Result<()> {
         let _lock = self.pins.lock()?;
-        self.with_port(iface, |maps, slot| {
+        self.on_port(iface, |maps, slot| {
             prefixes
                 .iter()
                 .try_for_each(|prefix| maps.ports.block(slot, *prefix))
@@ -177,14 +207,13 @@ impl Datapath {
     /// Drops, on the port at `slot`, packets from or to `prefix` (for a
     /// slot no interface has; `block` is the one for ports).
     pub fn block_slot(&self, slot: u32, prefix: IpNet) -> Result<()> {
-        self.with_maps(|maps| maps.ports.block(slot, prefix))?
-            .ok_or_else(|| self.nothing_attached())
+        self.on_maps(|maps| maps.ports.block(slot, prefix))
     }
 
     /// Removes blocked prefixes; returns the ones that were not blocked.
     pub fn unblock(&self, iface: &str, prefixes: &[IpNet]) -> Result<Vec<IpNet>> {
         let _lock = self.pins.lock()?;
-        self.with_port(iface, |maps, slot| {
+        self.on_port(iface, |maps, slot| {
             let mut missing = Vec::new();
             for prefix in prefixes {
                 if !maps.ports.unblock(slot, *prefix)? {
@@ -195,10 +224,120 @@ impl Datapath {
         })
     }
 
-    fn nothing_attached(&self) -> DatapathError {
-        DatapathError::NothingAttached {
-            dir: self.pins.root().to_path_buf(),
-        }
+    /// Sets the port security of the port of `iface`, an interface of the
+    /// calling thread's namespace (see `install_port_security`).
+    pub fn set_port_security(&self, iface: &str, security: &PortSecurity) -> Result<()> {
+        let _lock = self.pins.lock()?;
+        self.on_port(iface, |maps, slot| maps.security.install(slot, security))
+    }
+
+    /// Writes the port security of the port at `slot`: everything is
+    /// checked before anything is written, and a failed write leaves the
+    /// previous owned addresses in place.
+    pub fn install_port_security(&self, slot: u32, security: &PortSecurity) -> Result<()> {
+        self.on_maps(|maps| maps.security.install(slot, security))
+    }
+
+    /// What a slot's port security is.
+    pub fn port_security(&self, slot: u32) -> Result<PortSecurityStatus> {
+        self.on_maps(|maps| maps.security.read(slot))
+    }
+
+    // Policies and their rule counters.
+
+    /// The policy id in force on a slot (`NO_POLICY`: none).
+    pub fn policy_of(&self, slot: u32) -> Result<u32> {
+        self.on_maps(|maps| maps.policy.policy_of(slot))
+    }
+
+    /// An id no port uses, for the next policy to install.
+    pub fn next_policy_id(&self) -> Result<u32> {
+        self.on_maps(|maps| maps.policy.next_policy_id())
+    }
+
+    /// Writes `compiled` (built for `id`) beside the slot's policy, switches
+    /// the slot to it, then removes the previous one. When a write fails,
+    /// what was written is removed and the previous policy stays in force.
+    pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+        self.on_maps(|maps| maps.policy.install(slot, id, compiled))
+    }
+
+    /// Takes the slot's policy away: only the blocklist applies after.
+    pub fn clear_policy(&self, slot: u32) -> Result<()> {
+        self.on_maps(|maps| maps.policy.clear(slot))
+    }
+
+    /// Moves rule counters: each `(to, from)` gives counter `to` what
+    /// counter `from` holds on every CPU, or zeros for `None`.
+    pub fn move_counters(&self, moves: &[(u32, Option<u32>)]) -> Result<()> {
+        self.on_maps(|maps| maps.policy.move_counters(moves))
+    }
+
+    /// Packets and bytes a rule decided, summed over CPUs.
+    pub fn rule_counter(&self, counter: u32) -> Result<Counter> {
+        self.on_maps(|maps| maps.policy.rule_counter(counter))
+    }
+
+    // The connection table.
+
+    /// Writes the timeouts the datapath applies (zero: the default); while
+    /// nothing is attached there is nothing to write them to.
+    pub fn set_conntrack_timeouts(&self, timeouts: &ConntrackTimeouts) -> Result<()> {
+        self.with_maps(|maps| maps.conntrack.set_timeouts(timeouts))
+            .map(drop)
+    }
+
+    /// Removes the flows idle longer than their timeout; how many. The
+    /// datapath treats them as gone already: this only frees their room.
+    pub fn expire_flows(&self) -> Result<usize> {
+        require_root("expiring idle flows")?;
+        Ok(self.with_maps(|maps| maps.conntrack.expire())?.unwrap_or(0))
+    }
+
+    /// Removes the flows `filter` takes; how many. Their next packets are
+    /// those of new flows.
+    pub fn flush_flows(&self, filter: &FlowFilter) -> Result<usize> {
+        require_root("flushing the connection table")?;
+        Ok(self
+            .with_maps(|maps| maps.conntrack.flush(filter))?
+            .unwrap_or(0))
+    }
+
+    /// The flows `filter` takes, oldest first.
+    pub fn flows(&self, filter: &FlowFilter) -> Result<Vec<Flow>> {
+        require_root("reading the connection table")?;
+        Ok(self
+            .with_maps(|maps| conntrack::flows(&maps.conntrack, &maps.ports, filter))?
+            .unwrap_or_default())
+    }
+
+    /// The table's size and what the datapath counted, all ports together.
+    pub fn conntrack_stats(&self) -> Result<ConntrackStats> {
+        require_root("reading the connection table")?;
+        Ok(self
+            .with_maps(|maps| conntrack::stats(&self.pins, &maps.conntrack, &maps.ports))?
+            .unwrap_or_else(ConntrackStats::empty))
+    }
+
+    /// The events of flows from now on (see `FlowEvents`).
+    pub fn flow_events(&self) -> Result<FlowEvents> {
+        require_root("watching the connection table")?;
+        FlowEvents::open(&self.pins)
+    }
+
+    // Programs on frames.
+
+    /// The programs of a slot, to run on frames (creating the maps if
+    /// nothing is attached yet).
+    pub fn test_run(&self, slot: u32) -> Result<TestRun> {
+        TestRun::load(&self.pins, slot, false)
+    }
+
+    /// A tracer of the slot's port: the same programs on the same maps,
+    /// counting nothing and remembering no fragment, that say what they
+    /// decided (see `TestRun::trace`).
+    pub fn tracer(&self, slot: u32) -> Result<TestRun> {
+        TestRun::load(&self.pins, slot, true)
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{Map, MapData, MapError};
 
-use super::{Context as _, Result};
+use super::error::{Context as _, Result};
 
 /// Default pin directory on the host's bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sg";

@@ -10,7 +10,11 @@ use sg_common::{
     Class, Counter, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names,
 };
 
-use super::{Context as _, Datapath, Pins, Result, ports::sum_cpus};
+use super::{
+    error::{Context as _, Result},
+    pins::Pins,
+    ports::sum_cpus,
+};
 use crate::compile::Compiled;
 
 /// How long old policy entries stay after the switch: longer than any
@@ -46,14 +50,14 @@ impl PolicyMaps {
     }
 
     /// The policy id in force on a slot.
-    fn policy_of(&self, slot: u32) -> Result<u32> {
+    pub(super) fn policy_of(&self, slot: u32) -> Result<u32> {
         self.port_policy
             .get(&slot, 0)
             .context(|| format!("reading the policy of slot {slot}"))
     }
 
     /// An id no port uses.
-    fn next_policy_id(&self) -> Result<u32> {
+    pub(super) fn next_policy_id(&self) -> Result<u32> {
         let mut max = NO_POLICY;
         for slot in 0..self.port_policy.len() {
             max = max.max(self.policy_of(slot)?);
@@ -64,7 +68,7 @@ impl PolicyMaps {
     /// Writes `compiled` (built for `id`), switches the slot to it, then
     /// removes the slot's previous policy. When a write fails, what was
     /// written is removed and the previous policy stays in force.
-    fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+    pub(super) fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
         if let Err(e) = self.write(compiled) {
             self.remove_entries(id)?;
             return Err(e);
@@ -150,7 +154,7 @@ impl PolicyMaps {
     /// Moves rule counters: each `(to, from)` gives counter `to` what
     /// counter `from` holds on every CPU, or zeros for `None`. All sources
     /// are read before anything is written.
-    fn move_counters(&mut self, moves: &[(u32, Option<u32>)]) -> Result<()> {
+    pub(super) fn move_counters(&mut self, moves: &[(u32, Option<u32>)]) -> Result<()> {
         let sources = moves
             .iter()
             .map(|&(_, from)| {
@@ -179,52 +183,12 @@ impl PolicyMaps {
     }
 
     /// Packets and bytes a rule decided, summed over CPUs.
-    fn rule_counter(&self, counter: u32) -> Result<Counter> {
+    pub(super) fn rule_counter(&self, counter: u32) -> Result<Counter> {
         let values = self
             .rule_stats
             .get(&counter, 0)
             .context(|| format!("reading rule counter {counter}"))?;
         Ok(sum_cpus(&values))
-    }
-}
-
-impl Datapath {
-    /// The policy id in force on a slot (`NO_POLICY`: none).
-    pub fn policy_of(&self, slot: u32) -> Result<u32> {
-        self.policy(|maps| maps.policy_of(slot))
-    }
-
-    /// An id no port uses, for the next policy to install.
-    pub fn next_policy_id(&self) -> Result<u32> {
-        self.policy(|maps| maps.next_policy_id())
-    }
-
-    /// Writes `compiled` (built for `id`) beside the slot's policy, switches
-    /// the slot to it, then removes the previous one. When a write fails,
-    /// what was written is removed and the previous policy stays in force.
-    pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
-        self.policy(|maps| maps.install(slot, id, compiled))
-    }
-
-    /// Takes the slot's policy away: only the blocklist applies after.
-    pub fn clear_policy(&self, slot: u32) -> Result<()> {
-        self.policy(|maps| maps.clear(slot))
-    }
-
-    /// Moves rule counters: each `(to, from)` gives counter `to` what
-    /// counter `from` holds on every CPU, or zeros for `None`.
-    pub fn move_counters(&self, moves: &[(u32, Option<u32>)]) -> Result<()> {
-        self.policy(|maps| maps.move_counters(moves))
-    }
-
-    /// Packets and bytes a rule decided, summed over CPUs.
-    pub fn rule_counter(&self, counter: u32) -> Result<Counter> {
-        self.policy(|maps| maps.rule_counter(counter))
-    }
-
-    fn policy<T>(&self, f: impl FnOnce(&mut PolicyMaps) -> Result<T>) -> Result<T> {
-        self.with_maps(|maps| f(&mut maps.policy))?
-            .ok_or_else(|| self.nothing_attached())
     }
 }
 

@@ -17,7 +17,8 @@ use sg_common::{
 };
 
 use super::{
-    Context as _, Datapath, DatapathError, Pins, Result,
+    error::{Context as _, DatapathError, Result},
+    pins::Pins,
     ports::{block_key, prefix_of},
 };
 use crate::model::{AddressPair, FieldError, MacAddr, Port, check_cidr, parse_cidr};
@@ -349,29 +350,6 @@ pub struct PortSecurityStatus {
 pub struct OwnedStatus {
     pub prefix: IpNet,
     pub macs: Vec<MacAddr>,
-}
-
-impl Datapath {
-    /// Sets the port security of the port of `iface`, an interface of the
-    /// calling thread's namespace (see `install_port_security`).
-    pub fn set_port_security(&self, iface: &str, security: &PortSecurity) -> Result<()> {
-        let _lock = self.pins.lock()?;
-        self.with_port(iface, |maps, slot| maps.security.install(slot, security))
-    }
-
-    /// Writes the port security of the port at `slot`: everything is
-    /// checked before anything is written, and a failed write leaves the
-    /// previous owned addresses in place.
-    pub fn install_port_security(&self, slot: u32, security: &PortSecurity) -> Result<()> {
-        self.with_maps(|maps| maps.security.install(slot, security))?
-            .ok_or_else(|| self.nothing_attached())
-    }
-
-    /// What a slot's port security is.
-    pub fn port_security(&self, slot: u32) -> Result<PortSecurityStatus> {
-        self.with_maps(|maps| maps.security.read(slot))?
-            .ok_or_else(|| self.nothing_attached())
-    }
 }
 
 #[cfg(test)]

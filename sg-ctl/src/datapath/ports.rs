@@ -6,12 +6,27 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key};
 use ipnet::IpNet;
+use serde::Serialize;
 use sg_common::{
     BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, IPV4_MAPPED_PREFIX_BITS, MAX_PORTS, Outcome,
     PortConfig, ipv4_mapped, map_names,
 };
 
-use super::{Context as _, CounterRow, DatapathError, Pins, Result, sys::ifname_bytes};
+use super::{
+    error::{Context as _, DatapathError, Result},
+    pins::Pins,
+    sys::ifname_bytes,
+};
+
+/// A non-zero counter.
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
 
 /// The maps of the ports themselves: their records, counters and
 /// blocklists.

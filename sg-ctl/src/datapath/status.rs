@@ -4,9 +4,13 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    Datapath, PortSecurityStatus, Result, XdpModeArg,
     attach::links_exist,
-    not_attached, require_root,
+    error::{Result, not_attached},
+    maps::MapSet,
+    mode::XdpModeArg,
+    pins::Pins,
+    port_security::PortSecurityStatus,
+    ports::CounterRow,
     sys::{ifname_of, link_alive},
 };
 use crate::netns;
@@ -27,16 +31,6 @@ pub struct PortStatus {
     pub counters: Vec<CounterRow>,
 }
 
-/// A non-zero counter.
-#[derive(Debug, Serialize)]
-pub struct CounterRow {
-    pub direction: &'static str,
-    pub outcome: &'static str,
-    pub drop: bool,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 /// One port's counters as `stats` shows them.
 #[derive(Debug, Serialize)]
 pub struct PortStats {
@@ -46,67 +40,57 @@ pub struct PortStats {
     pub counters: Vec<CounterRow>,
 }
 
-impl Datapath {
-    /// The non-zero counters of every port, or of the port of `iface` in
-    /// the calling thread's namespace.
-    pub fn stats(&self, iface: Option<&str>) -> Result<Vec<PortStats>> {
-        require_root("reading the filter's counters")?;
-        let netns = netns::current()?;
-        let guard = self.maps()?;
-        let Some(maps) = guard.as_ref() else {
-            return match iface {
-                Some(iface) => Err(not_attached(iface, netns)),
-                None => Ok(Vec::new()),
-            };
+/// The non-zero counters of every port, or of the port of `iface` in the
+/// calling thread's namespace.
+pub(super) fn stats(maps: Option<&MapSet>, iface: Option<&str>) -> Result<Vec<PortStats>> {
+    let netns = netns::current()?;
+    let Some(maps) = maps else {
+        return match iface {
+            Some(iface) => Err(not_attached(iface, netns)),
+            None => Ok(Vec::new()),
         };
-        let ports = match iface {
-            Some(iface) => vec![
-                maps.ports
-                    .find(netns, iface)?
-                    .ok_or_else(|| not_attached(iface, netns))?,
-            ],
-            None => maps.ports.ports()?,
-        };
-        ports
-            .into_iter()
-            .map(|(slot, config)| {
-                Ok(PortStats {
-                    slot,
-                    interface: ifname_of(&config),
-                    netns: netns::describe(config.netns),
-                    counters: maps.ports.counter_rows(slot)?,
-                })
-            })
-            .collect()
-    }
-
-    /// Every attached port with its blocked prefixes and non-zero counters.
-    pub fn status(&self) -> Result<Vec<PortStatus>> {
-        require_root("reading the filter's maps")?;
-        let guard = self.maps()?;
-        let Some(maps) = guard.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let pins = &self.pins;
-        let mut out = Vec::new();
-        for (slot, config) in maps.ports.ports()? {
-            let state = match (config.is_active(), links_exist(pins, slot, &config)) {
-                (true, true) if link_alive(&pins.xdp_link(slot)) => "active",
-                (true, _) => "interface-gone",
-                (false, _) => "attaching",
-            };
-            out.push(PortStatus {
+    };
+    let ports = match iface {
+        Some(iface) => vec![
+            maps.ports
+                .find(netns, iface)?
+                .ok_or_else(|| not_attached(iface, netns))?,
+        ],
+        None => maps.ports.ports()?,
+    };
+    ports
+        .into_iter()
+        .map(|(slot, config)| {
+            Ok(PortStats {
                 slot,
                 interface: ifname_of(&config),
-                ifindex: config.ifindex,
                 netns: netns::describe(config.netns),
-                xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
-                state,
-                blocked: maps.ports.blocked(slot)?,
-                port_security: maps.security.read(slot)?,
                 counters: maps.ports.counter_rows(slot)?,
-            });
-        }
-        Ok(out)
+            })
+        })
+        .collect()
+}
+
+/// Every attached port with its blocked prefixes and non-zero counters.
+pub(super) fn status(pins: &Pins, maps: &MapSet) -> Result<Vec<PortStatus>> {
+    let mut out = Vec::new();
+    for (slot, config) in maps.ports.ports()? {
+        let state = match (config.is_active(), links_exist(pins, slot, &config)) {
+            (true, true) if link_alive(&pins.xdp_link(slot)) => "active",
+            (true, _) => "interface-gone",
+            (false, _) => "attaching",
+        };
+        out.push(PortStatus {
+            slot,
+            interface: ifname_of(&config),
+            ifindex: config.ifindex,
+            netns: netns::describe(config.netns),
+            xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
+            state,
+            blocked: maps.ports.blocked(slot)?,
+            port_security: maps.security.read(slot)?,
+            counters: maps.ports.counter_rows(slot)?,
+        });
     }
+    Ok(out)
 }

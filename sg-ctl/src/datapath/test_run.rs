@@ -13,9 +13,9 @@ use serde::Serialize;
 use sg_common::{Direction, TraceRecord, map_names, program_names};
 
 use super::{
-    Context as _, Datapath, DatapathError, Pins, Result,
+    error::{Context as _, DatapathError, Result, require_root},
     load::{self, tc_program, xdp_program},
-    require_root,
+    pins::Pins,
 };
 
 /// What a program did with a frame.
@@ -46,23 +46,10 @@ pub struct TestRun {
     ebpf: Ebpf,
 }
 
-impl Datapath {
-    /// The programs of a slot, to run on frames (creating the maps if
-    /// nothing is attached yet).
-    pub fn test_run(&self, slot: u32) -> Result<TestRun> {
-        TestRun::load(&self.pins, slot, false)
-    }
-
-    /// A tracer of the slot's port: the same programs on the same maps,
-    /// counting nothing and remembering no fragment, that say what they
-    /// decided (see `TestRun::trace`).
-    pub fn tracer(&self, slot: u32) -> Result<TestRun> {
-        TestRun::load(&self.pins, slot, true)
-    }
-}
-
 impl TestRun {
-    fn load(pins: &Pins, slot: u32, trace: bool) -> Result<TestRun> {
+    /// The programs of a slot (`trace`: a tracer of them), to run on
+    /// frames; creates the maps if nothing is attached yet.
+    pub(super) fn load(pins: &Pins, slot: u32, trace: bool) -> Result<TestRun> {
         require_root("running the filter on test frames")?;
         pins.ensure_bpffs()?;
         let mut ebpf = load::instance(pins, slot, trace)?;

@@ -3,9 +3,7 @@
 //! translations (behind an empty XDP program, which gives the veth the
 //! NAPI context that frames sent with XDP_TX need to arrive).
 
-use std::{io::Write as _, process::Stdio, time::Instant};
-
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 use aya::programs::xdp::XdpLinkId;
 use serde::Serialize;
 use sg_common::{Direction, Outcome};
@@ -136,7 +134,10 @@ impl<'a> Attached<'a> {
             };
             datapath.flush_flows(&port)?;
         }
-        run_in(&self.bed.link.host, "conntrack", &["-F"])
+        self.bed
+            .link
+            .host
+            .run("conntrack", &["-F"])
             .context("flushing netfilter's flows: `cargo xtask setup` installs conntrack")
     }
 
@@ -179,9 +180,9 @@ impl<'a> Attached<'a> {
             }
             (State::Netfilter { .. }, Filter::Iptables) => {
                 let rules = translate::iptables(policy, BENCH_PORT, PORT, false);
-                feed(host, "iptables-restore", &[], &rules)?;
+                host.feed("iptables-restore", &[], &rules)?;
                 let rules = translate::iptables(policy, BENCH_PORT, PORT, true);
-                feed(host, "ip6tables-restore", &[], &rules)?;
+                host.feed("ip6tables-restore", &[], &rules)?;
                 Ok(Installed::NETFILTER)
             }
             (State::Netfilter { .. }, filter) => {
@@ -195,7 +196,7 @@ impl<'a> Attached<'a> {
                     "flush ruleset\n{}",
                     translate::nftables(policy, BENCH_PORT, PORT, style)
                 );
-                feed(host, "nft", &["-f", "-"], &ruleset)?;
+                host.feed("nft", &["-f", "-"], &ruleset)?;
                 Ok(Installed::NETFILTER)
             }
         }
@@ -219,11 +220,11 @@ impl Drop for Attached<'_> {
                 let flushed = match self.filter {
                     Filter::Iptables => ["iptables", "ip6tables"].iter().try_for_each(|tool| {
                         for args in [["-F"], ["-X"]] {
-                            run_in(&self.bed.link.host, tool, &args)?;
+                            self.bed.link.host.run(tool, &args)?;
                         }
                         Ok(())
                     }),
-                    _ => run_in(&self.bed.link.host, "nft", &["flush", "ruleset"]),
+                    _ => self.bed.link.host.run("nft", &["flush", "ruleset"]),
                 };
                 let detached = match link.take() {
                     Some(link) => self.bed.detach_empty("sg_bench_pass", link),
@@ -236,46 +237,4 @@ impl Drop for Attached<'_> {
             eprintln!("removing {}: {e:#}", self.filter.label());
         }
     }
-}
-
-fn run_in(ns: &sg_tests::Netns, program: &str, args: &[&str]) -> Result<()> {
-    let out = ns.exec(program, args)?;
-    ensure!(
-        out.status.success(),
-        "{program} {} in {}: {}",
-        args.join(" "),
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// Runs `program ARGS` in the namespace with `input` on its standard input.
-pub fn feed(ns: &sg_tests::Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
-    let started = Instant::now();
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name(), program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {program}: `cargo xtask setup` installs it"))?;
-    child
-        .stdin
-        .take()
-        .context("no stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{program} refused the translation ({:?}): {}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    Ok(())
 }

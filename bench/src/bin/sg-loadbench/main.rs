@@ -358,6 +358,9 @@ fn main() -> Result<()> {
         })
     });
     report.write(&out)?;
+    let plot = out.join("loadbench.png");
+    plot::throughput(&report, &plot)?;
+    println!("written: {}", plot.display());
     Ok(())
 }
 

@@ -418,7 +418,7 @@ impl Report {
         out
     }
 
-    /// Prints the Markdown and writes `loadbench.{md,json,png}` into `dir`.
+    /// Prints the Markdown and writes `loadbench.{md,json}` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let markdown = self.markdown();
         println!("\n{markdown}");
@@ -429,8 +429,7 @@ impl Report {
             dir.join("loadbench.json"),
             serde_json::to_string_pretty(self)? + "\n",
         )?;
-        crate::plot::throughput(self, &dir.join("loadbench.png"))?;
-        println!("written: {}/loadbench.{{md,json,png}}", dir.display());
+        println!("written: {}/loadbench.{{md,json}}", dir.display());
         Ok(())
     }
 }

@@ -254,7 +254,7 @@ impl Testbed {
                 format!("neigh replace {source} lladdr {mac} dev {PORT} nud permanent\n")
             })
             .collect();
-        crate::filter::feed(host, "ip", &["-batch", "-"], &neighbours)?;
+        host.feed("ip", &["-batch", "-"], &neighbours)?;
         let mut packet = Packet::udp(
             WORKLOAD_V4.parse()?,
             Ipv4Addr::new(198, 19, 0, 0).into(),

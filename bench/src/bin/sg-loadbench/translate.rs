@@ -752,11 +752,11 @@ mod tests {
         for policy in [crate::sample_policy(), crate::bench_policy(50)] {
             for style in [NftStyle::PerRule, NftStyle::Sets] {
                 let ruleset = nftables(&policy, BENCH_PORT, "port0", style);
-                crate::filter::feed(&ns, "nft", &["-c", "-f", "-"], &ruleset).unwrap();
+                ns.feed("nft", &["-c", "-f", "-"], &ruleset).unwrap();
             }
             for (tool, v6) in [("iptables-restore", false), ("ip6tables-restore", true)] {
                 let rules = iptables(&policy, BENCH_PORT, "port0", v6);
-                crate::filter::feed(&ns, tool, &["--test"], &rules).unwrap();
+                ns.feed(tool, &["--test"], &rules).unwrap();
             }
         }
     }
