@@ -623,19 +623,6 @@ pub mod conntrack_state {
     pub const FIN_WAIT: u8 = 5;
     /// TCP: both sides sent a FIN.
     pub const TIME_WAIT: u8 = 6;
-
-    pub const fn name(state: u8) -> &'static str {
-        match state {
-            NEW => "new",
-            REPLIED => "replied",
-            SYN_SENT => "syn-sent",
-            SYN_RECEIVED => "syn-received",
-            ESTABLISHED => "established",
-            FIN_WAIT => "fin-wait",
-            TIME_WAIT => "time-wait",
-            _ => "unknown",
-        }
-    }
 }
 
 /// What happened to a flow, in `SG_CONNTRACK_EVENTS` (a ring buffer).

@@ -9,16 +9,18 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use ipnet::IpNet;
 use serde_json::Value;
-use sg_ctl::{
-    client::Client,
-    daemon::{Action, Applied, Document, GroupView, PortView},
-    datapath::conntrack::Flow,
+use sg_core::{access::TokenInfo, settings::Settings};
+use sg_core::{
     model::{
         AddressPair, EtherType, Group, IcmpMatch, MacAddr, Port, PortSpec, Protocol, Remote, Rule,
         catalogue, parse_cidr,
     },
     preset::{self, PRESETS},
-    store::{Settings, TokenInfo},
+};
+use sg_ctl::{
+    client::Client,
+    daemon::{Action, Applied, Document, GroupView, PortView},
+    datapath::conntrack::Flow,
 };
 
 use crate::{FlowMatch, Output, TokenCommand, print_flows};
@@ -110,7 +112,7 @@ pub enum RuleCommand {
 pub struct RuleFields {
     /// ingress (default for new rules) or egress.
     #[arg(long = "dir")]
-    direction: Option<sg_ctl::model::Direction>,
+    direction: Option<sg_core::model::Direction>,
     /// any, ipv4 or ipv6.
     #[arg(long)]
     ethertype: Option<EtherType>,
@@ -137,7 +139,7 @@ pub struct RuleFields {
     local: Option<String>,
     /// allow, drop or reject.
     #[arg(long)]
-    action: Option<sg_ctl::model::Action>,
+    action: Option<sg_core::model::Action>,
     /// 1-65535, 1 first; default 1000.
     #[arg(long)]
     priority: Option<u32>,
@@ -174,7 +176,7 @@ impl RuleFields {
             rule.local = if local.trim().eq_ignore_ascii_case("any") {
                 Vec::new()
             } else {
-                sg_ctl::model::parse_cidrs("local", local).map_err(|e| Invalid(e.to_string()))?
+                sg_core::model::parse_cidrs("local", local).map_err(|e| Invalid(e.to_string()))?
             };
         }
         if let Some(action) = self.action {
@@ -450,7 +452,7 @@ impl Session {
                 preset,
                 fields,
             } => {
-                let template = fields.apply(Rule::new(sg_ctl::model::Direction::Ingress))?;
+                let template = fields.apply(Rule::new(sg_core::model::Direction::Ingress))?;
                 let rules = match preset {
                     Some(name) => {
                         preset::expand(name, &template).map_err(|e| Invalid(e.to_string()))?
@@ -750,7 +752,7 @@ fn address_pair(text: &str) -> Result<AddressPair> {
         mac: mac
             .map(str::parse)
             .transpose()
-            .map_err(|e: sg_ctl::model::FieldError| Invalid(e.to_string()))?,
+            .map_err(|e: sg_core::model::FieldError| Invalid(e.to_string()))?,
     })
 }
 

@@ -3,12 +3,9 @@
 //! the API's client. The `sg-ctl` binary is a thin CLI over it.
 
 pub mod client;
-pub mod compile;
 pub mod daemon;
 pub mod datapath;
 pub mod frame;
-pub mod model;
 pub mod netns;
-pub mod preset;
 pub mod store;
 pub mod trace;

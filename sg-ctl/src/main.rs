@@ -16,17 +16,21 @@ use std::{
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use hyper::StatusCode;
 use ipnet::IpNet;
+use sg_core::model::{AddressPair, IpProtocol, MacAddr, parse_cidr};
+use sg_core::{
+    access::Role,
+    flow::FlowState,
+    port_security::{PortSecurity, parse_address_pair},
+};
 use sg_ctl::{
     client::{Client, ClientError},
     daemon::{Daemon, api},
     datapath::{
-        self, Attached, Datapath, DatapathError, Pins, PortSecurity, PortStatus, XdpModeArg,
+        self, Attached, Datapath, DatapathError, Pins, PortStatus, XdpModeArg,
         conntrack::{self, FlowFilter},
-        port_security::parse_address_pair,
     },
-    model::{AddressPair, IpProtocol, MacAddr},
     netns,
-    store::{Role, Store},
+    store::Store,
 };
 
 use cli::{GroupCommand, Invalid, PortCommand, RuleCommand, Session, SettingsCommand};
@@ -116,7 +120,7 @@ enum Command {
         /// Interface name.
         iface: String,
         /// Prefixes or addresses, IPv4 or IPv6.
-        #[arg(required = true, value_parser = datapath::parse_prefix)]
+        #[arg(required = true, value_parser = parse_cidr)]
         prefixes: Vec<IpNet>,
     },
     /// Stop blocking prefixes.
@@ -124,7 +128,7 @@ enum Command {
         /// Interface name.
         iface: String,
         /// Prefixes or addresses, IPv4 or IPv6.
-        #[arg(required = true, value_parser = datapath::parse_prefix)]
+        #[arg(required = true, value_parser = parse_cidr)]
         prefixes: Vec<IpNet>,
     },
     /// Set a port's port security (anti-spoofing), replacing what it had.
@@ -287,15 +291,15 @@ struct FlowArgs {
 #[derive(clap::Args)]
 pub struct FlowMatch {
     /// Flows with either end in this prefix or address.
-    #[arg(long, value_parser = datapath::parse_prefix)]
+    #[arg(long, value_parser = parse_cidr)]
     address: Option<IpNet>,
     /// Flows of this protocol (a name or a number).
     #[arg(long, value_parser = parse_protocol)]
     protocol: Option<IpProtocol>,
     /// Flows in this state: new, replied, syn-sent, syn-received,
     /// established, fin-wait, time-wait.
-    #[arg(long, value_parser = conntrack::parse_state)]
-    state: Option<String>,
+    #[arg(long)]
+    state: Option<FlowState>,
 }
 
 impl FlowMatch {
@@ -308,7 +312,7 @@ impl FlowMatch {
         let fields = [
             ("address", self.address.map(|a| a.to_string())),
             ("protocol", self.protocol.map(|p| p.0.to_string())),
-            ("state", self.state.clone()),
+            ("state", self.state.map(|s| s.to_string())),
         ];
         let pairs: Vec<String> = fields
             .into_iter()
@@ -337,14 +341,14 @@ impl FlowArgs {
                 .transpose()?,
             address: self.of.address,
             protocol: self.of.protocol,
-            state: self.of.state.clone(),
+            state: self.of.state,
         })
     }
 }
 
 fn parse_protocol(text: &str) -> Result<IpProtocol, String> {
     text.parse()
-        .map_err(|e: sg_ctl::model::FieldError| e.to_string())
+        .map_err(|e: sg_core::model::FieldError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -377,7 +381,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 fn parse_mac(text: &str) -> Result<MacAddr, String> {
     text.parse()
-        .map_err(|e: sg_ctl::model::FieldError| e.message)
+        .map_err(|e: sg_core::model::FieldError| e.message)
 }
 
 fn parse_pair(text: &str) -> Result<AddressPair, String> {

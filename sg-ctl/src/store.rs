@@ -19,10 +19,14 @@ use nix::fcntl::{Flock, FlockArg};
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
-use sg_common::Timeout;
 use sha2::{Digest as _, Sha256};
 
-use crate::model::{Group, Policy, Port};
+use sg_core::{
+    access::{Role, TokenInfo},
+    model::{Group, Policy, Port},
+    settings::Settings,
+    status::PortPhase,
+};
 
 /// The schema, one step per version: step `i` takes version `i` to `i + 1`.
 /// Steps are never edited once released; a change is a new step.
@@ -98,74 +102,8 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Limits and defaults of this host, changed with `sg-ctl settings set`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
-    /// Most rules a group may hold.
-    pub max_rules_per_group: usize,
-    /// Most groups a port may attach.
-    pub max_groups_per_port: usize,
-    /// Drop outbound TCP 25 unless a rule of the port allows port 25 by
-    /// name (see `Policy::with_outbound_smtp_blocked`).
-    pub block_outbound_smtp: bool,
-    /// Connection-tracking timeouts in seconds, kept for the conntrack.
-    pub conntrack: ConntrackTimeouts,
-}
-
-impl Default for Settings {
-    /// AWS's default of 60 rules per direction, less room for its quotas:
-    /// 50 rules per group; 5 groups per port as AWS and OpenStack.
-    fn default() -> Self {
-        Self {
-            max_rules_per_group: 50,
-            max_groups_per_port: 5,
-            block_outbound_smtp: true,
-            conntrack: ConntrackTimeouts::default(),
-        }
-    }
-}
-
-/// Seconds an idle flow is kept, per kind; Linux's defaults
-/// (`sg_common::Timeout::DEFAULT_SECONDS`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConntrackTimeouts {
-    pub tcp_established: u32,
-    /// TCP opening or closing (every state but established).
-    pub tcp_closing: u32,
-    pub udp: u32,
-    /// ICMP and ICMPv6 echo.
-    pub icmp: u32,
-    /// Every other protocol.
-    pub other: u32,
-}
-
-impl Default for ConntrackTimeouts {
-    fn default() -> Self {
-        let [tcp_established, tcp_closing, udp, icmp, other] = Timeout::DEFAULT_SECONDS;
-        Self {
-            tcp_established,
-            tcp_closing,
-            udp,
-            icmp,
-            other,
-        }
-    }
-}
-
-impl ConntrackTimeouts {
-    /// As the datapath reads them.
-    pub fn datapath(&self) -> sg_common::ConntrackTimeouts {
-        let mut seconds = [0; Timeout::COUNT];
-        seconds[Timeout::TcpEstablished as usize] = self.tcp_established;
-        seconds[Timeout::TcpClosing as usize] = self.tcp_closing;
-        seconds[Timeout::Udp as usize] = self.udp;
-        seconds[Timeout::Icmp as usize] = self.icmp;
-        seconds[Timeout::Other as usize] = self.other;
-        sg_common::ConntrackTimeouts { seconds }
-    }
-}
+/// How many hex digits of a token's digest name it in lists.
+const TOKEN_ID_LEN: usize = 12;
 
 /// The desired state with the revision of every group and port.
 #[derive(Debug, Clone, Default)]
@@ -174,62 +112,6 @@ pub struct State {
     pub settings: Settings,
     pub group_revisions: HashMap<String, u64>,
     pub port_revisions: HashMap<String, u64>,
-}
-
-/// What a client may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads public groups only: a local client with neither a token nor
-    /// root.
-    Anonymous,
-    /// Reads everything.
-    Viewer,
-    /// Reads and changes everything.
-    Owner,
-}
-
-/// How many hex digits of a token's digest name it in lists.
-const TOKEN_ID_LEN: usize = 12;
-
-/// A token as listed: never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenInfo {
-    /// The first digits of the token's SHA-256 digest.
-    pub id: String,
-    pub role: Role,
-    /// Unix time of creation.
-    pub created: i64,
-}
-
-/// Where a port's policy stands in the datapath.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortPhase {
-    /// Changed in the store, not yet in the datapath.
-    Pending,
-    /// The datapath enforces the stored policy.
-    Active,
-    /// The datapath could not be given the policy; `reason` says why.
-    Error,
-}
-
-impl PortPhase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Active => "active",
-            Self::Error => "error",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "active" => Self::Active,
-            "error" => Self::Error,
-            _ => Self::Pending,
-        }
-    }
 }
 
 /// What the datapath of one port was last given.
@@ -418,7 +300,7 @@ impl Store {
                     slot: row.get(3)?,
                     policy_id: row.get(4)?,
                     applied: row.get(5)?,
-                    phase: PortPhase::parse(&row.get::<_, String>(6)?),
+                    phase: PortPhase::from_name(&row.get::<_, String>(6)?),
                     reason: row.get(7)?,
                 },
             ))
@@ -438,7 +320,7 @@ impl Store {
                 state.slot,
                 state.policy_id,
                 state.applied,
-                state.phase.as_str(),
+                state.phase.name(),
                 state.reason
             ],
         )?;

@@ -8,9 +8,11 @@ use serde::Serialize;
 use sg_common::{Direction, Outcome, TraceRecord, candidate};
 
 use crate::{
-    compile::counter_ids,
     datapath::{Datapath, DatapathError, Forward, Result},
     frame::Packet,
+};
+use sg_core::{
+    compile::counter_ids,
     model::{MacAddr, Policy, Rule},
 };
 

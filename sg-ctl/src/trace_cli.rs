@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use sg_common::Direction;
+use sg_core::model::{IpProtocol, Policy};
 use sg_ctl::{
-    daemon::{Document, effective},
+    daemon::Document,
     datapath::{Datapath, Forward},
     frame::{Packet, TcpFlags, Transport},
-    model::{IpProtocol, Policy},
     netns,
     trace::{self, Trace},
 };
@@ -74,7 +74,7 @@ enum DirectionArg {
 
 fn parse_protocol(text: &str) -> Result<IpProtocol, String> {
     text.parse()
-        .map_err(|e: sg_ctl::model::FieldError| e.to_string())
+        .map_err(|e: sg_core::model::FieldError| e.to_string())
 }
 
 fn parse_flags(text: &str) -> Result<TcpFlags, String> {
@@ -170,13 +170,11 @@ pub struct Known {
 /// The port `name` of an exported desired state.
 pub fn known(document: Document, name: &str) -> Result<Known> {
     let settings = document.settings.unwrap_or_default();
-    let policy = effective(
-        &Policy {
-            groups: document.groups,
-            ports: document.ports,
-        },
-        &settings,
-    );
+    let policy = Policy {
+        groups: document.groups,
+        ports: document.ports,
+    }
+    .effective(&settings);
     let port = policy
         .port(name)
         .ok_or_else(|| sg_ctl::datapath::DatapathError::NotAttached {

@@ -29,11 +29,11 @@ use aya::maps::MapData;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
 use sg_common::{PORT_ACTIVE, PortConfig, map_names};
-use sg_ctl::{
+use sg_core::{
     compile::{compile, counter_ids},
-    datapath::{Datapath, Pins, TestRun},
     model::Policy,
 };
+use sg_ctl::datapath::{Datapath, Pins, TestRun};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {

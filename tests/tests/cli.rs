@@ -65,6 +65,10 @@ fn a_malformed_prefix_is_refused_with_the_accepted_forms() -> Result<()> {
     let out = pins.sg_ctl(&["block", PORT, "198.18.0.300/24"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("2001:db8::/32"), "{}", stderr(&out));
+    // Host bits: refused, as in a rule, with the network it may mean.
+    let out = pins.sg_ctl(&["block", PORT, "198.18.3.7/16"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("198.18.0.0/16"), "{}", stderr(&out));
     Ok(())
 }
 

@@ -10,9 +10,9 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use sg_common::{
-    ConntrackEntry, ConntrackKey, ConntrackTimeouts, Direction, MAX_CONNTRACK_ENTRIES, Outcome,
-    Timeout, map_names,
+    ConntrackEntry, ConntrackKey, Direction, MAX_CONNTRACK_ENTRIES, Outcome, map_names,
 };
+use sg_core::settings;
 use sg_ctl::{
     datapath::{
         Forward,
@@ -151,7 +151,7 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
         let flow = &flows[0];
         assert_eq!(
             (
-                flow.state.as_str(),
+                flow.state.name(),
                 flow.origin.as_str(),
                 flow.ends.protocol.as_str()
             ),
@@ -175,14 +175,14 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
             Forward::Pass,
             Outcome::PassEstablished,
         );
-        assert_eq!(port.flows()[0].state, "fin-wait");
+        assert_eq!(port.flows()[0].state.name(), "fin-wait");
         port.check(
             i,
             &tcp(i, v6, HTTP, FIN_ACK),
             Forward::Pass,
             Outcome::PassEstablished,
         );
-        assert_eq!(port.flows()[0].state, "time-wait");
+        assert_eq!(port.flows()[0].state.name(), "time-wait");
         port.check(
             e,
             &tcp(e, v6, HTTP, ACK),
@@ -191,7 +191,7 @@ fn a_tcp_connection_passes_both_ways_on_an_ingress_rule_and_closes_with_fins() {
         );
         // A new connection on the same ports starts over.
         port.check(i, &tcp(i, v6, HTTP, SYN), Forward::Pass, Outcome::Pass);
-        assert_eq!(port.flows()[0].state, "syn-sent");
+        assert_eq!(port.flows()[0].state.name(), "syn-sent");
         port.0.datapath.flush_flows(&FlowFilter::default()).unwrap();
     }
 }
@@ -291,7 +291,7 @@ fn udp_and_ping_replies_pass_on_egress_rules() {
     assert!(
         flows
             .iter()
-            .all(|f| f.state == "replied" && f.origin == "egress")
+            .all(|f| f.state.name() == "replied" && f.origin == "egress")
     );
     let ping = flows.iter().find(|f| f.ends.protocol == "icmp").unwrap();
     // Echo's identifier, as the frame builder sets it.
@@ -395,12 +395,11 @@ fn idle_flows_expire_by_their_timeouts() {
     require_root!();
     let port = Port::new();
     let (i, e) = (Direction::Ingress, Direction::Egress);
-    let mut seconds = [0; Timeout::COUNT];
-    seconds[Timeout::Udp as usize] = 1;
-    port.0
-        .datapath
-        .set_conntrack_timeouts(&ConntrackTimeouts { seconds })
-        .unwrap();
+    let timeouts = settings::ConntrackTimeouts {
+        udp: 1,
+        ..Default::default()
+    };
+    port.0.datapath.set_conntrack_timeouts(&timeouts).unwrap();
     let (dns, other) = ((40000, 53), (40001, 53));
     port.check(e, &udp(e, false, dns), Forward::Pass, Outcome::Pass);
     port.check(e, &udp(e, false, other), Forward::Pass, Outcome::Pass);

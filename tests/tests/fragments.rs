@@ -9,7 +9,8 @@ use std::{net::UdpSocket, time::Duration};
 use anyhow::Result;
 use serde_json::json;
 use sg_common::{Direction, Outcome};
-use sg_ctl::{datapath::Forward, frame::Packet, model::Policy};
+use sg_core::model::Policy;
+use sg_ctl::{datapath::Forward, frame::Packet};
 use sg_tests::{
     HOST_V4, HOST_V6, PORT, RuleIds, TestPins, TestPort, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
     fragments, require_root, vm_policy,

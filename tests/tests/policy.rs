@@ -9,14 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_common::{Direction as Dir, Outcome};
+use sg_core::model::{
+    Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port, PortRange,
+    PortSpec, Protocol, Remote, Rule,
+    reference::{self, Verdict},
+};
 use sg_ctl::{
     datapath::{Forward, conntrack::FlowFilter},
     frame::{self, TcpFlags, Transport},
-    model::{
-        Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port,
-        PortRange, PortSpec, Protocol, Remote, Rule,
-        reference::{self, Verdict},
-    },
 };
 use sg_tests::{RuleIds, TestPort, require_root};
 

@@ -15,13 +15,13 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use sg_common::{Direction, Outcome};
-use sg_ctl::{
-    datapath::{
-        Forward,
-        port_security::{PortSecurity, link_local, parse_address_pair},
-    },
-    frame::{Arp, Packet, Transport},
+use sg_core::{
     model::MacAddr,
+    port_security::{PortSecurity, link_local, parse_address_pair},
+};
+use sg_ctl::{
+    datapath::Forward,
+    frame::{Arp, Packet, Transport},
 };
 use sg_tests::{
     FrameFile, HOST_V4, HOST_V6, Netns, PORT, TapPort, TestPins, TestPort, VethPort, WORKLOAD_V4,

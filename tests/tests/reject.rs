@@ -13,10 +13,10 @@ use std::{
 use anyhow::Result;
 use serde_json::json;
 use sg_common::{Direction, Outcome};
+use sg_core::model::Policy;
 use sg_ctl::{
     datapath::Forward,
     frame::{Packet, TcpFlags, Transport},
-    model::Policy,
 };
 use sg_tests::{
     GUEST_MAC, HOST_V4, HOST_V6, PORT, TapPort, TestPins, TestPort, VethPort, WORKLOAD_V4,

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use serde_json::json;
 use sg_common::Direction;
+use sg_core::model::Policy;
 use sg_ctl::{
     datapath::{Datapath, DatapathError, Forward, Pins},
     frame::{Packet, TcpFlags, Transport},
-    model::Policy,
     trace::{Trace, trace},
 };
 use sg_tests::{PORT, TestPins, VethPort, WORKLOAD_V4, addr, require_root, vm_policy};

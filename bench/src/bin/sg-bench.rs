@@ -11,14 +11,17 @@ use std::{
 use anyhow::Result;
 use ipnet::IpNet;
 use sg_common::{Direction as Dir, map_names};
-use sg_ctl::{
+use sg_core::{
     compile::{compile, counter_ids},
-    datapath::{Forward, TestRun, conntrack::FlowFilter, port_security::PortSecurity},
-    frame::{Packet, TcpFlags, Transport},
     model::{
         Action, Direction, Group, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec, Protocol,
         Remote, Rule,
     },
+    port_security::PortSecurity,
+};
+use sg_ctl::{
+    datapath::{Forward, TestRun, conntrack::FlowFilter},
+    frame::{Packet, TcpFlags, Transport},
 };
 use sg_tests::TestPort;
 

@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::{ApiError, Applied, Daemon, Document, ErrorKind, FlowQuery, GroupView, PortView};
-use crate::{
-    datapath::conntrack::Flow,
+use crate::datapath::conntrack::Flow;
+use sg_core::{
+    access::{Role, TokenInfo},
     model::{Group, Port, Rule},
-    store::{Role, Settings, TokenInfo},
+    settings::Settings,
 };
 
 /// Where the daemon listens unless told otherwise.

@@ -7,8 +7,8 @@ use std::{collections::HashMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 use sg_common::{Direction, Outcome};
 
-use super::{Daemon, effective};
-use crate::{compile, store::PortPhase};
+use super::Daemon;
+use sg_core::{compile, status::PortPhase};
 
 /// Packets and bytes a rule decided, on every port attaching its group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ impl Daemon {
     /// The hits of every rule by group, in rule order; empty while no
     /// port is attached (no policy maps).
     pub(super) fn rule_hits(&self) -> HashMap<String, Vec<Hits>> {
-        let policy = effective(&self.state.policy, &self.state.settings);
+        let policy = self.state.policy.effective(&self.state.settings);
         let (Ok(true), Ok(counters)) = (self.datapath.has_ports(), compile::counter_ids(&policy))
         else {
             return HashMap::new();

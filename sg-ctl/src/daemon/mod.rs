@@ -18,13 +18,20 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    compile,
     datapath::{
-        Datapath, PortSecurity,
-        conntrack::{self, Flow, FlowFilter},
+        Datapath,
+        conntrack::{Flow, FlowFilter},
     },
+    store::{PortState, State, Store, StoreError},
+};
+use sg_core::{
+    access::{Role, TokenInfo},
+    compile,
+    flow::FlowState,
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
-    store::{PortPhase, PortState, Role, Settings, State, Store, StoreError, TokenInfo},
+    port_security::PortSecurity,
+    settings::Settings,
+    status::PortPhase,
 };
 
 /// Why a request was refused; each kind is one HTTP status and one exit
@@ -526,7 +533,7 @@ impl Daemon {
             .transpose()?;
         let flow_state = query
             .state
-            .map(|s| conntrack::parse_state(&s).map_err(ApiError::invalid))
+            .map(|s| s.parse::<FlowState>().map_err(ApiError::invalid))
             .transpose()?;
         self.state.policy.port(name).ok_or_else(|| no_port(name))?;
         let states = self.store.port_states()?;
@@ -815,42 +822,12 @@ fn port_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Port> {
         .ok_or_else(|| no_port(name))
 }
 
-/// The policy the datapath enforces for a desired state.
-pub fn effective(policy: &Policy, settings: &Settings) -> Policy {
-    if settings.block_outbound_smtp {
-        policy.with_outbound_smtp_blocked()
-    } else {
-        policy.clone()
-    }
-}
-
 /// Checks a whole desired state: the settings, the policy, the limits, and
 /// that every port compiles.
 fn check(policy: &Policy, settings: &Settings) -> Result<()> {
-    for (field, value) in [
-        ("max_rules_per_group", settings.max_rules_per_group),
-        ("max_groups_per_port", settings.max_groups_per_port),
-    ] {
-        if value == 0 {
-            return Err(ApiError::invalid(format!(
-                "settings: {field}: 0 leaves no room; use 1 or more"
-            )));
-        }
-    }
-    let timeouts = &settings.conntrack;
-    for (field, value) in [
-        ("conntrack.tcp_established", timeouts.tcp_established),
-        ("conntrack.tcp_closing", timeouts.tcp_closing),
-        ("conntrack.udp", timeouts.udp),
-        ("conntrack.icmp", timeouts.icmp),
-        ("conntrack.other", timeouts.other),
-    ] {
-        if value == 0 {
-            return Err(ApiError::invalid(format!(
-                "settings: {field}: 0 would end every flow at once; use seconds, 1 or more"
-            )));
-        }
-    }
+    settings
+        .validate()
+        .map_err(|e| ApiError::invalid(format!("settings: {e}")))?;
     policy.validate().map_err(ApiError::invalid)?;
     for group in &policy.groups {
         if group.rules.len() > settings.max_rules_per_group {
@@ -879,7 +856,7 @@ fn check(policy: &Policy, settings: &Settings) -> Result<()> {
             .compile()
             .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
     }
-    let effective = effective(policy, settings);
+    let effective = policy.effective(settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
     for port in &effective.ports {
         compile::compile(&effective, &port.name, 1, &counters).map_err(ApiError::invalid)?;
@@ -969,7 +946,8 @@ fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{datapath::Pins, model::Direction};
+    use crate::datapath::Pins;
+    use sg_core::model::Direction;
 
     /// A daemon on a fresh database; without ports it never touches the
     /// datapath, so this needs no root.

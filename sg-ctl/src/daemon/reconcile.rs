@@ -21,13 +21,17 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::NO_POLICY;
 
-use super::{ApiError, Daemon, Result, effective};
+use super::{ApiError, Daemon, Result};
 use crate::{
-    compile,
-    datapath::{Attached, Datapath, DatapathError, PortSecurity, XdpModeArg},
-    model::{Group, Policy, Port, Remote, Rule},
+    datapath::{Attached, Datapath, DatapathError, XdpModeArg},
     netns,
-    store::{PortPhase, PortState},
+    store::PortState,
+};
+use sg_core::{
+    compile,
+    model::{Group, Policy, Port, Remote, Rule},
+    port_security::PortSecurity,
+    status::PortPhase,
 };
 
 /// What the compiled policy of one port depends on.
@@ -159,7 +163,7 @@ impl Daemon {
     /// maps full) is marked `error` with the reason and keeps what it had;
     /// the others go on.
     pub(super) fn reconcile(&mut self) -> Result<()> {
-        let policy = effective(&self.state.policy, &self.state.settings);
+        let policy = self.state.policy.effective(&self.state.settings);
         let counters = compile::counter_ids(&policy).map_err(ApiError::invalid)?;
         self.follow_counters(&policy, &counters);
         let states = self.store.port_states()?;
@@ -230,8 +234,10 @@ impl Daemon {
             self.store.set_port_state(&port.name, &state)?;
         }
         // After the ports: attaching the first creates the maps.
-        let timeouts = self.state.settings.conntrack.datapath();
-        if let Err(e) = self.datapath.set_conntrack_timeouts(&timeouts) {
+        if let Err(e) = self
+            .datapath
+            .set_conntrack_timeouts(&self.state.settings.conntrack)
+        {
             eprintln!("sg-ctl daemon: conntrack timeouts: {e}");
         }
         Ok(())
@@ -285,7 +291,7 @@ fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Direction;
+    use sg_core::model::Direction;
 
     /// Counter ids 1, 2, … of rules given by their port, all in group g.
     fn numbered(ports: &[u16]) -> HashMap<u32, (String, Rule)> {

@@ -9,6 +9,7 @@ use aya::{
     programs::{LinkOrder, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
 use sg_common::{PORT_ACTIVE, PORT_REPLY_VIA_TC, PortConfig, program_names};
+use sg_core::port_security::PortSecurity;
 
 use super::{
     error::{Context as _, DatapathError, Result},
@@ -16,7 +17,6 @@ use super::{
     maps::MapSet,
     mode::XdpModeArg,
     pins::{Pins, remove_if_exists},
-    port_security::PortSecurity,
     sys::{driver_of, ifindex_of, ifname_bytes},
 };
 use crate::netns;

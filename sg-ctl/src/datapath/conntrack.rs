@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sg_common::{
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
-    Outcome, conntrack_event, conntrack_state, map_names,
+    Outcome, Timeout, conntrack_event, map_names,
 };
 
 use super::{
@@ -20,7 +20,7 @@ use super::{
     ports::PortMaps,
     sys::ifname_of,
 };
-use crate::model::IpProtocol;
+use sg_core::{flow::FlowState, model::IpProtocol, settings};
 
 /// The table and its timeouts, opened from their pins.
 pub(super) struct ConntrackMaps {
@@ -83,10 +83,10 @@ impl ConntrackMaps {
         self.remove_where(|key, _| key.slot == slot).map(drop)
     }
 
-    /// Writes the timeouts the datapath applies (zero: the default).
-    pub(super) fn set_timeouts(&mut self, timeouts: &ConntrackTimeouts) -> Result<()> {
+    /// Writes the timeouts the datapath applies.
+    pub(super) fn set_timeouts(&mut self, timeouts: &settings::ConntrackTimeouts) -> Result<()> {
         self.timeouts
-            .set(0, timeouts, 0)
+            .set(0, kernel_timeouts(timeouts), 0)
             .context(|| "writing the connection-tracking timeouts".to_string())
     }
 
@@ -104,6 +104,15 @@ impl ConntrackMaps {
     pub(super) fn flush(&mut self, filter: &FlowFilter) -> Result<usize> {
         self.remove_where(|key, entry| filter.matches(key, entry))
     }
+}
+
+/// The timeouts of the settings as the datapath reads them.
+fn kernel_timeouts(timeouts: &settings::ConntrackTimeouts) -> ConntrackTimeouts {
+    let mut seconds = [0; Timeout::COUNT];
+    for (_, kind, value) in timeouts.each() {
+        seconds[kind as usize] = value;
+    }
+    ConntrackTimeouts { seconds }
 }
 
 /// `CLOCK_MONOTONIC`: the datapath's times (`bpf_ktime_get_coarse_ns`,
@@ -125,8 +134,7 @@ pub struct FlowFilter {
     /// Either end of the flow in this prefix.
     pub address: Option<IpNet>,
     pub protocol: Option<IpProtocol>,
-    /// A `conntrack_state` name.
-    pub state: Option<String>,
+    pub state: Option<FlowState>,
 }
 
 impl FlowFilter {
@@ -137,33 +145,7 @@ impl FlowFilter {
                     || net.contains(&address(key.family, key.remote))
             })
             && self.protocol.is_none_or(|p| p.0 == key.protocol)
-            && self
-                .state
-                .as_deref()
-                .is_none_or(|state| state == conntrack_state::name(entry.state))
-    }
-}
-
-/// The state names `--state` accepts.
-pub const STATES: [&str; 7] = [
-    "new",
-    "replied",
-    "syn-sent",
-    "syn-received",
-    "established",
-    "fin-wait",
-    "time-wait",
-];
-
-/// Checks a `--state` value.
-pub fn parse_state(text: &str) -> std::result::Result<String, String> {
-    if STATES.contains(&text) {
-        Ok(text.to_string())
-    } else {
-        Err(format!(
-            "'{text}' is not a state; use one of {}",
-            STATES.join(", ")
-        ))
+            && self.state.is_none_or(|state| state.raw() == entry.state)
     }
 }
 
@@ -223,7 +205,7 @@ pub struct Flow {
     pub interface: String,
     #[serde(flatten)]
     pub ends: Ends,
-    pub state: String,
+    pub state: FlowState,
     /// Who started the flow: egress (the workload) or ingress.
     pub origin: String,
     /// The port's policy that last allowed it.
@@ -286,7 +268,9 @@ pub(super) fn flows(
         .into_iter()
         .filter(|(key, entry)| filter.matches(key, entry))
         .filter(|(key, entry)| !timeouts.expired(key.protocol, entry.state, entry.last_seen, now))
-        .map(|(key, entry)| {
+        // A state this side does not know (a newer datapath's) is not shown.
+        .filter_map(|(key, entry)| Some((key, entry, FlowState::from_raw(entry.state)?)))
+        .map(|(key, entry, state)| {
             let interface = ports
                 .iter()
                 .find(|(slot, _)| *slot == key.slot)
@@ -299,7 +283,7 @@ pub(super) fn flows(
             let flow = Flow {
                 interface,
                 ends: Ends::of(&key),
-                state: conntrack_state::name(entry.state).to_string(),
+                state,
                 origin: if entry.origin == Direction::Egress as u8 {
                     "egress"
                 } else {
@@ -435,6 +419,8 @@ impl ConntrackStats {
 
 #[cfg(test)]
 mod tests {
+    use sg_common::conntrack_state;
+
     use super::*;
 
     fn key(local: [u8; 16], remote: [u8; 16]) -> ConntrackKey {
@@ -501,25 +487,21 @@ mod tests {
         assert!(by_address("2001:db8::2/128").matches(&key, &established));
         assert!(!by_address("2001:db8:2::/48").matches(&key, &established));
         let by_state = FlowFilter {
-            state: Some(parse_state("established").unwrap()),
+            state: Some(FlowState::Established),
             slot: Some(3),
             ..FlowFilter::default()
         };
         assert!(by_state.matches(&key, &established));
         assert!(!by_state.matches(&key, &entry(conntrack_state::SYN_SENT)));
-        assert!(parse_state("open").unwrap_err().contains("established"));
-        assert!(STATES.iter().all(|name| {
-            (0..=conntrack_state::TIME_WAIT).any(|state| conntrack_state::name(state) == *name)
-        }));
     }
 
     #[test]
     fn timeouts_take_the_settings_and_default_where_unset() {
-        let settings = crate::store::ConntrackTimeouts {
+        let settings = settings::ConntrackTimeouts {
             udp: 5,
             ..Default::default()
         };
-        let timeouts = settings.datapath();
+        let timeouts = kernel_timeouts(&settings);
         assert_eq!(timeouts.seconds(sg_common::Timeout::Udp), 5);
         assert_eq!(timeouts.seconds(sg_common::Timeout::Other), 600);
         let unset = ConntrackTimeouts::default();

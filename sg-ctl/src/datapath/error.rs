@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use aya::programs::ProgramError;
 use sg_common::{Direction, MAX_PORTS};
+use sg_core::model::FieldError;
 
 use super::mode::XdpModeArg;
 use crate::netns;
@@ -66,7 +67,7 @@ pub enum DatapathError {
     )]
     UnexpectedReturn { direction: Direction, code: u32 },
     #[error("invalid port security: {0}")]
-    InvalidPortSecurity(crate::model::FieldError),
+    InvalidPortSecurity(FieldError),
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
 }

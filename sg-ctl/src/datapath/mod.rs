@@ -28,14 +28,11 @@ mod status;
 mod sys;
 mod test_run;
 
-use std::{
-    net::IpAddr,
-    str::FromStr,
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
-use sg_common::{ConntrackTimeouts, Counter, Direction, Outcome, PortConfig};
+use sg_common::{Counter, Direction, Outcome, PortConfig};
+use sg_core::{compile::Compiled, port_security::PortSecurity, settings::ConntrackTimeouts};
 
 pub use attach::Attached;
 use conntrack::{ConntrackStats, Flow, FlowEvents, FlowFilter};
@@ -45,12 +42,12 @@ pub use load::EBPF_OBJECT;
 use maps::MapSet;
 pub use mode::XdpModeArg;
 pub use pins::{DEFAULT_PIN_DIR, Pins};
-pub use port_security::{PortSecurity, PortSecurityStatus};
+pub use port_security::PortSecurityStatus;
 pub use ports::CounterRow;
 pub use status::{PortStats, PortStatus};
 pub use test_run::{Forward, TestRun};
 
-use crate::{compile::Compiled, netns};
+use crate::netns;
 
 /// The datapath under one pin directory: the pins and the maps opened from
 /// them. Its methods may be called from any thread; those about an
@@ -280,8 +277,8 @@ impl Datapath {
 
     // The connection table.
 
-    /// Writes the timeouts the datapath applies (zero: the default); while
-    /// nothing is attached there is nothing to write them to.
+    /// Writes the timeouts the datapath applies; while nothing is attached
+    /// there is nothing to write them to.
     pub fn set_conntrack_timeouts(&self, timeouts: &ConntrackTimeouts) -> Result<()> {
         self.with_maps(|maps| maps.conntrack.set_timeouts(timeouts))
             .map(drop)
@@ -338,40 +335,5 @@ impl Datapath {
     /// decided (see `TestRun::trace`).
     pub fn tracer(&self, slot: u32) -> Result<TestRun> {
         TestRun::load(&self.pins, slot, true)
-    }
-}
-
-/// A prefix as users write it: `198.18.0.0/15`, `2001:db8::/32`, or a bare
-/// address meaning a single host.
-pub fn parse_prefix(s: &str) -> std::result::Result<IpNet, String> {
-    IpNet::from_str(s)
-        .or_else(|_| IpAddr::from_str(s).map(IpNet::from))
-        .map(|net| net.trunc())
-        .map_err(|_| {
-            format!("'{s}' is not an address or prefix: write e.g. 198.18.0.0/15, 2001:db8::/32 or 198.18.0.2")
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_parse_with_and_without_length() {
-        assert_eq!(
-            parse_prefix("198.18.0.7").unwrap().to_string(),
-            "198.18.0.7/32"
-        );
-        assert_eq!(
-            parse_prefix("198.18.3.7/16").unwrap().to_string(),
-            "198.18.0.0/16"
-        );
-        assert_eq!(
-            parse_prefix("2001:db8::1/32").unwrap().to_string(),
-            "2001:db8::/32"
-        );
-        let err = parse_prefix("198.18.0.0/33").unwrap_err();
-        assert!(err.contains("198.18.0.0/33"), "{err}");
-        assert!(parse_prefix("web").is_err());
     }
 }

@@ -15,7 +15,7 @@ use super::{
     pins::Pins,
     ports::sum_cpus,
 };
-use crate::compile::Compiled;
+use sg_core::compile::Compiled;
 
 /// How long old policy entries stay after the switch: longer than any
 /// program run that may still hold the old policy id.

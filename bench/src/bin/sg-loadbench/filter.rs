@@ -7,11 +7,11 @@ use anyhow::{Context as _, Result};
 use aya::programs::xdp::XdpLinkId;
 use serde::Serialize;
 use sg_common::{Direction, Outcome};
-use sg_ctl::{
+use sg_core::{
     compile::{compile, counter_ids},
-    datapath::{Attached as Slot, Datapath, XdpModeArg, conntrack::FlowFilter},
     model::Policy,
 };
+use sg_ctl::datapath::{Attached as Slot, Datapath, XdpModeArg, conntrack::FlowFilter};
 use sg_tests::{PORT, TestPins};
 
 use crate::{

@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use ipnet::IpNet;
-use sg_ctl::model::{
+use sg_core::model::{
     Action, Direction, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port, PortRange, PortSpec,
     Protocol, Remote, Rule,
     reference::{self, Packet},

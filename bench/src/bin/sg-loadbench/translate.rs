@@ -24,7 +24,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use ipnet::IpNet;
-use sg_ctl::model::{
+use sg_core::model::{
     Action, Direction, EtherType, IpProtocol, Policy, PortRange, Protocol, Remote, Rule,
     reference::NEIGHBOUR_DISCOVERY,
 };
