@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 use sg_ctl::{
     client::Client,
-    daemon::{Action, Applied, Document, GroupView, PortView},
+    daemon::api::{Action, Applied, Document, GroupView, PortView},
     datapath::conntrack::Flow,
     model::{
         AddressPair, EtherType, Group, IcmpMatch, MacAddr, Port, PortSpec, Protocol, Remote, Rule,

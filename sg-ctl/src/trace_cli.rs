@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use sg_common::Direction;
 use sg_ctl::{
-    daemon::{Document, effective},
+    daemon::{api::Document, effective},
     datapath::{Forward, Pins},
     frame::{Packet, TcpFlags, Transport},
     model::{IpProtocol, Policy},

@@ -1,5 +1,6 @@
-//! The daemon's HTTP/JSON API on a Unix socket (docs/openapi.yaml), and
-//! the optional Prometheus listener.
+//! The daemon's HTTP/JSON API on a Unix socket (docs/openapi.yaml): the
+//! types of its requests and answers, which [`crate::client`] shares, the
+//! server, and the optional Prometheus listener.
 //!
 //! Who the client is: a token in `Authorization: Bearer TOKEN` gives that
 //! token's role; without one, a client running as root (uid 0, from the
@@ -7,6 +8,7 @@
 //! the maps anyway; anyone else is anonymous and may read public groups.
 
 use std::{
+    fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -26,11 +28,11 @@ use axum::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{ApiError, Applied, Daemon, Document, ErrorKind, FlowQuery, GroupView, PortView};
+use super::{Daemon, Hits};
 use crate::{
     datapath::{self, conntrack::Flow},
     model::{Group, Port, Rule},
-    store::{Role, Settings, TokenInfo},
+    store::{PortPhase, Role, Settings, StoreError, TokenInfo},
 };
 
 /// Where the daemon listens unless told otherwise.
@@ -40,6 +42,179 @@ pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How often idle flows leave the connection table.
 const CONNTRACK_GC_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a request was refused; each kind is one HTTP status and one exit
+/// code of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotFound,
+    /// No credentials: neither a token nor root.
+    Unauthenticated,
+    Forbidden,
+    Conflict,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn invalid(error: impl ToString) -> Self {
+        Self::new(ErrorKind::Invalid, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::new(ErrorKind::Internal, error.to_string())
+    }
+}
+
+/// Where a port's policy stands, or a group's over the ports attaching
+/// it; in order of concern, a group taking its ports' worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A group no port attaches.
+    Na,
+    Active,
+    Pending,
+    Error,
+}
+
+impl From<PortPhase> for Phase {
+    fn from(phase: PortPhase) -> Self {
+        match phase {
+            PortPhase::Pending => Self::Pending,
+            PortPhase::Active => Self::Active,
+            PortPhase::Error => Self::Error,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Na => "na",
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// A phase, with the reason of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: Phase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub revision: u64,
+    pub spec: Group,
+    /// Ports attaching the group.
+    pub ports: Vec<String>,
+    pub status: Status,
+    /// What each rule decided, in rule order (empty while no port is
+    /// attached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<Hits>,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortView {
+    pub revision: u64,
+    pub spec: Port,
+    pub status: Status,
+    /// The datapath's policy id for the port, once installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<u32>,
+}
+
+/// A whole desired state, as `sg-ctl apply` reads it and `sg-ctl export`
+/// writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Left out: the settings stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+}
+
+/// What a change does to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The objects of a desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Group,
+    Port,
+    Settings,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Port => "port",
+            Self::Settings => "settings",
+        })
+    }
+}
+
+/// One difference between the desired state and a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub action: Action,
+    pub kind: Kind,
+    pub name: String,
+    /// For updates, the fields that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+/// What `apply` did or, with `dry_run`, would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+}
+/// Which of a port's flows `GET /v1/ports/{name}/flows` lists.
+#[derive(Debug, Default, Deserialize)]
+pub struct FlowQuery {
+    /// Either end in this prefix.
+    pub address: Option<ipnet::IpNet>,
+    pub protocol: Option<String>,
+    pub state: Option<String>,
+}
 
 type Shared = Arc<Mutex<Daemon>>;
 type Reply<T> = Result<Json<T>, ApiError>;

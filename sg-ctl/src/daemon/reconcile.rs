@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::NO_POLICY;
 
-use super::{ApiError, Daemon, Result, effective};
+use super::{Daemon, Result, api::ApiError, effective};
 use crate::{
     compile,
     datapath::{
