@@ -1,0 +1,184 @@
+//! `sg-ctl conntrack`: the connection table on the pinned maps, without
+//! the daemon: list, stats, flush, gc, watch.
+
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use ipnet::IpNet;
+use sg_ctl::{
+    datapath::{
+        self, Pins,
+        conntrack::{self, FlowFilter},
+    },
+    model::IpProtocol,
+};
+
+use super::{Invalid, Output, parse_protocol, print};
+
+#[derive(Subcommand)]
+pub enum ConntrackCommand {
+    /// The tracked flows, oldest first.
+    #[command(after_help = "Examples:
+  sg-ctl conntrack list --iface tap1 --protocol tcp --state established
+  sg-ctl -o json conntrack list --address 198.18.0.0/24")]
+    List(FlowArgs),
+    /// Entries, capacity, and the conntrack outcomes of every port.
+    Stats,
+    /// Forget flows: their next packets are those of new flows, which the
+    /// policy decides on.
+    #[command(after_help = "Examples:
+  sg-ctl conntrack flush --all
+  sg-ctl conntrack flush --iface tap1 --address 203.0.113.7")]
+    Flush {
+        #[command(flatten)]
+        flows: FlowArgs,
+        /// Every flow of every port (without a filter, required).
+        #[arg(long, conflicts_with_all = ["iface", "address", "protocol", "state"])]
+        all: bool,
+    },
+    /// Remove the flows idle past their timeout now (the daemon does it
+    /// every few seconds).
+    Gc,
+    /// Print flows as they start, close and expire (at most 1000 events a
+    /// second per CPU; flows that `gc` removes have none).
+    #[command(after_help = "Examples:
+  sg-ctl conntrack watch
+  sg-ctl -o json conntrack watch --count 10 --seconds 30")]
+    Watch {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+/// Which flows a conntrack command takes.
+#[derive(Args)]
+pub struct FlowArgs {
+    /// The flows of this port (interface name).
+    #[arg(long)]
+    iface: Option<String>,
+    #[command(flatten)]
+    of: FlowMatch,
+}
+
+/// Which of a port's flows a command takes.
+#[derive(Args)]
+pub struct FlowMatch {
+    /// Flows with either end in this prefix or address.
+    #[arg(long, value_parser = datapath::parse_prefix)]
+    address: Option<IpNet>,
+    /// Flows of this protocol (a name or a number).
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Option<IpProtocol>,
+    /// Flows in this state: new, replied, syn-sent, syn-received,
+    /// established, fin-wait, time-wait.
+    #[arg(long, value_parser = conntrack::parse_state)]
+    state: Option<String>,
+}
+
+impl FlowMatch {
+    fn is_empty(&self) -> bool {
+        self.address.is_none() && self.protocol.is_none() && self.state.is_none()
+    }
+
+    /// The same as the query of `GET /v1/ports/{name}/flows`.
+    pub fn query(&self) -> String {
+        let fields = [
+            ("address", self.address.map(|a| a.to_string())),
+            ("protocol", self.protocol.map(|p| p.0.to_string())),
+            ("state", self.state.clone()),
+        ];
+        let pairs: Vec<String> = fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+}
+
+impl FlowArgs {
+    fn is_empty(&self) -> bool {
+        self.iface.is_none() && self.of.is_empty()
+    }
+
+    /// The filter, with the port of `--iface` (in the namespace entered).
+    fn filter(&self, pins: &Pins) -> Result<FlowFilter> {
+        Ok(FlowFilter {
+            slot: self
+                .iface
+                .as_deref()
+                .map(|iface| datapath::slot_of(pins, iface))
+                .transpose()?,
+            address: self.of.address,
+            protocol: self.of.protocol,
+            state: self.of.state.clone(),
+        })
+    }
+}
+
+impl ConntrackCommand {
+    pub fn run(&self, pins: &Pins, output: Output) -> Result<()> {
+        match self {
+            ConntrackCommand::List(flows) => {
+                let flows = conntrack::list(pins, &flows.filter(pins)?)?;
+                output.print(&flows, |flows| print::flows(flows))?;
+            }
+            ConntrackCommand::Stats => {
+                output.print(&conntrack::stats(pins)?, print::conntrack_stats)?;
+            }
+            ConntrackCommand::Flush { flows, all } => {
+                if !all && flows.is_empty() {
+                    return Err(Invalid(
+                        "conntrack flush: say which flows: --iface, --address, --protocol, \
+                         --state, or --all for every flow"
+                            .to_string(),
+                    )
+                    .into());
+                }
+                let removed = conntrack::flush(pins, &flows.filter(pins)?)?;
+                report(output, "flushed", removed);
+            }
+            ConntrackCommand::Watch { count, seconds } => {
+                let mut events = conntrack::FlowEvents::open(pins)?;
+                // Said once the ring is open: what happens from here on is shown.
+                eprintln!("watching flows as they start, close and expire");
+                let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+                let mut seen = 0;
+                let mut out = std::io::stdout().lock();
+                events.watch(until, |event| {
+                    match output {
+                        Output::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+                        Output::Table => print::flow_event(&mut out, &event)?,
+                    }
+                    out.flush()?;
+                    seen += 1;
+                    Ok(count.is_none_or(|count| seen < count))
+                })?;
+            }
+            ConntrackCommand::Gc => {
+                let removed = conntrack::expire(pins)?;
+                report(output, "expired", removed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many flows a command removed.
+fn report(output: Output, what: &str, flows: usize) {
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ what: flows })),
+        Output::Table => println!("{what} {flows} flows"),
+    }
+}
