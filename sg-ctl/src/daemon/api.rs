@@ -207,13 +207,77 @@ pub struct Applied {
     pub dry_run: bool,
     pub changes: Vec<Change>,
 }
+
 /// Which of a port's flows `GET /v1/ports/{name}/flows` lists.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FlowQuery {
     /// Either end in this prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<ipnet::IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+}
+
+/// The query of `POST /v1/apply`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ApplyQuery {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// The new name of `POST /v1/groups/{name}/clone`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NameBody {
+    pub name: String,
+}
+
+/// The groups of `POST /v1/ports/{name}/attach` and `…/detach`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupsBody {
+    pub groups: Vec<String>,
+}
+
+/// The role of a token `POST /v1/tokens` creates.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoleBody {
+    pub role: Role,
+}
+
+/// A token `POST /v1/tokens` created: the token itself, shown only then,
+/// and its listing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The paths of the API's operations, as the router serves them and the
+/// client asks them; `{…}` stands for a path segment.
+pub mod routes {
+    pub const GROUPS: &str = "/v1/groups";
+    pub const GROUP: &str = "/v1/groups/{name}";
+    pub const CLONE_GROUP: &str = "/v1/groups/{name}/clone";
+    pub const RULES: &str = "/v1/groups/{name}/rules";
+    pub const RULE: &str = "/v1/groups/{name}/rules/{index}";
+    pub const PORTS: &str = "/v1/ports";
+    pub const PORT: &str = "/v1/ports/{name}";
+    pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
+    pub const DETACH_GROUPS: &str = "/v1/ports/{name}/detach";
+    pub const FLOWS: &str = "/v1/ports/{name}/flows";
+    pub const SETTINGS: &str = "/v1/settings";
+    pub const EXPORT: &str = "/v1/export";
+    pub const APPLY: &str = "/v1/apply";
+    pub const TOKENS: &str = "/v1/tokens";
+    pub const TOKEN: &str = "/v1/tokens/{id}";
 }
 
 type Shared = Arc<Mutex<Daemon>>;
@@ -237,12 +301,6 @@ impl axum::response::IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
 }
 
 /// The peer of a Unix-socket connection.
@@ -342,63 +400,32 @@ fn revision(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
-#[derive(Deserialize)]
-struct NameBody {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct GroupsBody {
-    groups: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RoleBody {
-    role: Role,
-}
-
-#[derive(Serialize)]
-struct TokenBody {
-    token: String,
-    #[serde(flatten)]
-    info: TokenInfo,
-}
-
-#[derive(Deserialize)]
-struct ApplyQuery {
-    #[serde(default)]
-    dry_run: bool,
-}
-
 type Name = UrlPath<String>;
 type NameIndex = UrlPath<(String, usize)>;
 
 fn router(daemon: Shared) -> Router {
     Router::new()
-        .route("/v1/groups", get(list_groups).post(create_group))
+        .route(routes::GROUPS, get(list_groups).post(create_group))
         .route(
-            "/v1/groups/{name}",
+            routes::GROUP,
             get(show_group).put(update_group).delete(delete_group),
         )
-        .route("/v1/groups/{name}/clone", post(clone_group))
-        .route("/v1/groups/{name}/rules", post(add_rules))
+        .route(routes::CLONE_GROUP, post(clone_group))
+        .route(routes::RULES, post(add_rules))
+        .route(routes::RULE, put(update_rule).delete(delete_rule))
+        .route(routes::PORTS, get(list_ports).post(create_port))
         .route(
-            "/v1/groups/{name}/rules/{index}",
-            put(update_rule).delete(delete_rule),
-        )
-        .route("/v1/ports", get(list_ports).post(create_port))
-        .route(
-            "/v1/ports/{name}",
+            routes::PORT,
             get(show_port).put(update_port).delete(delete_port),
         )
-        .route("/v1/ports/{name}/attach", post(attach_groups))
-        .route("/v1/ports/{name}/detach", post(detach_groups))
-        .route("/v1/ports/{name}/flows", get(port_flows))
-        .route("/v1/settings", get(show_settings).put(update_settings))
-        .route("/v1/export", get(export))
-        .route("/v1/apply", post(apply))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route(routes::ATTACH_GROUPS, post(attach_groups))
+        .route(routes::DETACH_GROUPS, post(detach_groups))
+        .route(routes::FLOWS, get(port_flows))
+        .route(routes::SETTINGS, get(show_settings).put(update_settings))
+        .route(routes::EXPORT, get(export))
+        .route(routes::APPLY, post(apply))
+        .route(routes::TOKENS, get(list_tokens).post(create_token))
+        .route(routes::TOKEN, delete(revoke_token))
         .with_state(daemon)
 }
 
@@ -599,7 +626,7 @@ async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let request: RoleBody = body(&b)?;
     let Json((token, info)) = with(d, move |d| d.create_token(role, request.role)).await?;
-    Ok((StatusCode::CREATED, Json(TokenBody { token, info })))
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
 async fn list_tokens(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<TokenInfo>> {
