@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hyper::Method;
-use sg_ctl::daemon::api::{Applied, Document};
+use sg_ctl::daemon::api::Document;
 
 use super::{Invalid, Session, print};
 
@@ -30,23 +29,14 @@ impl ApplyArgs {
         // YAML is a superset of JSON: one parser reads both.
         let document: Document = serde_norway::from_str(&text)
             .map_err(|e| Invalid(format!("{}: {e}", file.display())))?;
-        let path = format!("/v1/apply?dry_run={}", self.dry_run);
-        let applied: Applied = session
-            .client
-            .call(Method::POST, &path, Some(&document), None)
-            .await?;
+        let applied = session.client.apply(&document, self.dry_run).await?;
         session.output.print(&applied, print::applied)
     }
-}
-
-/// The desired state, as `export` prints it.
-pub async fn export_document(session: &Session) -> Result<Document> {
-    session.get("/v1/export").await
 }
 
 /// `export`: the desired state as `apply` reads it.
 pub async fn export(session: &Session) -> Result<()> {
     session
         .output
-        .print(&export_document(session).await?, print::yaml)
+        .print(&session.client.export().await?, print::yaml)
 }

@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use sg_ctl::{
+    daemon::api::FlowQuery,
     datapath::{
         self, Pins,
         conntrack::{self, FlowFilter},
@@ -88,21 +89,12 @@ impl FlowMatch {
         self.address.is_none() && self.protocol.is_none() && self.state.is_none()
     }
 
-    /// The same as the query of `GET /v1/ports/{name}/flows`.
-    pub fn query(&self) -> String {
-        let fields = [
-            ("address", self.address.map(|a| a.to_string())),
-            ("protocol", self.protocol.map(|p| p.0.to_string())),
-            ("state", self.state.clone()),
-        ];
-        let pairs: Vec<String> = fields
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
-            .collect();
-        if pairs.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", pairs.join("&"))
+    /// The query of `GET /v1/ports/{name}/flows` for these flows.
+    pub fn query(&self) -> FlowQuery {
+        FlowQuery {
+            address: self.address,
+            protocol: self.protocol.map(|p| p.0.to_string()),
+            state: self.state.clone(),
         }
     }
 }

@@ -3,14 +3,13 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use hyper::Method;
 use ipnet::IpNet;
 use sg_ctl::{
     daemon::api::GroupView,
     model::{Group, parse_cidr},
 };
 
-use super::{Invalid, NO_BODY, Session, group_path, print};
+use super::{Invalid, Session, print};
 
 #[derive(Subcommand)]
 pub enum GroupCommand {
@@ -80,22 +79,15 @@ impl GroupCommand {
                     public: *public,
                     ..base.map_err(|e| Invalid(e.to_string()))?
                 };
-                let view: GroupView = session
-                    .client
-                    .call(Method::POST, "/v1/groups", Some(&group), None)
-                    .await?;
-                show(session, &view)
+                show(session, &session.client.create_group(&group).await?)
             }
             GroupCommand::List => {
-                let groups: Vec<GroupView> = session.get("/v1/groups").await?;
+                let groups = session.client.groups().await?;
                 session
                     .output
                     .print(&groups, |groups| print::groups(groups))
             }
-            GroupCommand::Show { name } => {
-                let view: GroupView = session.get(&group_path(name)).await?;
-                show(session, &view)
-            }
+            GroupCommand::Show { name } => show(session, &session.client.group(name).await?),
             GroupCommand::Update {
                 name,
                 description,
@@ -103,7 +95,7 @@ impl GroupCommand {
                 egress_open_until_first_rule,
                 external_members,
             } => {
-                let view: GroupView = session.get(&group_path(name)).await?;
+                let view = session.client.group(name).await?;
                 let mut group = view.spec;
                 if let Some(description) = description {
                     group.description = description.clone();
@@ -123,36 +115,18 @@ impl GroupCommand {
                         })
                         .collect::<Result<Vec<IpNet>, _>>()?;
                 }
-                let view: GroupView = session
+                let view = session
                     .client
-                    .call(
-                        Method::PUT,
-                        &group_path(name),
-                        Some(&group),
-                        Some(view.revision),
-                    )
+                    .replace_group(name, &group, Some(view.revision))
                     .await?;
                 show(session, &view)
             }
             GroupCommand::Delete { name } => {
-                session
-                    .client
-                    .request(Method::DELETE, &group_path(name), NO_BODY, None)
-                    .await?;
+                session.client.delete_group(name, None).await?;
                 session.deleted("group", name)
             }
             GroupCommand::Clone { from, name } => {
-                let body = serde_json::json!({ "name": name });
-                let view: GroupView = session
-                    .client
-                    .call(
-                        Method::POST,
-                        &format!("{}/clone", group_path(from)),
-                        Some(&body),
-                        None,
-                    )
-                    .await?;
-                show(session, &view)
+                show(session, &session.client.clone_group(from, name).await?)
             }
         }
     }

@@ -18,7 +18,6 @@ mod trace;
 use std::{io, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hyper::Method;
 use serde::Serialize;
 use sg_ctl::{client::Client, daemon::api, datapath::DEFAULT_PIN_DIR, model::IpProtocol};
 
@@ -198,38 +197,17 @@ impl Session {
         }
         Ok(())
     }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        Ok(self.client.call(Method::GET, path, NO_BODY, None).await?)
-    }
 }
-
-fn escape(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn group_path(name: &str) -> String {
-    format!("/v1/groups/{}", escape(name))
-}
-
-fn port_path(name: &str) -> String {
-    format!("/v1/ports/{}", escape(name))
-}
-
-const NO_BODY: Option<&()> = None;
 
 /// Runs the daemon or a client command on a runtime of its own.
-pub fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub fn block_on<T, E: Into<anyhow::Error>>(
+    work: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(work)
+        .map_err(Into::into)
 }
 
 /// A protocol as rules name it: a name or a number.

@@ -5,14 +5,12 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 use clap::Subcommand;
-use hyper::Method;
 use sg_ctl::{
     daemon::api::PortView,
-    datapath::conntrack::Flow,
     model::{AddressPair, MacAddr, Port, parse_cidr},
 };
 
-use super::{Invalid, NO_BODY, Session, conntrack::FlowMatch, port_path, print};
+use super::{Invalid, Session, conntrack::FlowMatch, print};
 
 #[derive(Subcommand)]
 pub enum PortCommand {
@@ -103,6 +101,7 @@ fn show(session: &Session, view: &PortView) -> Result<()> {
 
 impl PortCommand {
     pub async fn run(&self, session: &Session) -> Result<()> {
+        let client = &session.client;
         match self {
             PortCommand::Create {
                 name,
@@ -128,20 +127,13 @@ impl PortCommand {
                 port.allow_vlan = *allow_vlan;
                 port.allow_multicast = *allow_multicast;
                 port.netns = session.netns.clone();
-                let view: PortView = session
-                    .client
-                    .call(Method::POST, "/v1/ports", Some(&port), None)
-                    .await?;
-                show(session, &view)
+                show(session, &client.create_port(&port).await?)
             }
             PortCommand::List => {
-                let ports: Vec<PortView> = session.get("/v1/ports").await?;
+                let ports = client.ports().await?;
                 session.output.print(&ports, |ports| print::ports(ports))
             }
-            PortCommand::Show { name } => {
-                let view: PortView = session.get(&port_path(name)).await?;
-                show(session, &view)
-            }
+            PortCommand::Show { name } => show(session, &client.port(name).await?),
             PortCommand::Update {
                 name,
                 iface,
@@ -151,7 +143,7 @@ impl PortCommand {
                 allow_vlan,
                 allow_multicast,
             } => {
-                let view: PortView = session.get(&port_path(name)).await?;
+                let view = client.port(name).await?;
                 let mut port = view.spec;
                 if let Some(iface) = iface {
                     port.ifname = iface.clone();
@@ -174,47 +166,24 @@ impl PortCommand {
                 if session.netns.is_some() {
                     port.netns = session.netns.clone();
                 }
-                let view: PortView = session
-                    .client
-                    .call(
-                        Method::PUT,
-                        &port_path(name),
-                        Some(&port),
-                        Some(view.revision),
-                    )
+                let view = client
+                    .replace_port(name, &port, Some(view.revision))
                     .await?;
                 show(session, &view)
             }
             PortCommand::Delete { name } => {
-                session
-                    .client
-                    .request(Method::DELETE, &port_path(name), NO_BODY, None)
-                    .await?;
+                client.delete_port(name, None).await?;
                 session.deleted("port", name)
             }
             PortCommand::Flows { name, of } => {
-                let flows: Vec<Flow> = session
-                    .get(&format!("{}/flows{}", port_path(name), of.query()))
-                    .await?;
+                let flows = client.flows(name, &of.query()).await?;
                 session.output.print(&flows, |flows| print::flows(flows))
             }
-            PortCommand::Attach { name, groups } | PortCommand::Detach { name, groups } => {
-                let verb = if matches!(self, PortCommand::Attach { .. }) {
-                    "attach"
-                } else {
-                    "detach"
-                };
-                let body = serde_json::json!({ "groups": groups });
-                let view: PortView = session
-                    .client
-                    .call(
-                        Method::POST,
-                        &format!("{}/{verb}", port_path(name)),
-                        Some(&body),
-                        None,
-                    )
-                    .await?;
-                show(session, &view)
+            PortCommand::Attach { name, groups } => {
+                show(session, &client.attach_groups(name, groups).await?)
+            }
+            PortCommand::Detach { name, groups } => {
+                show(session, &client.detach_groups(name, groups).await?)
             }
         }
     }

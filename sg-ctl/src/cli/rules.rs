@@ -3,14 +3,12 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use hyper::Method;
 use sg_ctl::{
-    daemon::api::GroupView,
     model::{Direction, EtherType, IcmpMatch, PortSpec, Protocol, Remote, Rule},
     preset,
 };
 
-use super::{Invalid, NO_BODY, Session, group_path, print};
+use super::{Invalid, Session, print};
 
 #[derive(Subcommand)]
 pub enum RuleCommand {
@@ -130,7 +128,8 @@ impl RuleFields {
 
 impl RuleCommand {
     pub async fn run(&self, session: &Session) -> Result<()> {
-        let view: GroupView = match self {
+        let client = &session.client;
+        let view = match self {
             RuleCommand::Add {
                 group,
                 preset,
@@ -143,37 +142,27 @@ impl RuleCommand {
                     }
                     None => vec![template],
                 };
-                let path = format!("{}/rules", group_path(group));
-                session
-                    .client
-                    .call(Method::POST, &path, Some(&rules), None)
-                    .await?
+                client.add_rules(group, &rules, None).await?
             }
-            RuleCommand::List { group } => session.get(&group_path(group)).await?,
+            RuleCommand::List { group } => client.group(group).await?,
             RuleCommand::Update {
                 group,
                 index,
                 fields,
             } => {
-                let view: GroupView = session.get(&group_path(group)).await?;
+                let view = client.group(group).await?;
                 let rule = view.spec.rules.get(*index).cloned().ok_or_else(|| {
                     Invalid(format!(
                         "group '{group}' has no rule {index}; `sg-ctl rule list {group}` shows them"
                     ))
                 })?;
                 let rule = fields.apply(rule)?;
-                let path = format!("{}/rules/{index}", group_path(group));
-                session
-                    .client
-                    .call(Method::PUT, &path, Some(&rule), Some(view.revision))
+                client
+                    .set_rule(group, *index, Some(&rule), Some(view.revision))
                     .await?
             }
             RuleCommand::Delete { group, index } => {
-                let path = format!("{}/rules/{index}", group_path(group));
-                session
-                    .client
-                    .call(Method::DELETE, &path, NO_BODY, None)
-                    .await?
+                client.set_rule(group, *index, None, None).await?
             }
         };
         session

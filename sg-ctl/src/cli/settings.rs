@@ -3,9 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use hyper::Method;
 use serde_json::Value;
-use sg_ctl::store::Settings;
 
 use super::{Invalid, Session, print};
 
@@ -24,15 +22,13 @@ pub enum SettingsCommand {
 
 impl SettingsCommand {
     pub async fn run(&self, session: &Session) -> Result<()> {
-        let settings: Settings = match self {
-            SettingsCommand::Show => session.get("/v1/settings").await?,
+        let settings = match self {
+            SettingsCommand::Show => session.client.settings().await?,
             SettingsCommand::Set { key, value } => {
-                let current: Value = session.get("/v1/settings").await?;
-                let settings = set_key(current, key, value)?;
-                session
-                    .client
-                    .call(Method::PUT, "/v1/settings", Some(&settings), None)
-                    .await?
+                let current = serde_json::to_value(session.client.settings().await?)?;
+                let settings = serde_json::from_value(set_key(current, key, value)?)
+                    .map_err(|e| Invalid(e.to_string()))?;
+                session.client.set_settings(&settings).await?
             }
         };
         session.output.print(&settings, print::yaml)

@@ -2,11 +2,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use hyper::Method;
-use serde_json::Value;
-use sg_ctl::store::{Role, TokenInfo};
+use sg_ctl::store::Role;
 
-use super::{NO_BODY, Session, escape, print};
+use super::{Session, print};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
@@ -31,34 +29,26 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 impl TokenCommand {
     pub async fn run(&self, session: &Session) -> Result<()> {
+        let client = &session.client;
         match self {
             TokenCommand::Create { role } => {
-                let body = serde_json::json!({ "role": role });
-                let created: Value = session
-                    .client
-                    .call(Method::POST, "/v1/tokens", Some(&body), None)
-                    .await?;
+                let created = client.create_token(*role).await?;
+                // Through a JSON map, whose keys are sorted: `token create -o
+                // json` prints them in that order.
+                let created = serde_json::to_value(created)?;
                 session.output.print(&created, |created| {
                     println!("{}", created["token"].as_str().unwrap_or_default());
                     Ok(())
                 })
             }
             TokenCommand::List => {
-                let tokens: Vec<TokenInfo> = session.get("/v1/tokens").await?;
+                let tokens = client.tokens().await?;
                 session
                     .output
                     .print(&tokens, |tokens| print::tokens(tokens))
             }
             TokenCommand::Revoke { id } => {
-                session
-                    .client
-                    .request(
-                        Method::DELETE,
-                        &format!("/v1/tokens/{}", escape(id)),
-                        NO_BODY,
-                        None,
-                    )
-                    .await?;
+                client.revoke_token(id).await?;
                 session.deleted("token", id)
             }
         }

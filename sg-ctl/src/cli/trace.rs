@@ -13,7 +13,7 @@ use sg_ctl::{
     netns, trace,
 };
 
-use super::{Invalid, Session, apply::export_document, block_on, parse_protocol, print};
+use super::{Invalid, Session, block_on, parse_protocol, print};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -95,7 +95,7 @@ impl TraceArgs {
     /// it.
     pub fn run(&self, pins: &Pins, netns_arg: Option<&str>, session: &Session) -> Result<()> {
         let known = match &self.port {
-            Some(name) => Some(known(block_on(export_document(session))?, name)?),
+            Some(name) => Some(known(block_on(session.client.export())?, name)?),
             None => None,
         };
         let packet = self.packet()?;

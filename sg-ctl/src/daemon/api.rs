@@ -754,7 +754,26 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::{datapath::Pins, store::Store};
+    use crate::{
+        client::{Client, ClientError},
+        datapath::Pins,
+        model::{Direction, MacAddr},
+        store::Store,
+    };
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sg-unit-api-")
+            .tempdir()
+            .unwrap()
+    }
+
+    /// A daemon on a fresh database in `dir`; without ports it never
+    /// touches the datapath, and the pins it is given are never made.
+    fn daemon(dir: &tempfile::TempDir) -> Daemon {
+        let store = Store::open(&dir.path().join("sg.db")).unwrap();
+        Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap()
+    }
 
     /// Every operation docs/openapi.yaml describes is routed: the answer
     /// comes from a handler (a JSON body), not from the router's 404 or 405.
@@ -762,13 +781,8 @@ mod tests {
     async fn every_documented_operation_is_served() {
         let spec: serde_json::Value =
             serde_norway::from_str(include_str!("../../../docs/openapi.yaml")).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("sg-openapi-")
-            .tempdir()
-            .unwrap();
-        let store = Store::open(&dir.path().join("sg.db")).unwrap();
-        let daemon = Daemon::start(store, Pins::new(dir.path().join("pins"))).unwrap();
-        let app = router(Arc::new(Mutex::new(daemon)));
+        let dir = temp_dir();
+        let app = router(Arc::new(Mutex::new(daemon(&dir))));
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;
         for (path, item) in paths {
@@ -801,5 +815,104 @@ mod tests {
         }
         // As many as `router` has: none is left undocumented.
         assert_eq!(operations, 24);
+    }
+    /// Each method of the client asks a route and method the router
+    /// serves, with a body and query its handler reads: one call per
+    /// operation, as an owner, through the socket.
+    #[tokio::test]
+    async fn the_client_asks_what_the_router_serves() {
+        let dir = temp_dir();
+        let daemon = daemon(&dir);
+        let (token, _) = daemon.store().create_token(Role::Owner).unwrap();
+        let socket = dir.path().join("sg.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let app = router(Arc::new(Mutex::new(daemon)));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        });
+        let client = Client::new(&socket, Some(token));
+
+        assert_eq!(client.groups().await.unwrap().len(), 1);
+        let web = client
+            .create_group(&Group::new("web").unwrap())
+            .await
+            .unwrap();
+        let group = Group {
+            description: "web tier".into(),
+            ..web.spec
+        };
+        let web = client
+            .replace_group("web", &group, Some(web.revision))
+            .await
+            .unwrap();
+        let rule = Rule::new(Direction::Ingress);
+        let web = client
+            .add_rules("web", std::slice::from_ref(&rule), Some(web.revision))
+            .await
+            .unwrap();
+        assert_eq!(web.spec.rules.len(), 3);
+        let web = client
+            .set_rule("web", 2, Some(&rule), Some(web.revision))
+            .await
+            .unwrap();
+        let web = client.set_rule("web", 2, None, Some(web.revision)).await;
+        assert_eq!(web.unwrap().spec.rules.len(), 2);
+        assert_eq!(
+            client.group("web").await.unwrap().spec.description,
+            "web tier"
+        );
+        client.clone_group("web", "copy").await.unwrap();
+        client.delete_group("copy", None).await.unwrap();
+
+        // The interface does not exist: the port is created, in error.
+        let port = Port::new("vm", "sg-no-iface", MacAddr([0x52, 0x54, 0, 0, 0, 1]));
+        let vm = client.create_port(&port).await.unwrap();
+        assert_eq!(vm.status.state, Phase::Error);
+        client
+            .replace_port("vm", &vm.spec, Some(vm.revision))
+            .await
+            .unwrap();
+        let groups = ["web".to_string()];
+        client.attach_groups("vm", &groups).await.unwrap();
+        let vm = client.detach_groups("vm", &groups).await.unwrap();
+        assert_eq!(client.port("vm").await.unwrap().revision, vm.revision);
+        assert_eq!(client.ports().await.unwrap().len(), 1);
+        let query = FlowQuery {
+            address: Some("198.18.0.0/24".parse().unwrap()),
+            protocol: Some("tcp".into()),
+            state: Some("established".into()),
+        };
+        // The query is read before the port is found unattached.
+        match client.flows("vm", &query).await {
+            Err(ClientError::Api { status, message }) => {
+                assert_eq!(status, StatusCode::CONFLICT, "{message}");
+            }
+            other => panic!("the port has no flows: {other:?}"),
+        }
+        client.delete_port("vm", Some(vm.revision)).await.unwrap();
+
+        let settings = client.settings().await.unwrap();
+        assert_eq!(client.set_settings(&settings).await.unwrap(), settings);
+        let document = client.export().await.unwrap();
+        assert!(
+            client
+                .apply(&document, true)
+                .await
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+        assert!(
+            client
+                .apply(&document, false)
+                .await
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+
+        let viewer = client.create_token(Role::Viewer).await.unwrap();
+        assert_eq!(client.tokens().await.unwrap().len(), 2);
+        client.revoke_token(&viewer.info.id).await.unwrap();
     }
 }
