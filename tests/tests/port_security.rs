@@ -18,7 +18,7 @@ use sg_common::{Direction, Outcome};
 use sg_ctl::{
     datapath::{
         Forward,
-        port_security::{self, PortSecurity, link_local, parse_address_pair},
+        port_security::{self, PortSecurity, link_local},
     },
     frame::{Arp, Packet, Transport},
     model::MacAddr,
@@ -45,8 +45,8 @@ fn security() -> PortSecurity {
         mac: MacAddr(MAC),
         ips: vec![addr(OWN), addr(OWN6)],
         allowed_address_pairs: vec![
-            parse_address_pair("198.18.8.0/24,02:00:5e:10:00:05").unwrap(),
-            parse_address_pair("198.18.0.100").unwrap(),
+            "198.18.8.0/24,02:00:5e:10:00:05".parse().unwrap(),
+            "198.18.0.100".parse().unwrap(),
         ],
         ..PortSecurity::OFF
     }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use ipnet::IpNet;
 use sg_ctl::{
-    datapath::{self, Attached, Pins, PortSecurity, XdpModeArg, port_security::parse_address_pair},
+    datapath::{self, Attached, Pins, PortSecurity, XdpModeArg},
     model::{AddressPair, MacAddr},
     netns,
 };
@@ -56,7 +56,7 @@ pub struct PortSecurityArgs {
     /// Another address or prefix the workload may use, with the MAC it
     /// uses for it if not its own: IP[,MAC] or CIDR[,MAC] (repeat for
     /// more).
-    #[arg(long = "allowed-pair", value_name = "IP[,MAC]", value_parser = parse_pair)]
+    #[arg(long = "allowed-pair", value_name = "IP[,MAC]")]
     allowed_pairs: Vec<AddressPair>,
     /// Let 802.1Q/802.1ad tagged frames leave the workload.
     #[arg(long)]
@@ -79,10 +79,6 @@ pub struct Stats {
 fn parse_mac(text: &str) -> Result<MacAddr, String> {
     text.parse()
         .map_err(|e: sg_ctl::model::FieldError| e.message)
-}
-
-fn parse_pair(text: &str) -> Result<AddressPair, String> {
-    parse_address_pair(text).map_err(|e| e.to_string())
 }
 
 impl Attach {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use sg_ctl::{
     daemon::api::PortView,
-    model::{AddressPair, MacAddr, Port, parse_cidr},
+    model::{FieldError, MacAddr, Port},
 };
 
 use super::{Invalid, Session, conntrack::FlowMatch, print};
@@ -29,6 +29,8 @@ pub enum PortCommand {
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
         /// An address the workload may also use: CIDR[,MAC] (repeat for more).
+        // Parsed once the command is read, so that a wrong pair reads like
+        // the daemon's field errors.
         #[arg(long = "address-pair")]
         address_pairs: Vec<String>,
         /// Groups to attach, in order (repeat; default: default).
@@ -118,8 +120,8 @@ impl PortCommand {
                 port.ips = ips.clone();
                 port.allowed_address_pairs = address_pairs
                     .iter()
-                    .map(|text| address_pair(text))
-                    .collect::<Result<_>>()?;
+                    .map(|text| text.parse().map_err(|e: FieldError| Invalid(e.to_string())))
+                    .collect::<Result<_, _>>()?;
                 if !groups.is_empty() {
                     port.groups = groups.clone();
                 }
@@ -187,19 +189,4 @@ impl PortCommand {
             }
         }
     }
-}
-
-/// `CIDR` or `CIDR,MAC`.
-fn address_pair(text: &str) -> Result<AddressPair> {
-    let (ip, mac) = match text.split_once(',') {
-        Some((ip, mac)) => (ip, Some(mac)),
-        None => (text, None),
-    };
-    Ok(AddressPair {
-        ip: parse_cidr(ip).map_err(|e| Invalid(format!("allowed_address_pairs: {e}")))?,
-        mac: mac
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: sg_ctl::model::FieldError| Invalid(e.to_string()))?,
-    })
 }
