@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use sg_ctl::{
     datapath::{self, Attached, Pins, PortSecurity, XdpModeArg},
@@ -19,8 +19,29 @@ pub struct Attach {
     /// Interface name.
     iface: String,
     /// Where the XDP program runs.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    xdp_mode: XdpModeArg,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    xdp_mode: XdpMode,
+}
+
+/// The values of `--xdp-mode`, each the [`XdpModeArg`] of its name.
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpMode {
+    /// Native if the driver supports it, else generic.
+    Auto,
+    /// In the driver (veth, tap, most physical NICs).
+    Native,
+    /// In the kernel's network stack, after the skb is built.
+    Generic,
+}
+
+impl From<XdpMode> for XdpModeArg {
+    fn from(mode: XdpMode) -> Self {
+        match mode {
+            XdpMode::Auto => XdpModeArg::Auto,
+            XdpMode::Native => XdpModeArg::Native,
+            XdpMode::Generic => XdpModeArg::Generic,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -84,7 +105,7 @@ fn parse_mac(text: &str) -> Result<MacAddr, String> {
 impl Attach {
     pub fn run(&self, pins: &Pins) -> Result<()> {
         let iface = &self.iface;
-        match datapath::attach(pins, iface, self.xdp_mode)? {
+        match datapath::attach(pins, iface, self.xdp_mode.into())? {
             Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
             Attached::Already { slot } => {
                 println!("{iface} is already attached (slot {slot})");

@@ -135,7 +135,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result
 }
 
 /// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeArg {
     /// Native if the driver supports it, else generic.
