@@ -71,7 +71,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // The datapath commands work on interfaces of the --netns namespace;
     // the client commands keep it as the namespace of the ports they make.
     let enter_netns = || cli.netns.as_deref().map(netns::enter).transpose();
-    let session = || Session {
+    let session = Session {
         client: Client::new(&cli.socket, cli.token.clone()),
         output,
         netns: cli.netns.clone(),
@@ -106,14 +106,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             enter_netns()?;
             command.run(&pins, output)
         }
-        Command::Daemon(args) => args.run(pins, &cli.socket, session),
-        Command::Group(command) => block_on(command.run(&session())),
-        Command::Rule(command) => block_on(command.run(&session())),
-        Command::Port(command) => block_on(command.run(&session())),
-        Command::Settings(command) => block_on(command.run(&session())),
-        Command::Apply(args) => block_on(args.run(&session())),
-        Command::Export => block_on(apply::export(&session())),
-        Command::Trace(args) => args.run(&pins, cli.netns.as_deref(), &session()),
+        Command::Daemon(args) => args.run(pins, &cli.socket, &session),
+        Command::Group(command) => block_on(command.run(&session)),
+        Command::Rule(command) => block_on(command.run(&session)),
+        Command::Port(command) => block_on(command.run(&session)),
+        Command::Settings(command) => block_on(command.run(&session)),
+        Command::Apply(args) => block_on(args.run(&session)),
+        Command::Export => block_on(apply::export(&session)),
+        Command::Trace(args) => args.run(&pins, &session),
         Command::Protocols => catalogue::protocols(output),
         Command::Presets => catalogue::presets(output),
         Command::Completions { shell } => {

@@ -1,6 +1,9 @@
 //! `sg-ctl daemon`: run the daemon, or manage its API tokens.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -34,14 +37,9 @@ enum DaemonCommand {
 impl DaemonArgs {
     /// Serves the API on `socket` until told to stop; a token command goes
     /// to the daemon of `session` instead.
-    pub fn run(
-        &self,
-        pins: Pins,
-        socket: &std::path::Path,
-        session: impl FnOnce() -> Session,
-    ) -> Result<()> {
+    pub fn run(&self, pins: Pins, socket: &Path, session: &Session) -> Result<()> {
         if let Some(DaemonCommand::Token(command)) = &self.command {
-            return block_on(command.run(&session()));
+            return block_on(command.run(session));
         }
         if let Some(dir) = self.db.parent() {
             std::fs::create_dir_all(dir)?;

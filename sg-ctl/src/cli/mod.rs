@@ -182,7 +182,8 @@ pub struct Invalid(pub String);
 pub struct Session {
     pub client: Client,
     pub output: Output,
-    /// The `--netns` of the command line: a new port's namespace.
+    /// The `--netns` of the command line: a new port's namespace, or that
+    /// of `trace --iface`.
     pub netns: Option<String>,
 }
 

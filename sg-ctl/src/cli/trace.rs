@@ -91,9 +91,8 @@ fn parse_flags(text: &str) -> Result<TcpFlags, String> {
 
 impl TraceArgs {
     /// Runs the trace on the calling thread, which enters the port's
-    /// namespace (that of the daemon's port, else `netns_arg`), and prints
-    /// it.
-    pub fn run(&self, pins: &Pins, netns_arg: Option<&str>, session: &Session) -> Result<()> {
+    /// namespace (that of the daemon's port, else `--netns`), and prints it.
+    pub fn run(&self, pins: &Pins, session: &Session) -> Result<()> {
         let known = match &self.port {
             Some(name) => Some(known(block_on(session.client.export())?, name)?),
             None => None,
@@ -105,7 +104,10 @@ impl TraceArgs {
         };
         let (iface, netns_name) = match &known {
             Some(k) => (k.iface.as_str(), k.netns.as_deref()),
-            None => (self.iface.as_deref().unwrap_or_default(), netns_arg),
+            None => (
+                self.iface.as_deref().unwrap_or_default(),
+                session.netns.as_deref(),
+            ),
         };
         if let Some(name) = netns_name {
             netns::enter(name)?;
