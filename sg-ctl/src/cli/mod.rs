@@ -188,15 +188,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Says what a delete command deleted.
     fn deleted(&self, kind: &str, name: &str) -> anyhow::Result<()> {
-        match self.output {
-            Output::Json => {
-                let deleted = serde_json::json!({ "deleted": { "kind": kind, "name": name } });
-                println!("{}", serde_json::to_string_pretty(&deleted)?);
-            }
-            Output::Table => println!("deleted {kind} {name}"),
-        }
-        Ok(())
+        let deleted = serde_json::json!({ "deleted": { "kind": kind, "name": name } });
+        self.output.print(&deleted, |_| {
+            println!("deleted {kind} {name}");
+            Ok(())
+        })
     }
 }
 
