@@ -1,5 +1,6 @@
-//! The client of the daemon's API: one HTTP/1.1 request per call over the
-//! Unix socket.
+//! The client of the daemon's API: a method per operation, with the
+//! routes and the request and answer types of [`crate::daemon::api`];
+//! each call is one HTTP/1.1 request over the Unix socket.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,18 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
-use crate::daemon::api::ErrorBody;
+use crate::{
+    daemon::api::{
+        Applied, ApplyQuery, CreatedToken, Document, ErrorBody, FlowQuery, GroupView, GroupsBody,
+        NameBody, PortView, RoleBody, routes,
+    },
+    datapath::conntrack::Flow,
+};
+use sg_core::{
+    access::{Role, TokenInfo},
+    model::{Group, Port, Rule},
+    settings::Settings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,11 +40,15 @@ pub enum ClientError {
     Protocol(String),
 }
 
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
 /// A client of one daemon, with the token it presents, if any.
 pub struct Client {
     socket: PathBuf,
     token: Option<String>,
 }
+
+const NO_BODY: Option<&()> = None;
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>, token: Option<String>) -> Self {
@@ -42,16 +58,178 @@ impl Client {
         }
     }
 
+    // Groups.
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>> {
+        self.get(routes::GROUPS.into()).await
+    }
+
+    pub async fn group(&self, name: &str) -> Result<GroupView> {
+        self.get(path(routes::GROUP, &[name])).await
+    }
+
+    pub async fn create_group(&self, group: &Group) -> Result<GroupView> {
+        let path = routes::GROUPS.into();
+        self.send(Method::POST, path, Some(group), None).await
+    }
+
+    /// Replaces group `name` (the same name: groups are not renamed) if it
+    /// is still at `revision`, when given.
+    pub async fn replace_group(
+        &self,
+        name: &str,
+        group: &Group,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        let path = path(routes::GROUP, &[name]);
+        self.send(Method::PUT, path, Some(group), revision).await
+    }
+
+    pub async fn delete_group(&self, name: &str, revision: Option<u64>) -> Result<()> {
+        let path = path(routes::GROUP, &[name]);
+        self.send(Method::DELETE, path, NO_BODY, revision).await
+    }
+
+    /// Copies group `from` and its rules as `name`.
+    pub async fn clone_group(&self, from: &str, name: &str) -> Result<GroupView> {
+        let path = path(routes::CLONE_GROUP, &[from]);
+        let body = NameBody { name: name.into() };
+        self.send(Method::POST, path, Some(&body), None).await
+    }
+
+    /// Appends rules to a group.
+    pub async fn add_rules(
+        &self,
+        group: &str,
+        rules: &[Rule],
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        let path = path(routes::RULES, &[group]);
+        self.send(Method::POST, path, Some(rules), revision).await
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
+    pub async fn set_rule(
+        &self,
+        group: &str,
+        index: usize,
+        rule: Option<&Rule>,
+        revision: Option<u64>,
+    ) -> Result<GroupView> {
+        let path = path(routes::RULE, &[group, &index.to_string()]);
+        match rule {
+            Some(rule) => self.send(Method::PUT, path, Some(rule), revision).await,
+            None => self.send(Method::DELETE, path, NO_BODY, revision).await,
+        }
+    }
+
+    // Ports.
+
+    pub async fn ports(&self) -> Result<Vec<PortView>> {
+        self.get(routes::PORTS.into()).await
+    }
+
+    pub async fn port(&self, name: &str) -> Result<PortView> {
+        self.get(path(routes::PORT, &[name])).await
+    }
+
+    pub async fn create_port(&self, port: &Port) -> Result<PortView> {
+        let path = routes::PORTS.into();
+        self.send(Method::POST, path, Some(port), None).await
+    }
+
+    /// Replaces port `name` (the same name) if it is still at `revision`,
+    /// when given.
+    pub async fn replace_port(
+        &self,
+        name: &str,
+        port: &Port,
+        revision: Option<u64>,
+    ) -> Result<PortView> {
+        let path = path(routes::PORT, &[name]);
+        self.send(Method::PUT, path, Some(port), revision).await
+    }
+
+    pub async fn delete_port(&self, name: &str, revision: Option<u64>) -> Result<()> {
+        let path = path(routes::PORT, &[name]);
+        self.send(Method::DELETE, path, NO_BODY, revision).await
+    }
+
+    /// Attaches groups to a port after its others.
+    pub async fn attach_groups(&self, name: &str, groups: &[String]) -> Result<PortView> {
+        self.post_groups(routes::ATTACH_GROUPS, name, groups).await
+    }
+
+    pub async fn detach_groups(&self, name: &str, groups: &[String]) -> Result<PortView> {
+        self.post_groups(routes::DETACH_GROUPS, name, groups).await
+    }
+
+    async fn post_groups(&self, route: &str, name: &str, groups: &[String]) -> Result<PortView> {
+        let body = GroupsBody {
+            groups: groups.to_vec(),
+        };
+        let path = path(route, &[name]);
+        self.send(Method::POST, path, Some(&body), None).await
+    }
+
+    /// The tracked flows of an attached port that `query` takes.
+    pub async fn flows(&self, name: &str, query: &FlowQuery) -> Result<Vec<Flow>> {
+        self.get(path(routes::FLOWS, &[name]) + &query_of(query)?)
+            .await
+    }
+
+    // Settings, documents, tokens.
+
+    pub async fn settings(&self) -> Result<Settings> {
+        self.get(routes::SETTINGS.into()).await
+    }
+
+    pub async fn set_settings(&self, settings: &Settings) -> Result<Settings> {
+        let path = routes::SETTINGS.into();
+        self.send(Method::PUT, path, Some(settings), None).await
+    }
+
+    /// The whole desired state, as `apply` takes it.
+    pub async fn export(&self) -> Result<Document> {
+        self.get(routes::EXPORT.into()).await
+    }
+
+    /// Makes the desired state the document's or, with `dry_run`, says
+    /// what that would change.
+    pub async fn apply(&self, document: &Document, dry_run: bool) -> Result<Applied> {
+        let path = routes::APPLY.to_string() + &query_of(&ApplyQuery { dry_run })?;
+        self.send(Method::POST, path, Some(document), None).await
+    }
+
+    pub async fn create_token(&self, role: Role) -> Result<CreatedToken> {
+        let path = routes::TOKENS.into();
+        self.send(Method::POST, path, Some(&RoleBody { role }), None)
+            .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.get(routes::TOKENS.into()).await
+    }
+
+    /// Revokes the token of an id that [`Client::tokens`] lists.
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let path = path(routes::TOKEN, &[id]);
+        self.send(Method::DELETE, path, NO_BODY, None).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: String) -> Result<T> {
+        self.send(Method::GET, path, NO_BODY, None).await
+    }
+
     /// Sends a request with an optional JSON body and expected revision
-    /// (`If-Match`); returns the response's JSON (`null` when it has none).
-    pub async fn request(
+    /// (`If-Match`); reads the answer's JSON (`null` when it has none).
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        path: String,
         body: Option<&(impl Serialize + ?Sized)>,
         revision: Option<u64>,
-    ) -> Result<serde_json::Value, ClientError> {
-        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+    ) -> Result<T> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -61,7 +239,7 @@ impl Client {
                 })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| protocol(&e))?;
+            .map_err(protocol)?;
         tokio::spawn(connection);
 
         let mut request = Request::builder()
@@ -77,23 +255,20 @@ impl Client {
         let payload = match body {
             Some(body) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");
-                serde_json::to_vec(body).map_err(|e| protocol(&e))?
+                serde_json::to_vec(body).map_err(protocol)?
             }
             None => Vec::new(),
         };
         let request = request
             .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| protocol(&e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| protocol(&e))?;
+            .map_err(protocol)?;
+        let response = sender.send_request(request).await.map_err(protocol)?;
         let status = response.status();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| protocol(&e))?
+            .map_err(protocol)?
             .to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -101,21 +276,85 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
             return Err(ClientError::Api { status, message });
         }
-        if bytes.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| protocol(&e))
+        let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(json).map_err(protocol)
+    }
+}
+
+fn protocol(error: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(error.to_string())
+}
+
+/// `route` with its `{…}` segments replaced, in order, by `values`,
+/// escaped: a name may hold any character.
+fn path(route: &str, values: &[&str]) -> String {
+    let mut values = values.iter();
+    route
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                escape(
+                    values
+                        .next()
+                        .expect("a value for every segment of the route"),
+                )
+            } else {
+                segment.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn escape(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `?` and the query's fields, or nothing when it has none.
+fn query_of(query: &impl Serialize) -> Result<String> {
+    let text = serde_urlencoded::to_string(query).map_err(protocol)?;
+    Ok(if text.is_empty() {
+        text
+    } else {
+        format!("?{text}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_fill_the_segments_of_routes_escaped() {
+        assert_eq!(path(routes::GROUPS, &[]), "/v1/groups");
+        assert_eq!(
+            path(routes::RULE, &["web tier", "3"]),
+            "/v1/groups/web%20tier/rules/3"
+        );
+        assert_eq!(path(routes::TOKEN, &["a/b"]), "/v1/tokens/a%2Fb");
     }
 
-    /// [`Client::request`] with the response read as `T`.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&(impl Serialize + ?Sized)>,
-        revision: Option<u64>,
-    ) -> Result<T, ClientError> {
-        let value = self.request(method, path, body, revision).await?;
-        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    #[test]
+    fn queries_hold_the_fields_given() {
+        assert_eq!(query_of(&FlowQuery::default()).unwrap(), "");
+        let query = FlowQuery {
+            address: Some("198.18.0.0/24".parse().unwrap()),
+            state: Some("established".into()),
+            ..FlowQuery::default()
+        };
+        assert_eq!(
+            query_of(&query).unwrap(),
+            "?address=198.18.0.0%2F24&state=established"
+        );
+        assert_eq!(
+            query_of(&ApplyQuery { dry_run: true }).unwrap(),
+            "?dry_run=true"
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sg_common::{Direction, Outcome};
 use sg_core::{
     model::MacAddr,
-    port_security::{PortSecurity, link_local, parse_address_pair},
+    port_security::{PortSecurity, link_local},
 };
 use sg_ctl::{
     datapath::Forward,
@@ -45,8 +45,8 @@ fn security() -> PortSecurity {
         mac: MacAddr(MAC),
         ips: vec![addr(OWN), addr(OWN6)],
         allowed_address_pairs: vec![
-            parse_address_pair("198.18.8.0/24,02:00:5e:10:00:05").unwrap(),
-            parse_address_pair("198.18.0.100").unwrap(),
+            "198.18.8.0/24,02:00:5e:10:00:05".parse().unwrap(),
+            "198.18.0.100".parse().unwrap(),
         ],
         ..PortSecurity::OFF
     }

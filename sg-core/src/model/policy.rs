@@ -82,6 +82,24 @@ pub struct AddressPair {
     pub mac: Option<MacAddr>,
 }
 
+/// A pair as users write it on a command line: `IP` or `CIDR`, then
+/// optionally `,MAC`.
+impl FromStr for AddressPair {
+    type Err = FieldError;
+
+    fn from_str(text: &str) -> Result<Self, FieldError> {
+        let (ip, mac) = match text.split_once(',') {
+            Some((ip, mac)) => (ip, Some(mac)),
+            None => (text, None),
+        };
+        Ok(AddressPair {
+            ip: syntax::parse_cidr(ip)
+                .map_err(|message| FieldError::new("allowed_address_pairs", message))?,
+            mac: mac.map(str::parse).transpose()?,
+        })
+    }
+}
+
 /// A workload's port: the host-side interface of a VM's tap or a
 /// container's veth, and what it may send and receive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -630,6 +648,27 @@ mod tests {
                 "port 'vm1': allowed_address_pairs: ff:ff:ff:ff:ff:ff is not a unicast address"
             )
         );
+    }
+
+    #[test]
+    fn address_pairs_parse_with_the_field_and_the_fix() {
+        assert_eq!(
+            "198.18.0.0/24,02:00:00:00:00:05".parse(),
+            Ok(AddressPair {
+                ip: "198.18.0.0/24".parse().unwrap(),
+                mac: Some(mac("02:00:00:00:00:05")),
+            })
+        );
+        let one: AddressPair = "198.18.0.10".parse().unwrap();
+        assert_eq!(
+            (one.ip.to_string(), one.mac),
+            ("198.18.0.10/32".into(), None)
+        );
+        let err = "198.18.0.1/24".parse::<AddressPair>().unwrap_err();
+        assert_eq!(err.field, "allowed_address_pairs");
+        assert!(err.message.contains("did you mean 198.18.0.0/24"), "{err}");
+        let err = "198.18.0.1,02:00:00".parse::<AddressPair>().unwrap_err();
+        assert_eq!(err.field, "mac");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The daemon's HTTP/JSON API on a Unix socket (docs/openapi.yaml), and
-//! the optional Prometheus listener.
+//! The daemon's HTTP/JSON API on a Unix socket (docs/openapi.yaml): the
+//! types of its requests and answers, which [`crate::client`] shares, the
+//! server, and the optional Prometheus listener.
 //!
 //! Who the client is: a token in `Authorization: Bearer TOKEN` gives that
 //! token's role; without one, a client running as root (uid 0, from the
@@ -7,6 +8,7 @@
 //! the maps anyway; anyone else is anonymous and may read public groups.
 
 use std::{
+    fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -26,12 +28,13 @@ use axum::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{ApiError, Applied, Daemon, Document, ErrorKind, FlowQuery, GroupView, PortView};
-use crate::datapath::conntrack::Flow;
+use super::{Daemon, Hits};
+use crate::{datapath::conntrack::Flow, store::StoreError};
 use sg_core::{
     access::{Role, TokenInfo},
     model::{Group, Port, Rule},
     settings::Settings,
+    status::PortPhase,
 };
 
 /// Where the daemon listens unless told otherwise.
@@ -41,6 +44,243 @@ pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How often idle flows leave the connection table.
 const CONNTRACK_GC_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a request was refused; each kind is one HTTP status and one exit
+/// code of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotFound,
+    /// No credentials: neither a token nor root.
+    Unauthenticated,
+    Forbidden,
+    Conflict,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn invalid(error: impl ToString) -> Self {
+        Self::new(ErrorKind::Invalid, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::new(ErrorKind::Internal, error.to_string())
+    }
+}
+
+/// Where a port's policy stands, or a group's over the ports attaching
+/// it; in order of concern, a group taking its ports' worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A group no port attaches.
+    Na,
+    Active,
+    Pending,
+    Error,
+}
+
+impl From<PortPhase> for Phase {
+    fn from(phase: PortPhase) -> Self {
+        match phase {
+            PortPhase::Pending => Self::Pending,
+            PortPhase::Active => Self::Active,
+            PortPhase::Error => Self::Error,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Na => "na",
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// A phase, with the reason of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: Phase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub revision: u64,
+    pub spec: Group,
+    /// Ports attaching the group.
+    pub ports: Vec<String>,
+    pub status: Status,
+    /// What each rule decided, in rule order (empty while no port is
+    /// attached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<Hits>,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortView {
+    pub revision: u64,
+    pub spec: Port,
+    pub status: Status,
+    /// The datapath's policy id for the port, once installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<u32>,
+}
+
+/// A whole desired state, as `sg-ctl apply` reads it and `sg-ctl export`
+/// writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Left out: the settings stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+}
+
+/// What a change does to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The objects of a desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Group,
+    Port,
+    Settings,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Port => "port",
+            Self::Settings => "settings",
+        })
+    }
+}
+
+/// One difference between the desired state and a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub action: Action,
+    pub kind: Kind,
+    pub name: String,
+    /// For updates, the fields that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+/// What `apply` did or, with `dry_run`, would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+}
+
+/// Which of a port's flows `GET /v1/ports/{name}/flows` lists.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FlowQuery {
+    /// Either end in this prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<ipnet::IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// The query of `POST /v1/apply`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ApplyQuery {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// The new name of `POST /v1/groups/{name}/clone`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NameBody {
+    pub name: String,
+}
+
+/// The groups of `POST /v1/ports/{name}/attach` and `…/detach`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupsBody {
+    pub groups: Vec<String>,
+}
+
+/// The role of a token `POST /v1/tokens` creates.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoleBody {
+    pub role: Role,
+}
+
+/// A token `POST /v1/tokens` created: the token itself, shown only then,
+/// and its listing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The paths of the API's operations, as the router serves them and the
+/// client asks them; `{…}` stands for a path segment.
+pub mod routes {
+    pub const GROUPS: &str = "/v1/groups";
+    pub const GROUP: &str = "/v1/groups/{name}";
+    pub const CLONE_GROUP: &str = "/v1/groups/{name}/clone";
+    pub const RULES: &str = "/v1/groups/{name}/rules";
+    pub const RULE: &str = "/v1/groups/{name}/rules/{index}";
+    pub const PORTS: &str = "/v1/ports";
+    pub const PORT: &str = "/v1/ports/{name}";
+    pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
+    pub const DETACH_GROUPS: &str = "/v1/ports/{name}/detach";
+    pub const FLOWS: &str = "/v1/ports/{name}/flows";
+    pub const SETTINGS: &str = "/v1/settings";
+    pub const EXPORT: &str = "/v1/export";
+    pub const APPLY: &str = "/v1/apply";
+    pub const TOKENS: &str = "/v1/tokens";
+    pub const TOKEN: &str = "/v1/tokens/{id}";
+}
 
 type Shared = Arc<Mutex<Daemon>>;
 type Reply<T> = Result<Json<T>, ApiError>;
@@ -63,12 +303,6 @@ impl axum::response::IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
 }
 
 /// The peer of a Unix-socket connection.
@@ -168,63 +402,32 @@ fn revision(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
-#[derive(Deserialize)]
-struct NameBody {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct GroupsBody {
-    groups: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RoleBody {
-    role: Role,
-}
-
-#[derive(Serialize)]
-struct TokenBody {
-    token: String,
-    #[serde(flatten)]
-    info: TokenInfo,
-}
-
-#[derive(Deserialize)]
-struct ApplyQuery {
-    #[serde(default)]
-    dry_run: bool,
-}
-
 type Name = UrlPath<String>;
 type NameIndex = UrlPath<(String, usize)>;
 
 fn router(daemon: Shared) -> Router {
     Router::new()
-        .route("/v1/groups", get(list_groups).post(create_group))
+        .route(routes::GROUPS, get(list_groups).post(create_group))
         .route(
-            "/v1/groups/{name}",
+            routes::GROUP,
             get(show_group).put(update_group).delete(delete_group),
         )
-        .route("/v1/groups/{name}/clone", post(clone_group))
-        .route("/v1/groups/{name}/rules", post(add_rules))
+        .route(routes::CLONE_GROUP, post(clone_group))
+        .route(routes::RULES, post(add_rules))
+        .route(routes::RULE, put(update_rule).delete(delete_rule))
+        .route(routes::PORTS, get(list_ports).post(create_port))
         .route(
-            "/v1/groups/{name}/rules/{index}",
-            put(update_rule).delete(delete_rule),
-        )
-        .route("/v1/ports", get(list_ports).post(create_port))
-        .route(
-            "/v1/ports/{name}",
+            routes::PORT,
             get(show_port).put(update_port).delete(delete_port),
         )
-        .route("/v1/ports/{name}/attach", post(attach_groups))
-        .route("/v1/ports/{name}/detach", post(detach_groups))
-        .route("/v1/ports/{name}/flows", get(port_flows))
-        .route("/v1/settings", get(show_settings).put(update_settings))
-        .route("/v1/export", get(export))
-        .route("/v1/apply", post(apply))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route(routes::ATTACH_GROUPS, post(attach_groups))
+        .route(routes::DETACH_GROUPS, post(detach_groups))
+        .route(routes::FLOWS, get(port_flows))
+        .route(routes::SETTINGS, get(show_settings).put(update_settings))
+        .route(routes::EXPORT, get(export))
+        .route(routes::APPLY, post(apply))
+        .route(routes::TOKENS, get(list_tokens).post(create_token))
+        .route(routes::TOKEN, delete(revoke_token))
         .with_state(daemon)
 }
 
@@ -425,7 +628,7 @@ async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let request: RoleBody = body(&b)?;
     let Json((token, info)) = with(d, move |d| d.create_token(role, request.role)).await?;
-    Ok((StatusCode::CREATED, Json(TokenBody { token, info })))
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
 async fn list_tokens(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<TokenInfo>> {
@@ -555,9 +758,25 @@ mod tests {
 
     use super::*;
     use crate::{
+        client::{Client, ClientError},
         datapath::{Datapath, Pins},
         store::Store,
     };
+    use sg_core::model::{Direction, MacAddr};
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sg-unit-api-")
+            .tempdir()
+            .unwrap()
+    }
+
+    /// A daemon on a fresh database in `dir`; without ports it never
+    /// touches the datapath, and the pins it is given are never made.
+    fn daemon(dir: &tempfile::TempDir) -> Daemon {
+        let store = Store::open(&dir.path().join("sg.db")).unwrap();
+        Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap()
+    }
 
     /// Every operation docs/openapi.yaml describes is routed: the answer
     /// comes from a handler (a JSON body), not from the router's 404 or 405.
@@ -565,14 +784,8 @@ mod tests {
     async fn every_documented_operation_is_served() {
         let spec: serde_json::Value =
             serde_norway::from_str(include_str!("../../../docs/openapi.yaml")).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("sg-openapi-")
-            .tempdir()
-            .unwrap();
-        let store = Store::open(&dir.path().join("sg.db")).unwrap();
-        let daemon =
-            Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap();
-        let app = router(Arc::new(Mutex::new(daemon)));
+        let dir = temp_dir();
+        let app = router(Arc::new(Mutex::new(daemon(&dir))));
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;
         for (path, item) in paths {
@@ -605,5 +818,104 @@ mod tests {
         }
         // As many as `router` has: none is left undocumented.
         assert_eq!(operations, 24);
+    }
+    /// Each method of the client asks a route and method the router
+    /// serves, with a body and query its handler reads: one call per
+    /// operation, as an owner, through the socket.
+    #[tokio::test]
+    async fn the_client_asks_what_the_router_serves() {
+        let dir = temp_dir();
+        let daemon = daemon(&dir);
+        let (token, _) = daemon.store().create_token(Role::Owner).unwrap();
+        let socket = dir.path().join("sg.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let app = router(Arc::new(Mutex::new(daemon)));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        });
+        let client = Client::new(&socket, Some(token));
+
+        assert_eq!(client.groups().await.unwrap().len(), 1);
+        let web = client
+            .create_group(&Group::new("web").unwrap())
+            .await
+            .unwrap();
+        let group = Group {
+            description: "web tier".into(),
+            ..web.spec
+        };
+        let web = client
+            .replace_group("web", &group, Some(web.revision))
+            .await
+            .unwrap();
+        let rule = Rule::new(Direction::Ingress);
+        let web = client
+            .add_rules("web", std::slice::from_ref(&rule), Some(web.revision))
+            .await
+            .unwrap();
+        assert_eq!(web.spec.rules.len(), 3);
+        let web = client
+            .set_rule("web", 2, Some(&rule), Some(web.revision))
+            .await
+            .unwrap();
+        let web = client.set_rule("web", 2, None, Some(web.revision)).await;
+        assert_eq!(web.unwrap().spec.rules.len(), 2);
+        assert_eq!(
+            client.group("web").await.unwrap().spec.description,
+            "web tier"
+        );
+        client.clone_group("web", "copy").await.unwrap();
+        client.delete_group("copy", None).await.unwrap();
+
+        // The interface does not exist: the port is created, in error.
+        let port = Port::new("vm", "sg-no-iface", MacAddr([0x52, 0x54, 0, 0, 0, 1]));
+        let vm = client.create_port(&port).await.unwrap();
+        assert_eq!(vm.status.state, Phase::Error);
+        client
+            .replace_port("vm", &vm.spec, Some(vm.revision))
+            .await
+            .unwrap();
+        let groups = ["web".to_string()];
+        client.attach_groups("vm", &groups).await.unwrap();
+        let vm = client.detach_groups("vm", &groups).await.unwrap();
+        assert_eq!(client.port("vm").await.unwrap().revision, vm.revision);
+        assert_eq!(client.ports().await.unwrap().len(), 1);
+        let query = FlowQuery {
+            address: Some("198.18.0.0/24".parse().unwrap()),
+            protocol: Some("tcp".into()),
+            state: Some("established".into()),
+        };
+        // The query is read before the port is found unattached.
+        match client.flows("vm", &query).await {
+            Err(ClientError::Api { status, message }) => {
+                assert_eq!(status, StatusCode::CONFLICT, "{message}");
+            }
+            other => panic!("the port has no flows: {other:?}"),
+        }
+        client.delete_port("vm", Some(vm.revision)).await.unwrap();
+
+        let settings = client.settings().await.unwrap();
+        assert_eq!(client.set_settings(&settings).await.unwrap(), settings);
+        let document = client.export().await.unwrap();
+        assert!(
+            client
+                .apply(&document, true)
+                .await
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+        assert!(
+            client
+                .apply(&document, false)
+                .await
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+
+        let viewer = client.create_token(Role::Viewer).await.unwrap();
+        assert_eq!(client.tokens().await.unwrap().len(), 2);
+        client.revoke_token(&viewer.info.id).await.unwrap();
     }
 }

@@ -11,18 +11,22 @@ pub use metrics::Hits;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt,
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use api::{
+    Action, ApiError, Applied, Change, Document, ErrorKind, FlowQuery, GroupView, Kind, Phase,
+    PortView, Status,
+};
 
 use crate::{
     datapath::{
         Datapath,
         conntrack::{Flow, FlowFilter},
     },
-    store::{PortState, State, Store, StoreError},
+    store::{PortState, State, Store},
 };
 use sg_core::{
     access::{Role, TokenInfo},
@@ -31,175 +35,9 @@ use sg_core::{
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
     port_security::PortSecurity,
     settings::Settings,
-    status::PortPhase,
 };
 
-/// Why a request was refused; each kind is one HTTP status and one exit
-/// code of the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Invalid,
-    NotFound,
-    /// No credentials: neither a token nor root.
-    Unauthenticated,
-    Forbidden,
-    Conflict,
-    Internal,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn invalid(error: impl ToString) -> Self {
-        Self::new(ErrorKind::Invalid, error.to_string())
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        Self::new(ErrorKind::Internal, error.to_string())
-    }
-}
-
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
-
-/// Where a port's policy stands, or a group's over the ports attaching
-/// it; in order of concern, a group taking its ports' worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// A group no port attaches.
-    Na,
-    Active,
-    Pending,
-    Error,
-}
-
-impl From<PortPhase> for Phase {
-    fn from(phase: PortPhase) -> Self {
-        match phase {
-            PortPhase::Pending => Self::Pending,
-            PortPhase::Active => Self::Active,
-            PortPhase::Error => Self::Error,
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Na => "na",
-            Self::Active => "active",
-            Self::Pending => "pending",
-            Self::Error => "error",
-        })
-    }
-}
-
-/// A phase, with the reason of an error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub state: Phase,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-}
-
-/// A group as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupView {
-    pub revision: u64,
-    pub spec: Group,
-    /// Ports attaching the group.
-    pub ports: Vec<String>,
-    pub status: Status,
-    /// What each rule decided, in rule order (empty while no port is
-    /// attached).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hits: Vec<Hits>,
-}
-
-/// A port as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PortView {
-    pub revision: u64,
-    pub spec: Port,
-    pub status: Status,
-    /// The datapath's policy id for the port, once installed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_id: Option<u32>,
-}
-
-/// A whole desired state, as `sg-ctl apply` reads it and `sg-ctl export`
-/// writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Document {
-    #[serde(default)]
-    pub groups: Vec<Group>,
-    #[serde(default)]
-    pub ports: Vec<Port>,
-    /// Left out: the settings stay as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<Settings>,
-}
-
-/// What a change does to an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Create,
-    Update,
-    Delete,
-}
-
-/// The objects of a desired state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Group,
-    Port,
-    Settings,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Group => "group",
-            Self::Port => "port",
-            Self::Settings => "settings",
-        })
-    }
-}
-
-/// One difference between the desired state and a document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub action: Action,
-    pub kind: Kind,
-    pub name: String,
-    /// For updates, the fields that differ.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<String>,
-}
-
-/// What `apply` did or, with `dry_run`, would do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Applied {
-    pub dry_run: bool,
-    pub changes: Vec<Change>,
-}
 
 /// The daemon: the store, the state it holds, and the datapath.
 pub struct Daemon {
@@ -788,15 +626,6 @@ fn no_group(name: &str) -> ApiError {
         ErrorKind::NotFound,
         format!("no group named '{name}'; `sg-ctl group list` shows the groups"),
     )
-}
-
-/// Which of a port's flows `GET /v1/ports/{name}/flows` lists.
-#[derive(Debug, Default, Deserialize)]
-pub struct FlowQuery {
-    /// Either end in this prefix.
-    pub address: Option<ipnet::IpNet>,
-    pub protocol: Option<String>,
-    pub state: Option<String>,
 }
 
 fn no_port(name: &str) -> ApiError {

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::NO_POLICY;
 
-use super::{ApiError, Daemon, Result};
+use super::{Daemon, Result, api::ApiError};
 use crate::{
     datapath::{Attached, Datapath, DatapathError, XdpModeArg},
     netns,

@@ -7,7 +7,7 @@ use aya::programs::XdpMode;
 use serde::Serialize;
 
 /// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeArg {
     /// Native if the driver supports it, else generic.

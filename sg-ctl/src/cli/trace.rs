@@ -7,14 +7,13 @@ use clap::{Args, ValueEnum};
 use sg_common::Direction;
 use sg_core::model::{IpProtocol, Policy};
 use sg_ctl::{
-    daemon::Document,
-    datapath::{Datapath, Forward},
+    daemon::api::Document,
+    datapath::{Datapath, DatapathError},
     frame::{Packet, TcpFlags, Transport},
-    netns,
-    trace::{self, Trace},
+    netns, trace,
 };
 
-use crate::{Output, cli::Invalid};
+use super::{Invalid, Session, block_on, parse_protocol, print};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -72,11 +71,6 @@ enum DirectionArg {
     Egress,
 }
 
-fn parse_protocol(text: &str) -> Result<IpProtocol, String> {
-    text.parse()
-        .map_err(|e: sg_core::model::FieldError| e.to_string())
-}
-
 fn parse_flags(text: &str) -> Result<TcpFlags, String> {
     let mut flags = TcpFlags::default();
     for flag in text.split(',').map(str::trim) {
@@ -96,9 +90,38 @@ fn parse_flags(text: &str) -> Result<TcpFlags, String> {
 }
 
 impl TraceArgs {
-    /// The daemon's port this trace is about, if any.
-    pub fn port(&self) -> Option<&str> {
-        self.port.as_deref()
+    /// Runs the trace on the calling thread, which enters the port's
+    /// namespace (that of the daemon's port, else `--netns`), and prints it.
+    pub fn run(&self, datapath: &Datapath, session: &Session) -> Result<()> {
+        let known = match &self.port {
+            Some(name) => Some(known(block_on(session.client.export())?, name)?),
+            None => None,
+        };
+        let packet = self.packet()?;
+        let direction = match self.direction {
+            DirectionArg::Ingress => Direction::Ingress,
+            DirectionArg::Egress => Direction::Egress,
+        };
+        let (iface, netns_name) = match &known {
+            Some(k) => (k.iface.as_str(), k.netns.as_deref()),
+            None => (
+                self.iface.as_deref().unwrap_or_default(),
+                session.netns.as_deref(),
+            ),
+        };
+        if let Some(name) = netns_name {
+            netns::enter(name)?;
+        }
+        let policy = known.as_ref().map(|k| (&k.policy, k.port.as_str()));
+        let traced = trace::trace(datapath, iface, direction, &packet, policy)?;
+        let json = serde_json::json!({
+            "interface": iface,
+            "packet": print::packet(&packet),
+            "trace": traced,
+        });
+        session
+            .output
+            .print(&json, |_| print::trace(iface, &packet, &traced))
     }
 
     fn packet(&self) -> Result<Packet, Invalid> {
@@ -160,15 +183,15 @@ impl TraceArgs {
 
 /// What the daemon says of a port: its interface, namespace, and the policy
 /// in force.
-pub struct Known {
-    pub iface: String,
-    pub netns: Option<String>,
-    pub policy: Policy,
-    pub port: String,
+struct Known {
+    iface: String,
+    netns: Option<String>,
+    policy: Policy,
+    port: String,
 }
 
 /// The port `name` of an exported desired state.
-pub fn known(document: Document, name: &str) -> Result<Known> {
+fn known(document: Document, name: &str) -> Result<Known> {
     let settings = document.settings.unwrap_or_default();
     let policy = Policy {
         groups: document.groups,
@@ -177,7 +200,7 @@ pub fn known(document: Document, name: &str) -> Result<Known> {
     .effective(&settings);
     let port = policy
         .port(name)
-        .ok_or_else(|| sg_ctl::datapath::DatapathError::NotAttached {
+        .ok_or_else(|| DatapathError::NotAttached {
             name: name.to_string(),
             netns: "the daemon's ports (`sg-ctl port list`)".to_string(),
         })?;
@@ -187,113 +210,4 @@ pub fn known(document: Document, name: &str) -> Result<Known> {
         port: name.to_string(),
         policy: policy.clone(),
     })
-}
-
-/// Runs the trace on the calling thread, which enters the port's
-/// namespace, and prints it.
-pub fn run(
-    args: &TraceArgs,
-    datapath: &Datapath,
-    netns_arg: Option<&str>,
-    known: Option<Known>,
-    output: Output,
-) -> Result<()> {
-    let packet = args.packet()?;
-    let direction = match args.direction {
-        DirectionArg::Ingress => Direction::Ingress,
-        DirectionArg::Egress => Direction::Egress,
-    };
-    let (iface, netns_name) = match &known {
-        Some(k) => (k.iface.as_str(), k.netns.as_deref()),
-        None => (args.iface.as_deref().unwrap_or_default(), netns_arg),
-    };
-    if let Some(name) = netns_name {
-        netns::enter(name)?;
-    }
-    let policy = known.as_ref().map(|k| (&k.policy, k.port.as_str()));
-    let traced = trace::trace(datapath, iface, direction, &packet, policy)?;
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "interface": iface,
-                "packet": describe_packet(&packet),
-                "trace": traced,
-            }))?
-        ),
-        Output::Table => print(iface, &packet, &traced),
-    }
-    Ok(())
-}
-
-fn describe_packet(packet: &Packet) -> String {
-    let addr = |ip: IpAddr, port: Option<u16>| match (ip, port) {
-        (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
-        (ip, Some(port)) => format!("{ip}:{port}"),
-        (ip, None) => ip.to_string(),
-    };
-    let (what, sport, dport) = match packet.transport {
-        Transport::Tcp {
-            src_port,
-            dst_port,
-            flags,
-        } => {
-            let names: Vec<&str> = [
-                (flags.syn, "SYN"),
-                (flags.ack, "ACK"),
-                (flags.fin, "FIN"),
-                (flags.rst, "RST"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, name)| *name)
-            .collect();
-            (
-                format!("tcp [{}]", names.join(",")),
-                Some(src_port),
-                Some(dst_port),
-            )
-        }
-        Transport::Udp { src_port, dst_port } => ("udp".into(), Some(src_port), Some(dst_port)),
-        Transport::Ports {
-            protocol,
-            src_port,
-            dst_port,
-        } => (
-            IpProtocol(protocol).to_string(),
-            Some(src_port),
-            Some(dst_port),
-        ),
-        Transport::Icmp { type_, code } => (format!("icmp type {type_} code {code}"), None, None),
-        Transport::NeighbourDiscovery { type_, target } => (
-            format!("ipv6-icmp type {type_} target {target}"),
-            None,
-            None,
-        ),
-        Transport::Other { protocol } => (IpProtocol(protocol).to_string(), None, None),
-    };
-    format!(
-        "{what} {} → {}",
-        addr(packet.src, sport),
-        addr(packet.dst, dport)
-    )
-}
-
-fn print(iface: &str, packet: &Packet, traced: &Trace) {
-    println!("{iface} {}: {}", traced.direction, describe_packet(packet));
-    let verdict = match traced.forward {
-        Forward::Pass => "pass",
-        Forward::Drop => "drop",
-        Forward::Reply => "reject (the sender gets the reply)",
-    };
-    println!("verdict:  {verdict} (counted as {})", traced.outcome);
-    if let Some(rule) = &traced.rule {
-        println!("rule:     {}[{}] {}", rule.group, rule.index, rule.rule);
-    } else if let Some(counter) = traced.rule_counter.filter(|&c| c != 0) {
-        println!("rule:     counter {counter} (trace a daemon's port to see its name)");
-    }
-    if let Some(matched) = traced.matched_on {
-        println!("matched:  {matched}");
-    }
-    println!("why:      {}", traced.reason);
 }

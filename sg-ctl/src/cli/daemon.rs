@@ -1,0 +1,56 @@
+//! `sg-ctl daemon`: run the daemon, or manage its API tokens.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use sg_ctl::{
+    daemon::{Daemon, api},
+    datapath::Datapath,
+    store::Store,
+};
+
+use super::{Session, block_on, tokens::TokenCommand};
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    #[command(subcommand)]
+    command: Option<DaemonCommand>,
+    /// The database holding the desired state.
+    #[arg(long, env = "SG_DB", default_value = "/var/lib/sg/sg.db")]
+    db: PathBuf,
+    /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+impl DaemonArgs {
+    /// Serves the API on `socket` until told to stop; a token command goes
+    /// to the daemon of `session` instead.
+    pub fn run(&self, datapath: Datapath, socket: &Path, session: &Session) -> Result<()> {
+        if let Some(DaemonCommand::Token(command)) = &self.command {
+            return block_on(command.run(session));
+        }
+        if let Some(dir) = self.db.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let daemon = Daemon::start(Store::open(&self.db)?, datapath)?;
+        block_on(async {
+            let metrics = match self.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                None => None,
+            };
+            api::serve(daemon, socket, metrics).await
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! `sg-ctl port`: workload ports, the groups attached to them, and their
+//! tracked flows as the daemon reads them.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use clap::Subcommand;
+use sg_core::model::{FieldError, MacAddr, Port};
+use sg_ctl::daemon::api::PortView;
+
+use super::{Invalid, Session, conntrack::FlowMatch, print};
+
+#[derive(Subcommand)]
+pub enum PortCommand {
+    /// Add a workload's port; its interface is filtered at once.
+    #[command(after_help = "Examples:
+  sg-ctl port create vm1 --iface tap1 --mac 52:54:00:12:34:56 --ip 10.0.0.5 --ip 2001:db8::5
+  sg-ctl --netns host1 port create web1 --iface veth-web --mac 02:00:00:00:00:01 --group web")]
+    Create {
+        name: String,
+        /// The host-side interface (in --netns, if given).
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        mac: MacAddr,
+        /// A fixed IP of the workload (repeat for more).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// An address the workload may also use: CIDR[,MAC] (repeat for more).
+        // Parsed once the command is read, so that a wrong pair reads like
+        // the daemon's field errors.
+        #[arg(long = "address-pair")]
+        address_pairs: Vec<String>,
+        /// Groups to attach, in order (repeat; default: default).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Turn off anti-spoofing for this port.
+        #[arg(long)]
+        no_port_security: bool,
+        /// Let VLAN-tagged frames leave the workload.
+        #[arg(long)]
+        allow_vlan: bool,
+        /// Let any broadcast and multicast leave the workload.
+        #[arg(long)]
+        allow_multicast: bool,
+    },
+    /// List the ports with their status.
+    List,
+    /// Show a port.
+    Show { name: String },
+    /// Change a port's interface, MAC, IPs or port security.
+    Update {
+        name: String,
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        /// Replaces the fixed IPs (repeat for more).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        #[arg(long)]
+        port_security: Option<bool>,
+        /// VLAN-tagged frames may leave the workload.
+        #[arg(long)]
+        allow_vlan: Option<bool>,
+        /// Any broadcast and multicast may leave the workload.
+        #[arg(long)]
+        allow_multicast: Option<bool>,
+    },
+    /// Delete a port; its interface stops being filtered.
+    Delete { name: String },
+    /// Attach groups to a port, live.
+    Attach {
+        name: String,
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
+    /// Detach groups from a port, live (a port keeps at least one).
+    Detach {
+        name: String,
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
+    /// The flows the connection tracker holds for an attached port.
+    #[command(after_help = "Examples:
+  sg-ctl port flows vm1
+  sg-ctl port flows vm1 --protocol tcp --state established
+  sg-ctl -o json port flows vm1 --address 203.0.113.0/24")]
+    Flows {
+        name: String,
+        #[command(flatten)]
+        of: FlowMatch,
+    },
+}
+
+fn show(session: &Session, view: &PortView) -> Result<()> {
+    session
+        .output
+        .print(view, |view| print::ports(std::slice::from_ref(view)))
+}
+
+impl PortCommand {
+    pub async fn run(&self, session: &Session) -> Result<()> {
+        let client = &session.client;
+        match self {
+            PortCommand::Create {
+                name,
+                iface,
+                mac,
+                ips,
+                address_pairs,
+                groups,
+                no_port_security,
+                allow_vlan,
+                allow_multicast,
+            } => {
+                let mut port = Port::new(name.as_str(), iface.as_str(), *mac);
+                port.ips = ips.clone();
+                port.allowed_address_pairs = address_pairs
+                    .iter()
+                    .map(|text| text.parse().map_err(|e: FieldError| Invalid(e.to_string())))
+                    .collect::<Result<_, _>>()?;
+                if !groups.is_empty() {
+                    port.groups = groups.clone();
+                }
+                port.port_security = !no_port_security;
+                port.allow_vlan = *allow_vlan;
+                port.allow_multicast = *allow_multicast;
+                port.netns = session.netns.clone();
+                show(session, &client.create_port(&port).await?)
+            }
+            PortCommand::List => {
+                let ports = client.ports().await?;
+                session.output.print(&ports, |ports| print::ports(ports))
+            }
+            PortCommand::Show { name } => show(session, &client.port(name).await?),
+            PortCommand::Update {
+                name,
+                iface,
+                mac,
+                ips,
+                port_security,
+                allow_vlan,
+                allow_multicast,
+            } => {
+                let view = client.port(name).await?;
+                let mut port = view.spec;
+                if let Some(iface) = iface {
+                    port.ifname = iface.clone();
+                }
+                if let Some(mac) = mac {
+                    port.mac = *mac;
+                }
+                if !ips.is_empty() {
+                    port.ips = ips.clone();
+                }
+                for (field, value) in [
+                    (&mut port.port_security, port_security),
+                    (&mut port.allow_vlan, allow_vlan),
+                    (&mut port.allow_multicast, allow_multicast),
+                ] {
+                    if let Some(on) = value {
+                        *field = *on;
+                    }
+                }
+                if session.netns.is_some() {
+                    port.netns = session.netns.clone();
+                }
+                let view = client
+                    .replace_port(name, &port, Some(view.revision))
+                    .await?;
+                show(session, &view)
+            }
+            PortCommand::Delete { name } => {
+                client.delete_port(name, None).await?;
+                session.deleted("port", name)
+            }
+            PortCommand::Flows { name, of } => {
+                let flows = client.flows(name, &of.query()).await?;
+                session.output.print(&flows, |flows| print::flows(flows))
+            }
+            PortCommand::Attach { name, groups } => {
+                show(session, &client.attach_groups(name, groups).await?)
+            }
+            PortCommand::Detach { name, groups } => {
+                show(session, &client.detach_groups(name, groups).await?)
+            }
+        }
+    }
+}
