@@ -10,30 +10,33 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod conntrack;
+mod maps;
 mod parse;
 mod portsec;
 mod reject;
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_redirect, bpf_redirect_peer, bpf_skb_change_head, bpf_skb_change_tail,
         bpf_skb_change_type, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, FAMILY_IPV6, FragmentKey, L4Key,
-    LocalKey, MAX_BLOCKED_PREFIXES, MAX_FRAGMENT_ENTRIES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES,
-    MAX_PORTS, MAX_REMOTE_ENTRIES, MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome,
-    PORT_REPLY_VIA_TC, PortConfig, REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope,
-    TraceRecord, VerdictKey, candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, FAMILY_IPV6, FragmentKey, L4Key, LocalKey,
+    NO_POLICY, Outcome, PORT_REPLY_VIA_TC, REPLY_META, RemoteKey, SCOPE_BITS, Scope, TraceRecord,
+    VerdictKey, candidate,
 };
 
 use crate::{
     conntrack::{Flow, Step},
+    maps::{
+        SG_BLOCKED, SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_PORT_POLICY, SG_PORTS,
+        SG_REMOTE, SG_REMOTE_EXACT, SG_RULE_STATS, SG_STATS, SG_TRACE, SG_VERDICT,
+    },
     parse::{Frame, IPPROTO_ICMPV6, IpPacket, parse},
     reject::Resizable,
 };
@@ -45,51 +48,6 @@ static PORT_SLOT: u32 = 0;
 /// Set by `sg-ctl trace` in its own instance (see `TRACE_GLOBAL`).
 #[unsafe(no_mangle)]
 static TRACE: u32 = 0;
-
-/// A tracer's record of its last frame; not pinned, so each instance has
-/// its own.
-#[map(name = "SG_TRACE")]
-static SG_TRACE: Array<TraceRecord> = Array::with_max_entries(1, 0);
-
-#[map(name = "SG_PORTS")]
-static SG_PORTS: Array<PortConfig> = Array::pinned(MAX_PORTS, 0);
-
-#[map(name = "SG_STATS")]
-static SG_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
-
-#[map(name = "SG_BLOCKED")]
-static SG_BLOCKED: LpmTrie<BlockKey, u32> = LpmTrie::pinned(MAX_BLOCKED_PREFIXES, 0);
-
-/// Slot → the port's current policy (`NO_POLICY`: none).
-#[map(name = "SG_PORT_POLICY")]
-static SG_PORT_POLICY: Array<u32> = Array::pinned(MAX_PORTS, 0);
-
-/// The port's own address → its local class.
-#[map(name = "SG_LOCAL")]
-static SG_LOCAL: LpmTrie<LocalKey, u32> = LpmTrie::pinned(MAX_LOCAL_ENTRIES, 0);
-
-/// The remote address → its class, and the best rule that needs no more.
-#[map(name = "SG_REMOTE")]
-static SG_REMOTE: LpmTrie<RemoteKey, Class> = LpmTrie::pinned(MAX_REMOTE_ENTRIES, 0);
-
-/// Single remote addresses, looked up before `SG_REMOTE`: the same answer
-/// as the trie, without its walk.
-#[map(name = "SG_REMOTE_EXACT")]
-static SG_REMOTE_EXACT: HashMap<RemoteKey, Class> =
-    HashMap::pinned(MAX_REMOTE_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// Single ports and ICMP type/code pairs, looked up before `SG_L4`.
-#[map(name = "SG_L4_EXACT")]
-static SG_L4_EXACT: HashMap<L4Key, Class> = HashMap::pinned(MAX_L4_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// Protocol and port (or ICMP type and code) → class and best rule.
-#[map(name = "SG_L4")]
-static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
-
-/// (remote class, L4 class) → the best rule that needs both.
-#[map(name = "SG_VERDICT")]
-static SG_VERDICT: HashMap<VerdictKey, u64> =
-    HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The keys of one packet's policy lookups, and the connection tracker's
 /// work space (its key, a new entry, an ICMP error's quote). In this CPU's
@@ -161,14 +119,6 @@ impl<K> TrieKey<K> {
 
 #[map(name = "SG_KEYS")]
 static SG_KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
-
-/// A fragmented datagram → the candidate that decided its first fragment.
-#[map(name = "SG_FRAGMENTS")]
-static SG_FRAGMENTS: LruHashMap<FragmentKey, u64> = LruHashMap::pinned(MAX_FRAGMENT_ENTRIES, 0);
-
-/// Packets and bytes each rule decided.
-#[map(name = "SG_RULE_STATS")]
-static SG_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
 
 #[inline(always)]
 fn port_slot() -> u32 {
