@@ -66,7 +66,7 @@ const ICMP_HDR: usize = 8;
 /// `::ffff:0.0.0.0`, which IPv4 addresses are mapped into.
 const IPV4_MAPPED: [u8; 16] = ipv4_mapped([0; 4]);
 
-/// The tracker's work space: in this CPU's slot (see `Keys` in main.rs),
+/// The tracker's work space: in this CPU's slot (see `Keys` in policy.rs),
 /// not on the stack.
 pub struct Scratch {
     pub key: ConntrackKey,
