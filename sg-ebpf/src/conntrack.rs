@@ -25,8 +25,8 @@ use sg_common::{
 };
 
 use crate::{
+    buf::Buf,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket, has_ports},
-    reject::Buf,
 };
 
 /// Preallocated: an entry added in the datapath takes one from a free

@@ -10,11 +10,12 @@
 //! stages, each in a module of its own: parsing (`parse`), port security
 //! (`portsec`), the policy (`policy`) through the connection table
 //! (`conntrack`), and REJECT's replies (`reject`); the shared maps are in
-//! `maps`.
+//! `maps`, the frame and its bounds-checked reader in `buf`.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod buf;
 mod conntrack;
 mod maps;
 mod parse;
@@ -38,10 +39,10 @@ use sg_common::{
 };
 
 use crate::{
+    buf::Resizable,
     conntrack::{Flow, Step},
     maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS, SG_TRACE},
     parse::{Frame, IpPacket, parse},
-    reject::Resizable,
 };
 
 /// This instance's port; set by the loader.

@@ -1,7 +1,7 @@
 //! The maps the XDP and TC programs share with `sg-ctl`, pinned under the
 //! pin directory by name (see `sg_common::map_names`), and the tracer's
 //! record. The per-CPU work spaces live with the stage that uses them
-//! (`SG_PACKET` in parse.rs, `SG_KEYS` in policy.rs, the cell in reject.rs);
+//! (`SG_PACKET` in parse.rs, `SG_KEYS` in policy.rs, the cell in buf.rs);
 //! port security and connection tracking keep their maps beside their code.
 
 use aya_ebpf::{

@@ -16,7 +16,7 @@ use sg_common::{
     FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped, mac_word,
 };
 
-use crate::reject::Buf;
+use crate::buf::Buf;
 
 /// The header fields the filter decides on. IPv4 addresses are mapped
 /// into IPv6 (`::ffff:a.b.c.d`) so that one trie serves both families.

@@ -8,112 +8,22 @@
 //! fragment after the first, or to or from a multicast or broadcast
 //! address; such packets are dropped like those of a drop rule.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
 use sg_common::FAMILY_IPV4;
 
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket};
-
-/// Where offsets pass through on their way to a pointer: this CPU's cell,
-/// written and read back, so that neither the compiler nor the verifier
-/// knows the number that comes out (see `Buf::at`).
-#[map(name = "SG_REPLY_CELL")]
-static CELL: PerCpuArray<usize> = PerCpuArray::with_max_entries(1, 0);
+use crate::{
+    buf::{Buf, Resizable},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket},
+};
 
 /// Where the IP header starts, at most after two VLAN tags.
 const MAX_L3: usize = ETH_HDR + 2 * VLAN_HDR;
 /// Where a transport header replied to may start.
 const MAX_L4: usize = 512;
-/// The largest offset the reply code reaches.
-const MAX_OFFSET: usize = 1024;
 
 /// Offsets in the frame of the IP and transport headers.
 struct Offsets {
     l3: usize,
     l4: usize,
-}
-
-/// The frame's bytes, `[start, end)`, and the cell offsets pass through.
-/// Also how the connection tracker reads headers at offsets the parser
-/// found.
-#[derive(Clone, Copy)]
-pub(crate) struct Buf {
-    start: usize,
-    end: usize,
-    cell: *mut usize,
-}
-
-impl Buf {
-    fn new<F: Resizable>(frame: &F, cell: *mut usize) -> Buf {
-        let (start, end) = frame.bounds();
-        Buf { start, end, cell }
-    }
-
-    /// The frame `[start, end)`, with this CPU's cell.
-    #[inline(always)]
-    pub(crate) fn of(start: usize, end: usize) -> Option<Buf> {
-        Some(Buf {
-            start,
-            end,
-            cell: CELL.get_ptr_mut(0)?,
-        })
-    }
-
-    /// The offset as a number no one knows, but for its bounds.
-    #[inline(always)]
-    pub(crate) fn launder(&self, offset: usize) -> Option<usize> {
-        // SAFETY: this CPU's cell; one program runs at a time on a CPU.
-        let offset = unsafe {
-            self.cell.write_volatile(offset);
-            self.cell.read_volatile()
-        };
-        (offset <= MAX_OFFSET).then_some(offset)
-    }
-
-    /// `size_of::<T>()` bytes at `offset`, if the frame has them.
-    ///
-    /// The offsets here differ from packet to packet, and the verifier
-    /// refuses to go backwards from a pointer made with such an offset,
-    /// while the compiler gladly makes one pointer out of another and
-    /// reaches it backwards. A laundered offset makes each pointer from
-    /// the frame's start, and keeps no stack.
-    #[inline(always)]
-    pub(crate) fn at<T>(&self, offset: usize) -> Option<*mut T> {
-        let at = self.start + self.launder(offset)?;
-        (at + core::mem::size_of::<T>() <= self.end).then_some(at as *mut T)
-    }
-
-    /// Copies `bytes` to `offset`. (Not `write`: a value would be loaded
-    /// early and kept on the stack.)
-    #[inline(always)]
-    fn copy<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
-        let to = self.at::<[u8; N]>(offset)?;
-        // SAFETY: in bounds, checked by `at`; the program owns the frame.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), to as *mut u8, N) };
-        Some(())
-    }
-
-    #[inline(always)]
-    pub(crate) fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // SAFETY: in bounds, checked by `at`.
-        Some(unsafe { self.at::<[u8; N]>(offset)?.read_unaligned() })
-    }
-
-    #[inline(always)]
-    fn write<const N: usize>(&self, offset: usize, bytes: [u8; N]) -> Option<()> {
-        // SAFETY: in bounds, checked by `at`; the program owns the frame.
-        unsafe { self.at::<[u8; N]>(offset)?.write_unaligned(bytes) };
-        Some(())
-    }
-}
-
-/// A frame whose length can change: an XDP buffer or a TC skb.
-pub trait Resizable {
-    /// The frame's bytes, `[start, end)`.
-    fn bounds(&self) -> (usize, usize);
-    /// Cuts the frame to `len` bytes, which it has.
-    fn truncate(&mut self, len: usize) -> Option<()>;
-    /// Adds `len` bytes in front of the frame.
-    fn grow_head(&mut self, len: usize) -> Option<()>;
 }
 
 const ETH_HDR: usize = 14;
@@ -138,8 +48,7 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if !ip.first_fragment || !unicast(ip, &ip.src) || !unicast(ip, &ip.dst) {
         return None;
     }
-    let cell = CELL.get_ptr_mut(0)?;
-    let buf = Buf::new(frame, cell);
+    let buf = Buf::of_frame(frame)?;
     // Laundered: on each path through the parser these are numbers the
     // verifier knows, and it would check the reply code once per path.
     let at = Offsets {
@@ -152,7 +61,7 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if ip.protocol == IPPROTO_TCP {
         tcp_reset(frame, buf, ip, &at)
     } else {
-        prohibited(frame, cell, ip, &at)
+        prohibited(frame, buf, ip, &at)
     }
 }
 
@@ -211,12 +120,7 @@ fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets)
 }
 
 #[inline(always)]
-fn prohibited<F: Resizable>(
-    frame: &mut F,
-    cell: *mut usize,
-    ip: &IpPacket,
-    at: &Offsets,
-) -> Option<()> {
+fn prohibited<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets) -> Option<()> {
     let (icmp, icmp_type, code) = if ip.family == FAMILY_IPV4 {
         (IPPROTO_ICMP, 3, 13)
     } else {
@@ -239,7 +143,7 @@ fn prohibited<F: Resizable>(
     frame.truncate(l3 + quote)?;
     let grow = ip_header_len(ip) + ICMP_HDR;
     frame.grow_head(grow)?;
-    let buf = Buf::new(frame, cell);
+    let buf = buf.resized(frame);
     move_l2(buf, l3, grow)?;
     let mut sum = write_ip(buf, ip, l3, icmp, ICMP_HDR + quote)?;
     if ip.family == FAMILY_IPV4 {
