@@ -12,6 +12,7 @@ use aya_ebpf::{
 use sg_common::{
     Direction, FAMILY_IPV6, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope,
     VerdictKey, candidate,
+    proto::{IPPROTO_ICMPV6, icmpv6},
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
         SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_REMOTE, SG_REMOTE_EXACT, SG_RULE_STATS,
         SG_VERDICT,
     },
-    parse::{IPPROTO_ICMPV6, IpPacket},
+    parse::IpPacket,
     trace, tracing,
 };
 
@@ -269,12 +270,11 @@ fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
     }
 }
 
-/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP):
-/// ICMPv6 types 130-136 and 143.
+/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP).
 #[inline(always)]
 pub fn is_neighbour_discovery(ip: &IpPacket) -> bool {
     let kind = ip.l4[0];
     ip.family == FAMILY_IPV6
         && ip.protocol == IPPROTO_ICMPV6
-        && ((130..=136).contains(&kind) || kind == 143)
+        && icmpv6::is_neighbour_discovery(kind)
 }

@@ -8,11 +8,14 @@
 //! fragment after the first, or to or from a multicast or broadcast
 //! address; such packets are dropped like those of a drop rule.
 
-use sg_common::FAMILY_IPV4;
+use sg_common::{
+    FAMILY_IPV4,
+    proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
+};
 
 use crate::{
     buf::{Buf, Resizable},
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket},
+    parse::IpPacket,
 };
 
 /// Where the IP header starts, at most after two VLAN tags.
@@ -35,11 +38,6 @@ const ICMP_HDR: usize = 8;
 const TTL: u8 = 64;
 /// Bytes of the rejected packet quoted in an ICMP error.
 const QUOTE_MAX: usize = 256;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Turns the frame into the reply to its packet. `None`: the packet gets
 /// no reply, or the frame could not be changed; it is to be dropped.
@@ -86,23 +84,23 @@ fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets)
     let their_seq: [u8; 4] = buf.read(at.l4 + 4)?;
     let their_ack: [u8; 4] = buf.read(at.l4 + 8)?;
     let [offset, flags]: [u8; 2] = buf.read(at.l4 + 12)?;
-    if flags & TCP_RST != 0 {
+    if flags & tcp::RST != 0 {
         return None;
     }
     let headers = at.l4 - at.l3 + (offset >> 4) as usize * 4;
     let mut segment = ip.ip_len.saturating_sub(headers) as u32;
-    segment += (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+    segment += (flags & tcp::SYN != 0) as u32 + (flags & tcp::FIN != 0) as u32;
     // RFC 9293 3.10.7.1: an acceptable reset for what the sender has
     // sent.
-    let (seq, ack, flags) = if flags & TCP_ACK != 0 {
-        (their_ack, [0; 4], TCP_RST)
+    let (seq, ack, flags) = if flags & tcp::ACK != 0 {
+        (their_ack, [0; 4], tcp::RST)
     } else {
         (
             [0; 4],
             u32::from_be_bytes(their_seq)
                 .wrapping_add(segment)
                 .to_be_bytes(),
-            TCP_RST | TCP_ACK,
+            tcp::RST | tcp::ACK,
         )
     };
     let mut reset = [0u8; TCP_HDR];
@@ -122,9 +120,17 @@ fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets)
 #[inline(always)]
 fn prohibited<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets) -> Option<()> {
     let (icmp, icmp_type, code) = if ip.family == FAMILY_IPV4 {
-        (IPPROTO_ICMP, 3, 13)
+        (
+            IPPROTO_ICMP,
+            icmp::DEST_UNREACH,
+            icmp::CODE_ADMIN_PROHIBITED,
+        )
     } else {
-        (IPPROTO_ICMPV6, 1, 1)
+        (
+            IPPROTO_ICMPV6,
+            icmpv6::DEST_UNREACH,
+            icmpv6::CODE_ADMIN_PROHIBITED,
+        )
     };
     if ip.protocol == icmp && is_icmp_error(ip) {
         return None;
@@ -166,9 +172,9 @@ fn prohibited<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets
 fn is_icmp_error(ip: &IpPacket) -> bool {
     let kind = ip.l4[0];
     if ip.family == FAMILY_IPV4 {
-        matches!(kind, 3 | 4 | 5 | 11 | 12)
+        icmp::is_error(kind)
     } else {
-        kind < 128
+        icmpv6::is_error(kind)
     }
 }
 
