@@ -193,6 +193,11 @@ pub enum Outcome {
     /// Dropped: a packet of a tracked flow that the port's changed policy
     /// no longer allows; the flow is forgotten.
     DropRevoked = 25,
+    /// Dropped: the program could not do its work: the per-CPU slot of the
+    /// parsed packet (`SG_PACKET`) or of the keys of its lookups
+    /// (`SG_KEYS`) was not found, which the kernel never lets happen. A
+    /// bug, not a verdict on the packet.
+    DropInternal = 26,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -202,7 +207,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 26] = [
+    pub const ALL: [Outcome; 27] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -229,6 +234,7 @@ impl Outcome {
         Outcome::DropInvalid,
         Outcome::DropConntrackFull,
         Outcome::DropRevoked,
+        Outcome::DropInternal,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -270,6 +276,7 @@ impl Outcome {
             Outcome::DropInvalid => "drop-invalid",
             Outcome::DropConntrackFull => "drop-conntrack-full",
             Outcome::DropRevoked => "drop-revoked",
+            Outcome::DropInternal => "drop-internal",
         }
     }
 
@@ -852,6 +859,15 @@ const _: () = assert!(size_of::<ConntrackEntry>() == 56);
 const _: () = assert!(size_of::<ConntrackTimeouts>() == 20);
 const _: () = assert!(size_of::<ConntrackEvent>() == 56);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
+// `ALL` lists the codes in order, without a gap: userspace names the
+// counters from it.
+const _: () = {
+    let mut code = 0;
+    while code < Outcome::ALL.len() {
+        assert!(Outcome::ALL[code] as usize == code);
+        code += 1;
+    }
+};
 
 #[cfg(feature = "user")]
 mod user {

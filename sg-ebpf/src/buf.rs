@@ -35,7 +35,10 @@ pub(crate) struct Buf {
 }
 
 impl Buf {
-    /// The frame `[start, end)`, with this CPU's cell.
+    /// The frame `[start, end)`, with this CPU's cell. (`None` if the cell's
+    /// lookup fails, which the kernel never lets happen; the callers take
+    /// it as bytes they cannot read rather than count `drop-internal`,
+    /// which cost them stack.)
     #[inline(always)]
     pub(crate) fn of(start: usize, end: usize) -> Option<Buf> {
         Some(Buf {

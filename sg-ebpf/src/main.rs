@@ -233,7 +233,7 @@ fn decide_ip(
         _ => return Outcome::Pass,
     };
     let Some(keys) = policy::keys() else {
-        return Outcome::DropDefault;
+        return Outcome::DropInternal;
     };
     // A tracer leaves the table alone, and a later fragment has no ports
     // to find its flow by: the policy (or its first fragment) decides.

@@ -192,7 +192,7 @@ pub fn parse(start: usize, end: usize) -> Result<Frame, Outcome> {
 
     let ipv4 = ether_type == u16::from_be(EtherType::Ipv4.into());
     if ipv4 || ether_type == u16::from_be(EtherType::Ipv6.into()) {
-        let packet = SG_PACKET.get_ptr_mut(0).ok_or(Outcome::DropMalformed)?;
+        let packet = SG_PACKET.get_ptr_mut(0).ok_or(Outcome::DropInternal)?;
         // SAFETY: this CPU's slot, this run's alone (see `SG_PACKET`).
         let packet = unsafe { &mut *packet };
         if ipv4 {
