@@ -9,9 +9,10 @@
 //! and never evicts tracked ones. Entries expire by their timeouts: the
 //! datapath treats an expired entry as absent, and `sg-ctl` deletes them.
 
-// Keys are passed by reference to stay in their per-CPU slot: a key passed
-// by value is a copy on the stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are passed by reference to stay in their per-CPU slot: by value, a key is a copy on the stack"
+)]
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,

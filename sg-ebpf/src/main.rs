@@ -133,7 +133,6 @@ fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
 ///    where the policy would allow it.
 /// 6. Everything else (untracked ICMP): the policy alone.
 #[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `policy::classify`.
 fn track(
     keys: &mut policy::Keys,
     slot: u32,

@@ -5,6 +5,11 @@
 //! per-CPU slot that holds the keys of these lookups and the connection
 //! tracker's work space.
 
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are passed by reference to stay in their per-CPU slot: by value, a key is a copy on the stack"
+)]
+
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
@@ -108,9 +113,6 @@ pub fn keys() -> Option<&'static mut Keys> {
 /// fragment after the first gets the verdict of its datagram's first
 /// fragment.
 #[inline(always)]
-// The keys are passed by reference to stay in their slot: a key passed by
-// value is a copy on the stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
 pub fn classify(
     keys: &mut Keys,
     slot: u32,
@@ -155,7 +157,6 @@ pub fn set_fragment_key(keys: &mut Keys, slot: u32, direction: Direction, ip: &I
 /// Lets `best` decide the later fragments of the datagram in
 /// `keys.fragment`.
 #[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
 pub fn remember_fragment(keys: &Keys, best: u64) {
     // Full: the later fragments of this datagram are dropped.
     let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
@@ -166,7 +167,6 @@ pub fn remember_fragment(keys: &Keys, best: u64) {
 /// remote address's and the protocol/port's (each an exact hash, then a
 /// trie on a miss), then the pair's.
 #[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
 fn lookup(
     keys: &mut Keys,
     policy: u32,
