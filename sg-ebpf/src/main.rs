@@ -6,17 +6,22 @@
 //! the `PORT_SLOT` global; the maps are shared by all instances, pinned
 //! under the pin directory by name.
 //!
-//! This file holds the entry points and the pipeline that composes the
-//! stages, each in a module of its own: parsing (`parse`), port security
-//! (`portsec`), the policy (`policy`) through the connection table
-//! (`conntrack`), and REJECT's replies (`reject`); the shared maps are in
-//! `maps`, the frame and its bounds-checked reader in `buf`.
+//! This file holds the entry points, the globals, and the pipeline that
+//! composes the stages, each in a module of its own: parsing (`parse`),
+//! port security (`portsec`), the policy (`policy`) through the connection
+//! table (`conntrack`), and REJECT's replies (`reject`). Below them: the
+//! frame and its bounds-checked reader (`buf`), the shared maps (`maps`),
+//! and what a stage may ask of the instance it runs in (`instance`). Each
+//! module uses only those listed before it in `buf`, `maps`, `instance`,
+//! `parse`, `portsec`, `conntrack`, `policy`, `reject`; none uses this
+//! file.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod buf;
 mod conntrack;
+mod instance;
 mod maps;
 mod parse;
 mod policy;
@@ -34,14 +39,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Counter, Direction, NO_POLICY, Outcome, PORT_REPLY_VIA_TC,
-    REPLY_META, TraceRecord, candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, REPLY_META,
+    candidate,
 };
 
 use crate::{
     buf::Resizable,
     conntrack::{Flow, Step},
-    maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS, SG_TRACE},
+    instance::Instance,
+    maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS},
     parse::{Frame, IpPacket, parse},
 };
 
@@ -70,47 +76,24 @@ fn active_port() -> Option<(u32, u32)> {
         .map(|p| (slot, p.flags))
 }
 
-/// Whether this instance traces rather than filters. A read-only global:
-/// in a port's instance the verifier knows it is zero and drops every
-/// branch that depends on it.
-#[inline(always)]
-fn tracing() -> bool {
-    // SAFETY: a plain read of a global the loader may have rewritten.
-    unsafe { core::ptr::read_volatile(&TRACE) != 0 }
-}
+/// This instance, as its globals tell.
+struct Globals;
 
-/// The tracer's record, when tracing.
-#[inline(always)]
-fn trace() -> Option<*mut TraceRecord> {
-    if tracing() {
-        SG_TRACE.get_ptr_mut(0)
-    } else {
-        None
-    }
-}
-
-/// Adds a packet of `bytes` to `counter`; a tracer counts nothing.
-#[inline(always)]
-fn add(counter: Option<*mut Counter>, bytes: u64) {
-    if tracing() {
-        return;
-    }
-    if let Some(counter) = counter {
-        // SAFETY: a per-CPU value, written by this CPU only.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
+impl Instance for Globals {
+    #[inline(always)]
+    fn tracing() -> bool {
+        // SAFETY: a plain read of a global the loader may have rewritten.
+        unsafe { core::ptr::read_volatile(&TRACE) != 0 }
     }
 }
 
 #[inline(always)]
 fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
-    if let Some(record) = trace() {
+    if let Some(record) = Globals::trace() {
         // SAFETY: the tracer's own record.
         unsafe { (*record).outcome = outcome as u32 };
     }
-    add(
+    Globals::add(
         SG_STATS.get_ptr_mut(outcome.stat_index(slot, direction)),
         bytes,
     );
@@ -155,7 +138,7 @@ fn track(
     // One place that classifies: each inlined copy would take stack of its
     // own.
     let verdict = if check {
-        policy::classify(keys, slot, policy, direction, ip, bytes)
+        policy::classify::<Globals>(keys, slot, policy, direction, ip, bytes)
     } else {
         Ok(Outcome::Pass)
     };
@@ -236,8 +219,8 @@ fn decide_ip(
     };
     // A tracer leaves the table alone, and a later fragment has no ports
     // to find its flow by: the policy (or its first fragment) decides.
-    if tracing() || !ip.first_fragment {
-        policy::classify(keys, slot, policy, direction, ip, bytes)
+    if Globals::tracing() || !ip.first_fragment {
+        policy::classify::<Globals>(keys, slot, policy, direction, ip, bytes)
     } else {
         track(keys, slot, policy, direction, ip, frame, bytes)
     }

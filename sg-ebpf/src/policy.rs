@@ -21,13 +21,13 @@ use sg_common::{
 };
 
 use crate::{
-    add, conntrack,
+    conntrack,
+    instance::Instance,
     maps::{
         SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_REMOTE, SG_REMOTE_EXACT, SG_RULE_STATS,
         SG_VERDICT,
     },
     parse::IpPacket,
-    trace, tracing,
 };
 
 /// The keys of one packet's policy lookups, and the connection tracker's
@@ -113,7 +113,7 @@ pub fn keys() -> Option<&'static mut Keys> {
 /// fragment after the first gets the verdict of its datagram's first
 /// fragment.
 #[inline(always)]
-pub fn classify(
+pub fn classify<I: Instance>(
     keys: &mut Keys,
     slot: u32,
     policy: u32,
@@ -122,12 +122,12 @@ pub fn classify(
     bytes: u64,
 ) -> Result<Outcome, Outcome> {
     if !ip.fragmented {
-        return decide(lookup(keys, policy, direction, ip)?, bytes);
+        return decide::<I>(lookup::<I>(keys, policy, direction, ip)?, bytes);
     }
     set_fragment_key(keys, slot, direction, ip);
     let best = if ip.first_fragment {
-        let best = lookup(keys, policy, direction, ip)?;
-        if !tracing() {
+        let best = lookup::<I>(keys, policy, direction, ip)?;
+        if !I::tracing() {
             remember_fragment(keys, best);
         }
         best
@@ -138,7 +138,7 @@ pub fn classify(
             None => return Err(Outcome::DropFragment),
         }
     };
-    decide(best, bytes)
+    decide::<I>(best, bytes)
 }
 
 #[inline(always)]
@@ -167,7 +167,7 @@ pub fn remember_fragment(keys: &Keys, best: u64) {
 /// remote address's and the protocol/port's (each an exact hash, then a
 /// trie on a miss), then the pair's.
 #[inline(always)]
-fn lookup(
+fn lookup<I: Instance>(
     keys: &mut Keys,
     policy: u32,
     direction: Direction,
@@ -230,7 +230,7 @@ fn lookup(
     };
     // SAFETY: a plain read of a hash map value.
     let both = unsafe { SG_VERDICT.get(&keys.pair) }.copied();
-    if let Some(record) = trace() {
+    if let Some(record) = I::trace() {
         // SAFETY: the tracer's own record, field by field (a whole record
         // would take stack the port's programs cannot spare).
         unsafe {
@@ -250,8 +250,8 @@ fn lookup(
 
 /// Counts the packet on the deciding rule and says what its action means.
 #[inline(always)]
-fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
-    if let Some(record) = trace() {
+fn decide<I: Instance>(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
+    if let Some(record) = I::trace() {
         // SAFETY: the tracer's own record.
         unsafe { (*record).best = best };
     }
@@ -260,7 +260,7 @@ fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
     }
     let counter = candidate::counter(best);
     if counter != 0 {
-        add(SG_RULE_STATS.get_ptr_mut(counter), bytes);
+        I::add(SG_RULE_STATS.get_ptr_mut(counter), bytes);
     }
     match (candidate::action(best), counter) {
         (candidate::ALLOW, _) => Ok(Outcome::Pass),
