@@ -193,6 +193,11 @@ pub enum Outcome {
     /// Dropped: a packet of a tracked flow that the port's changed policy
     /// no longer allows; the flow is forgotten.
     DropRevoked = 25,
+    /// Dropped: the program could not do its work: the per-CPU slot of the
+    /// parsed packet (`SG_PACKET`) or of the keys of its lookups
+    /// (`SG_KEYS`) was not found, which the kernel never lets happen. A
+    /// bug, not a verdict on the packet.
+    DropInternal = 26,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -202,7 +207,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 26] = [
+    pub const ALL: [Outcome; 27] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -229,6 +234,7 @@ impl Outcome {
         Outcome::DropInvalid,
         Outcome::DropConntrackFull,
         Outcome::DropRevoked,
+        Outcome::DropInternal,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -270,6 +276,7 @@ impl Outcome {
             Outcome::DropInvalid => "drop-invalid",
             Outcome::DropConntrackFull => "drop-conntrack-full",
             Outcome::DropRevoked => "drop-revoked",
+            Outcome::DropInternal => "drop-internal",
         }
     }
 
@@ -436,6 +443,98 @@ pub const MAX_VERDICT_ENTRIES: u32 = 1_048_576;
 /// Rules with a counter of their own, all ports together. Counter 0 is the
 /// default verdict's, which has none.
 pub const MAX_RULE_COUNTERS: u32 = 131_072;
+
+/// The protocol numbers the datapath reads: IP protocol numbers (IANA's
+/// list, IPv6 extension headers included), TCP's flags, and the ICMP and
+/// ICMPv6 types and codes it looks at or sends. Named after Linux's
+/// headers (`IPPROTO_*` of `<netinet/in.h>`, `TCPHDR_*`, `ICMP_*`,
+/// `ICMPV6_*`).
+pub mod proto {
+    pub const IPPROTO_HOPOPTS: u8 = 0;
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_DCCP: u8 = 33;
+    pub const IPPROTO_ROUTING: u8 = 43;
+    pub const IPPROTO_FRAGMENT: u8 = 44;
+    pub const IPPROTO_AH: u8 = 51;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    pub const IPPROTO_DSTOPTS: u8 = 60;
+    pub const IPPROTO_SCTP: u8 = 132;
+    /// IPv6 mobility header.
+    pub const IPPROTO_MH: u8 = 135;
+    pub const IPPROTO_UDPLITE: u8 = 136;
+
+    /// TCP's flags, byte 13 of its header.
+    pub mod tcp {
+        pub const FIN: u8 = 0x01;
+        pub const SYN: u8 = 0x02;
+        pub const RST: u8 = 0x04;
+        pub const ACK: u8 = 0x10;
+    }
+
+    /// ICMP types (RFC 792) and codes.
+    pub mod icmp {
+        pub const ECHO_REPLY: u8 = 0;
+        pub const DEST_UNREACH: u8 = 3;
+        pub const SOURCE_QUENCH: u8 = 4;
+        pub const REDIRECT: u8 = 5;
+        pub const ECHO_REQUEST: u8 = 8;
+        pub const TIME_EXCEEDED: u8 = 11;
+        pub const PARAMETER_PROBLEM: u8 = 12;
+        /// `DEST_UNREACH`'s code for "communication administratively
+        /// prohibited" (RFC 1812 5.2.7.1).
+        pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+
+        /// Whether a message of type `kind` is an error, which no ICMP
+        /// error may answer (RFC 1122 3.2.2).
+        #[inline(always)]
+        pub const fn is_error(kind: u8) -> bool {
+            matches!(
+                kind,
+                DEST_UNREACH | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROBLEM
+            )
+        }
+    }
+
+    /// ICMPv6 types (RFC 4443, 4861, 2710 and 3810) and codes.
+    pub mod icmpv6 {
+        pub const DEST_UNREACH: u8 = 1;
+        pub const PACKET_TOO_BIG: u8 = 2;
+        pub const TIME_EXCEEDED: u8 = 3;
+        pub const PARAMETER_PROBLEM: u8 = 4;
+        pub const ECHO_REQUEST: u8 = 128;
+        pub const ECHO_REPLY: u8 = 129;
+        pub const MLD_QUERY: u8 = 130;
+        pub const MLD_REPORT: u8 = 131;
+        pub const MLD_DONE: u8 = 132;
+        pub const ROUTER_SOLICIT: u8 = 133;
+        pub const ROUTER_ADVERT: u8 = 134;
+        pub const NEIGHBOUR_SOLICIT: u8 = 135;
+        pub const NEIGHBOUR_ADVERT: u8 = 136;
+        pub const REDIRECT: u8 = 137;
+        pub const MLD2_REPORT: u8 = 143;
+        /// `DEST_UNREACH`'s code for "communication with destination
+        /// administratively prohibited".
+        pub const CODE_ADMIN_PROHIBITED: u8 = 1;
+
+        /// Whether a message of type `kind` is an error: its type's high
+        /// bit is clear (RFC 4443 2.1). No ICMPv6 error may answer one.
+        #[inline(always)]
+        pub const fn is_error(kind: u8) -> bool {
+            kind & 0x80 == 0
+        }
+
+        /// Whether a message of type `kind` is neighbour discovery or MLD:
+        /// what IPv6 needs to work on a link, as ARP for IPv4, which no
+        /// rule applies to. Listener query, report and done, router and
+        /// neighbour solicitation and advertisement, MLDv2 report.
+        #[inline(always)]
+        pub fn is_neighbour_discovery(kind: u8) -> bool {
+            (MLD_QUERY..=NEIGHBOUR_ADVERT).contains(&kind) || kind == MLD2_REPORT
+        }
+    }
+}
 
 /// Address families as they appear in the policy keys.
 pub const FAMILY_IPV4: u8 = 4;
@@ -695,10 +794,10 @@ impl Timeout {
     #[inline(always)]
     pub const fn of(protocol: u8, state: u8) -> Timeout {
         match protocol {
-            6 if state == conntrack_state::ESTABLISHED => Timeout::TcpEstablished,
-            6 => Timeout::TcpClosing,
-            17 => Timeout::Udp,
-            1 | 58 => Timeout::Icmp,
+            proto::IPPROTO_TCP if state == conntrack_state::ESTABLISHED => Timeout::TcpEstablished,
+            proto::IPPROTO_TCP => Timeout::TcpClosing,
+            proto::IPPROTO_UDP => Timeout::Udp,
+            proto::IPPROTO_ICMP | proto::IPPROTO_ICMPV6 => Timeout::Icmp,
             _ => Timeout::Other,
         }
     }
@@ -747,6 +846,15 @@ const _: () = assert!(size_of::<ConntrackEntry>() == 56);
 const _: () = assert!(size_of::<ConntrackTimeouts>() == 20);
 const _: () = assert!(size_of::<ConntrackEvent>() == 56);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
+// `ALL` lists the codes in order, without a gap: userspace names the
+// counters from it.
+const _: () = {
+    let mut code = 0;
+    while code < Outcome::ALL.len() {
+        assert!(Outcome::ALL[code] as usize == code);
+        code += 1;
+    }
+};
 
 #[cfg(feature = "user")]
 mod user {

@@ -9,9 +9,10 @@
 //! and never evicts tracked ones. Entries expire by their timeouts: the
 //! datapath treats an expired entry as absent, and `sg-ctl` deletes them.
 
-// Keys are passed by reference to stay in their per-CPU slot: a key passed
-// by value is a copy on the stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are passed by reference to stay in their per-CPU slot: by value, a key is a copy on the stack"
+)]
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
@@ -22,11 +23,12 @@ use sg_common::{
     CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, ConntrackEntry, ConntrackEvent,
     ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, MAX_CONNTRACK_ENTRIES,
     conntrack_event, conntrack_state, ipv4_mapped,
+    proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
 };
 
 use crate::{
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket, has_ports},
-    reject::Buf,
+    buf::Buf,
+    parse::{IpPacket, has_ports},
 };
 
 /// Preallocated: an entry added in the datapath takes one from a free
@@ -54,11 +56,6 @@ static SG_CONNTRACK_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_m
 #[map(name = "SG_CONNTRACK_TIMEOUTS")]
 static SG_CONNTRACK_TIMEOUTS: Array<ConntrackTimeouts> = Array::pinned(1, 0);
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
 /// Where a transport header the tracker reads may start.
 const MAX_L4: usize = 512;
 /// An ICMP header, in front of the quoted packet of an error.
@@ -66,7 +63,7 @@ const ICMP_HDR: usize = 8;
 /// `::ffff:0.0.0.0`, which IPv4 addresses are mapped into.
 const IPV4_MAPPED: [u8; 16] = ipv4_mapped([0; 4]);
 
-/// The tracker's work space: in this CPU's slot (see `Keys` in main.rs),
+/// The tracker's work space: in this CPU's slot (see `Keys` in policy.rs),
 /// not on the stack.
 pub struct Scratch {
     pub key: ConntrackKey,
@@ -193,7 +190,7 @@ pub fn lookup(
         let restart = ip.protocol == IPPROTO_TCP
             && state == conntrack_state::TIME_WAIT
             && origin == direction as u8
-            && *flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+            && *flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::SYN;
         let expired = SG_CONNTRACK_TIMEOUTS
             .get(0)
             .is_some_and(|timeouts| timeouts.expired(ip.protocol, state, last_seen, now));
@@ -206,9 +203,9 @@ pub fn lookup(
         }
     }
     if ip.protocol == IPPROTO_TCP {
-        if *flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
+        if *flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN {
             Flow::New
-        } else if *flags & TCP_RST != 0 {
+        } else if *flags & tcp::RST != 0 {
             // An RST ends what it finds and starts nothing: the policy
             // decides. (So passes the RST of a reject rule on TC, which
             // the XDP program of a port in generic mode sees again.)
@@ -433,11 +430,11 @@ pub fn advance(entry: &mut ConntrackEntry, direction: Direction, protocol: u8, f
         }
         return Step::Pass;
     }
-    if flags & TCP_RST != 0 {
+    if flags & tcp::RST != 0 {
         return Step::Close;
     }
-    let syn = flags & TCP_SYN != 0;
-    let ack = flags & TCP_ACK != 0;
+    let syn = flags & tcp::SYN != 0;
+    let ack = flags & tcp::ACK != 0;
     let syn_ack_back = syn && ack && !origin;
     match entry.state {
         conntrack_state::SYN_SENT if origin && syn && !ack => {}
@@ -452,7 +449,7 @@ pub fn advance(entry: &mut ConntrackEntry, direction: Direction, protocol: u8, f
         _ if syn && !syn_ack_back => return Step::Invalid,
         _ => {}
     }
-    if flags & TCP_FIN != 0 {
+    if flags & tcp::FIN != 0 {
         entry.fins |= 1 << (direction as u8 & 1);
         if entry.fins == 3 {
             entry.state = conntrack_state::TIME_WAIT;
@@ -489,12 +486,20 @@ fn icmp_protocol(family: u8) -> u8 {
 
 #[inline(always)]
 fn echo_request(family: u8) -> u8 {
-    if family == FAMILY_IPV4 { 8 } else { 128 }
+    if family == FAMILY_IPV4 {
+        icmp::ECHO_REQUEST
+    } else {
+        icmpv6::ECHO_REQUEST
+    }
 }
 
 #[inline(always)]
 fn echo_reply(family: u8) -> u8 {
-    if family == FAMILY_IPV4 { 0 } else { 129 }
+    if family == FAMILY_IPV4 {
+        icmp::ECHO_REPLY
+    } else {
+        icmpv6::ECHO_REPLY
+    }
 }
 
 /// ICMP destination unreachable (which carries "fragmentation needed"),
@@ -502,8 +507,8 @@ fn echo_reply(family: u8) -> u8 {
 #[inline(always)]
 fn is_error(family: u8, kind: u8) -> bool {
     if family == FAMILY_IPV4 {
-        kind == 3 || kind == 11 || kind == 12
+        kind == icmp::DEST_UNREACH || kind == icmp::TIME_EXCEEDED || kind == icmp::PARAMETER_PROBLEM
     } else {
-        (1..=4).contains(&kind)
+        (icmpv6::DEST_UNREACH..=icmpv6::PARAMETER_PROBLEM).contains(&kind)
     }
 }

@@ -5,37 +5,50 @@
 //! One instance of the object is loaded per port, with the port's slot in
 //! the `PORT_SLOT` global; the maps are shared by all instances, pinned
 //! under the pin directory by name.
+//!
+//! This file holds the entry points, the globals, and the pipeline that
+//! composes the stages, each in a module of its own: parsing (`parse`),
+//! port security (`portsec`), the policy (`policy`) through the connection
+//! table (`conntrack`), and REJECT's replies (`reject`). Below them: the
+//! frame and its bounds-checked reader (`buf`), the shared maps (`maps`),
+//! and what a stage may ask of the instance it runs in (`instance`). Each
+//! module uses only those listed before it in `buf`, `maps`, `instance`,
+//! `parse`, `portsec`, `conntrack`, `policy`, `reject`; none uses this
+//! file.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod buf;
 mod conntrack;
+mod instance;
+mod maps;
 mod parse;
+mod policy;
 mod portsec;
 mod reject;
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_redirect, bpf_redirect_peer, bpf_skb_change_head, bpf_skb_change_tail,
         bpf_skb_change_type, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
     },
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    macros::{classifier, xdp},
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Class, Counter, Direction, FAMILY_IPV6, FragmentKey, L4Key,
-    LocalKey, MAX_BLOCKED_PREFIXES, MAX_FRAGMENT_ENTRIES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES,
-    MAX_PORTS, MAX_REMOTE_ENTRIES, MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, NO_POLICY, Outcome,
-    PORT_REPLY_VIA_TC, PortConfig, REPLY_META, RemoteKey, SCOPE_BITS, STATS_ENTRIES, Scope,
-    TraceRecord, VerdictKey, candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, REPLY_META,
+    candidate,
 };
 
 use crate::{
+    buf::Resizable,
     conntrack::{Flow, Step},
-    parse::{Frame, IPPROTO_ICMPV6, IpPacket, parse},
-    reject::Resizable,
+    instance::Instance,
+    maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS},
+    parse::{Frame, IpPacket, parse},
 };
 
 /// This instance's port; set by the loader.
@@ -45,130 +58,6 @@ static PORT_SLOT: u32 = 0;
 /// Set by `sg-ctl trace` in its own instance (see `TRACE_GLOBAL`).
 #[unsafe(no_mangle)]
 static TRACE: u32 = 0;
-
-/// A tracer's record of its last frame; not pinned, so each instance has
-/// its own.
-#[map(name = "SG_TRACE")]
-static SG_TRACE: Array<TraceRecord> = Array::with_max_entries(1, 0);
-
-#[map(name = "SG_PORTS")]
-static SG_PORTS: Array<PortConfig> = Array::pinned(MAX_PORTS, 0);
-
-#[map(name = "SG_STATS")]
-static SG_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
-
-#[map(name = "SG_BLOCKED")]
-static SG_BLOCKED: LpmTrie<BlockKey, u32> = LpmTrie::pinned(MAX_BLOCKED_PREFIXES, 0);
-
-/// Slot → the port's current policy (`NO_POLICY`: none).
-#[map(name = "SG_PORT_POLICY")]
-static SG_PORT_POLICY: Array<u32> = Array::pinned(MAX_PORTS, 0);
-
-/// The port's own address → its local class.
-#[map(name = "SG_LOCAL")]
-static SG_LOCAL: LpmTrie<LocalKey, u32> = LpmTrie::pinned(MAX_LOCAL_ENTRIES, 0);
-
-/// The remote address → its class, and the best rule that needs no more.
-#[map(name = "SG_REMOTE")]
-static SG_REMOTE: LpmTrie<RemoteKey, Class> = LpmTrie::pinned(MAX_REMOTE_ENTRIES, 0);
-
-/// Single remote addresses, looked up before `SG_REMOTE`: the same answer
-/// as the trie, without its walk.
-#[map(name = "SG_REMOTE_EXACT")]
-static SG_REMOTE_EXACT: HashMap<RemoteKey, Class> =
-    HashMap::pinned(MAX_REMOTE_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// Single ports and ICMP type/code pairs, looked up before `SG_L4`.
-#[map(name = "SG_L4_EXACT")]
-static SG_L4_EXACT: HashMap<L4Key, Class> = HashMap::pinned(MAX_L4_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// Protocol and port (or ICMP type and code) → class and best rule.
-#[map(name = "SG_L4")]
-static SG_L4: LpmTrie<L4Key, Class> = LpmTrie::pinned(MAX_L4_ENTRIES, 0);
-
-/// (remote class, L4 class) → the best rule that needs both.
-#[map(name = "SG_VERDICT")]
-static SG_VERDICT: HashMap<VerdictKey, u64> =
-    HashMap::pinned(MAX_VERDICT_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// The keys of one packet's policy lookups, and the connection tracker's
-/// work space (its key, a new entry, an ICMP error's quote). In this CPU's
-/// slot rather than on the stack, of which a program has 512 bytes for
-/// everything; one program runs at a time on a CPU, so the slot is the
-/// run's. 8-aligned, with padding that puts every address on an 8-byte
-/// boundary, so that keys are written in words rather than byte by byte.
-#[repr(C, align(8))]
-struct Keys {
-    _pad_local: u32,
-    local: TrieKey<LocalKey>,
-    /// For the exact hash; `remote` holds the same for the trie.
-    remote_exact: RemoteKey,
-    _pad_remote: u32,
-    remote: TrieKey<RemoteKey>,
-    l4_exact: L4Key,
-    l4: TrieKey<L4Key>,
-    pair: VerdictKey,
-    fragment: FragmentKey,
-    conntrack: conntrack::Scratch,
-}
-
-/// Copies an address as two 8-byte loads and stores. Copied as an array,
-/// between two map values it cannot tell apart, the compiler makes it a
-/// call to a byte-wise `memmove`; volatile accesses it leaves as they are.
-/// Both ends are 8-aligned: the addresses lead `IpPacket`, and `Keys` pads
-/// its keys so that theirs are (asserted below).
-#[inline(always)]
-fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
-    let to = (to as *mut [u8; 16]).cast::<u64>();
-    let from = (from as *const [u8; 16]).cast::<u64>();
-    // SAFETY: both 8-aligned (see above), 16 bytes each.
-    unsafe {
-        to.write_volatile(from.read_volatile());
-        to.add(1).write_volatile(from.add(1).read_volatile());
-    }
-}
-
-const _: () = {
-    use core::mem::offset_of;
-    let local =
-        offset_of!(Keys, local) + offset_of!(TrieKey<LocalKey>, data) + offset_of!(LocalKey, addr);
-    let remote_exact = offset_of!(Keys, remote_exact) + offset_of!(RemoteKey, addr);
-    let remote = offset_of!(Keys, remote)
-        + offset_of!(TrieKey<RemoteKey>, data)
-        + offset_of!(RemoteKey, addr);
-    assert!(local % 8 == 0 && remote_exact % 8 == 0 && remote % 8 == 0);
-    assert!(offset_of!(IpPacket, src) % 8 == 0 && offset_of!(IpPacket, dst) % 8 == 0);
-};
-
-/// An LPM trie key laid out as `Key`, which is packed: the same bytes (the
-/// keys here are 4-aligned, so nothing pads them), but written in words
-/// rather than byte by byte.
-#[repr(C)]
-struct TrieKey<K> {
-    prefix_len: u32,
-    data: K,
-}
-
-impl<K> TrieKey<K> {
-    #[inline(always)]
-    fn as_key(&self) -> &Key<K> {
-        const { assert!(size_of::<TrieKey<K>>() == size_of::<Key<K>>()) };
-        // SAFETY: the same layout (asserted above), and `Key` is packed, so
-        // any address is aligned for it.
-        unsafe { &*(self as *const Self).cast::<Key<K>>() }
-    }
-}
-
-#[map(name = "SG_KEYS")]
-static SG_KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
-
-/// A fragmented datagram → the candidate that decided its first fragment.
-#[map(name = "SG_FRAGMENTS")]
-static SG_FRAGMENTS: LruHashMap<FragmentKey, u64> = LruHashMap::pinned(MAX_FRAGMENT_ENTRIES, 0);
-
-/// Packets and bytes each rule decided.
-#[map(name = "SG_RULE_STATS")]
-static SG_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
 
 #[inline(always)]
 fn port_slot() -> u32 {
@@ -187,106 +76,27 @@ fn active_port() -> Option<(u32, u32)> {
         .map(|p| (slot, p.flags))
 }
 
-/// Whether this instance traces rather than filters. A read-only global:
-/// in a port's instance the verifier knows it is zero and drops every
-/// branch that depends on it.
-#[inline(always)]
-fn tracing() -> bool {
-    // SAFETY: a plain read of a global the loader may have rewritten.
-    unsafe { core::ptr::read_volatile(&TRACE) != 0 }
-}
+/// This instance, as its globals tell.
+struct Globals;
 
-/// The tracer's record, when tracing.
-#[inline(always)]
-fn trace() -> Option<*mut TraceRecord> {
-    if tracing() {
-        SG_TRACE.get_ptr_mut(0)
-    } else {
-        None
-    }
-}
-
-#[inline(always)]
-fn add(counter: Option<*mut Counter>, bytes: u64) {
-    if tracing() {
-        return;
-    }
-    if let Some(counter) = counter {
-        // SAFETY: a per-CPU value, written by this CPU only.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
+impl Instance for Globals {
+    #[inline(always)]
+    fn tracing() -> bool {
+        // SAFETY: a plain read of a global the loader may have rewritten.
+        unsafe { core::ptr::read_volatile(&TRACE) != 0 }
     }
 }
 
 #[inline(always)]
 fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
-    if let Some(record) = trace() {
+    if let Some(record) = Globals::trace() {
         // SAFETY: the tracer's own record.
         unsafe { (*record).outcome = outcome as u32 };
     }
-    add(
+    Globals::add(
         SG_STATS.get_ptr_mut(outcome.stat_index(slot, direction)),
         bytes,
     );
-}
-
-/// Applies the port's policy: the first rule that matches decides. A
-/// fragment after the first gets the verdict of its datagram's first
-/// fragment.
-#[inline(always)]
-// The keys are passed by reference to stay in their slot: a key passed by
-// value is a copy on the stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
-fn classify(
-    keys: &mut Keys,
-    slot: u32,
-    policy: u32,
-    direction: Direction,
-    ip: &IpPacket,
-    bytes: u64,
-) -> Result<Outcome, Outcome> {
-    if !ip.fragmented {
-        return decide(lookup(keys, policy, direction, ip)?, bytes);
-    }
-    set_fragment_key(keys, slot, direction, ip);
-    let best = if ip.first_fragment {
-        let best = lookup(keys, policy, direction, ip)?;
-        if !tracing() {
-            remember_fragment(keys, best);
-        }
-        best
-    } else {
-        // SAFETY: a plain read of a hash map value.
-        match unsafe { SG_FRAGMENTS.get(&keys.fragment) } {
-            Some(&best) => best,
-            None => return Err(Outcome::DropFragment),
-        }
-    };
-    decide(best, bytes)
-}
-
-#[inline(always)]
-fn set_fragment_key(keys: &mut Keys, slot: u32, direction: Direction, ip: &IpPacket) {
-    keys.fragment = FragmentKey {
-        slot,
-        id: ip.fragment_id,
-        src: ip.src,
-        dst: ip.dst,
-        protocol: ip.protocol,
-        direction: direction as u8,
-        _pad: [0; 2],
-    };
-}
-
-/// Lets `best` decide the later fragments of the datagram in
-/// `keys.fragment`.
-#[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
-fn remember_fragment(keys: &Keys, best: u64) {
-    // Full: the later fragments of this datagram are dropped.
-    let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
 }
 
 /// Decides on a packet with the connection table: a packet of a tracked
@@ -306,9 +116,8 @@ fn remember_fragment(keys: &Keys, best: u64) {
 ///    where the policy would allow it.
 /// 6. Everything else (untracked ICMP): the policy alone.
 #[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
 fn track(
-    keys: &mut Keys,
+    keys: &mut policy::Keys,
     slot: u32,
     policy: u32,
     direction: Direction,
@@ -329,7 +138,7 @@ fn track(
     // One place that classifies: each inlined copy would take stack of its
     // own.
     let verdict = if check {
-        classify(keys, slot, policy, direction, ip, bytes)
+        policy::classify::<Globals>(keys, slot, policy, direction, ip, bytes)
     } else {
         Ok(Outcome::Pass)
     };
@@ -356,8 +165,8 @@ fn track(
                 Step::Pass => conntrack::account(entry, direction, bytes),
             }
             if ip.fragmented {
-                set_fragment_key(keys, slot, direction, ip);
-                remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
+                policy::set_fragment_key(keys, slot, direction, ip);
+                policy::remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
             }
             Ok(Outcome::PassEstablished)
         }
@@ -379,125 +188,6 @@ fn track(
     }
 }
 
-/// The best candidate of the port's policy for the packet. A few lookups
-/// whatever the number of rules: the local address's class, then the
-/// remote address's and the protocol/port's (each an exact hash, then a
-/// trie on a miss), then the pair's.
-#[inline(always)]
-#[allow(clippy::needless_borrows_for_generic_args)] // As in `classify`.
-fn lookup(
-    keys: &mut Keys,
-    policy: u32,
-    direction: Direction,
-    ip: &IpPacket,
-) -> Result<u64, Outcome> {
-    let (local, remote) = match direction {
-        Direction::Egress => (&ip.src, &ip.dst),
-        Direction::Ingress => (&ip.dst, &ip.src),
-    };
-    keys.local.prefix_len = SCOPE_BITS + 128;
-    keys.local.data.policy = policy;
-    keys.local.data.family = ip.family as u32;
-    copy_addr(&mut keys.local.data.addr, local);
-    let local_class = SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0);
-    let scope = Scope {
-        policy,
-        local_class: local_class as u16,
-        direction: direction as u8,
-        family: ip.family,
-    };
-    keys.remote_exact.scope = scope;
-    copy_addr(&mut keys.remote_exact.addr, remote);
-    keys.remote.prefix_len = SCOPE_BITS + 128;
-    keys.remote.data.scope = scope;
-    copy_addr(&mut keys.remote.data.addr, remote);
-    // SAFETY: a plain read of a hash map value.
-    let remote = match unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) } {
-        Some(class) => Some(class),
-        None => SG_REMOTE.get(keys.remote.as_key()),
-    };
-    keys.l4_exact = L4Key {
-        scope,
-        protocol: ip.protocol,
-        _pad: 0,
-        value: ip.l4,
-    };
-    keys.l4 = TrieKey {
-        prefix_len: SCOPE_BITS + 32,
-        data: keys.l4_exact,
-    };
-    // SAFETY: a plain read of a hash map value.
-    let l4 = match unsafe { SG_L4_EXACT.get(&keys.l4_exact) } {
-        Some(class) => Some(class),
-        None => SG_L4.get(keys.l4.as_key()),
-    };
-    // Every scope has root entries in both tries; a miss is a policy being
-    // removed under this packet.
-    let (Some(remote), Some(l4)) = (remote, l4) else {
-        return Err(Outcome::DropDefault);
-    };
-    let best = if remote.best < l4.best {
-        remote.best
-    } else {
-        l4.best
-    };
-    keys.pair = VerdictKey {
-        scope,
-        remote_class: remote.class,
-        l4_class: l4.class,
-    };
-    // SAFETY: a plain read of a hash map value.
-    let both = unsafe { SG_VERDICT.get(&keys.pair) }.copied();
-    if let Some(record) = trace() {
-        // SAFETY: the tracer's own record, field by field (a whole record
-        // would take stack the port's programs cannot spare).
-        unsafe {
-            (*record).local_class = local_class;
-            (*record).remote_class = remote.class;
-            (*record).l4_class = l4.class;
-            (*record).remote_best = remote.best;
-            (*record).l4_best = l4.best;
-            (*record).pair_best = both.unwrap_or(candidate::NONE);
-        }
-    }
-    match both {
-        Some(both) if both < best => Ok(both),
-        _ => Ok(best),
-    }
-}
-
-/// Counts the packet on the deciding rule and says what its action means.
-#[inline(always)]
-fn decide(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
-    if let Some(record) = trace() {
-        // SAFETY: the tracer's own record.
-        unsafe { (*record).best = best };
-    }
-    if best == candidate::NONE {
-        return Err(Outcome::DropDefault);
-    }
-    let counter = candidate::counter(best);
-    if counter != 0 {
-        add(SG_RULE_STATS.get_ptr_mut(counter), bytes);
-    }
-    match (candidate::action(best), counter) {
-        (candidate::ALLOW, _) => Ok(Outcome::Pass),
-        (_, 0) => Err(Outcome::DropDefault),
-        (candidate::REJECT, _) => Err(Outcome::Reject),
-        _ => Err(Outcome::DropRule),
-    }
-}
-
-/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP):
-/// ICMPv6 types 130-136 and 143.
-#[inline(always)]
-fn is_neighbour_discovery(ip: &IpPacket) -> bool {
-    let kind = ip.l4[0];
-    ip.family == FAMILY_IPV6
-        && ip.protocol == IPPROTO_ICMPV6
-        && ((130..=136).contains(&kind) || kind == 143)
-}
-
 /// Decides on an IP packet. The address checked against the blocklist is
 /// the workload's side of the conversation: the source of what it sends,
 /// the destination of what it receives.
@@ -517,22 +207,20 @@ fn decide_ip(
     if SG_BLOCKED.get(&key).is_some() {
         return Outcome::DropBlocked;
     }
-    if is_neighbour_discovery(ip) {
+    if policy::is_neighbour_discovery(ip) {
         return Outcome::PassNeighbourDiscovery;
     }
     let policy = match SG_PORT_POLICY.get(slot) {
         Some(&policy) if policy != NO_POLICY => policy,
         _ => return Outcome::Pass,
     };
-    let Some(keys) = SG_KEYS.get_ptr_mut(0) else {
-        return Outcome::DropDefault;
+    let Some(keys) = policy::keys() else {
+        return Outcome::DropInternal;
     };
-    // SAFETY: this CPU's slot, this run's alone (see `Keys`).
-    let keys = unsafe { &mut *keys };
     // A tracer leaves the table alone, and a later fragment has no ports
     // to find its flow by: the policy (or its first fragment) decides.
-    if tracing() || !ip.first_fragment {
-        classify(keys, slot, policy, direction, ip, bytes)
+    if Globals::tracing() || !ip.first_fragment {
+        policy::classify::<Globals>(keys, slot, policy, direction, ip, bytes)
     } else {
         track(keys, slot, policy, direction, ip, frame, bytes)
     }

@@ -14,9 +14,14 @@ use network_types::{
 };
 use sg_common::{
     FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Outcome, ipv4_mapped, mac_word,
+    proto::{
+        IPPROTO_AH, IPPROTO_DCCP, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_MH, IPPROTO_ROUTING, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+        IPPROTO_UDPLITE, icmpv6,
+    },
 };
 
-use crate::reject::Buf;
+use crate::buf::Buf;
 
 /// The header fields the filter decides on. IPv4 addresses are mapped
 /// into IPv6 (`::ffff:a.b.c.d`) so that one trie serves both families.
@@ -119,23 +124,6 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_ARP: u16 = 0x0806;
 
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
-const IPPROTO_MH: u8 = 135;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DCCP: u8 = 33;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_UDPLITE: u8 = 136;
-
-pub(crate) const ND_NEIGHBOUR_SOLICIT: u8 = 135;
-pub(crate) const ND_NEIGHBOUR_ADVERT: u8 = 136;
-
 /// The two bytes rules match on in the transport header at `offset`, and
 /// the source port of the protocols with ports: both from one read, so
 /// that the verifier sees one bounds check per packet.
@@ -204,7 +192,7 @@ pub fn parse(start: usize, end: usize) -> Result<Frame, Outcome> {
 
     let ipv4 = ether_type == u16::from_be(EtherType::Ipv4.into());
     if ipv4 || ether_type == u16::from_be(EtherType::Ipv6.into()) {
-        let packet = SG_PACKET.get_ptr_mut(0).ok_or(Outcome::DropMalformed)?;
+        let packet = SG_PACKET.get_ptr_mut(0).ok_or(Outcome::DropInternal)?;
         // SAFETY: this CPU's slot, this run's alone (see `SG_PACKET`).
         let packet = unsafe { &mut *packet };
         if ipv4 {
@@ -346,7 +334,7 @@ fn parse_ipv6(start: usize, end: usize, l3: usize, out: &mut IpPacket) -> Result
         ([0, 0], [0, 0])
     };
     let nd_target = if proto == IPPROTO_ICMPV6
-        && (l4[0] == ND_NEIGHBOUR_SOLICIT || l4[0] == ND_NEIGHBOUR_ADVERT)
+        && (l4[0] == icmpv6::NEIGHBOUR_SOLICIT || l4[0] == icmpv6::NEIGHBOUR_ADVERT)
     {
         // After type, code, checksum and 4 bytes of flags.
         let target: *const [u8; 16] = ptr_at(start, end, offset + 8)?;

@@ -38,12 +38,16 @@ use sg_common::{
     BLOCK_KEY_SLOT_BITS, BlockKey, Direction, FAMILY_IPV4, MAX_OWNED_PREFIXES, MAX_PORTS, Outcome,
     OwnedMacs, PORTSEC_ALLOW_MULTICAST, PORTSEC_ALLOW_VLAN, PORTSEC_ENABLED, PortSecurityConfig,
     ipv4_mapped, mac_word,
+    proto::{
+        IPPROTO_ICMPV6, IPPROTO_UDP,
+        icmpv6::{
+            MLD_DONE, MLD_REPORT, MLD2_REPORT, NEIGHBOUR_ADVERT, NEIGHBOUR_SOLICIT, REDIRECT,
+            ROUTER_ADVERT, ROUTER_SOLICIT,
+        },
+    },
 };
 
-use crate::parse::{
-    ArpPacket, Ethernet, Frame, IPPROTO_ICMPV6, IPPROTO_UDP, IpPacket, ND_NEIGHBOUR_ADVERT,
-    ND_NEIGHBOUR_SOLICIT, ethernet,
-};
+use crate::parse::{ArpPacket, Ethernet, Frame, IpPacket, ethernet};
 
 /// Slot → the port's MACs and port-security flags.
 #[map(name = "SG_PORT_SECURITY")]
@@ -59,13 +63,6 @@ const DHCP_SERVER: u16 = 67;
 const DHCP_CLIENT: u16 = 68;
 const DHCPV6_CLIENT: u16 = 546;
 const DHCPV6_SERVER: u16 = 547;
-
-const MLD_REPORT: u8 = 131;
-const MLD_DONE: u8 = 132;
-const ROUTER_SOLICIT: u8 = 133;
-const ROUTER_ADVERT: u8 = 134;
-const REDIRECT: u8 = 137;
-const MLD2_REPORT: u8 = 143;
 
 /// Applies the port's security to a parsed frame; nothing when the port
 /// has it off.
@@ -181,7 +178,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     if from_unspecified
         && !(matches!(
             icmp_type,
-            ROUTER_SOLICIT | ND_NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT
+            ROUTER_SOLICIT | NEIGHBOUR_SOLICIT | MLD_REPORT | MLD2_REPORT
         ) && ip.src == [0; 16])
     {
         return Err(Outcome::DropSpoofedIpv6);
@@ -189,7 +186,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     // An advertisement claims its target; so does a solicitation for
     // duplicate address detection.
     if let Some(target) = ip.nd_target
-        && (icmp_type == ND_NEIGHBOUR_ADVERT || from_unspecified)
+        && (icmp_type == NEIGHBOUR_ADVERT || from_unspecified)
         && !owns(slot, target, src_mac)
     {
         return Err(Outcome::DropNdSpoof);
@@ -201,12 +198,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     }
     Ok(matches!(
         icmp_type,
-        MLD_REPORT
-            | MLD_DONE
-            | ROUTER_SOLICIT
-            | ND_NEIGHBOUR_SOLICIT
-            | ND_NEIGHBOUR_ADVERT
-            | MLD2_REPORT
+        MLD_REPORT | MLD_DONE | ROUTER_SOLICIT | NEIGHBOUR_SOLICIT | NEIGHBOUR_ADVERT | MLD2_REPORT
     ) || ports == Some((DHCPV6_CLIENT, DHCPV6_SERVER)))
 }
 

@@ -8,112 +8,25 @@
 //! fragment after the first, or to or from a multicast or broadcast
 //! address; such packets are dropped like those of a drop rule.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use sg_common::FAMILY_IPV4;
+use sg_common::{
+    FAMILY_IPV4,
+    proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
+};
 
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpPacket};
-
-/// Where offsets pass through on their way to a pointer: this CPU's cell,
-/// written and read back, so that neither the compiler nor the verifier
-/// knows the number that comes out (see `Buf::at`).
-#[map(name = "SG_REPLY_CELL")]
-static CELL: PerCpuArray<usize> = PerCpuArray::with_max_entries(1, 0);
+use crate::{
+    buf::{Buf, Resizable},
+    parse::IpPacket,
+};
 
 /// Where the IP header starts, at most after two VLAN tags.
 const MAX_L3: usize = ETH_HDR + 2 * VLAN_HDR;
 /// Where a transport header replied to may start.
 const MAX_L4: usize = 512;
-/// The largest offset the reply code reaches.
-const MAX_OFFSET: usize = 1024;
 
 /// Offsets in the frame of the IP and transport headers.
 struct Offsets {
     l3: usize,
     l4: usize,
-}
-
-/// The frame's bytes, `[start, end)`, and the cell offsets pass through.
-/// Also how the connection tracker reads headers at offsets the parser
-/// found.
-#[derive(Clone, Copy)]
-pub(crate) struct Buf {
-    start: usize,
-    end: usize,
-    cell: *mut usize,
-}
-
-impl Buf {
-    fn new<F: Resizable>(frame: &F, cell: *mut usize) -> Buf {
-        let (start, end) = frame.bounds();
-        Buf { start, end, cell }
-    }
-
-    /// The frame `[start, end)`, with this CPU's cell.
-    #[inline(always)]
-    pub(crate) fn of(start: usize, end: usize) -> Option<Buf> {
-        Some(Buf {
-            start,
-            end,
-            cell: CELL.get_ptr_mut(0)?,
-        })
-    }
-
-    /// The offset as a number no one knows, but for its bounds.
-    #[inline(always)]
-    pub(crate) fn launder(&self, offset: usize) -> Option<usize> {
-        // SAFETY: this CPU's cell; one program runs at a time on a CPU.
-        let offset = unsafe {
-            self.cell.write_volatile(offset);
-            self.cell.read_volatile()
-        };
-        (offset <= MAX_OFFSET).then_some(offset)
-    }
-
-    /// `size_of::<T>()` bytes at `offset`, if the frame has them.
-    ///
-    /// The offsets here differ from packet to packet, and the verifier
-    /// refuses to go backwards from a pointer made with such an offset,
-    /// while the compiler gladly makes one pointer out of another and
-    /// reaches it backwards. A laundered offset makes each pointer from
-    /// the frame's start, and keeps no stack.
-    #[inline(always)]
-    pub(crate) fn at<T>(&self, offset: usize) -> Option<*mut T> {
-        let at = self.start + self.launder(offset)?;
-        (at + core::mem::size_of::<T>() <= self.end).then_some(at as *mut T)
-    }
-
-    /// Copies `bytes` to `offset`. (Not `write`: a value would be loaded
-    /// early and kept on the stack.)
-    #[inline(always)]
-    fn copy<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
-        let to = self.at::<[u8; N]>(offset)?;
-        // SAFETY: in bounds, checked by `at`; the program owns the frame.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), to as *mut u8, N) };
-        Some(())
-    }
-
-    #[inline(always)]
-    pub(crate) fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // SAFETY: in bounds, checked by `at`.
-        Some(unsafe { self.at::<[u8; N]>(offset)?.read_unaligned() })
-    }
-
-    #[inline(always)]
-    fn write<const N: usize>(&self, offset: usize, bytes: [u8; N]) -> Option<()> {
-        // SAFETY: in bounds, checked by `at`; the program owns the frame.
-        unsafe { self.at::<[u8; N]>(offset)?.write_unaligned(bytes) };
-        Some(())
-    }
-}
-
-/// A frame whose length can change: an XDP buffer or a TC skb.
-pub trait Resizable {
-    /// The frame's bytes, `[start, end)`.
-    fn bounds(&self) -> (usize, usize);
-    /// Cuts the frame to `len` bytes, which it has.
-    fn truncate(&mut self, len: usize) -> Option<()>;
-    /// Adds `len` bytes in front of the frame.
-    fn grow_head(&mut self, len: usize) -> Option<()>;
 }
 
 const ETH_HDR: usize = 14;
@@ -126,11 +39,6 @@ const TTL: u8 = 64;
 /// Bytes of the rejected packet quoted in an ICMP error.
 const QUOTE_MAX: usize = 256;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
 /// Turns the frame into the reply to its packet. `None`: the packet gets
 /// no reply, or the frame could not be changed; it is to be dropped.
 #[inline(always)]
@@ -138,8 +46,7 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if !ip.first_fragment || !unicast(ip, &ip.src) || !unicast(ip, &ip.dst) {
         return None;
     }
-    let cell = CELL.get_ptr_mut(0)?;
-    let buf = Buf::new(frame, cell);
+    let buf = Buf::of_frame(frame)?;
     // Laundered: on each path through the parser these are numbers the
     // verifier knows, and it would check the reply code once per path.
     let at = Offsets {
@@ -152,7 +59,7 @@ pub fn reply<F: Resizable>(frame: &mut F, ip: &IpPacket) -> Option<()> {
     if ip.protocol == IPPROTO_TCP {
         tcp_reset(frame, buf, ip, &at)
     } else {
-        prohibited(frame, cell, ip, &at)
+        prohibited(frame, buf, ip, &at)
     }
 }
 
@@ -177,23 +84,23 @@ fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets)
     let their_seq: [u8; 4] = buf.read(at.l4 + 4)?;
     let their_ack: [u8; 4] = buf.read(at.l4 + 8)?;
     let [offset, flags]: [u8; 2] = buf.read(at.l4 + 12)?;
-    if flags & TCP_RST != 0 {
+    if flags & tcp::RST != 0 {
         return None;
     }
     let headers = at.l4 - at.l3 + (offset >> 4) as usize * 4;
     let mut segment = ip.ip_len.saturating_sub(headers) as u32;
-    segment += (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+    segment += (flags & tcp::SYN != 0) as u32 + (flags & tcp::FIN != 0) as u32;
     // RFC 9293 3.10.7.1: an acceptable reset for what the sender has
     // sent.
-    let (seq, ack, flags) = if flags & TCP_ACK != 0 {
-        (their_ack, [0; 4], TCP_RST)
+    let (seq, ack, flags) = if flags & tcp::ACK != 0 {
+        (their_ack, [0; 4], tcp::RST)
     } else {
         (
             [0; 4],
             u32::from_be_bytes(their_seq)
                 .wrapping_add(segment)
                 .to_be_bytes(),
-            TCP_RST | TCP_ACK,
+            tcp::RST | tcp::ACK,
         )
     };
     let mut reset = [0u8; TCP_HDR];
@@ -211,16 +118,19 @@ fn tcp_reset<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets)
 }
 
 #[inline(always)]
-fn prohibited<F: Resizable>(
-    frame: &mut F,
-    cell: *mut usize,
-    ip: &IpPacket,
-    at: &Offsets,
-) -> Option<()> {
+fn prohibited<F: Resizable>(frame: &mut F, buf: Buf, ip: &IpPacket, at: &Offsets) -> Option<()> {
     let (icmp, icmp_type, code) = if ip.family == FAMILY_IPV4 {
-        (IPPROTO_ICMP, 3, 13)
+        (
+            IPPROTO_ICMP,
+            icmp::DEST_UNREACH,
+            icmp::CODE_ADMIN_PROHIBITED,
+        )
     } else {
-        (IPPROTO_ICMPV6, 1, 1)
+        (
+            IPPROTO_ICMPV6,
+            icmpv6::DEST_UNREACH,
+            icmpv6::CODE_ADMIN_PROHIBITED,
+        )
     };
     if ip.protocol == icmp && is_icmp_error(ip) {
         return None;
@@ -239,7 +149,7 @@ fn prohibited<F: Resizable>(
     frame.truncate(l3 + quote)?;
     let grow = ip_header_len(ip) + ICMP_HDR;
     frame.grow_head(grow)?;
-    let buf = Buf::new(frame, cell);
+    let buf = buf.resized(frame);
     move_l2(buf, l3, grow)?;
     let mut sum = write_ip(buf, ip, l3, icmp, ICMP_HDR + quote)?;
     if ip.family == FAMILY_IPV4 {
@@ -262,9 +172,9 @@ fn prohibited<F: Resizable>(
 fn is_icmp_error(ip: &IpPacket) -> bool {
     let kind = ip.l4[0];
     if ip.family == FAMILY_IPV4 {
-        matches!(kind, 3 | 4 | 5 | 11 | 12)
+        icmp::is_error(kind)
     } else {
-        kind < 128
+        icmpv6::is_error(kind)
     }
 }
 

@@ -1,0 +1,280 @@
+//! The policy stage: the port's policy applied to an IP packet in a few
+//! map lookups whatever its number of rules (see the compiler in
+//! `sg_ctl::compile`), the deciding rule counted, and the verdicts of
+//! fragmented datagrams remembered for their later fragments. Also the
+//! per-CPU slot that holds the keys of these lookups and the connection
+//! tracker's work space.
+
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are passed by reference to stay in their per-CPU slot: by value, a key is a copy on the stack"
+)]
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
+};
+use sg_common::{
+    Direction, FAMILY_IPV6, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope,
+    VerdictKey, candidate,
+    proto::{IPPROTO_ICMPV6, icmpv6},
+};
+
+use crate::{
+    conntrack,
+    instance::Instance,
+    maps::{
+        SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_REMOTE, SG_REMOTE_EXACT, SG_RULE_STATS,
+        SG_VERDICT,
+    },
+    parse::IpPacket,
+};
+
+/// The keys of one packet's policy lookups, and the connection tracker's
+/// work space (its key, a new entry, an ICMP error's quote). In this CPU's
+/// slot rather than on the stack, of which a program has 512 bytes for
+/// everything; one program runs at a time on a CPU, so the slot is the
+/// run's. 8-aligned, with padding that puts every address on an 8-byte
+/// boundary, so that keys are written in words rather than byte by byte.
+#[repr(C, align(8))]
+pub struct Keys {
+    _pad_local: u32,
+    local: TrieKey<LocalKey>,
+    /// For the exact hash; `remote` holds the same for the trie.
+    remote_exact: RemoteKey,
+    _pad_remote: u32,
+    remote: TrieKey<RemoteKey>,
+    l4_exact: L4Key,
+    l4: TrieKey<L4Key>,
+    pair: VerdictKey,
+    fragment: FragmentKey,
+    pub conntrack: conntrack::Scratch,
+}
+
+/// Copies an address as two 8-byte loads and stores. Copied as an array,
+/// between two map values it cannot tell apart, the compiler makes it a
+/// call to a byte-wise `memmove`; volatile accesses it leaves as they are.
+/// Both ends are 8-aligned: the addresses lead `IpPacket`, and `Keys` pads
+/// its keys so that theirs are (asserted below).
+#[inline(always)]
+fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
+    let to = (to as *mut [u8; 16]).cast::<u64>();
+    let from = (from as *const [u8; 16]).cast::<u64>();
+    // SAFETY: both 8-aligned (see above), 16 bytes each.
+    unsafe {
+        to.write_volatile(from.read_volatile());
+        to.add(1).write_volatile(from.add(1).read_volatile());
+    }
+}
+
+const _: () = {
+    use core::mem::offset_of;
+    let local =
+        offset_of!(Keys, local) + offset_of!(TrieKey<LocalKey>, data) + offset_of!(LocalKey, addr);
+    let remote_exact = offset_of!(Keys, remote_exact) + offset_of!(RemoteKey, addr);
+    let remote = offset_of!(Keys, remote)
+        + offset_of!(TrieKey<RemoteKey>, data)
+        + offset_of!(RemoteKey, addr);
+    assert!(local % 8 == 0 && remote_exact % 8 == 0 && remote % 8 == 0);
+    assert!(offset_of!(IpPacket, src) % 8 == 0 && offset_of!(IpPacket, dst) % 8 == 0);
+};
+
+/// An LPM trie key laid out as `Key`, which is packed: the same bytes (the
+/// keys here are 4-aligned, so nothing pads them), but written in words
+/// rather than byte by byte.
+#[repr(C)]
+struct TrieKey<K> {
+    prefix_len: u32,
+    data: K,
+}
+
+impl<K> TrieKey<K> {
+    #[inline(always)]
+    fn as_key(&self) -> &Key<K> {
+        const { assert!(size_of::<TrieKey<K>>() == size_of::<Key<K>>()) };
+        // SAFETY: the same layout (asserted above), and `Key` is packed, so
+        // any address is aligned for it.
+        unsafe { &*(self as *const Self).cast::<Key<K>>() }
+    }
+}
+
+#[map(name = "SG_KEYS")]
+static SG_KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's keys; `None` only if the map lookup fails.
+#[inline(always)]
+pub fn keys() -> Option<&'static mut Keys> {
+    let keys = SG_KEYS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, this run's alone (see `Keys`).
+    Some(unsafe { &mut *keys })
+}
+
+/// Applies the port's policy: the first rule that matches decides. A
+/// fragment after the first gets the verdict of its datagram's first
+/// fragment.
+#[inline(always)]
+pub fn classify<I: Instance>(
+    keys: &mut Keys,
+    slot: u32,
+    policy: u32,
+    direction: Direction,
+    ip: &IpPacket,
+    bytes: u64,
+) -> Result<Outcome, Outcome> {
+    if !ip.fragmented {
+        return decide::<I>(lookup::<I>(keys, policy, direction, ip)?, bytes);
+    }
+    set_fragment_key(keys, slot, direction, ip);
+    let best = if ip.first_fragment {
+        let best = lookup::<I>(keys, policy, direction, ip)?;
+        if !I::tracing() {
+            remember_fragment(keys, best);
+        }
+        best
+    } else {
+        // SAFETY: a plain read of a hash map value.
+        match unsafe { SG_FRAGMENTS.get(&keys.fragment) } {
+            Some(&best) => best,
+            None => return Err(Outcome::DropFragment),
+        }
+    };
+    decide::<I>(best, bytes)
+}
+
+#[inline(always)]
+pub fn set_fragment_key(keys: &mut Keys, slot: u32, direction: Direction, ip: &IpPacket) {
+    keys.fragment = FragmentKey {
+        slot,
+        id: ip.fragment_id,
+        src: ip.src,
+        dst: ip.dst,
+        protocol: ip.protocol,
+        direction: direction as u8,
+        _pad: [0; 2],
+    };
+}
+
+/// Lets `best` decide the later fragments of the datagram in
+/// `keys.fragment`.
+#[inline(always)]
+pub fn remember_fragment(keys: &Keys, best: u64) {
+    // Full: the later fragments of this datagram are dropped.
+    let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
+}
+
+/// The best candidate of the port's policy for the packet. A few lookups
+/// whatever the number of rules: the local address's class, then the
+/// remote address's and the protocol/port's (each an exact hash, then a
+/// trie on a miss), then the pair's.
+#[inline(always)]
+fn lookup<I: Instance>(
+    keys: &mut Keys,
+    policy: u32,
+    direction: Direction,
+    ip: &IpPacket,
+) -> Result<u64, Outcome> {
+    let (local, remote) = match direction {
+        Direction::Egress => (&ip.src, &ip.dst),
+        Direction::Ingress => (&ip.dst, &ip.src),
+    };
+    keys.local.prefix_len = SCOPE_BITS + 128;
+    keys.local.data.policy = policy;
+    keys.local.data.family = ip.family as u32;
+    copy_addr(&mut keys.local.data.addr, local);
+    let local_class = SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0);
+    let scope = Scope {
+        policy,
+        local_class: local_class as u16,
+        direction: direction as u8,
+        family: ip.family,
+    };
+    keys.remote_exact.scope = scope;
+    copy_addr(&mut keys.remote_exact.addr, remote);
+    keys.remote.prefix_len = SCOPE_BITS + 128;
+    keys.remote.data.scope = scope;
+    copy_addr(&mut keys.remote.data.addr, remote);
+    // SAFETY: a plain read of a hash map value.
+    let remote = match unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) } {
+        Some(class) => Some(class),
+        None => SG_REMOTE.get(keys.remote.as_key()),
+    };
+    keys.l4_exact = L4Key {
+        scope,
+        protocol: ip.protocol,
+        _pad: 0,
+        value: ip.l4,
+    };
+    keys.l4 = TrieKey {
+        prefix_len: SCOPE_BITS + 32,
+        data: keys.l4_exact,
+    };
+    // SAFETY: a plain read of a hash map value.
+    let l4 = match unsafe { SG_L4_EXACT.get(&keys.l4_exact) } {
+        Some(class) => Some(class),
+        None => SG_L4.get(keys.l4.as_key()),
+    };
+    // Every scope has root entries in both tries; a miss is a policy being
+    // removed under this packet.
+    let (Some(remote), Some(l4)) = (remote, l4) else {
+        return Err(Outcome::DropDefault);
+    };
+    let best = if remote.best < l4.best {
+        remote.best
+    } else {
+        l4.best
+    };
+    keys.pair = VerdictKey {
+        scope,
+        remote_class: remote.class,
+        l4_class: l4.class,
+    };
+    // SAFETY: a plain read of a hash map value.
+    let both = unsafe { SG_VERDICT.get(&keys.pair) }.copied();
+    if let Some(record) = I::trace() {
+        // SAFETY: the tracer's own record, field by field (a whole record
+        // would take stack the port's programs cannot spare).
+        unsafe {
+            (*record).local_class = local_class;
+            (*record).remote_class = remote.class;
+            (*record).l4_class = l4.class;
+            (*record).remote_best = remote.best;
+            (*record).l4_best = l4.best;
+            (*record).pair_best = both.unwrap_or(candidate::NONE);
+        }
+    }
+    match both {
+        Some(both) if both < best => Ok(both),
+        _ => Ok(best),
+    }
+}
+
+/// Counts the packet on the deciding rule and says what its action means.
+#[inline(always)]
+fn decide<I: Instance>(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
+    if let Some(record) = I::trace() {
+        // SAFETY: the tracer's own record.
+        unsafe { (*record).best = best };
+    }
+    if best == candidate::NONE {
+        return Err(Outcome::DropDefault);
+    }
+    let counter = candidate::counter(best);
+    if counter != 0 {
+        I::add(SG_RULE_STATS.get_ptr_mut(counter), bytes);
+    }
+    match (candidate::action(best), counter) {
+        (candidate::ALLOW, _) => Ok(Outcome::Pass),
+        (_, 0) => Err(Outcome::DropDefault),
+        (candidate::REJECT, _) => Err(Outcome::Reject),
+        _ => Err(Outcome::DropRule),
+    }
+}
+
+/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP).
+#[inline(always)]
+pub fn is_neighbour_discovery(ip: &IpPacket) -> bool {
+    let kind = ip.l4[0];
+    ip.family == FAMILY_IPV6
+        && ip.protocol == IPPROTO_ICMPV6
+        && icmpv6::is_neighbour_discovery(kind)
+}
