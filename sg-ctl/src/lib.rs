@@ -1,6 +1,6 @@
-//! sg's control plane as a library: the rule model and its compiler, the
-//! datapath loader and its maps, the daemon with its store and API, and
-//! the API's client. The `sg-ctl` binary is a thin CLI over it.
+//! sg's control plane as a library, around the pure core (`sg_core`): the
+//! datapath (loader, attach, maps), the daemon with its store and API, the
+//! API's client, tracing. The `sg-ctl` binary is a thin CLI over it.
 
 pub mod client;
 pub mod daemon;

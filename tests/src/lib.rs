@@ -28,12 +28,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::MapData;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
-use sg_common::{PORT_ACTIVE, PortConfig, map_names};
+use sg_common::{Direction, Outcome, PORT_ACTIVE, PortConfig, map_names};
 use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
-use sg_ctl::datapath::{Datapath, Pins, TestRun};
+use sg_ctl::datapath::{Datapath, Forward, Pins, TestRun};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -677,6 +677,39 @@ impl TestPort {
     /// Compiles `policy` for its port `port` and puts it in force here.
     pub fn install(&mut self, policy: &Policy, port: &str) -> Result<RuleIds> {
         install(&self.datapath, self.slot, policy, port)
+    }
+
+    /// Runs the program of `direction` on `frame` and checks that it
+    /// counted the frame, once, under `outcome`; what the program did and
+    /// the frame as it left it. Panics, with what it saw, otherwise.
+    pub fn run_counted(
+        &self,
+        direction: Direction,
+        frame: &[u8],
+        outcome: Outcome,
+    ) -> (Forward, Vec<u8>) {
+        let counter = || {
+            self.datapath
+                .counter(self.slot, direction, outcome)
+                .unwrap()
+        };
+        let before = counter();
+        let out = self.run.run_out(direction, frame).unwrap();
+        let after = counter();
+        assert_eq!(
+            (after.packets - before.packets, after.bytes - before.bytes),
+            (1, frame.len() as u64),
+            "{direction:?}, verdict {:?}: one frame counted as {}",
+            out.0,
+            outcome.name()
+        );
+        out
+    }
+
+    /// `run_counted`, and the program did `want`.
+    pub fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
+        let (got, _) = self.run_counted(direction, frame, outcome);
+        assert_eq!(got, want, "{direction:?} {}: verdict", outcome.name());
     }
 
     /// An inactive port's programs pass everything, uncounted.

@@ -9,7 +9,7 @@ use std::{
     thread,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use sg_tests::{
     HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, guest_mac,
@@ -50,16 +50,24 @@ fn interfaces(count: usize) -> Result<Netns> {
 }
 
 #[test]
-fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    d.ok(&["group", "create", "web", "--description", "web tier"])?;
-    assert_eq!(names(&d.json(&["group", "list"])?), ["default", "web"]);
-    let web = d.json(&["group", "show", "web"])?;
+fn groups_and_rules_are_created_listed_changed_and_deleted() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    d.ok(&["group", "create", "web", "--description", "web tier"])
+        .unwrap();
+    assert_eq!(
+        names(&d.json(&["group", "list"]).unwrap()),
+        ["default", "web"]
+    );
+    let web = d.json(&["group", "show", "web"]).unwrap();
     assert_eq!(web["revision"], 1);
     assert_eq!(web["spec"]["description"], "web tier");
     assert_eq!(web["status"]["state"], "na");
-    assert_eq!(rules(&d, "web")?.len(), 2, "new groups allow all egress");
+    assert_eq!(
+        rules(&d, "web").unwrap().len(),
+        2,
+        "new groups allow all egress"
+    );
 
     d.ok(&[
         "group",
@@ -69,19 +77,20 @@ fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
         "true",
         "--external-member",
         "198.51.100.0/24",
-    ])?;
-    let web = d.json(&["group", "show", "web"])?;
+    ])
+    .unwrap();
+    let web = d.json(&["group", "show", "web"]).unwrap();
     assert_eq!(web["revision"], 2);
     assert_eq!(web["spec"]["public"], true);
     assert_eq!(web["spec"]["external_members"][0], "198.51.100.0/24");
 
-    d.ok(&["group", "clone", "web", "web2"])?;
-    let copy = d.json(&["group", "show", "web2"])?;
+    d.ok(&["group", "clone", "web", "web2"]).unwrap();
+    let copy = d.json(&["group", "show", "web2"]).unwrap();
     assert_eq!(copy["spec"]["rules"], web["spec"]["rules"]);
     assert_eq!(copy["spec"]["public"], false);
-    d.ok(&["group", "delete", "web2"])?;
-    assert_eq!(d.fails(&["group", "show", "web2"])?.0, 3);
-    let (code, message) = d.fails(&["group", "create", "web"])?;
+    d.ok(&["group", "delete", "web2"]).unwrap();
+    assert_eq!(d.fails(&["group", "show", "web2"]).unwrap().0, 3);
+    let (code, message) = d.fails(&["group", "create", "web"]).unwrap();
     assert_eq!(
         (code, message.as_str()),
         (
@@ -89,7 +98,7 @@ fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
             "sg-ctl: group 'web' exists; update it, or choose another name"
         )
     );
-    let (code, message) = d.fails(&["group", "delete", "default"])?;
+    let (code, message) = d.fails(&["group", "delete", "default"]).unwrap();
     assert_eq!(code, 5);
     assert!(
         message.contains("default group cannot be deleted"),
@@ -106,7 +115,8 @@ fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
         "80,443",
         "--remote",
         "0.0.0.0/0",
-    ])?;
+    ])
+    .unwrap();
     d.ok(&[
         "rule",
         "add",
@@ -115,25 +125,26 @@ fn groups_and_rules_are_created_listed_changed_and_deleted() -> Result<()> {
         "ssh",
         "--remote",
         "203.0.113.0/24",
-    ])?;
-    let list = rules(&d, "web")?;
+    ])
+    .unwrap();
+    let list = rules(&d, "web").unwrap();
     assert_eq!(list.len(), 4);
     assert_eq!(list[2]["ports"], "80,443");
     assert_eq!(list[3]["ports"], "22");
     assert_eq!(list[3]["remote"][0], "203.0.113.0/24");
-    d.ok(&["rule", "update", "web", "2", "--port", "8080"])?;
-    assert_eq!(rules(&d, "web")?[2]["ports"], "8080");
-    d.ok(&["rule", "delete", "web", "2"])?;
-    assert_eq!(rules(&d, "web")?.len(), 3);
-    assert_eq!(d.fails(&["rule", "delete", "web", "9"])?.0, 3);
-    Ok(())
+    d.ok(&["rule", "update", "web", "2", "--port", "8080"])
+        .unwrap();
+    assert_eq!(rules(&d, "web").unwrap()[2]["ports"], "8080");
+    d.ok(&["rule", "delete", "web", "2"]).unwrap();
+    assert_eq!(rules(&d, "web").unwrap().len(), 3);
+    assert_eq!(d.fails(&["rule", "delete", "web", "9"]).unwrap().0, 3);
 }
 
 #[test]
-fn invalid_changes_name_the_field_and_change_nothing() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    d.ok(&["group", "create", "web"])?;
+fn invalid_changes_name_the_field_and_change_nothing() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    d.ok(&["group", "create", "web"]).unwrap();
     let cases: [(&[&str], &str); 5] = [
         (
             &["--proto", "icmp", "--port", "80"],
@@ -161,19 +172,25 @@ fn invalid_changes_name_the_field_and_change_nothing() -> Result<()> {
     for (args, expected) in cases {
         let mut command = vec!["rule", "add", "web"];
         command.extend_from_slice(args);
-        let (code, message) = d.fails(&command)?;
+        let (code, message) = d.fails(&command).unwrap();
         assert_eq!(code, 2, "{command:?}: {message}");
         assert_eq!(message, format!("sg-ctl: {expected}"), "{command:?}");
     }
-    let (code, message) = d.fails(&["rule", "add", "nope", "--preset", "ssh"])?;
+    let (code, message) = d
+        .fails(&["rule", "add", "nope", "--preset", "ssh"])
+        .unwrap();
     assert_eq!(code, 3);
     assert!(message.contains("no group named 'nope'"), "{message}");
-    let web = d.json(&["group", "show", "web"])?;
+    let web = d.json(&["group", "show", "web"]).unwrap();
     assert_eq!(web["revision"], 1, "nothing was written");
     assert_eq!(web["spec"]["rules"].as_array().map(Vec::len), Some(2));
 
-    d.ok(&["settings", "set", "max_rules_per_group", "30"])?;
-    assert_eq!(d.json(&["settings", "show"])?["max_rules_per_group"], 30);
+    d.ok(&["settings", "set", "max_rules_per_group", "30"])
+        .unwrap();
+    assert_eq!(
+        d.json(&["settings", "show"]).unwrap()["max_rules_per_group"],
+        30
+    );
     for port in 1..=28 {
         d.ok(&[
             "rule",
@@ -183,31 +200,35 @@ fn invalid_changes_name_the_field_and_change_nothing() -> Result<()> {
             "tcp",
             "--port",
             &port.to_string(),
-        ])?;
+        ])
+        .unwrap();
     }
-    assert_eq!(rules(&d, "web")?.len(), 30);
-    let (code, message) = d.fails(&["rule", "add", "web", "--proto", "udp", "--port", "53"])?;
+    assert_eq!(rules(&d, "web").unwrap().len(), 30);
+    let (code, message) = d
+        .fails(&["rule", "add", "web", "--proto", "udp", "--port", "53"])
+        .unwrap();
     assert_eq!(code, 2);
     assert_eq!(
         message,
         "sg-ctl: group 'web': rules: 31 rules is over the limit of 30 per group; remove rules \
          or raise the limit (`sg-ctl settings set max_rules_per_group N`)"
     );
-    assert_eq!(rules(&d, "web")?.len(), 30);
-    let (code, message) = d.fails(&["settings", "set", "max_rules_per_group", "20"])?;
+    assert_eq!(rules(&d, "web").unwrap().len(), 30);
+    let (code, message) = d
+        .fails(&["settings", "set", "max_rules_per_group", "20"])
+        .unwrap();
     assert_eq!(
         code, 2,
         "a limit below what groups hold is refused: {message}"
     );
-    Ok(())
 }
 
 #[test]
-fn ports_are_created_attached_detached_and_deleted() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    let ns = interfaces(1)?;
-    d.ok(&["group", "create", "web"])?;
+fn ports_are_created_attached_detached_and_deleted() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    let ns = interfaces(1).unwrap();
+    d.ok(&["group", "create", "web"]).unwrap();
     let create = |name: &str, iface: &str, group: &str| {
         d.sg_ctl(&[
             "--netns",
@@ -225,30 +246,33 @@ fn ports_are_created_attached_detached_and_deleted() -> Result<()> {
             group,
         ])
     };
-    ensure!(create("vm1", "d0", "web")?.status.success());
-    let vm1 = d.json(&["port", "show", "vm1"])?;
+    assert!(create("vm1", "d0", "web").unwrap().status.success());
+    let vm1 = d.json(&["port", "show", "vm1"]).unwrap();
     assert_eq!(vm1["status"]["state"], "active", "{vm1}");
     assert_eq!(vm1["spec"]["netns"], ns.name());
-    let first_policy = vm1["policy_id"].as_u64().context("an installed policy")?;
+    let first_policy = vm1["policy_id"]
+        .as_u64()
+        .context("an installed policy")
+        .unwrap();
     assert_eq!(
-        d.json(&["group", "show", "web"])?["status"]["state"],
+        d.json(&["group", "show", "web"]).unwrap()["status"]["state"],
         "active"
     );
 
     // A port whose interface is missing is kept, with the reason.
-    ensure!(create("vm2", "missing0", "web")?.status.success());
-    let vm2 = d.json(&["port", "show", "vm2"])?;
+    assert!(create("vm2", "missing0", "web").unwrap().status.success());
+    let vm2 = d.json(&["port", "show", "vm2"]).unwrap();
     assert_eq!(vm2["status"]["state"], "error");
     let reason = vm2["status"]["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("interface 'missing0' does not exist"),
         "{reason}"
     );
-    let web = d.json(&["group", "show", "web"])?;
+    let web = d.json(&["group", "show", "web"]).unwrap();
     assert_eq!(web["status"]["state"], "error");
-    d.ok(&["port", "delete", "vm2"])?;
+    d.ok(&["port", "delete", "vm2"]).unwrap();
 
-    let out = create("vm3", "d0", "nope")?;
+    let out = create("vm3", "d0", "nope").unwrap();
     assert_eq!(out.status.code(), Some(2));
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -256,31 +280,34 @@ fn ports_are_created_attached_detached_and_deleted() -> Result<()> {
         "{message}"
     );
 
-    let vm1 = d.json(&["port", "attach", "vm1", "default"])?;
+    let vm1 = d.json(&["port", "attach", "vm1", "default"]).unwrap();
     assert_eq!(vm1["spec"]["groups"], serde_json::json!(["web", "default"]));
     assert_ne!(
         vm1["policy_id"], first_policy,
         "the new policy is installed"
     );
-    let (code, message) = d.fails(&["group", "delete", "web"])?;
+    let (code, message) = d.fails(&["group", "delete", "web"]).unwrap();
     assert_eq!(code, 5);
     assert!(message.contains("attached to port(s) vm1"), "{message}");
-    let (code, message) = d.fails(&["port", "detach", "vm1", "web", "default"])?;
+    let (code, message) = d
+        .fails(&["port", "detach", "vm1", "web", "default"])
+        .unwrap();
     assert_eq!(code, 2);
     assert!(message.contains("keeps at least one group"), "{message}");
-    let vm1 = d.json(&["port", "detach", "vm1", "web"])?;
+    let vm1 = d.json(&["port", "detach", "vm1", "web"]).unwrap();
     assert_eq!(vm1["spec"]["groups"], serde_json::json!(["default"]));
-    d.ok(&["group", "delete", "web"])?;
-    let vm1 = d.json(&["port", "update", "vm1", "--ip", "198.18.0.6"])?;
+    d.ok(&["group", "delete", "web"]).unwrap();
+    let vm1 = d
+        .json(&["port", "update", "vm1", "--ip", "198.18.0.6"])
+        .unwrap();
     assert_eq!(vm1["spec"]["ips"], serde_json::json!(["198.18.0.6"]));
     assert_eq!(vm1["revision"], 4);
-    assert_eq!(names(&d.json(&["port", "list"])?), ["vm1"]);
+    assert_eq!(names(&d.json(&["port", "list"]).unwrap()), ["vm1"]);
 
-    d.ok(&["port", "delete", "vm1"])?;
-    assert_eq!(d.fails(&["port", "show", "vm1"])?.0, 3);
-    let status = d.pins.sg_ctl_ok(&["--netns", ns.name(), "status"])?;
+    d.ok(&["port", "delete", "vm1"]).unwrap();
+    assert_eq!(d.fails(&["port", "show", "vm1"]).unwrap().0, 3);
+    let status = d.pins.sg_ctl_ok(&["--netns", ns.name(), "status"]).unwrap();
     assert_eq!(status.trim(), "no ports attached");
-    Ok(())
 }
 
 /// A raw PUT with `If-Match: revision` on the daemon's socket: status
@@ -304,11 +331,12 @@ fn put(d: &TestDaemon, path: &str, revision: u64, body: &str) -> Result<(u16, St
 }
 
 #[test]
-fn concurrent_changes_never_corrupt_a_group() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    d.ok(&["settings", "set", "max_rules_per_group", "100"])?;
-    d.ok(&["group", "create", "shared"])?;
+fn concurrent_changes_never_corrupt_a_group() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    d.ok(&["settings", "set", "max_rules_per_group", "100"])
+        .unwrap();
+    d.ok(&["group", "create", "shared"]).unwrap();
     thread::scope(|scope| {
         let writers: Vec<_> = [1000, 2000]
             .into_iter()
@@ -333,12 +361,14 @@ fn concurrent_changes_never_corrupt_a_group() -> Result<()> {
         writers
             .into_iter()
             .try_for_each(|writer| writer.join().expect("a writer thread"))
-    })?;
-    let shared = d.json(&["group", "show", "shared"])?;
+    })
+    .unwrap();
+    let shared = d.json(&["group", "show", "shared"]).unwrap();
     assert_eq!(shared["revision"], 31);
     let mut ports: Vec<String> = shared["spec"]["rules"]
         .as_array()
-        .context("rules")?
+        .context("rules")
+        .unwrap()
         .iter()
         .filter_map(|rule| rule["ports"].as_str().map(str::to_string))
         .collect();
@@ -351,26 +381,29 @@ fn concurrent_changes_never_corrupt_a_group() -> Result<()> {
     assert_eq!(ports, expected, "every rule once");
 
     // A change made from a stale read is refused, not merged.
-    let spec = serde_json::to_string(&shared["spec"])?;
-    let (status, body) = put(&d, "/v1/groups/shared", 30, &spec)?;
+    let spec = serde_json::to_string(&shared["spec"]).unwrap();
+    let (status, body) = put(&d, "/v1/groups/shared", 30, &spec).unwrap();
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("is at revision 31, not 30"), "{body}");
-    let (status, body) = put(&d, "/v1/groups/shared", 31, &spec)?;
+    let (status, body) = put(&d, "/v1/groups/shared", 31, &spec).unwrap();
     assert_eq!(status, 200, "{body}");
-    Ok(())
 }
 
 #[test]
-fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    let viewer = d.ok(&["daemon", "token", "create", "--role", "viewer"])?;
-    let owner = d.ok(&["daemon", "token", "create", "--role", "owner"])?;
+fn viewers_read_owners_change_anyone_reads_public_groups() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    let viewer = d
+        .ok(&["daemon", "token", "create", "--role", "viewer"])
+        .unwrap();
+    let owner = d
+        .ok(&["daemon", "token", "create", "--role", "owner"])
+        .unwrap();
     let (viewer, owner) = (viewer.trim(), owner.trim());
-    d.ok(&["group", "create", "shared", "--public"])?;
+    d.ok(&["group", "create", "shared", "--public"]).unwrap();
 
     assert_eq!(
-        names(&d.json(&["--token", viewer, "group", "list"])?),
+        names(&d.json(&["--token", viewer, "group", "list"]).unwrap()),
         ["default", "shared"]
     );
     for change in [
@@ -385,13 +418,16 @@ fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
     ] {
         let mut command = vec!["--token", viewer];
         command.extend_from_slice(change);
-        let (code, message) = d.fails(&command)?;
+        let (code, message) = d.fails(&command).unwrap();
         assert_eq!(code, 4, "{change:?}");
         assert!(message.contains("viewer token is read-only"), "{message}");
     }
-    assert_eq!(d.fails(&["--token", "bogus", "group", "list"])?.0, 4);
-    d.ok(&["--token", owner, "group", "create", "ops"])?;
-    let tokens = d.json(&["daemon", "token", "list"])?;
+    assert_eq!(
+        d.fails(&["--token", "bogus", "group", "list"]).unwrap().0,
+        4
+    );
+    d.ok(&["--token", owner, "group", "create", "ops"]).unwrap();
+    let tokens = d.json(&["daemon", "token", "list"]).unwrap();
     let roles: Vec<&str> = tokens
         .as_array()
         .into_iter()
@@ -400,45 +436,63 @@ fn viewers_read_owners_change_anyone_reads_public_groups() -> Result<()> {
         .collect();
     assert_eq!(roles, ["viewer", "owner"]);
     assert_eq!(
-        d.fails(&["--token", viewer, "daemon", "token", "list"])?.0,
+        d.fails(&["--token", viewer, "daemon", "token", "list"])
+            .unwrap()
+            .0,
         4
     );
-    let viewer_id = tokens[0]["id"].as_str().context("an id")?;
-    d.ok(&["daemon", "token", "revoke", viewer_id])?;
-    let (code, message) = d.fails(&["--token", viewer, "group", "list"])?;
+    let viewer_id = tokens[0]["id"].as_str().context("an id").unwrap();
+    d.ok(&["daemon", "token", "revoke", viewer_id]).unwrap();
+    let (code, message) = d.fails(&["--token", viewer, "group", "list"]).unwrap();
     assert_eq!(code, 4);
     assert!(message.contains("unknown token"), "{message}");
-    assert_eq!(d.fails(&["daemon", "token", "revoke", viewer_id])?.0, 3);
+    assert_eq!(
+        d.fails(&["daemon", "token", "revoke", viewer_id])
+            .unwrap()
+            .0,
+        3
+    );
 
     // Without root or a token: the public groups, read-only.
     let anonymous = |args: &[&str]| d.sg_ctl_as(Some(NOBODY), args);
-    let out = anonymous(&["-o", "json", "group", "list"])?;
-    ensure!(
+    let out = anonymous(&["-o", "json", "group", "list"]).unwrap();
+    assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(names(&serde_json::from_slice(&out.stdout)?), ["shared"]);
-    ensure!(anonymous(&["group", "show", "shared"])?.status.success());
+    assert_eq!(
+        names(&serde_json::from_slice(&out.stdout).unwrap()),
+        ["shared"]
+    );
+    assert!(
+        anonymous(&["group", "show", "shared"])
+            .unwrap()
+            .status
+            .success()
+    );
     for refused in [
         &["group", "show", "default"][..],
         &["group", "update", "shared", "--description", "x"],
         &["port", "list"],
         &["export"],
     ] {
-        assert_eq!(anonymous(refused)?.status.code(), Some(4), "{refused:?}");
+        assert_eq!(
+            anonymous(refused).unwrap().status.code(),
+            Some(4),
+            "{refused:?}"
+        );
     }
-    assert_eq!(d.json(&["group", "show", "shared"])?["revision"], 1);
-    Ok(())
+    assert_eq!(d.json(&["group", "show", "shared"]).unwrap()["revision"], 1);
 }
 
 #[test]
-fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
-    require_root!(Ok(()));
-    let d = TestDaemon::start()?;
-    let ns = interfaces(4)?;
-    d.ok(&["group", "create", "web"])?;
-    d.ok(&["group", "create", "db"])?;
+fn a_membership_change_recompiles_only_the_ports_it_affects() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    let ns = interfaces(4).unwrap();
+    d.ok(&["group", "create", "web"]).unwrap();
+    d.ok(&["group", "create", "db"]).unwrap();
     d.ok(&[
         "rule",
         "add",
@@ -449,8 +503,9 @@ fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
         "3306",
         "--remote-group",
         "web",
-    ])?;
-    d.ok(&["group", "create", "other"])?;
+    ])
+    .unwrap();
+    d.ok(&["group", "create", "other"]).unwrap();
     let port = |name: &str, iface: &str, ip: &str, group: &str| {
         d.ok(&[
             "--netns",
@@ -468,9 +523,9 @@ fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
             group,
         ])
     };
-    port("w1", "d0", "198.18.0.10", "web")?;
-    port("db1", "d1", "198.18.0.20", "db")?;
-    port("o1", "d2", "198.18.0.30", "other")?;
+    port("w1", "d0", "198.18.0.10", "web").unwrap();
+    port("db1", "d1", "198.18.0.20", "db").unwrap();
+    port("o1", "d2", "198.18.0.30", "other").unwrap();
     let policies = || -> Result<Vec<Value>> {
         let ports = d.json(&["port", "list"])?;
         Ok(["w1", "db1", "o1"]
@@ -486,21 +541,20 @@ fn a_membership_change_recompiles_only_the_ports_it_affects() -> Result<()> {
             })
             .collect())
     };
-    let before = policies()?;
-    port("w2", "d3", "198.18.0.11", "web")?;
-    let after = policies()?;
+    let before = policies().unwrap();
+    port("w2", "d3", "198.18.0.11", "web").unwrap();
+    let after = policies().unwrap();
     assert_eq!(after[0], before[0], "w1's rules name no group");
     assert_ne!(after[1], before[1], "db1's rule admits members of web");
     assert_eq!(after[2], before[2], "o1 has nothing to do with web");
-    Ok(())
 }
 
 #[test]
-fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot() -> Result<()> {
-    require_root!(Ok(()));
-    let veth = VethPort::new()?;
-    let mut d = TestDaemon::start()?;
-    d.ok(&["group", "create", "pingable"])?;
+fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot() {
+    require_root!();
+    let veth = VethPort::new().unwrap();
+    let mut d = TestDaemon::start().unwrap();
+    d.ok(&["group", "create", "pingable"]).unwrap();
     d.ok(&[
         "rule",
         "add",
@@ -509,7 +563,8 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
         "icmp",
         "--icmp-type",
         "8",
-    ])?;
+    ])
+    .unwrap();
     d.ok(&[
         "--netns",
         veth.host.name(),
@@ -524,80 +579,87 @@ fn enforcement_goes_on_while_the_daemon_restarts_and_comes_back_after_a_reboot()
         WORKLOAD_V4,
         "--group",
         "pingable",
-    ])?;
+    ])
+    .unwrap();
     let (v4, v6) = (addr(WORKLOAD_V4), addr(WORKLOAD_V6));
-    assert!(veth.host.ping(v4)?, "echo requests are allowed");
-    assert!(!veth.host.ping(v6)?, "ICMPv6 has no rule");
-    let policy = d.json(&["port", "show", "vm"])?["policy_id"].clone();
+    assert!(veth.host.ping(v4).unwrap(), "echo requests are allowed");
+    assert!(!veth.host.ping(v6).unwrap(), "ICMPv6 has no rule");
+    let policy = d.json(&["port", "show", "vm"]).unwrap()["policy_id"].clone();
     assert!(
-        d.metric("sg_conntrack_capacity")? > 0,
+        d.metric("sg_conntrack_capacity").unwrap() > 0,
         "the table's size is a metric"
     );
     assert!(
-        d.metric("sg_conntrack_entries")? >= 1,
+        d.metric("sg_conntrack_entries").unwrap() >= 1,
         "the pings are a tracked flow"
     );
     let rule = r#"sg_rule_packets_total{group="pingable",rule="2"}"#;
-    let counted = d.metric(rule)?;
+    let counted = d.metric(rule).unwrap();
     assert!(counted >= 1);
-    let hits = &d.json(&["group", "show", "pingable"])?["hits"];
+    let hits = &d.json(&["group", "show", "pingable"]).unwrap()["hits"];
     assert_eq!(
         hits[2]["packets"], counted,
         "group show gives the same hits: {hits}"
     );
-    let passed = d.pins.counter(PORT, "ingress", "pass")?;
+    let passed = d.pins.counter(PORT, "ingress", "pass").unwrap();
 
-    d.kill()?;
+    d.kill().unwrap();
     assert!(
-        veth.host.ping(v4)?,
+        veth.host.ping(v4).unwrap(),
         "the policy stays in force without the daemon"
     );
-    assert!(!veth.host.ping(v6)?, "and still drops what it dropped");
+    assert!(
+        !veth.host.ping(v6).unwrap(),
+        "and still drops what it dropped"
+    );
 
-    d.spawn()?;
-    let port = d.json(&["port", "show", "vm"])?;
+    d.spawn().unwrap();
+    let port = d.json(&["port", "show", "vm"]).unwrap();
     assert_eq!(
         port["policy_id"], policy,
         "the restarted daemon adopts the policy"
     );
     assert_eq!(port["status"]["state"], "active");
     assert!(
-        d.metric(rule)? > counted,
+        d.metric(rule).unwrap() > counted,
         "rule counters go on: {}",
         d.log()
     );
-    assert!(d.pins.counter(PORT, "ingress", "pass")? > passed);
-    assert!(veth.host.ping(v4)?);
+    assert!(d.pins.counter(PORT, "ingress", "pass").unwrap() > passed);
+    assert!(veth.host.ping(v4).unwrap());
 
     // A reboot loses the pins: the daemon, started again, restores the
     // stored policy.
-    d.kill()?;
-    d.pins.datapath().detach_all()?;
-    assert!(veth.host.ping(v6)?, "no filter left");
-    d.spawn()?;
+    d.kill().unwrap();
+    d.pins.datapath().detach_all().unwrap();
+    assert!(veth.host.ping(v6).unwrap(), "no filter left");
+    d.spawn().unwrap();
     assert_eq!(
-        d.json(&["port", "show", "vm"])?["status"]["state"],
+        d.json(&["port", "show", "vm"]).unwrap()["status"]["state"],
         "active"
     );
-    assert!(veth.host.ping(v4)?);
-    assert!(!veth.host.ping(v6)?, "the policy is back");
+    assert!(veth.host.ping(v4).unwrap());
+    assert!(!veth.host.ping(v6).unwrap(), "the policy is back");
 
     // Counts stay with their rule when a change renumbers the rules.
-    let echo = d.metric(rule)?;
+    let echo = d.metric(rule).unwrap();
     assert!(echo >= 1);
-    d.ok(&["rule", "delete", "pingable", "0"])?;
+    d.ok(&["rule", "delete", "pingable", "0"]).unwrap();
     let moved = r#"sg_rule_packets_total{group="pingable",rule="1"}"#;
-    assert!(d.metric(moved)? >= echo, "the echo rule keeps its counts");
-    d.ok(&["rule", "add", "pingable", "--proto", "tcp", "--port", "22"])?;
-    assert_eq!(d.metric(rule)?, 0, "a new rule counts from zero");
-    Ok(())
+    assert!(
+        d.metric(moved).unwrap() >= echo,
+        "the echo rule keeps its counts"
+    );
+    d.ok(&["rule", "add", "pingable", "--proto", "tcp", "--port", "22"])
+        .unwrap();
+    assert_eq!(d.metric(rule).unwrap(), 0, "a new rule counts from zero");
 }
 
 #[test]
-fn an_applied_web_group_passes_80_and_not_8080() -> Result<()> {
-    require_root!(Ok(()));
-    let veth = VethPort::new()?;
-    let d = TestDaemon::start()?;
+fn an_applied_web_group_passes_80_and_not_8080() {
+    require_root!();
+    let veth = VethPort::new().unwrap();
+    let d = TestDaemon::start().unwrap();
     let file = d.dir().join("policy.yaml");
     std::fs::write(
         &file,
@@ -622,33 +684,36 @@ ports:
             netns = veth.host.name(),
             mac = guest_mac(),
         ),
-    )?;
-    let file = file.to_str().context("a UTF-8 path")?;
-    let plan = d.ok(&["apply", "-f", file, "--dry-run"])?;
+    )
+    .unwrap();
+    let file = file.to_str().context("a UTF-8 path").unwrap();
+    let plan = d.ok(&["apply", "-f", file, "--dry-run"]).unwrap();
     assert_eq!(
         plan,
         "+ group web\n+ group replies\n+ port web1\ndry run: nothing changed\n"
     );
-    assert_eq!(d.json(&["port", "list"])?, serde_json::json!([]));
-    d.ok(&["apply", "-f", file])?;
-    assert_eq!(d.ok(&["apply", "-f", file])?, "no changes\n");
+    assert_eq!(d.json(&["port", "list"]).unwrap(), serde_json::json!([]));
+    d.ok(&["apply", "-f", file]).unwrap();
+    assert_eq!(d.ok(&["apply", "-f", file]).unwrap(), "no changes\n");
     assert_eq!(
-        d.json(&["port", "show", "web1"])?["status"]["state"],
+        d.json(&["port", "show", "web1"]).unwrap()["status"]["state"],
         "active"
     );
 
     let to = addr(WORKLOAD_V4);
     assert!(
-        tcp_exchange(&veth.host, &veth.workload, to, 80)?,
+        tcp_exchange(&veth.host, &veth.workload, to, 80).unwrap(),
         "80 passes"
     );
     assert!(
-        !tcp_exchange(&veth.host, &veth.workload, to, 8080)?,
+        !tcp_exchange(&veth.host, &veth.workload, to, 8080).unwrap(),
         "8080 does not"
     );
 
     // The port's tracked flows, through the API: a viewer needs no root.
-    let viewer = d.ok(&["daemon", "token", "create", "--role", "viewer"])?;
+    let viewer = d
+        .ok(&["daemon", "token", "create", "--role", "viewer"])
+        .unwrap();
     let flows = |args: &[&str]| -> Result<Value> {
         let mut all = vec![
             "--token",
@@ -661,15 +726,15 @@ ports:
         ];
         all.extend_from_slice(args);
         let out = d.sg_ctl_as(Some(NOBODY), &all)?;
-        ensure!(
+        assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)
     };
-    let tcp = flows(&["--protocol", "tcp"])?;
-    let tcp = tcp.as_array().context("a list")?;
+    let tcp = flows(&["--protocol", "tcp"]).unwrap();
+    let tcp = tcp.as_array().context("a list").unwrap();
     assert!(
         tcp.iter()
             .any(|f| f["local_port"] == 80 && f["origin"] == "ingress" && f["interface"] == PORT),
@@ -677,9 +742,17 @@ ports:
     );
     // No flow of 8080 started: the policy dropped its SYN.
     assert!(tcp.iter().all(|f| f["local_port"] != 8080), "{tcp:?}");
-    assert_eq!(flows(&["--protocol", "udp"])?, serde_json::json!([]));
-    assert_eq!(d.fails(&["port", "flows", "nope"])?.0, 3);
-    assert_eq!(d.fails(&["port", "flows", "web1", "--state", "open"])?.0, 2);
+    assert_eq!(
+        flows(&["--protocol", "udp"]).unwrap(),
+        serde_json::json!([])
+    );
+    assert_eq!(d.fails(&["port", "flows", "nope"]).unwrap().0, 3);
+    assert_eq!(
+        d.fails(&["port", "flows", "web1", "--state", "open"])
+            .unwrap()
+            .0,
+        2
+    );
 
     // Trace names the rules of the daemon's policy.
     let trace = |direction: &str, from: &str, to: &str, dport: &str| {
@@ -701,31 +774,31 @@ ports:
         ])
         .map(|t| t["trace"].clone())
     };
-    let web = trace("ingress", HOST_V4, WORKLOAD_V4, "80")?;
+    let web = trace("ingress", HOST_V4, WORKLOAD_V4, "80").unwrap();
     assert_eq!(web["outcome"], "pass", "{web}");
     assert_eq!(
         (&web["rule"]["group"], &web["rule"]["index"]),
         (&"web".into(), &1.into())
     );
-    let closed = trace("ingress", HOST_V4, WORKLOAD_V4, "8080")?;
+    let closed = trace("ingress", HOST_V4, WORKLOAD_V4, "8080").unwrap();
     assert_eq!(closed["outcome"], "drop-default", "{closed}");
 
     // Outbound SMTP is blocked unless a rule names port 25.
-    d.ok(&["port", "attach", "web1", "replies"])?;
+    d.ok(&["port", "attach", "web1", "replies"]).unwrap();
     let host = addr(HOST_V4);
-    assert!(tcp_exchange(&veth.workload, &veth.host, host, 587)?);
-    assert!(!tcp_exchange(&veth.workload, &veth.host, host, 25)?);
-    let smtp = trace("egress", WORKLOAD_V4, HOST_V4, "25")?;
+    assert!(tcp_exchange(&veth.workload, &veth.host, host, 587).unwrap());
+    assert!(!tcp_exchange(&veth.workload, &veth.host, host, 25).unwrap());
+    let smtp = trace("egress", WORKLOAD_V4, HOST_V4, "25").unwrap();
     assert_eq!(smtp["outcome"], "drop-rule", "{smtp}");
     assert_eq!(smtp["rule"]["group"], "_smtp-block", "{smtp}");
-    d.ok(&["settings", "set", "block_outbound_smtp", "false"])?;
-    assert!(tcp_exchange(&veth.workload, &veth.host, host, 25)?);
+    d.ok(&["settings", "set", "block_outbound_smtp", "false"])
+        .unwrap();
+    assert!(tcp_exchange(&veth.workload, &veth.host, host, 25).unwrap());
 
-    let exported = d.ok(&["export"])?;
+    let exported = d.ok(&["export"]).unwrap();
     assert!(exported.contains("- name: web\n"), "{exported}");
     assert!(
         exported.contains("block_outbound_smtp: false"),
         "{exported}"
     );
-    Ok(())
 }

@@ -6,7 +6,6 @@
 
 use std::{net::UdpSocket, time::Duration};
 
-use anyhow::Result;
 use serde_json::json;
 use sg_common::{Direction, Outcome};
 use sg_core::model::Policy;
@@ -165,22 +164,29 @@ fn a_later_fragment_without_its_first_is_dropped() {
 }
 
 #[test]
-fn datagrams_larger_than_the_mtu_pass_whole_or_not_at_all() -> Result<()> {
-    require_root!(Ok(()));
-    let port = VethPort::new()?;
+fn datagrams_larger_than_the_mtu_pass_whole_or_not_at_all() {
+    require_root!();
+    let port = VethPort::new().unwrap();
     let pins = TestPins::new();
-    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])?;
-    pins.install(PORT, &policy(), "vm")?;
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])
+        .unwrap();
+    pins.install(PORT, &policy(), "vm").unwrap();
     for (host, workload) in [(HOST_V4, WORKLOAD_V4), (HOST_V6, WORKLOAD_V6)] {
         let (host, workload) = (addr(host), addr(workload));
         for (to, arrives) in [(5000, true), (6000, false)] {
             let receiver = port
                 .workload
-                .within(move || Ok(UdpSocket::bind((workload, to))?))?;
-            receiver.set_read_timeout(Some(Duration::from_secs(1)))?;
-            let sender = port.host.within(move || Ok(UdpSocket::bind((host, 0))?))?;
+                .within(move || Ok(UdpSocket::bind((workload, to))?))
+                .unwrap();
+            receiver
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let sender = port
+                .host
+                .within(move || Ok(UdpSocket::bind((host, 0))?))
+                .unwrap();
             let sent = vec![0x5a; 4000];
-            sender.send_to(&sent, (workload, to))?;
+            sender.send_to(&sent, (workload, to)).unwrap();
             let mut buf = vec![0; 8000];
             let got = receiver.recv(&mut buf).ok();
             assert_eq!(
@@ -192,7 +198,6 @@ fn datagrams_larger_than_the_mtu_pass_whole_or_not_at_all() -> Result<()> {
     }
     // Three fragments of each passed datagram; of each dropped one the
     // first, after which the sender's stack gives up on the rest.
-    assert!(pins.counter(PORT, "ingress", "pass")? >= 6);
-    assert!(pins.counter(PORT, "ingress", "drop-rule")? >= 2);
-    Ok(())
+    assert!(pins.counter(PORT, "ingress", "pass").unwrap() >= 6);
+    assert!(pins.counter(PORT, "ingress", "drop-rule").unwrap() >= 2);
 }

@@ -64,20 +64,8 @@ impl Port {
     /// Runs the frame of `packet`, checks that `outcome` counted it, and
     /// returns the verdict and the frame as the program left it.
     fn run(&self, direction: Direction, packet: &Packet, outcome: Outcome) -> (Forward, Vec<u8>) {
-        let counter = || self.0.datapath.counter(SLOT, direction, outcome).unwrap();
-        let before = counter();
-        let out = self
-            .0
-            .run
-            .run_out(direction, &packet.frame().unwrap())
-            .unwrap();
-        assert_eq!(
-            counter().packets,
-            before.packets + 1,
-            "{direction:?} {packet:?} counted as {}",
-            outcome.name()
-        );
-        out
+        self.0
+            .run_counted(direction, &packet.frame().unwrap(), outcome)
     }
 }
 
@@ -386,14 +374,15 @@ fn connect(
 }
 
 #[test]
-fn a_rejected_connection_is_refused_at_once_in_both_directions() -> Result<()> {
-    require_root!(Ok(()));
+fn a_rejected_connection_is_refused_at_once_in_both_directions() {
+    require_root!();
     // Native XDP sends its replies through the TC ingress program of the
     // veth, generic XDP with XDP_TX.
     for mode in ["native", "generic"] {
-        refused_through_veth(mode).map_err(|e| e.context(format!("XDP mode {mode}")))?;
+        refused_through_veth(mode)
+            .map_err(|e| e.context(format!("XDP mode {mode}")))
+            .unwrap();
     }
-    Ok(())
 }
 
 fn refused_through_veth(mode: &str) -> Result<()> {
@@ -451,12 +440,13 @@ fn refused_through_veth(mode: &str) -> Result<()> {
 }
 
 #[test]
-fn a_guest_behind_a_tap_gets_its_reset() -> Result<()> {
-    require_root!(Ok(()));
-    let mut tap = TapPort::new()?;
+fn a_guest_behind_a_tap_gets_its_reset() {
+    require_root!();
+    let mut tap = TapPort::new().unwrap();
     let pins = TestPins::new();
-    pins.sg_ctl_ok(&["--netns", tap.host.name(), "attach", PORT])?;
-    pins.install(PORT, &policy(), "vm")?;
+    pins.sg_ctl_ok(&["--netns", tap.host.name(), "attach", PORT])
+        .unwrap();
+    pins.install(PORT, &policy(), "vm").unwrap();
     for (from, to) in [(WORKLOAD_V4, HOST_V4), (WORKLOAD_V6, HOST_V6)] {
         let syn = Packet {
             src_mac: GUEST_MAC,
@@ -467,15 +457,17 @@ fn a_guest_behind_a_tap_gets_its_reset() -> Result<()> {
             transport: tcp(25, TcpFlags::SYN),
             payload_len: 0,
         };
-        tap.guest.send(&syn.frame()?)?;
-        let reset = tap.guest.receive(WAIT, |frame| {
-            let l4 = frame.len().saturating_sub(20);
-            frame.len() >= 54 && frame[l4 + 13] == 0x14
-        })?;
+        tap.guest.send(&syn.frame().unwrap()).unwrap();
+        let reset = tap
+            .guest
+            .receive(WAIT, |frame| {
+                let l4 = frame.len().saturating_sub(20);
+                frame.len() >= 54 && frame[l4 + 13] == 0x14
+            })
+            .unwrap();
         let reset = reset.unwrap_or_else(|| panic!("no RST for the SYN to {to}"));
         let reply = parse_reply(&reset, 0);
         check_addressed_back(&reply, &syn, &reset);
     }
-    assert_eq!(pins.counter(PORT, "egress", "reject")?, 2);
-    Ok(())
+    assert_eq!(pins.counter(PORT, "egress", "reject").unwrap(), 2);
 }

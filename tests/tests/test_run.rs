@@ -31,19 +31,8 @@ impl Port {
             .unwrap();
     }
 
-    /// Runs the frame and checks the verdict and the counter it landed in.
     fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
-        let before = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
-        let got = self.0.run.run(direction, frame).unwrap();
-        assert_eq!(got, want, "{direction:?} verdict on {frame:02x?}");
-        let after = self.0.datapath.counter(SLOT, direction, outcome).unwrap();
-        assert_eq!(
-            after.packets,
-            before.packets + 1,
-            "{direction:?}: one packet counted as {}",
-            outcome.name()
-        );
-        assert_eq!(after.bytes, before.bytes + frame.len() as u64);
+        self.0.check(direction, frame, want, outcome);
     }
 }
 

@@ -52,16 +52,17 @@ fn run(port: &VethPort, pins: &Pins, packet: Packet, policy: Option<Policy>) -> 
 }
 
 #[test]
-fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
-    require_root!(Ok(()));
-    let port = VethPort::new()?;
+fn trace_names_the_deciding_rule_and_counts_nothing() {
+    require_root!();
+    let port = VethPort::new().unwrap();
     let pins = TestPins::new();
-    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])?;
-    let untraced = run(&port, &pins.pins, tcp("198.18.1.5", 22), None)?;
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "attach", PORT])
+        .unwrap();
+    let untraced = run(&port, &pins.pins, tcp("198.18.1.5", 22), None).unwrap();
     assert_eq!(untraced.forward, Forward::Pass);
     assert!(untraced.reason.contains("no policy"), "{untraced:?}");
 
-    pins.install(PORT, &policy(), "vm")?;
+    pins.install(PORT, &policy(), "vm").unwrap();
     let policy = Some(policy());
     let cases = [
         (
@@ -91,7 +92,7 @@ fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
         ),
     ];
     for (packet, forward, outcome, rule) in cases {
-        let traced = run(&port, &pins.pins, packet.clone(), policy.clone())?;
+        let traced = run(&port, &pins.pins, packet.clone(), policy.clone()).unwrap();
         let what = format!("{packet:?}: {traced:#?}");
         assert_eq!(traced.forward, forward, "{what}");
         assert_eq!(traced.outcome, outcome, "{what}");
@@ -100,7 +101,7 @@ fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
     }
     let mut ping = tcp("198.18.3.5", 0);
     ping.transport = Transport::Icmp { type_: 8, code: 0 };
-    let traced = run(&port, &pins.pins, ping, policy.clone())?;
+    let traced = run(&port, &pins.pins, ping, policy.clone()).unwrap();
     assert_eq!(
         traced.matched_on,
         Some("protocol/port (any remote address)"),
@@ -108,8 +109,9 @@ fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
     );
     assert!(traced.rule.unwrap().rule.contains("ingress allow icmp"));
 
-    pins.sg_ctl_ok(&["--netns", port.host.name(), "block", PORT, WORKLOAD_V4])?;
-    let blocked = run(&port, &pins.pins, tcp("198.18.1.5", 22), policy)?;
+    pins.sg_ctl_ok(&["--netns", port.host.name(), "block", PORT, WORKLOAD_V4])
+        .unwrap();
+    let blocked = run(&port, &pins.pins, tcp("198.18.1.5", 22), policy).unwrap();
     assert_eq!(blocked.outcome, "drop-blocked");
 
     // Nothing counted. (Only the link's own neighbour discovery and ARP
@@ -121,15 +123,18 @@ fn trace_names_the_deciding_rule_and_counts_nothing() -> Result<()> {
         "reject",
         "drop-blocked",
     ] {
-        assert_eq!(pins.counter(PORT, "ingress", outcome)?, 0, "{outcome}");
+        assert_eq!(
+            pins.counter(PORT, "ingress", outcome).unwrap(),
+            0,
+            "{outcome}"
+        );
     }
-    Ok(())
 }
 
 #[test]
-fn tracing_a_port_without_sg_says_so() -> Result<()> {
-    require_root!(Ok(()));
-    let port = VethPort::new()?;
+fn tracing_a_port_without_sg_says_so() {
+    require_root!();
+    let port = VethPort::new().unwrap();
     let pins = TestPins::new();
     let error = run(&port, &pins.pins, tcp("198.18.1.5", 22), None).unwrap_err();
     assert!(
@@ -139,5 +144,4 @@ fn tracing_a_port_without_sg_says_so() -> Result<()> {
         ),
         "{error:#}"
     );
-    Ok(())
 }

@@ -55,22 +55,22 @@ fn exchanges(port: &VethPort) -> Result<Vec<(&'static str, bool)>> {
 }
 
 #[test]
-fn veth_traffic_passes_then_is_blocked_and_counted() -> Result<()> {
-    require_root!(Ok(()));
-    let port = VethPort::new()?;
+fn veth_traffic_passes_then_is_blocked_and_counted() {
+    require_root!();
+    let port = VethPort::new().unwrap();
     let pins = TestPins::new();
     let netns = port.host.name();
-    pins.sg_ctl_ok(&["--netns", netns, "attach", PORT])?;
-    let link = port.host.ip(&["link", "show", PORT])?;
+    pins.sg_ctl_ok(&["--netns", netns, "attach", PORT]).unwrap();
+    let link = port.host.ip(&["link", "show", PORT]).unwrap();
     assert!(
         String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
         "ip link shows the XDP program"
     );
 
-    let passed = exchanges(&port)?;
+    let passed = exchanges(&port).unwrap();
     assert!(passed.iter().all(|(_, ok)| *ok), "all pass: {passed:?}");
-    let sent = pins.counter(PORT, "egress", "pass")?;
-    let received = pins.counter(PORT, "ingress", "pass")?;
+    let sent = pins.counter(PORT, "egress", "pass").unwrap();
+    let received = pins.counter(PORT, "ingress", "pass").unwrap();
     // Each of the six exchanges carried at least one packet each way.
     assert!(
         sent >= 6 && received >= 6,
@@ -84,22 +84,32 @@ fn veth_traffic_passes_then_is_blocked_and_counted() -> Result<()> {
         PORT,
         WORKLOAD_V4,
         &format!("{WORKLOAD_V6}/128"),
-    ])?;
-    let blocked = exchanges(&port)?;
+    ])
+    .unwrap();
+    let blocked = exchanges(&port).unwrap();
     assert!(blocked.iter().all(|(_, ok)| !*ok), "none pass: {blocked:?}");
-    let dropped = pins.counter(PORT, "ingress", "drop-blocked")?;
+    let dropped = pins.counter(PORT, "ingress", "drop-blocked").unwrap();
     assert!(dropped >= 6, "counted {dropped} dropped");
 
-    pins.sg_ctl_ok(&["--netns", netns, "unblock", PORT, WORKLOAD_V4])?;
-    assert!(port.host.ping(addr(WORKLOAD_V4))?, "unblocked v4 passes");
-    assert!(!port.host.ping(addr(WORKLOAD_V6))?, "v6 stays blocked");
+    pins.sg_ctl_ok(&["--netns", netns, "unblock", PORT, WORKLOAD_V4])
+        .unwrap();
+    assert!(
+        port.host.ping(addr(WORKLOAD_V4)).unwrap(),
+        "unblocked v4 passes"
+    );
+    assert!(
+        !port.host.ping(addr(WORKLOAD_V6)).unwrap(),
+        "v6 stays blocked"
+    );
 
-    pins.sg_ctl_ok(&["--netns", netns, "detach", PORT])?;
-    let link = port.host.ip(&["link", "show", PORT])?;
+    pins.sg_ctl_ok(&["--netns", netns, "detach", PORT]).unwrap();
+    let link = port.host.ip(&["link", "show", PORT]).unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"));
     assert!(!pins.pins.root().join("maps").exists(), "pins removed");
-    assert!(port.host.ping(addr(WORKLOAD_V6))?, "detached: all pass");
-    Ok(())
+    assert!(
+        port.host.ping(addr(WORKLOAD_V6)).unwrap(),
+        "detached: all pass"
+    );
 }
 
 /// An echo request, UDP datagram or TCP SYN from the guest to the host.
@@ -191,35 +201,36 @@ fn guest_exchanges(tap: &mut TapPort) -> Result<Vec<(&'static str, bool)>> {
     Ok(results)
 }
 
-fn tap_traffic(mode: &str, shown_as: &str) -> Result<()> {
-    let mut tap = TapPort::new()?;
+fn tap_traffic(mode: &str, shown_as: &str) {
+    let mut tap = TapPort::new().unwrap();
     let pins = TestPins::new();
     let netns = tap.host.name().to_string();
-    pins.sg_ctl_ok(&["--netns", &netns, "attach", "--xdp-mode", mode, PORT])?;
-    let link = tap.host.ip(&["link", "show", PORT])?;
+    pins.sg_ctl_ok(&["--netns", &netns, "attach", "--xdp-mode", mode, PORT])
+        .unwrap();
+    let link = tap.host.ip(&["link", "show", PORT]).unwrap();
     let link = String::from_utf8_lossy(&link.stdout).into_owned();
     assert!(link.contains(shown_as), "ip link shows {shown_as}: {link}");
 
-    let passed = guest_exchanges(&mut tap)?;
+    let passed = guest_exchanges(&mut tap).unwrap();
     assert!(passed.iter().all(|(_, ok)| *ok), "all pass: {passed:?}");
-    assert!(pins.counter(PORT, "egress", "pass")? >= 6);
-    assert!(pins.counter(PORT, "ingress", "pass")? >= 6);
+    assert!(pins.counter(PORT, "egress", "pass").unwrap() >= 6);
+    assert!(pins.counter(PORT, "ingress", "pass").unwrap() >= 6);
 
-    pins.sg_ctl_ok(&["--netns", &netns, "block", PORT, WORKLOAD_V4, WORKLOAD_V6])?;
-    let blocked = guest_exchanges(&mut tap)?;
+    pins.sg_ctl_ok(&["--netns", &netns, "block", PORT, WORKLOAD_V4, WORKLOAD_V6])
+        .unwrap();
+    let blocked = guest_exchanges(&mut tap).unwrap();
     assert!(blocked.iter().all(|(_, ok)| !*ok), "none pass: {blocked:?}");
-    assert!(pins.counter(PORT, "egress", "drop-blocked")? >= 6);
-    Ok(())
+    assert!(pins.counter(PORT, "egress", "drop-blocked").unwrap() >= 6);
 }
 
 #[test]
-fn tap_traffic_is_filtered_with_native_xdp() -> Result<()> {
-    require_root!(Ok(()));
+fn tap_traffic_is_filtered_with_native_xdp() {
+    require_root!();
     tap_traffic("native", "xdp ")
 }
 
 #[test]
-fn tap_traffic_is_filtered_with_generic_xdp() -> Result<()> {
-    require_root!(Ok(()));
+fn tap_traffic_is_filtered_with_generic_xdp() {
+    require_root!();
     tap_traffic("generic", "xdpgeneric")
 }
