@@ -4,10 +4,12 @@
 //! ([`access`]), where a port's policy stands ([`status`]), a tracked
 //! flow's state ([`flow`]), the presets
 //! ([`preset`]), the policy compiler ([`compile`]) and the port-security
-//! compiler ([`port_security`]). The datapath, the store, the daemon and
+//! compiler ([`port_security`]), and what a state takes of the maps
+//! ([`capacity`]). The datapath, the store, the daemon and
 //! the CLI (`sg-ctl`) are built around it.
 
 pub mod access;
+pub mod capacity;
 pub mod compile;
 pub mod flow;
 pub mod model;

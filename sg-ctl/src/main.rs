@@ -106,7 +106,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             enter_netns()?;
             command.run(&datapath, output)
         }
-        Command::Daemon(args) => args.run(datapath, &cli.socket, &session),
+        Command::Daemon(args) => args.run(datapath.pins().clone(), &cli.socket, &session),
         Command::Group(command) => block_on(command.run(&session)),
         Command::Rule(command) => block_on(command.run(&session)),
         Command::Port(command) => block_on(command.run(&session)),

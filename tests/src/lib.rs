@@ -256,6 +256,21 @@ impl Netns {
         join(self.spawn(f))
     }
 
+    /// A namespace with interfaces `d0`, `d1`, ... (veths whose peers
+    /// `e0`, `e1`, ... stay beside them), up, for ports that need an
+    /// interface but no traffic.
+    pub fn with_interfaces(count: usize) -> Result<Netns> {
+        let ns = Netns::new()?;
+        for i in 0..count {
+            let (name, peer) = (format!("d{i}"), format!("e{i}"));
+            ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+            for dev in [&name, &peer] {
+                ns.ip(&["link", "set", dev, "up"])?;
+            }
+        }
+        Ok(ns)
+    }
+
     /// Adds a veth pair: `port` here, `eth0` in `workload`.
     pub fn add_veth(&self, port: &str, workload: &Netns) -> Result<()> {
         self.ip(&[
@@ -893,6 +908,8 @@ pub fn tcp_exchange(client: &Netns, server: &Netns, to: IpAddr, port: u16) -> Re
 pub struct TestDaemon {
     child: Option<Child>,
     dir: PathBuf,
+    /// More arguments of `sg-ctl daemon`.
+    args: Vec<String>,
     /// The daemon's metrics listener.
     pub metrics: std::net::SocketAddr,
     pub pins: TestPins,
@@ -900,6 +917,11 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub fn start() -> Result<TestDaemon> {
+        TestDaemon::start_with(&[])
+    }
+
+    /// A daemon started with these more arguments of `sg-ctl daemon`.
+    pub fn start_with(args: &[&str]) -> Result<TestDaemon> {
         let dir = std::env::temp_dir().join(unique("sg-daemon"));
         fs::create_dir_all(&dir)?;
         // Clients of other users (the anonymous role) reach the socket.
@@ -908,6 +930,7 @@ impl TestDaemon {
         let mut daemon = TestDaemon {
             child: None,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
             metrics,
             pins: TestPins::new(),
         };
@@ -933,6 +956,7 @@ impl TestDaemon {
             .args(["daemon", "--db"])
             .arg(self.db())
             .args(["--metrics", &self.metrics.to_string()])
+            .args(&self.args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -34,21 +34,6 @@ fn rules(d: &TestDaemon, group: &str) -> Result<Vec<Value>> {
         .clone())
 }
 
-/// A namespace with interfaces `d0`, `d1`, ... (veths whose peers `e0`,
-/// `e1`, ... stay beside them) for ports that need an interface but no
-/// traffic.
-fn interfaces(count: usize) -> Result<Netns> {
-    let ns = Netns::new()?;
-    for i in 0..count {
-        let (name, peer) = (format!("d{i}"), format!("e{i}"));
-        ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
-        for dev in [&name, &peer] {
-            ns.ip(&["link", "set", dev, "up"])?;
-        }
-    }
-    Ok(ns)
-}
-
 #[test]
 fn groups_and_rules_are_created_listed_changed_and_deleted() {
     require_root!();
@@ -227,7 +212,7 @@ fn invalid_changes_name_the_field_and_change_nothing() {
 fn ports_are_created_attached_detached_and_deleted() {
     require_root!();
     let d = TestDaemon::start().unwrap();
-    let ns = interfaces(1).unwrap();
+    let ns = Netns::with_interfaces(1).unwrap();
     d.ok(&["group", "create", "web"]).unwrap();
     let create = |name: &str, iface: &str, group: &str| {
         d.sg_ctl(&[
@@ -490,7 +475,7 @@ fn viewers_read_owners_change_anyone_reads_public_groups() {
 fn a_membership_change_recompiles_only_the_ports_it_affects() {
     require_root!();
     let d = TestDaemon::start().unwrap();
-    let ns = interfaces(4).unwrap();
+    let ns = Netns::with_interfaces(4).unwrap();
     d.ok(&["group", "create", "web"]).unwrap();
     d.ok(&["group", "create", "db"]).unwrap();
     d.ok(&[

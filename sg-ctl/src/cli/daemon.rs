@@ -9,11 +9,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use sg_ctl::{
     daemon::{Daemon, api},
-    datapath::Datapath,
+    datapath::{Datapath, MapSizes, Pins},
     store::Store,
 };
 
-use super::{Session, block_on, tokens::TokenCommand};
+use super::{Invalid, Session, block_on, tokens::TokenCommand};
 
 #[derive(Args)]
 pub struct DaemonArgs {
@@ -25,6 +25,12 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The entries a shared map holds, NAME=ENTRIES (repeat for more):
+    /// SG_REMOTE, SG_REMOTE_EXACT, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_VERDICT,
+    /// SG_OWNED, SG_BLOCKED, SG_FRAGMENTS, SG_CONNTRACK. Taken when the maps
+    /// are made, while no port is attached.
+    #[arg(long = "map-size", value_name = "NAME=ENTRIES")]
+    map_sizes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -37,14 +43,15 @@ enum DaemonCommand {
 impl DaemonArgs {
     /// Serves the API on `socket` until told to stop; a token command goes
     /// to the daemon of `session` instead.
-    pub fn run(&self, datapath: Datapath, socket: &Path, session: &Session) -> Result<()> {
+    pub fn run(&self, pins: Pins, socket: &Path, session: &Session) -> Result<()> {
         if let Some(DaemonCommand::Token(command)) = &self.command {
             return block_on(command.run(session));
         }
         if let Some(dir) = self.db.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let daemon = Daemon::start(Store::open(&self.db)?, datapath)?;
+        let sizes = MapSizes::parse(self.map_sizes.iter().map(String::as_str)).map_err(Invalid)?;
+        let daemon = Daemon::start(Store::open(&self.db)?, Datapath::with_sizes(pins, sizes))?;
         block_on(async {
             let metrics = match self.metrics {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),

@@ -30,6 +30,7 @@ use crate::{
 };
 use sg_core::{
     access::{Role, TokenInfo},
+    capacity::Usage,
     compile,
     flow::FlowState,
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
@@ -48,6 +49,11 @@ pub struct Daemon {
     /// follow rule order, so a change that moves rules moves their counts
     /// too (`reconcile::renumbering`). Empty until the first.
     counted: HashMap<u32, (String, Rule)>,
+    /// What each port's installed policy and port security take of the
+    /// maps, as the last install or adoption left them.
+    installed: HashMap<String, Usage>,
+    /// What each port takes in the desired state (`check`'s).
+    planned: Planned,
 }
 
 impl Daemon {
@@ -60,7 +66,12 @@ impl Daemon {
             state,
             datapath: Arc::new(datapath),
             counted: HashMap::new(),
+            installed: HashMap::new(),
+            planned: Planned::new(),
         };
+        // What the state takes; a state stored by another version that no
+        // longer checks still gets its ports reconciled.
+        daemon.planned = check(&daemon.state.policy, &daemon.state.settings).unwrap_or_default();
         daemon.reconcile()?;
         Ok(daemon)
     }
@@ -91,8 +102,10 @@ impl Daemon {
         let mut policy = self.state.policy.clone();
         let mut settings = self.state.settings.clone();
         change(&mut policy, &mut settings)?;
-        check(&policy, &settings)?;
+        let planned = check(&policy, &settings)?;
+        self.check_room(&policy.effective(&settings), &planned)?;
         self.state = self.store.save(&self.state, &policy, &settings)?;
+        self.planned = planned;
         self.reconcile()
     }
 
@@ -543,7 +556,8 @@ impl Daemon {
         let changes = diff(&self.state, &policy, &settings);
         if dry_run {
             require(role, Role::Viewer)?;
-            check(&policy, &settings)?;
+            let planned = check(&policy, &settings)?;
+            self.check_room(&policy.effective(&settings), &planned)?;
         } else if !changes.is_empty() {
             self.change(role, |current, current_settings| {
                 *current = policy;
@@ -651,9 +665,12 @@ fn port_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Port> {
         .ok_or_else(|| no_port(name))
 }
 
+/// What each port's policy and port security take of the maps.
+type Planned = BTreeMap<String, Usage>;
+
 /// Checks a whole desired state: the settings, the policy, the limits, and
-/// that every port compiles.
-fn check(policy: &Policy, settings: &Settings) -> Result<()> {
+/// that every port compiles; what each port then takes of the maps.
+fn check(policy: &Policy, settings: &Settings) -> Result<Planned> {
     settings
         .validate()
         .map_err(|e| ApiError::invalid(format!("settings: {e}")))?;
@@ -680,17 +697,18 @@ fn check(policy: &Policy, settings: &Settings) -> Result<()> {
             )));
         }
     }
-    for port in &policy.ports {
-        PortSecurity::from_port(port)
-            .compile()
-            .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
-    }
     let effective = policy.effective(settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
+    let mut usage = BTreeMap::new();
     for port in &effective.ports {
-        compile::compile(&effective, &port.name, 1, &counters).map_err(ApiError::invalid)?;
+        let security = PortSecurity::from_port(port)
+            .compile()
+            .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
+        let compiled =
+            compile::compile(&effective, &port.name, 1, &counters).map_err(ApiError::invalid)?;
+        usage.insert(port.name.clone(), Usage::of(&compiled, &security));
     }
-    Ok(())
+    Ok(usage)
 }
 
 /// The changes that take `state` to `policy` and `settings`.

@@ -21,13 +21,17 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::NO_POLICY;
 
-use super::{Daemon, Result, api::ApiError};
+use super::{
+    Daemon, Planned, Result,
+    api::{ApiError, ErrorKind},
+};
 use crate::{
     datapath::{Attached, Datapath, DatapathError, XdpModeArg},
     netns,
     store::PortState,
 };
 use sg_core::{
+    capacity::{self, Install, Usage},
     compile,
     model::{Group, Policy, Port, Remote, Rule},
     port_security::PortSecurity,
@@ -74,6 +78,12 @@ impl<'a> CompileInput<'a> {
             members,
         }
     }
+}
+
+/// The compiler's input of `port`, as recorded with its installed policy.
+fn input_of(policy: &Policy, port: &Port, counters: &HashMap<(String, usize), u32>) -> String {
+    serde_json::to_string(&CompileInput::new(policy, port, counters))
+        .expect("the compiler's input serializes")
 }
 
 /// Runs `f` on a thread of its own inside the network namespace `netns`
@@ -135,6 +145,68 @@ pub(super) fn renumbering(
 }
 
 impl Daemon {
+    /// Refuses a desired state (its effective `policy`, and what `check`
+    /// planned for each port) whose ports' policies and port security would
+    /// not fit the maps at some moment of their install, port by port in
+    /// reconcile's order (see `sg_core::capacity`). The error names the map,
+    /// what it would need and hold, and what needs the most of it.
+    pub(super) fn check_room(&self, policy: &Policy, planned: &Planned) -> Result<()> {
+        let internal = |e: DatapathError| ApiError::new(ErrorKind::Internal, e.to_string());
+        let capacity = self.datapath.capacities().map_err(internal)?;
+        let counters = compile::counter_ids(policy).map_err(ApiError::invalid)?;
+        let installs = self.installs(policy, planned, &self.store.port_states()?, &counters);
+        let Some(over) = capacity::overflow(&capacity::peak(&installs), &capacity) else {
+            return Ok(());
+        };
+        let map = over.table.map_name();
+        let cause = capacity::largest_need(policy, over.table)
+            .map(|cause| format!("; {cause}"))
+            .unwrap_or_default();
+        Err(ApiError::invalid(format!(
+            "{map} would need {} entries and holds {}{cause}: remove rules, remotes or ports, \
+             or start the daemon with a larger --map-size {map}=ENTRIES (taken when the maps \
+             are made, while no port is attached)",
+            over.need, over.capacity
+        )))
+    }
+
+    /// Each port of `policy` as it will be installed: what it takes of the
+    /// maps now (as recorded) and after (`planned`), and whether its policy
+    /// changes (its compiler input is not the one installed).
+    fn installs(
+        &self,
+        policy: &Policy,
+        planned: &Planned,
+        states: &BTreeMap<String, PortState>,
+        counters: &HashMap<(String, usize), u32>,
+    ) -> Vec<Install> {
+        policy
+            .ports
+            .iter()
+            .filter_map(|port| {
+                let after = *planned.get(&port.name)?;
+                let state = states
+                    .get(&port.name)
+                    .filter(|s| s.ifname == port.ifname && s.netns == port.netns);
+                let (before, changed) = match state {
+                    Some(state) if state.policy_id.is_some() => (
+                        self.installed.get(&port.name).copied(),
+                        state.applied.as_deref() != Some(&input_of(policy, port, counters)),
+                    ),
+                    // Nothing installed for it: a new port, or one whose
+                    // install failed.
+                    _ => (Some(Usage::default()), true),
+                };
+                Some(Install {
+                    port: port.name.clone(),
+                    before,
+                    after,
+                    changed,
+                })
+            })
+            .collect()
+    }
+
     /// Moves the rule counters with their rules when `counters` (of
     /// `policy`) numbers them differently from the last reconcile. A
     /// failure is logged: counts are not worth failing a change for.
@@ -173,7 +245,9 @@ impl Daemon {
             let moved =
                 port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
             let mut detached = true;
-            if moved && state.policy_id.is_some() {
+            // Whatever its state: a port whose install failed may be
+            // attached all the same.
+            if moved {
                 let result = in_netns(state.netns.as_deref(), || {
                     self.datapath.detach(&state.ifname)
                 });
@@ -196,17 +270,36 @@ impl Daemon {
             // that the next pass tries again.
             if port.is_none() && detached {
                 self.store.remove_port_state(name)?;
+                self.installed.remove(name);
             }
         }
 
-        for port in &policy.ports {
+        // The changing ports in the order `check_room` counted them, then
+        // the others (each checked, and left as it is when it is in force).
+        let installs = self.installs(&policy, &self.planned, &states, &counters);
+        let mut order: Vec<&str> = capacity::install_order(&installs)
+            .into_iter()
+            .map(|install| install.port.as_str())
+            .collect();
+        let unchanged: Vec<&str> = policy
+            .ports
+            .iter()
+            .map(|port| port.name.as_str())
+            .filter(|name| !order.contains(name))
+            .collect();
+        order.extend(unchanged);
+        for port in order.into_iter().filter_map(|name| policy.port(name)) {
             let prior = states
                 .get(&port.name)
                 .filter(|state| state.ifname == port.ifname && state.netns == port.netns);
-            let input = serde_json::to_string(&CompileInput::new(&policy, port, &counters))
-                .expect("the compiler's input serializes");
+            let input = input_of(&policy, port, &counters);
             let state = match install(&self.datapath, &policy, port, &counters, prior, input) {
-                Ok(state) => state,
+                Ok(state) => {
+                    if let Some(usage) = self.planned.get(&port.name) {
+                        self.installed.insert(port.name.clone(), *usage);
+                    }
+                    state
+                }
                 Err(e) => PortState {
                     netns: port.netns.clone(),
                     ifname: port.ifname.clone(),

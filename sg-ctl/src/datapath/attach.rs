@@ -17,6 +17,7 @@ use super::{
     maps::MapSet,
     mode::XdpModeArg,
     pins::{Pins, remove_if_exists},
+    sizes::MapSizes,
     sys::{driver_of, ifindex_of, ifname_bytes},
 };
 use crate::netns;
@@ -28,11 +29,12 @@ pub enum Attached {
     Already { slot: u32 },
 }
 
-/// Attaches the filter to `iface`, of the calling thread's namespace
-/// (`netns`), whose index is `ifindex`. Attaching an attached interface
-/// changes nothing.
+/// Attaches the filter to `iface`, of the calling thread's namespace;
+/// maps not pinned yet are made with `sizes`. Attaching an attached
+/// interface changes nothing.
 pub(super) fn attach(
     pins: &Pins,
+    sizes: &MapSizes,
     maps: &mut Option<Box<MapSet>>,
     iface: &str,
     mode: XdpModeArg,
@@ -62,7 +64,7 @@ pub(super) fn attach(
         },
     };
 
-    let mut ebpf = load::instance(pins, slot, false)?;
+    let mut ebpf = load::instance(pins, sizes, slot, false)?;
     MapSet::refresh(pins, maps)?;
     // A veth's peer drops XDP_TX frames unless it runs XDP or GRO itself;
     // generic XDP transmits them without the driver.

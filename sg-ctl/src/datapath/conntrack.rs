@@ -402,10 +402,10 @@ pub struct ConntrackStats {
 
 impl ConntrackStats {
     /// While nothing is attached: no table yet, the size it will have.
-    pub(super) fn empty() -> ConntrackStats {
+    pub(super) fn empty(capacity: u32) -> ConntrackStats {
         ConntrackStats {
             entries: 0,
-            capacity: sg_common::MAX_CONNTRACK_ENTRIES,
+            capacity,
             pressure: 0.0,
             new: 0,
             established: 0,

@@ -1,6 +1,6 @@
 //! Loading sg's eBPF object: one instance per port slot (or a tracer of
-//! one), its maps created or reused from their pins, its programs through
-//! the verifier.
+//! one), its maps created (at their sizes) or reused from their pins, its
+//! programs through the verifier.
 
 use std::fs;
 
@@ -13,6 +13,7 @@ use sg_common::{PORT_SLOT_GLOBAL, TRACE_GLOBAL, program_names};
 use super::{
     error::{Context as _, DatapathError, Result},
     pins::Pins,
+    sizes::MapSizes,
 };
 
 /// The compiled eBPF object, embedded at build time.
@@ -22,10 +23,15 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SG_EBPF_OBJECT
 /// maps: the port's programs or (`trace`) a tracer of the port. The
 /// programs are loaded by `xdp_program` and `tc_program`, and attached
 /// nowhere.
-pub(super) fn instance(pins: &Pins, slot: u32, trace: bool) -> Result<Ebpf> {
+/// Maps that are not pinned yet are created with `sizes`.
+pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) -> Result<Ebpf> {
     let maps = pins.maps();
     fs::create_dir_all(&maps).context(|| format!("creating {}", maps.display()))?;
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in sizes.iter() {
+        loader.map_max_entries(name, entries);
+    }
+    let ebpf = loader
         .default_map_pin_directory(&maps)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
         .override_global(TRACE_GLOBAL, &u32::from(trace), true)

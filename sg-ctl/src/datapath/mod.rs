@@ -24,26 +24,34 @@ mod pins;
 mod policy;
 pub mod port_security;
 mod ports;
+mod sizes;
 mod status;
 mod sys;
 mod test_run;
 
 use std::sync::{Mutex, MutexGuard};
 
+use aya::maps::MapInfo;
 use ipnet::IpNet;
-use sg_common::{Counter, Direction, Outcome, PortConfig};
-use sg_core::{compile::Compiled, port_security::PortSecurity, settings::ConntrackTimeouts};
+use sg_common::{Counter, Direction, Outcome, PortConfig, map_names};
+use sg_core::{
+    capacity::{Table, Usage},
+    compile::Compiled,
+    port_security::PortSecurity,
+    settings::ConntrackTimeouts,
+};
 
 pub use attach::Attached;
 use conntrack::{ConntrackStats, Flow, FlowEvents, FlowFilter};
+use error::{Context as _, not_attached, require_root};
 pub use error::{DatapathError, Result};
-use error::{not_attached, require_root};
 pub use load::EBPF_OBJECT;
 use maps::MapSet;
 pub use mode::XdpModeArg;
 pub use pins::{DEFAULT_PIN_DIR, Pins};
 pub use port_security::PortSecurityStatus;
 pub use ports::CounterRow;
+pub use sizes::MapSizes;
 pub use status::{PortStats, PortStatus};
 pub use test_run::{Forward, TestRun};
 
@@ -54,6 +62,8 @@ use crate::netns;
 /// interface by name take it in the calling thread's network namespace.
 pub struct Datapath {
     pins: Pins,
+    /// The sizes of the maps it makes (maps already pinned keep theirs).
+    sizes: MapSizes,
     /// Boxed: the maps' handles are large, and the handle is moved about.
     maps: Mutex<Option<Box<MapSet>>>,
 }
@@ -61,8 +71,15 @@ pub struct Datapath {
 impl Datapath {
     /// The datapath under `pins`; nothing is opened until it is used.
     pub fn new(pins: Pins) -> Datapath {
+        Datapath::with_sizes(pins, MapSizes::default())
+    }
+
+    /// The datapath under `pins`, whose maps, when it makes them, hold
+    /// `sizes` entries.
+    pub fn with_sizes(pins: Pins, sizes: MapSizes) -> Datapath {
         Datapath {
             pins,
+            sizes,
             maps: Mutex::new(None),
         }
     }
@@ -111,7 +128,7 @@ impl Datapath {
         require_root("attaching a filter")?;
         self.pins.ensure_bpffs()?;
         let _lock = self.pins.lock()?;
-        attach::attach(&self.pins, &mut *self.maps()?, iface, mode)
+        attach::attach(&self.pins, &self.sizes, &mut *self.maps()?, iface, mode)
     }
 
     /// Detaches the filter from an interface of the calling thread's
@@ -141,6 +158,25 @@ impl Datapath {
             attach::release(&self.pins, &mut maps, *slot)?;
         }
         Ok(ports.len())
+    }
+
+    /// How many entries each of the tables of the ports' policies and port
+    /// security holds: the pinned maps' sizes, or the sizes the maps will be
+    /// made with while none are pinned.
+    pub fn capacities(&self) -> Result<Usage> {
+        let mut sizes = [0usize; Table::ALL.len()];
+        for (size, table) in sizes.iter_mut().zip(Table::ALL) {
+            let name = table.map_name();
+            let path = self.pins.map(name);
+            *size = if path.exists() {
+                MapInfo::from_pin(&path)
+                    .context(|| format!("reading the size of {}", path.display()))?
+                    .max_entries() as usize
+            } else {
+                self.sizes.get(name).unwrap_or_default() as usize
+            };
+        }
+        Ok(Usage::of_tables(|table| sizes[table as usize]))
     }
 
     /// Whether any port is attached: the maps are there while one is.
@@ -313,7 +349,9 @@ impl Datapath {
         require_root("reading the connection table")?;
         Ok(self
             .with_maps(|maps| conntrack::stats(&self.pins, &maps.conntrack, &maps.ports))?
-            .unwrap_or_else(ConntrackStats::empty))
+            .unwrap_or_else(|| {
+                ConntrackStats::empty(self.sizes.get(map_names::CONNTRACK).unwrap_or_default())
+            }))
     }
 
     /// The events of flows from now on (see `FlowEvents`).
@@ -327,13 +365,13 @@ impl Datapath {
     /// The programs of a slot, to run on frames (creating the maps if
     /// nothing is attached yet).
     pub fn test_run(&self, slot: u32) -> Result<TestRun> {
-        TestRun::load(&self.pins, slot, false)
+        TestRun::load(&self.pins, &self.sizes, slot, false)
     }
 
     /// A tracer of the slot's port: the same programs on the same maps,
     /// counting nothing and remembering no fragment, that say what they
     /// decided (see `TestRun::trace`).
     pub fn tracer(&self, slot: u32) -> Result<TestRun> {
-        TestRun::load(&self.pins, slot, true)
+        TestRun::load(&self.pins, &self.sizes, slot, true)
     }
 }

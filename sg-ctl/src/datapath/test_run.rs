@@ -16,6 +16,7 @@ use super::{
     error::{Context as _, DatapathError, Result, require_root},
     load::{self, tc_program, xdp_program},
     pins::Pins,
+    sizes::MapSizes,
 };
 
 /// What a program did with a frame.
@@ -49,10 +50,10 @@ pub struct TestRun {
 impl TestRun {
     /// The programs of a slot (`trace`: a tracer of them), to run on
     /// frames; creates the maps if nothing is attached yet.
-    pub(super) fn load(pins: &Pins, slot: u32, trace: bool) -> Result<TestRun> {
+    pub(super) fn load(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) -> Result<TestRun> {
         require_root("running the filter on test frames")?;
         pins.ensure_bpffs()?;
-        let mut ebpf = load::instance(pins, slot, trace)?;
+        let mut ebpf = load::instance(pins, sizes, slot, trace)?;
         xdp_program(&mut ebpf)?;
         tc_program(&mut ebpf, program_names::TC)?;
         Ok(TestRun { ebpf })
