@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use sg_common::Timeout;
 
-use crate::model::{FieldError, Policy};
+use ipnet::IpNet;
+
+use crate::model::{FieldError, Policy, Port};
 
 /// Limits and defaults of this host, changed with `sg-ctl settings set`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,12 @@ pub struct Settings {
     pub block_outbound_smtp: bool,
     /// Connection-tracking timeouts in seconds, kept for the conntrack.
     pub conntrack: ConntrackTimeouts,
+    /// The widest allowed address pair a port may have without saying it
+    /// means it (`allow_wide`): a pair makes the port a member of every
+    /// address in it, so a pair of 0.0.0.0/0 would let a `remote: {group}`
+    /// rule match any source.
+    pub min_pair_prefix_ipv4: u8,
+    pub min_pair_prefix_ipv6: u8,
 }
 
 impl Default for Settings {
@@ -31,6 +39,8 @@ impl Default for Settings {
             max_groups_per_port: 5,
             block_outbound_smtp: true,
             conntrack: ConntrackTimeouts::default(),
+            min_pair_prefix_ipv4: 8,
+            min_pair_prefix_ipv6: 32,
         }
     }
 }
@@ -47,11 +57,46 @@ impl Settings {
                 return Err(FieldError::new(field, "0 leaves no room; use 1 or more"));
             }
         }
+        for (field, prefix, max) in [
+            ("min_pair_prefix_ipv4", self.min_pair_prefix_ipv4, 32),
+            ("min_pair_prefix_ipv6", self.min_pair_prefix_ipv6, 128),
+        ] {
+            if prefix > max {
+                return Err(FieldError::new(
+                    field,
+                    format!("/{prefix} is longer than an address; use 0-{max}"),
+                ));
+            }
+        }
         for (field, _, seconds) in self.conntrack.each() {
             if seconds == 0 {
                 return Err(FieldError::new(
                     field,
                     "0 would end every flow at once; use seconds, 1 or more",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses the allowed address pairs of `port` wider than the settings'
+    /// minimum prefixes, unless each says it means it.
+    pub fn check_pairs(&self, port: &Port) -> Result<(), FieldError> {
+        for pair in port.allowed_address_pairs.iter().filter(|p| !p.allow_wide) {
+            let (min, setting) = match pair.ip {
+                IpNet::V4(_) => (self.min_pair_prefix_ipv4, "min_pair_prefix_ipv4"),
+                IpNet::V6(_) => (self.min_pair_prefix_ipv6, "min_pair_prefix_ipv6"),
+            };
+            if pair.ip.prefix_len() < min {
+                return Err(FieldError::new(
+                    "allowed_address_pairs",
+                    format!(
+                        "{} is wider than /{min} (setting {setting}): the port would be a \
+                         member of every address in it for its groups' `remote: {{group}}` \
+                         rules; use a narrower prefix, or say you mean it (`allow_wide: \
+                         true`, or --allow-wide-pair)",
+                        pair.ip
+                    ),
                 ));
             }
         }
@@ -136,6 +181,26 @@ mod tests {
             settings.validate().unwrap_err().to_string(),
             "max_groups_per_port: 0 leaves no room; use 1 or more"
         );
+    }
+
+    #[test]
+    fn pairs_wider_than_the_settings_need_to_say_so() {
+        let settings = Settings::default();
+        let mut port = Port::new("vm1", "tap1", "52:54:00:00:00:01".parse().unwrap());
+        for (pair, ok) in [
+            ("198.18.0.0/15", true),
+            ("10.0.0.0/8", true),
+            ("0.0.0.0/0", false),
+            ("2001:db8::/32", true),
+            ("2001::/16", false),
+        ] {
+            port.allowed_address_pairs = vec![pair.parse().unwrap()];
+            assert_eq!(settings.check_pairs(&port).is_ok(), ok, "{pair}");
+        }
+        let err = settings.check_pairs(&port).unwrap_err();
+        assert!(err.message.contains("min_pair_prefix_ipv6"), "{err}");
+        port.allowed_address_pairs[0].allow_wide = true;
+        assert_eq!(settings.check_pairs(&port), Ok(()));
     }
 
     #[test]

@@ -776,6 +776,26 @@ ports:
     let smtp = trace("egress", WORKLOAD_V4, HOST_V4, "25").unwrap();
     assert_eq!(smtp["outcome"], "drop-rule", "{smtp}");
     assert_eq!(smtp["rule"]["group"], "_smtp-block", "{smtp}");
+    // A rule naming 25 toward one relay lifts the block toward it alone,
+    // not through the egress rule of another group.
+    d.ok(&[
+        "rule",
+        "add",
+        "web",
+        "--dir",
+        "egress",
+        "--proto",
+        "tcp",
+        "--port",
+        "25",
+        "--remote",
+        "198.18.200.25/32",
+    ])
+    .unwrap();
+    assert!(!tcp_exchange(&veth.workload, &veth.host, host, 25).unwrap());
+    let relay = trace("egress", WORKLOAD_V4, "198.18.200.25", "25").unwrap();
+    assert_eq!(relay["outcome"], "pass", "{relay}");
+    assert_eq!(relay["rule"]["group"], "_smtp-block.web1", "{relay}");
     d.ok(&["settings", "set", "block_outbound_smtp", "false"])
         .unwrap();
     assert!(tcp_exchange(&veth.workload, &veth.host, host, 25).unwrap());

@@ -191,3 +191,49 @@ fn a_refused_install_keeps_the_previous_policy_and_delete_removes_the_programs()
         serde_json::from_str(&d.pins.sg_ctl_ok(&["-o", "json", "status"]).unwrap()).unwrap();
     assert_eq!(status, json!([]), "no port, no programs");
 }
+
+#[test]
+fn a_pair_of_every_address_is_refused_unless_meant() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    let ns = Netns::with_interfaces(1).unwrap();
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "--netns",
+            ns.name(),
+            "port",
+            "create",
+            "vm0",
+            "--iface",
+            "d0",
+            "--mac",
+            "52:54:00:00:00:01",
+            "--address-pair",
+            "0.0.0.0/0",
+        ];
+        args.extend_from_slice(extra);
+        d.sg_ctl(&args).unwrap()
+    };
+    let out = create(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("0.0.0.0/0 is wider than /8"), "{stderr}");
+    assert!(stderr.contains("--allow-wide-pair"), "{stderr}");
+    assert!(
+        d.json(&["port", "list"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let out = create(&["--allow-wide-pair"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: with the pair 0.0.0.0/0"),
+        "{stderr}"
+    );
+    let pair = &d.json(&["port", "show", "vm0"]).unwrap()["spec"]["allowed_address_pairs"][0];
+    assert_eq!(pair["allow_wide"], true, "{pair}");
+}

@@ -80,6 +80,11 @@ pub struct AddressPair {
     pub ip: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// A prefix wider than the host's settings allow (see
+    /// `Settings::check_pairs`), said to be meant: the port is then a
+    /// member, for `remote: {group: …}` rules, of every address in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_wide: bool,
 }
 
 /// A pair as users write it on a command line: `IP` or `CIDR`, then
@@ -96,6 +101,7 @@ impl FromStr for AddressPair {
             ip: syntax::parse_cidr(ip)
                 .map_err(|message| FieldError::new("allowed_address_pairs", message))?,
             mac: mac.map(str::parse).transpose()?,
+            allow_wide: false,
         })
     }
 }
@@ -382,55 +388,86 @@ impl Policy {
 
 impl Policy {
     /// This policy with outbound SMTP (TCP port 25) dropped, as Exoscale
-    /// does, on every port none of whose groups has an egress allow rule
-    /// naming tcp and port 25 explicitly (`any` does not count). The drop is
-    /// an ordinary rule (priority 1) of a group appended after the others,
-    /// so the rules before it keep their counter ids, and put first in the
-    /// ports' group lists, so it goes before every other rule. The compiler
-    /// and the reference matcher both take the policy this returns.
+    /// does, except where a rule of the port lifts it: an egress allow rule
+    /// naming tcp and port 25 itself (alone or in a list; a range that
+    /// holds 25, such as `1-65535`, does not), and then only toward that
+    /// rule's remotes (and from its local addresses). The block is a group
+    /// of ordinary rules at priority 1, put first in the port's groups so
+    /// that it goes before every other rule, and appended after the
+    /// others, so the rules before it keep their counter ids: an allow of
+    /// tcp/25 for each lifting rule, then the drop. Ports without a lifting
+    /// rule share `SMTP_BLOCK_GROUP`; a port with some has its own
+    /// (`SMTP_BLOCK_GROUP.port`), which counts its SMTP. The compiler and
+    /// the reference matcher both take the policy this returns.
     pub fn with_outbound_smtp_blocked(&self) -> Policy {
         let mut policy = self.clone();
-        let mut blocked = false;
+        let mut groups = Vec::new();
         for port in &mut policy.ports {
-            let explicit = port
+            let lifting: Vec<Rule> = port
                 .groups
                 .iter()
                 .filter_map(|name| self.group(name))
                 .flat_map(|group| &group.rules)
-                .any(allows_smtp_explicitly);
-            if !explicit {
-                port.groups.insert(0, SMTP_BLOCK_GROUP.into());
-                blocked = true;
+                .filter(|rule| names_smtp(rule))
+                .map(|rule| Rule {
+                    ethertype: rule.ethertype,
+                    remote: rule.remote.clone(),
+                    local: rule.local.clone(),
+                    action: Action::Allow,
+                    ..smtp_rule()
+                })
+                .collect();
+            let name = if lifting.is_empty() {
+                SMTP_BLOCK_GROUP.to_string()
+            } else {
+                format!("{SMTP_BLOCK_GROUP}.{}", port.name)
+            };
+            if !groups.iter().any(|group: &Group| group.name == name) {
+                let mut rules = lifting;
+                rules.push(smtp_rule());
+                groups.push(Group {
+                    name: name.clone(),
+                    description: "outbound SMTP is blocked unless a rule allows tcp port 25 by \
+                                  name, toward that rule's remotes"
+                        .into(),
+                    rules,
+                    external_members: Vec::new(),
+                    public: false,
+                    egress_open_until_first_rule: false,
+                });
             }
+            port.groups.insert(0, name);
         }
-        if blocked {
-            policy.groups.push(Group {
-                name: SMTP_BLOCK_GROUP.into(),
-                description: "outbound SMTP is blocked unless a rule allows tcp port 25".into(),
-                rules: vec![Rule {
-                    protocol: IpProtocol::TCP.into(),
-                    ports: PortSpec(vec![super::PortRange {
-                        start: SMTP_PORT,
-                        end: SMTP_PORT,
-                    }]),
-                    action: Action::Drop,
-                    priority: *super::PRIORITIES.start(),
-                    ..Rule::new(Direction::Egress)
-                }],
-                external_members: Vec::new(),
-                public: false,
-                egress_open_until_first_rule: false,
-            });
-        }
+        policy.groups.extend(groups);
         policy
     }
 }
 
-fn allows_smtp_explicitly(rule: &Rule) -> bool {
+/// The block's drop: egress tcp/25 at the first priority.
+fn smtp_rule() -> Rule {
+    Rule {
+        protocol: IpProtocol::TCP.into(),
+        ports: PortSpec(vec![super::PortRange {
+            start: SMTP_PORT,
+            end: SMTP_PORT,
+        }]),
+        action: Action::Drop,
+        priority: *super::PRIORITIES.start(),
+        ..Rule::new(Direction::Egress)
+    }
+}
+
+/// Whether a rule lifts the SMTP block: an egress allow of tcp naming port
+/// 25 itself.
+fn names_smtp(rule: &Rule) -> bool {
     rule.direction == Direction::Egress
         && rule.action == Action::Allow
         && matches!(&rule.protocol, Protocol::List(list) if list.contains(&IpProtocol::TCP))
-        && rule.ports.0.iter().any(|range| range.contains(SMTP_PORT))
+        && rule
+            .ports
+            .0
+            .iter()
+            .any(|range| range.start == SMTP_PORT && range.end == SMTP_PORT)
 }
 
 #[cfg(test)]
@@ -531,6 +568,7 @@ mod tests {
         policy.ports[0].allowed_address_pairs.push(AddressPair {
             ip: net("10.0.0.100/32"),
             mac: None,
+            allow_wide: false,
         });
         policy
             .ports
@@ -631,6 +669,7 @@ mod tests {
         let pair = |ip: &str, mac_text: Option<&str>| AddressPair {
             ip: ip.parse().unwrap(),
             mac: mac_text.map(mac),
+            allow_wide: false,
         };
         assert!(
             error(Port {
@@ -657,6 +696,7 @@ mod tests {
             Ok(AddressPair {
                 ip: "198.18.0.0/24".parse().unwrap(),
                 mac: Some(mac("02:00:00:00:00:05")),
+                allow_wide: false,
             })
         );
         let one: AddressPair = "198.18.0.10".parse().unwrap();
@@ -724,9 +764,53 @@ mod tests {
         assert_eq!(verdict(&blocked, "vm1", 587), Action::Allow);
         assert_eq!(verdict(&blocked, "mx", 25), Action::Allow);
         assert_eq!(blocked.ports[0].groups[0], SMTP_BLOCK_GROUP);
-        assert_eq!(blocked.port("mx").unwrap().groups, ["mail"]);
-        assert_eq!(blocked.groups.last().unwrap().name, SMTP_BLOCK_GROUP);
+        assert_eq!(
+            blocked.port("mx").unwrap().groups,
+            ["_smtp-block.mx", "mail"]
+        );
         assert_eq!(blocked.groups[..policy.groups.len()], policy.groups[..]);
         assert_eq!(Policy::new().with_outbound_smtp_blocked(), Policy::new());
+    }
+
+    #[test]
+    fn only_a_rule_naming_port_25_lifts_the_smtp_block_and_only_to_its_remotes() {
+        use crate::model::reference::{Packet, evaluate};
+        let mut policy = policy();
+        let mut relay = Group::new("relay").unwrap();
+        relay.rules = vec![
+            // Every port: 25 is in the range, not named.
+            Rule {
+                protocol: "tcp".parse().unwrap(),
+                ports: "1-65535".parse().unwrap(),
+                ..Rule::new(Direction::Egress)
+            },
+            Rule {
+                protocol: "tcp".parse().unwrap(),
+                ports: "25".parse().unwrap(),
+                remote: Remote::Cidrs(vec!["198.18.200.25/32".parse().unwrap()]),
+                ..Rule::new(Direction::Egress)
+            },
+            Rule::new(Direction::Egress),
+        ];
+        policy.groups.push(relay);
+        policy
+            .ports
+            .push(port("app", "tap4", &["10.0.0.8"], &["relay"]));
+        let blocked = policy.with_outbound_smtp_blocked();
+        let verdict = |to: &str, dst_port| {
+            let packet = Packet {
+                src: "10.0.0.8".parse().unwrap(),
+                dst: to.parse().unwrap(),
+                protocol: 6,
+                dst_port: Some(dst_port),
+                icmp: None,
+            };
+            evaluate(&blocked, "app", Direction::Egress, &packet)
+                .unwrap()
+                .action
+        };
+        assert_eq!(verdict("198.18.200.25", 25), Action::Allow, "the relay");
+        assert_eq!(verdict("192.0.2.1", 25), Action::Drop, "anywhere else");
+        assert_eq!(verdict("192.0.2.1", 80), Action::Allow);
     }
 }

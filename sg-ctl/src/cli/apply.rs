@@ -29,6 +29,11 @@ impl ApplyArgs {
         // YAML is a superset of JSON: one parser reads both.
         let document: Document = serde_norway::from_str(&text)
             .map_err(|e| Invalid(format!("{}: {e}", file.display())))?;
+        for port in &document.ports {
+            for pair in port.allowed_address_pairs.iter().filter(|p| p.allow_wide) {
+                print::wide_pair(&port.name, pair);
+            }
+        }
         let applied = session.client.apply(&document, self.dry_run).await?;
         session.output.print(&applied, print::applied)
     }

@@ -31,6 +31,11 @@ pub enum PortCommand {
         // the daemon's field errors.
         #[arg(long = "address-pair")]
         address_pairs: Vec<String>,
+        /// The pairs may be wider than the host's minimum prefixes
+        /// (settings min_pair_prefix_ipv4/ipv6): the port is then a member
+        /// of every address in them.
+        #[arg(long)]
+        allow_wide_pair: bool,
         /// Groups to attach, in order (repeat; default: default).
         #[arg(long = "group")]
         groups: Vec<String>,
@@ -109,6 +114,7 @@ impl PortCommand {
                 mac,
                 ips,
                 address_pairs,
+                allow_wide_pair,
                 groups,
                 no_port_security,
                 allow_vlan,
@@ -120,6 +126,12 @@ impl PortCommand {
                     .iter()
                     .map(|text| text.parse().map_err(|e: FieldError| Invalid(e.to_string())))
                     .collect::<Result<_, _>>()?;
+                if *allow_wide_pair {
+                    for pair in &mut port.allowed_address_pairs {
+                        pair.allow_wide = true;
+                        print::wide_pair(name, pair);
+                    }
+                }
                 if !groups.is_empty() {
                     port.groups = groups.clone();
                 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_core::{
     access::TokenInfo,
-    model::{IpProtocol, ProtocolInfo},
+    model::{AddressPair, IpProtocol, ProtocolInfo},
     preset::PRESETS,
 };
 use sg_ctl::{
@@ -21,6 +21,15 @@ use sg_ctl::{
     frame::{Packet, Transport},
     trace::Trace,
 };
+
+/// The warning for a pair said to be wide on purpose.
+pub fn wide_pair(port: &str, pair: &AddressPair) {
+    eprintln!(
+        "warning: with the pair {}, port {port} is a member of every address in it: rules \
+         with `remote: {{group}}` of its groups match them all",
+        pair.ip
+    );
+}
 
 pub fn join(prefixes: &[IpNet]) -> String {
     prefixes

@@ -12,7 +12,8 @@ pub enum SettingsCommand {
     /// Show the limits and defaults.
     Show,
     /// Set one: max_rules_per_group, max_groups_per_port,
-    /// block_outbound_smtp, conntrack.tcp_established, conntrack.udp, ...
+    /// block_outbound_smtp, min_pair_prefix_ipv4, min_pair_prefix_ipv6,
+    /// conntrack.tcp_established, conntrack.udp, ...
     #[command(after_help = "Examples:
   sg-ctl settings set max_rules_per_group 30
   sg-ctl settings set block_outbound_smtp false

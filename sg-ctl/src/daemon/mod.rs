@@ -697,6 +697,11 @@ fn check(policy: &Policy, settings: &Settings) -> Result<Planned> {
             )));
         }
     }
+    for port in &policy.ports {
+        settings
+            .check_pairs(port)
+            .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
+    }
     let effective = policy.effective(settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
     let mut usage = BTreeMap::new();
