@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 use crate::{
     daemon::api::{
         Applied, ApplyQuery, CreatedToken, Document, ErrorBody, FlowQuery, GroupView, GroupsBody,
-        NameBody, PortView, RoleBody, routes,
+        NameBody, PlugBody, PortView, RoleBody, routes,
     },
     datapath::conntrack::Flow,
 };
@@ -162,6 +162,13 @@ impl Client {
 
     pub async fn detach_groups(&self, name: &str, groups: &[String]) -> Result<PortView> {
         self.post_groups(routes::DETACH_GROUPS, name, groups).await
+    }
+
+    /// Puts the port's policy in force on its interface now (on `at`'s
+    /// interface, when it says one); fails unless it is.
+    pub async fn plug(&self, name: &str, at: &PlugBody) -> Result<PortView> {
+        let path = path(routes::PLUG, &[name]);
+        self.send(Method::POST, path, Some(at), None).await
     }
 
     async fn post_groups(&self, route: &str, name: &str, groups: &[String]) -> Result<PortView> {

@@ -244,17 +244,17 @@ fn ports_are_created_attached_detached_and_deleted() {
         "active"
     );
 
-    // A port whose interface is missing is kept, with the reason.
+    // A port whose interface is missing waits for it, with the reason.
     assert!(create("vm2", "missing0", "web").unwrap().status.success());
     let vm2 = d.json(&["port", "show", "vm2"]).unwrap();
-    assert_eq!(vm2["status"]["state"], "error");
+    assert_eq!(vm2["status"]["state"], "pending");
     let reason = vm2["status"]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("interface 'missing0' does not exist"),
+        reason.contains("its interface 'missing0' is not there yet"),
         "{reason}"
     );
     let web = d.json(&["group", "show", "web"]).unwrap();
-    assert_eq!(web["status"]["state"], "error");
+    assert_eq!(web["status"]["state"], "pending");
     d.ok(&["port", "delete", "vm2"]).unwrap();
 
     let out = create("vm3", "d0", "nope").unwrap();

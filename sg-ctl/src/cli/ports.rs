@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 use clap::Subcommand;
 use sg_core::model::{FieldError, MacAddr, Port};
-use sg_ctl::daemon::api::PortView;
+use sg_ctl::daemon::api::{PlugBody, PortView};
 
 use super::{Invalid, Session, conntrack::FlowMatch, print};
 
@@ -53,6 +53,18 @@ pub enum PortCommand {
     List,
     /// Show a port.
     Show { name: String },
+    /// Put the port's policy in force on its interface now, and fail
+    /// unless it is: for a hypervisor's or container runtime's hook, before
+    /// the workload starts. --iface (in --netns, if given) becomes its
+    /// interface.
+    #[command(after_help = "Examples:
+  sg-ctl port plug vm1 --iface tap3
+  sg-ctl --netns c1 port plug web-1 --iface eth0")]
+    Plug {
+        name: String,
+        #[arg(long)]
+        iface: Option<String>,
+    },
     /// Change a port's interface, MAC, IPs or port security.
     Update {
         name: String,
@@ -182,6 +194,13 @@ impl PortCommand {
                     .replace_port(name, &port, Some(view.revision))
                     .await?;
                 show(session, &view)
+            }
+            PortCommand::Plug { name, iface } => {
+                let at = PlugBody {
+                    ifname: iface.clone(),
+                    netns: session.netns.clone(),
+                };
+                show(session, &client.plug(name, &at).await?)
             }
             PortCommand::Delete { name } => {
                 client.delete_port(name, None).await?;

@@ -39,8 +39,9 @@ use sg_core::{
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
-/// How often the daemon re-checks the datapath against the store, so that
-/// an interface that appears later, or was re-created, gets its policy.
+/// How often the daemon re-checks the datapath against the store, besides
+/// when an interface of a port comes or goes (what another sg-ctl did, a
+/// namespace that appears later).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How often idle flows leave the connection table.
 const CONNTRACK_GC_EVERY: Duration = Duration::from_secs(10);
@@ -247,6 +248,17 @@ pub struct GroupsBody {
     pub groups: Vec<String>,
 }
 
+/// Where `POST /v1/ports/{name}/plug` puts the port: its interface and that
+/// interface's namespace, when they change.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlugBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
 /// The role of a token `POST /v1/tokens` creates.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RoleBody {
@@ -274,6 +286,7 @@ pub mod routes {
     pub const PORT: &str = "/v1/ports/{name}";
     pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
     pub const DETACH_GROUPS: &str = "/v1/ports/{name}/detach";
+    pub const PLUG: &str = "/v1/ports/{name}/plug";
     pub const FLOWS: &str = "/v1/ports/{name}/flows";
     pub const SETTINGS: &str = "/v1/settings";
     pub const EXPORT: &str = "/v1/export";
@@ -422,6 +435,7 @@ fn router(daemon: Shared) -> Router {
         )
         .route(routes::ATTACH_GROUPS, post(attach_groups))
         .route(routes::DETACH_GROUPS, post(detach_groups))
+        .route(routes::PLUG, post(plug))
         .route(routes::FLOWS, get(port_flows))
         .route(routes::SETTINGS, get(show_settings).put(update_settings))
         .route(routes::EXPORT, get(export))
@@ -584,6 +598,16 @@ async fn attach_groups(
     with(d, move |d| d.attach_groups(role, &name, &groups.groups)).await
 }
 
+async fn plug(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    UrlPath(name): Name,
+    b: Bytes,
+) -> Reply<PortView> {
+    let at: PlugBody = body(&b)?;
+    with(d, move |d| d.plug(role, &name, at.ifname, at.netns)).await
+}
+
 async fn detach_groups(
     State(d): State<Shared>,
     Caller(role): Caller,
@@ -672,12 +696,16 @@ pub async fn serve(
         .with_context(|| format!("opening up {}", socket.display()))?;
     let _socket = RemoveOnDrop(socket.to_path_buf());
 
+    let wakes = daemon.wakes();
     let daemon: Shared = Arc::new(Mutex::new(daemon));
     let ticker = daemon.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(RECONCILE_EVERY);
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = wakes.notified() => {}
+            }
             let daemon = ticker.clone();
             let result = blocking(move || lock(&daemon).reconcile()).await;
             if let Err(e) = result {
@@ -817,7 +845,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 24);
+        assert_eq!(operations, 25);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
@@ -879,6 +907,12 @@ mod tests {
         client.attach_groups("vm", &groups).await.unwrap();
         let vm = client.detach_groups("vm", &groups).await.unwrap();
         assert_eq!(client.port("vm").await.unwrap().revision, vm.revision);
+        // Not enforced: plug says so.
+        let plugged = client.plug("vm", &PlugBody::default()).await;
+        assert!(
+            matches!(&plugged, Err(ClientError::Api { status, .. }) if *status == StatusCode::CONFLICT),
+            "{plugged:?}"
+        );
         assert_eq!(client.ports().await.unwrap().len(), 1);
         let query = FlowQuery {
             address: Some("198.18.0.0/24".parse().unwrap()),

@@ -4,6 +4,7 @@
 //! [`metrics`] exports the counters.
 
 pub mod api;
+mod links;
 pub mod metrics;
 mod reconcile;
 
@@ -14,12 +15,16 @@ use std::{
     sync::Arc,
 };
 
+use tokio::sync::Notify;
+
 use serde::Serialize;
 
 use api::{
     Action, ApiError, Applied, Change, Document, ErrorKind, FlowQuery, GroupView, Kind, Phase,
     PortView, Status,
 };
+
+use links::Links;
 
 use crate::{
     datapath::{
@@ -54,6 +59,10 @@ pub struct Daemon {
     installed: HashMap<String, Usage>,
     /// What each port takes in the desired state (`check`'s).
     planned: Planned,
+    /// The namespaces of the ports, followed for their interfaces.
+    links: Links,
+    /// Woken for a reconcile: an interface came or went.
+    wake: Arc<Notify>,
 }
 
 impl Daemon {
@@ -61,10 +70,16 @@ impl Daemon {
     /// what is already installed.
     pub fn start(store: Store, datapath: Datapath) -> Result<Daemon> {
         let state = store.load()?;
+        let datapath = Arc::new(datapath);
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
+        let links = Links::new(datapath.clone(), Arc::new(move || waker.notify_one()));
         let mut daemon = Daemon {
             store,
             state,
-            datapath: Arc::new(datapath),
+            datapath,
+            links,
+            wake,
             counted: HashMap::new(),
             installed: HashMap::new(),
             planned: Planned::new(),
@@ -88,6 +103,12 @@ impl Daemon {
     /// connection table's expiry).
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath
+    }
+
+    /// Notified when the datapath wants a reconcile now: an interface of a
+    /// port came or went.
+    pub fn wakes(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Checks `change` applied to a copy of the desired state, then commits
@@ -470,6 +491,52 @@ impl Daemon {
             policy.ports.retain(|port| port.name != name);
             Ok(())
         })
+    }
+
+    /// Puts a port's policy in force on its interface now, and says whether
+    /// it is: for hypervisor scripts and container runtimes, which call it
+    /// once the interface is made and before the workload runs. `iface`,
+    /// when given, becomes the port's interface (in `netns`, or where the
+    /// port's is). Fails, and the caller must not start the workload, when
+    /// the port is not enforced there.
+    pub fn plug(
+        &mut self,
+        role: Role,
+        name: &str,
+        iface: Option<String>,
+        netns: Option<String>,
+    ) -> Result<PortView> {
+        require(role, Role::Owner)?;
+        let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        let moved = iface.as_ref().is_some_and(|iface| *iface != port.ifname)
+            || netns
+                .as_ref()
+                .is_some_and(|netns| port.netns.as_ref() != Some(netns));
+        if moved {
+            self.change(role, |policy, _| {
+                let port = port_mut(policy, name)?;
+                if let Some(iface) = iface {
+                    port.ifname = iface;
+                }
+                if netns.is_some() {
+                    port.netns = netns;
+                }
+                Ok(())
+            })?;
+        } else {
+            self.reconcile()?;
+        }
+        let view = self.port(role, name)?;
+        if view.status.state != Phase::Active {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "port '{name}' is not enforced on {}: {}; its workload must not start",
+                    view.spec.ifname, view.status.reason
+                ),
+            ));
+        }
+        Ok(view)
     }
 
     /// Attaches groups to a port (after its others), live.

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sg_common::NO_POLICY;
 
+use super::links::Awaited;
 use super::{
     Daemon, Planned, Result,
     api::{ApiError, ErrorKind},
@@ -246,8 +247,13 @@ impl Daemon {
                 port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
             let mut detached = true;
             // Whatever its state: a port whose install failed may be
-            // attached all the same.
+            // attached all the same, one awaiting its interface has a slot.
             if moved {
+                self.links
+                    .awaited()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(state.netns.clone(), state.ifname.clone()));
                 let result = in_netns(state.netns.as_deref(), || {
                     self.datapath.detach(&state.ifname)
                 });
@@ -293,7 +299,16 @@ impl Daemon {
                 .get(&port.name)
                 .filter(|state| state.ifname == port.ifname && state.netns == port.netns);
             let input = input_of(&policy, port, &counters);
-            let state = match install(&self.datapath, &policy, port, &counters, prior, input) {
+            let awaited = self.links.awaited().clone();
+            let state = match install(
+                &self.datapath,
+                &awaited,
+                &policy,
+                port,
+                &counters,
+                prior,
+                input,
+            ) {
                 Ok(state) => {
                     if let Some(usage) = self.planned.get(&port.name) {
                         self.installed.insert(port.name.clone(), *usage);
@@ -326,6 +341,8 @@ impl Daemon {
             }
             self.store.set_port_state(&port.name, &state)?;
         }
+        let namespaces = policy.ports.iter().map(|p| p.netns.clone()).collect();
+        self.links.follow(&namespaces);
         // After the ports: attaching the first creates the maps.
         if let Err(e) = self
             .datapath
@@ -337,10 +354,51 @@ impl Daemon {
     }
 }
 
-/// Attaches the port's interface if needed and installs its policy unless
-/// the one in force was compiled from the same input.
+/// Where a port's programs are.
+enum Slot {
+    Attached(u32),
+    /// Prepared under the slot, its interface awaited (see `links`).
+    Awaiting(u32),
+}
+
+/// Attaches the port's interface, or when it is not there yet prepares its
+/// programs to be attached as it appears (or attaches those prepared if it
+/// is there now); in the port's namespace.
+fn attach(datapath: &Datapath, awaited: &Awaited, port: &Port) -> Result<Slot, DatapathError> {
+    let place = (port.netns.clone(), port.ifname.clone());
+    in_netns(port.netns.as_deref(), || {
+        let mut awaited = awaited.lock().unwrap_or_else(|e| e.into_inner());
+        let attached = match awaited.get_mut(&place) {
+            Some(prepared) => datapath.attach_prepared(prepared),
+            None => datapath.attach(&port.ifname, XdpModeArg::Auto),
+        };
+        match attached {
+            Ok(Attached::New { slot } | Attached::Already { slot }) => {
+                awaited.remove(&place);
+                Ok(Slot::Attached(slot))
+            }
+            Err(DatapathError::NoSuchInterface { .. }) => {
+                let slot = match awaited.get(&place) {
+                    Some(prepared) => prepared.slot(),
+                    None => {
+                        let prepared = datapath.prepare(&port.ifname, XdpModeArg::Auto)?;
+                        let slot = prepared.slot();
+                        awaited.insert(place, prepared);
+                        slot
+                    }
+                };
+                Ok(Slot::Awaiting(slot))
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Attaches or prepares the port (see `attach`) and installs its policy
+/// unless the one in force was compiled from the same input.
 fn install(
     datapath: &Datapath,
+    awaited: &Awaited,
     policy: &Policy,
     port: &Port,
     counters: &HashMap<(String, usize), u32>,
@@ -348,11 +406,17 @@ fn install(
     input: String,
 ) -> Result<PortState, String> {
     let text = |e: DatapathError| e.to_string();
-    let attached = in_netns(port.netns.as_deref(), || {
-        datapath.attach(&port.ifname, XdpModeArg::Auto)
-    })
-    .map_err(text)?;
-    let (Attached::New { slot } | Attached::Already { slot }) = attached;
+    let (slot, phase, reason) = match attach(datapath, awaited, port).map_err(text)? {
+        Slot::Attached(slot) => (slot, PortPhase::Active, String::new()),
+        Slot::Awaiting(slot) => (
+            slot,
+            PortPhase::Pending,
+            format!(
+                "its interface '{}' is not there yet; it is enforced as it appears",
+                port.ifname
+            ),
+        ),
+    };
     let current = datapath.policy_of(slot).map_err(text)?;
     let done = |policy_id| PortState {
         netns: port.netns.clone(),
@@ -360,8 +424,8 @@ fn install(
         slot: Some(slot),
         policy_id: Some(policy_id),
         applied: Some(input.clone()),
-        phase: PortPhase::Active,
-        reason: String::new(),
+        phase,
+        reason: reason.clone(),
     };
     if let Some(prior) = prior
         && current != NO_POLICY

@@ -29,6 +29,27 @@ pub enum Attached {
     Already { slot: u32 },
 }
 
+/// A port's programs loaded and through the verifier under a slot kept for
+/// it, waiting for its interface: attaching them then takes no load, so the
+/// interface is enforced moments after it appears.
+pub struct Prepared {
+    slot: u32,
+    netns: u64,
+    iface: String,
+    mode: XdpModeArg,
+    ebpf: Ebpf,
+}
+
+impl Prepared {
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+}
+
 /// Attaches the filter to `iface`, of the calling thread's namespace;
 /// maps not pinned yet are made with `sizes`. Attaching an attached
 /// interface changes nothing.
@@ -40,22 +61,34 @@ pub(super) fn attach(
     mode: XdpModeArg,
 ) -> Result<Attached> {
     let netns = netns::current()?;
-    let ifindex = ifindex_of(iface).ok_or_else(|| DatapathError::NoSuchInterface {
-        name: iface.to_string(),
-        netns: netns::describe(netns),
-    })?;
+    let ifindex = ifindex_of(iface).ok_or_else(|| no_such_interface(iface, netns))?;
+    if let Some(set) = maps.as_deref()
+        && let Some((slot, port)) = set.ports.find(netns, iface)?
+        && port.is_active()
+        && port.ifindex == ifindex
+        && links_exist(pins, slot, &port)
+    {
+        return Ok(Attached::Already { slot });
+    }
+    let mut prepared = prepare(pins, sizes, maps, iface, mode)?;
+    attach_prepared(pins, maps, &mut prepared)
+}
+
+/// Keeps a slot for `iface`, of the calling thread's namespace, whether
+/// the interface is there or not, and loads its programs: a slot the name
+/// had (left over from an interface of the same name that is gone, or from
+/// an attach that did not finish) is released first.
+pub(super) fn prepare(
+    pins: &Pins,
+    sizes: &MapSizes,
+    maps: &mut Option<Box<MapSet>>,
+    iface: &str,
+    mode: XdpModeArg,
+) -> Result<Prepared> {
+    let netns = netns::current()?;
     let slot = match maps.as_deref() {
         None => 0,
         Some(set) => match set.ports.find(netns, iface)? {
-            Some((slot, port))
-                if port.is_active()
-                    && port.ifindex == ifindex
-                    && links_exist(pins, slot, &port) =>
-            {
-                return Ok(Attached::Already { slot });
-            }
-            // Left over from an interface of the same name that is gone,
-            // or from an attach that did not finish.
             Some((slot, _)) => {
                 release(pins, maps, slot)?;
                 slot
@@ -63,16 +96,12 @@ pub(super) fn attach(
             None => set.ports.free_slot()?,
         },
     };
-
     let mut ebpf = load::instance(pins, sizes, slot, false)?;
     MapSet::refresh(pins, maps)?;
-    // A veth's peer drops XDP_TX frames unless it runs XDP or GRO itself;
-    // generic XDP transmits them without the driver.
-    let reply_via_tc = mode != XdpModeArg::Generic && driver_of(iface).as_deref() == Some("veth");
-    let mut config = PortConfig {
+    let config = PortConfig {
         ifname: ifname_bytes(iface),
         netns,
-        ifindex,
+        ifindex: 0,
         flags: 0,
         xdp_mode: mode.to_raw(),
         _pad: 0,
@@ -80,8 +109,47 @@ pub(super) fn attach(
     let set = maps.as_deref_mut().expect("loading pinned the maps");
     set.ports.set_port(slot, &config)?;
     set.ports.reset_counters(slot)?;
+    let verified = load::xdp_program(&mut ebpf).map(drop).and_then(|()| {
+        [program_names::TC, program_names::TC_REPLY]
+            .into_iter()
+            .try_for_each(|name| load::tc_program(&mut ebpf, name).map(drop))
+    });
+    if let Err(e) = verified {
+        release(pins, maps, slot)?;
+        return Err(e);
+    }
+    Ok(Prepared {
+        slot,
+        netns,
+        iface: iface.to_string(),
+        mode,
+        ebpf,
+    })
+}
 
-    if let Err(e) = link(pins, &mut ebpf, slot, iface, mode, reply_via_tc) {
+/// Attaches prepared programs to their interface, of the calling thread's
+/// namespace, once it is there; the slot's record says active last.
+pub(super) fn attach_prepared(
+    pins: &Pins,
+    maps: &mut Option<Box<MapSet>>,
+    prepared: &mut Prepared,
+) -> Result<Attached> {
+    let (slot, iface, mode) = (prepared.slot, prepared.iface.clone(), prepared.mode);
+    let netns = netns::current()?;
+    let ifindex = ifindex_of(&iface).ok_or_else(|| no_such_interface(&iface, netns))?;
+    let set = maps
+        .as_deref_mut()
+        .ok_or_else(|| kept_slot_gone(&iface, slot))?;
+    let mut config = set.ports.port(slot)?;
+    if netns != prepared.netns || config.ifname != ifname_bytes(&iface) || config.is_active() {
+        return Err(kept_slot_gone(&iface, slot));
+    }
+    // A veth's peer drops XDP_TX frames unless it runs XDP or GRO itself;
+    // generic XDP transmits them without the driver.
+    let reply_via_tc = mode != XdpModeArg::Generic && driver_of(&iface).as_deref() == Some("veth");
+    config.ifindex = ifindex;
+    set.ports.set_port(slot, &config)?;
+    if let Err(e) = link(pins, &mut prepared.ebpf, slot, &iface, mode, reply_via_tc) {
         release(pins, maps, slot)?;
         return Err(e);
     }
@@ -91,6 +159,22 @@ pub(super) fn attach(
         .expect("the maps stay while a port is attached");
     set.ports.set_port(slot, &config)?;
     Ok(Attached::New { slot })
+}
+
+fn no_such_interface(iface: &str, netns: u64) -> DatapathError {
+    DatapathError::NoSuchInterface {
+        name: iface.to_string(),
+        netns: netns::describe(netns),
+    }
+}
+
+/// The slot kept for prepared programs was released meanwhile (another
+/// sg-ctl detached it, or the maps went).
+fn kept_slot_gone(iface: &str, slot: u32) -> DatapathError {
+    DatapathError::Kernel {
+        what: format!("attaching the programs prepared for '{iface}'"),
+        source: format!("slot {slot} was released meanwhile; attach again").into(),
+    }
 }
 
 /// Frees a slot: links, blocked prefixes, policy, port security, flows,

@@ -49,28 +49,33 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     Ok(ebpf)
 }
 
-/// The loaded XDP program of an object from `load`.
+/// The XDP program of an object from `instance`, loaded (through the
+/// verifier, unless it was already).
 pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let program: &mut Xdp = ebpf
         .program_mut(program_names::XDP)
         .expect("the object has the XDP program")
         .try_into()
         .context(|| "the XDP program has another type".to_string())?;
-    verify(|| program.load())
-        .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
+    if program.fd().is_err() {
+        verify(|| program.load())
+            .context(|| "the kernel's verifier rejected the XDP program".to_string())?;
+    }
     Ok(program)
 }
 
-/// A loaded TC program of an object from `load`: `program_names::TC` or
-/// `program_names::TC_REPLY`.
+/// A TC program of an object from `instance`, `program_names::TC` or
+/// `program_names::TC_REPLY`, loaded (unless it was already).
 pub(super) fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier = ebpf
         .program_mut(name)
         .expect("the object has the TC programs")
         .try_into()
         .context(|| format!("the program {name} has another type"))?;
-    verify(|| program.load())
-        .context(|| format!("the kernel's verifier rejected the program {name}"))?;
+    if program.fd().is_err() {
+        verify(|| program.load())
+            .context(|| format!("the kernel's verifier rejected the program {name}"))?;
+    }
     Ok(program)
 }
 

@@ -41,7 +41,7 @@ use sg_core::{
     settings::ConntrackTimeouts,
 };
 
-pub use attach::Attached;
+pub use attach::{Attached, Prepared};
 use conntrack::{ConntrackStats, Flow, FlowEvents, FlowFilter};
 use error::{Context as _, not_attached, require_root};
 pub use error::{DatapathError, Result};
@@ -129,6 +129,24 @@ impl Datapath {
         self.pins.ensure_bpffs()?;
         let _lock = self.pins.lock()?;
         attach::attach(&self.pins, &self.sizes, &mut *self.maps()?, iface, mode)
+    }
+
+    /// Keeps a slot for a port whose interface, `iface` of the calling
+    /// thread's namespace, is not there yet, and loads its programs; its
+    /// policy and port security can be installed under the slot meanwhile.
+    pub fn prepare(&self, iface: &str, mode: XdpModeArg) -> Result<Prepared> {
+        require_root("preparing a filter")?;
+        self.pins.ensure_bpffs()?;
+        let _lock = self.pins.lock()?;
+        attach::prepare(&self.pins, &self.sizes, &mut *self.maps()?, iface, mode)
+    }
+
+    /// Attaches prepared programs to their interface once it is there
+    /// (called in its namespace): moments, where `attach` loads for long.
+    pub fn attach_prepared(&self, prepared: &mut Prepared) -> Result<Attached> {
+        require_root("attaching a filter")?;
+        let _lock = self.pins.lock()?;
+        attach::attach_prepared(&self.pins, &mut *self.maps()?, prepared)
     }
 
     /// Detaches the filter from an interface of the calling thread's
