@@ -1,6 +1,7 @@
-//! The plot of throughput against rule count: plotters on a bitmap for
-//! the lines, embedded-graphics' built-in bitmap font for the words, so
-//! no system font is needed; written as PNG.
+//! The plot of each filter's own cost (ns per packet over the empty
+//! program's, in the same run) against rule count, both axes in log scale:
+//! plotters on a bitmap for the lines, embedded-graphics' built-in bitmap
+//! font for the words, so no system font is needed; written as PNG.
 
 use std::{convert::Infallible, fs::File, io::BufWriter, path::Path};
 
@@ -80,10 +81,9 @@ fn label(text: impl Into<String>, at: (i32, i32), align: Alignment) -> Label {
     }
 }
 
-/// A grid line's rate, with as many decimals as it needs.
-fn mpps_text(mpps: f64) -> String {
-    let decimals = (-mpps.log10().floor()).max(0.0) as usize;
-    format!("{mpps:.decimals$}")
+/// A grid line's cost in whole ns.
+fn ns_text(ns: f64) -> String {
+    format!("{ns:.0}")
 }
 
 fn rules_text(n: f64) -> String {
@@ -94,22 +94,20 @@ fn rules_text(n: f64) -> String {
     }
 }
 
-/// Mpps against rules for every filter and traffic kind, the ceilings as
-/// horizontal lines; both axes in log scale, since the rates span four
-/// orders of magnitude.
-pub fn throughput(report: &Report, path: &Path) -> Result<()> {
+/// Each filter's own cost against rules for every traffic kind; both axes
+/// in log scale, since the costs span four orders of magnitude.
+/// A filter's cost on a log axis: what measured under the ceiling (noise)
+/// shows at 1 ns.
+fn shown(ns: f64) -> f64 {
+    ns.max(1.0)
+}
+
+pub fn cost(report: &Report, path: &Path) -> Result<()> {
     let mut pixels = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
-    let rates = || {
-        report
-            .rates
-            .iter()
-            .map(|r| r.pps / 1e6)
-            .chain(report.ceilings.iter().map(|c| c.pps / 1e6))
-            .filter(|&mpps| mpps > 0.0)
-    };
-    // Whole decades around every rate.
-    let y_max = 10f64.powf(rates().fold(0.1, f64::max).log10().ceil());
-    let y_min = 10f64.powf(rates().fold(y_max, f64::min).log10().floor());
+    let costs = || report.rates.iter().map(|r| shown(r.over_ceiling_ns));
+    // Whole decades around every cost.
+    let y_max = 10f64.powf(costs().fold(10.0, f64::max).log10().ceil());
+    let y_min = 10f64.powf(costs().fold(y_max, f64::min).log10().floor());
     let mut labels = Vec::new();
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
@@ -138,7 +136,7 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
                 }
                 grid.push(vec![(X_RANGE.0, y), (X_RANGE.1, y)]);
                 let (px, py) = chart.backend_coord(&(X_RANGE.0, y));
-                labels.push(label(mpps_text(y), (px - 6, py + 4), Alignment::Right));
+                labels.push(label(ns_text(y), (px - 6, py + 4), Alignment::Right));
             }
             decade *= 10.0;
         }
@@ -154,9 +152,9 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
             ((left + right) / 2, bottom + 38),
             Alignment::Center,
         ));
-        labels.push(label("Mpps", (left, up - 12), Alignment::Center));
+        labels.push(label("ns/packet", (left, up - 12), Alignment::Center));
         let title = format!(
-            "sg, nftables and iptables: 64-byte UDP frames on one CPU ({}, kernel {})",
+            "Own cost, ns/packet over the empty XDP program; 64-byte UDP ({}, kernel {})",
             if report.quick {
                 "quick mode"
             } else {
@@ -167,28 +165,13 @@ pub fn throughput(report: &Report, path: &Path) -> Result<()> {
         labels.push(label(title, ((left + right) / 2, 25), Alignment::Center));
 
         let mut legend = Vec::new();
-        for c in &report.ceilings {
-            let style = ShapeStyle::from(&BLACK).stroke_width(stroke(c.traffic));
-            let y = c.pps / 1e6;
-            chart
-                .draw_series(LineSeries::new([(X_RANGE.0, y), (X_RANGE.1, y)], style))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            legend.push((
-                format!(
-                    "empty XDP program, XDP_{}",
-                    format!("{:?}", c.traffic).to_uppercase()
-                ),
-                BLACK,
-                c.traffic,
-            ));
-        }
         for filter in Filter::ALL {
             for traffic in Traffic::ALL {
                 let points: Vec<(f64, f64)> = report
                     .rates
                     .iter()
                     .filter(|r| r.filter == filter && r.traffic == traffic && r.rules > 0)
-                    .map(|r| (r.rules as f64, r.pps / 1e6))
+                    .map(|r| (r.rules as f64, shown(r.over_ceiling_ns)))
                     .collect();
                 if points.is_empty() {
                     continue;
