@@ -85,19 +85,7 @@ fn a_port_is_enforced_as_its_interface_appears_and_its_first_frames_are_counted(
 
     // The interface appears; the workload sends from the moment its link
     // is up.
-    host.ip(&[
-        "link",
-        "add",
-        "p0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        workload.name(),
-    ])
-    .unwrap();
+    host.add_veth("p0", &workload).unwrap();
     workload
         .ip(&["link", "set", "eth0", "address", &guest_mac()])
         .unwrap();
