@@ -37,13 +37,15 @@ fn main() -> ExitCode {
 /// Runs the command the environment names; `version` becomes the
 /// configuration's once it is read, for the error object.
 fn run(version: &mut String) -> Result<Option<Value>, Error> {
-    let Some(invocation) = Invocation::from_vars(|name| std::env::var(name).ok())? else {
-        return Ok(Some(spec::version_reply()));
-    };
+    let invocation = Invocation::from_vars(|name| std::env::var(name).ok())?;
+    // Read for VERSION too (which says a version there), as runtimes write it.
     let mut input = Vec::new();
     io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| Error::new(Code::IoFailure, "cannot read stdin", e.to_string()))?;
+    let Some(invocation) = invocation else {
+        return Ok(Some(spec::version_reply()));
+    };
     let conf = NetConf::parse(&input)?;
     version.clone_from(&conf.cni_version);
     conf.check_version()?;

@@ -244,8 +244,12 @@ fn add_fails_closed_without_the_daemon_and_check_fails_once_the_port_is_not_the_
         failure.error
     );
 
-    // The daemon back, the runtime's DEL after the failed ADD finds no
-    // port and succeeds; ADD again puts the port in force.
+    // DEL cannot tell whether the port is gone: it fails too, and the
+    // runtime tries again. The daemon back, DEL finds no port and
+    // succeeds; ADD again puts the port in force.
+    let failure = lab.runtime.del(&c).unwrap_err();
+    assert_eq!(failure.plugin, "sg-cni");
+    assert_eq!(failure.error["code"], 11, "{:?}", failure.error);
     lab.daemon.spawn().unwrap();
     lab.runtime.del(&c).unwrap();
     let result = lab.runtime.add(&c).unwrap();
@@ -299,7 +303,7 @@ fn version_and_errors_are_the_specifications_objects() {
         let reply: Value = serde_json::from_str(&stdout).unwrap();
         (status.code(), reply)
     };
-    let (code, reply) = plugin("VERSION", "");
+    let (code, reply) = plugin("VERSION", r#"{"cniVersion": "1.0.0"}"#);
     assert_eq!(code, Some(0));
     assert_eq!(
         reply,
