@@ -54,15 +54,20 @@ pub fn describe(ino: u64) -> String {
     if fs::metadata("/proc/1/ns/net").is_ok_and(|m| m.ino() == ino) {
         return "host".to_string();
     }
-    if let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) {
-        for entry in entries.flatten() {
-            if fs::metadata(entry.path()).is_ok_and(|m| m.ino() == ino) {
-                return entry.file_name().to_string_lossy().into_owned();
-            }
-        }
+    if let Some(name) = name_of(ino) {
+        return name;
     }
     if current().is_ok_and(|current| current == ino) {
         return "current".to_string();
     }
     format!("netns:[{ino}]")
+}
+
+/// The `ip netns` name of a namespace inode, if it has one.
+pub fn name_of(ino: u64) -> Option<String> {
+    fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find(|entry| fs::metadata(entry.path()).is_ok_and(|m| m.ino() == ino))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
 }

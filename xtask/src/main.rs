@@ -25,9 +25,9 @@ enum Task {
     Setup,
     /// Build the eBPF object (after `setup`).
     BuildEbpf,
-    /// Build everything: the eBPF object, then sg-ctl.
+    /// Build everything: the eBPF object, then sg-ctl and sg-cni.
     Build {
-        /// Build sg-ctl with optimisations.
+        /// Build sg-ctl and sg-cni with optimisations.
         #[arg(long)]
         release: bool,
     },
@@ -69,13 +69,14 @@ fn main() {
     }
 }
 
-/// Builds the eBPF object and sg-ctl; returns the sg-ctl binary.
+/// Builds the eBPF object, sg-ctl and the CNI plugin; returns the sg-ctl
+/// binary.
 fn build(release: bool) -> Result<PathBuf> {
     let toolchain = toolchain::setup()?;
     let object = toolchain::build_ebpf(&toolchain)?;
-    println!("==> building sg-ctl");
+    println!("==> building sg-ctl and sg-cni");
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "sg-ctl"])
+    cmd.args(["build", "--package", "sg-ctl", "--package", "sg-cni"])
         .env("SG_EBPF_OBJECT", &object);
     if release {
         cmd.arg("--release");

@@ -26,6 +26,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
 /// What the live-traffic benchmark compares sg with and measures TCP with.
 const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"];
+/// The reference CNI plugins (bridge, host-local, …) in /usr/lib/cni that
+/// sg-cni's tests chain it after.
+const CNI_PACKAGES: &[&str] = &["containernetworking-plugins"];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
 const BUILD_PACKAGES: &[&str] = &["gcc"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
@@ -204,11 +207,13 @@ pub fn setup() -> Result<EbpfToolchain> {
     if has_apt() {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
+        apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
-            "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack and a C \
-             compiler (gcc) are installed"
+            "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
+             reference CNI plugins (bridge and host-local in /usr/lib/cni) and a C compiler (gcc) \
+             are installed"
         );
     }
 
