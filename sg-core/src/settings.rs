@@ -2,18 +2,20 @@
 //! connection-tracking timeouts, with their defaults and validation; and
 //! the policy the datapath enforces under them.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sg_common::Timeout;
 
-use crate::model::{FieldError, Policy};
+use crate::model::{FieldError, Policy, number_field};
 
 /// Limits and defaults of this host, changed with `sg-ctl settings set`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Most rules a group may hold.
+    #[serde(deserialize_with = "count")]
     pub max_rules_per_group: usize,
     /// Most groups a port may attach.
+    #[serde(deserialize_with = "count")]
     pub max_groups_per_port: usize,
     /// Drop outbound TCP 25 unless a rule of the port allows port 25 by
     /// name (see `Policy::with_outbound_smtp_blocked`).
@@ -64,14 +66,29 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConntrackTimeouts {
+    #[serde(deserialize_with = "seconds")]
     pub tcp_established: u32,
     /// TCP opening or closing (every state but established).
+    #[serde(deserialize_with = "seconds")]
     pub tcp_closing: u32,
+    #[serde(deserialize_with = "seconds")]
     pub udp: u32,
     /// ICMP and ICMPv6 echo.
+    #[serde(deserialize_with = "seconds")]
     pub icmp: u32,
     /// Every other protocol.
+    #[serde(deserialize_with = "seconds")]
     pub other: u32,
+}
+
+/// A limit, as a number or its text (`settings set` sends either).
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let max = u64::try_from(usize::MAX).unwrap_or(u64::MAX);
+    number_field(deserializer, max, "a whole number, 1 or more")
+}
+
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    number_field(deserializer, u32::MAX.into(), "seconds, 1 or more")
 }
 
 impl Default for ConntrackTimeouts {
@@ -136,6 +153,43 @@ mod tests {
             settings.validate().unwrap_err().to_string(),
             "max_groups_per_port: 0 leaves no room; use 1 or more"
         );
+    }
+
+    #[test]
+    fn limits_are_whole_numbers_as_numbers_or_text() {
+        let settings = |json: &str| crate::parse_json::<Settings>(json);
+        assert_eq!(
+            settings(r#"{"max_rules_per_group": "30", "conntrack": {"udp": 60}}"#).unwrap(),
+            Settings {
+                max_rules_per_group: 30,
+                conntrack: ConntrackTimeouts {
+                    udp: 60,
+                    ..ConntrackTimeouts::default()
+                },
+                ..Settings::default()
+            }
+        );
+        for (json, expected) in [
+            (
+                r#"{"max_rules_per_group": "abc"}"#,
+                "max_rules_per_group: 'abc' is not a number; use a whole number, 1 or more",
+            ),
+            (
+                r#"{"max_groups_per_port": -2}"#,
+                "max_groups_per_port: -2 is out of range; use a whole number, 1 or more",
+            ),
+            (
+                r#"{"conntrack": {"udp": 1e10}}"#,
+                "conntrack.udp: 10000000000 is out of range; use seconds, 1 or more",
+            ),
+            (
+                r#"{"conntrack": {"tcp": 5}}"#,
+                "conntrack.tcp: unknown field `tcp`, expected one of",
+            ),
+        ] {
+            let err = settings(json).unwrap_err();
+            assert!(err.starts_with(expected), "{json}: {err}");
+        }
     }
 
     #[test]
