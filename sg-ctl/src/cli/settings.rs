@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::Value;
+use sg_ctl::fields::{self, Subject};
 
 use super::{Invalid, Session, print};
 
@@ -26,8 +27,8 @@ impl SettingsCommand {
             SettingsCommand::Show => session.client.settings().await?,
             SettingsCommand::Set { key, value } => {
                 let current = serde_json::to_value(session.client.settings().await?)?;
-                let settings = serde_json::from_value(set_key(current, key, value)?)
-                    .map_err(|e| Invalid(e.to_string()))?;
+                let settings = fields::from_value(set_key(current, key, value)?, Subject::Body)
+                    .map_err(Invalid)?;
                 session.client.set_settings(&settings).await?
             }
         };
