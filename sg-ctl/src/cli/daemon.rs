@@ -41,6 +41,8 @@ impl DaemonArgs {
         if let Some(DaemonCommand::Token(command)) = &self.command {
             return block_on(command.run(session));
         }
+        // Before the datapath and the listener open theirs.
+        api::http::raise_open_files()?;
         if let Some(dir) = self.db.parent() {
             std::fs::create_dir_all(dir)?;
         }
