@@ -35,6 +35,11 @@ enum DaemonCommand {
 }
 
 impl DaemonArgs {
+    /// Whether this runs the daemon (rather than a token command).
+    pub fn serves(&self) -> bool {
+        self.command.is_none()
+    }
+
     /// Serves the API on `socket` until told to stop; a token command goes
     /// to the daemon of `session` instead.
     pub fn run(&self, datapath: Datapath, socket: &Path, session: &Session) -> Result<()> {
