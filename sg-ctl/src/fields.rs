@@ -4,7 +4,12 @@
 //! accepts. The path comes from `serde_path_to_error`; groups and ports are
 //! named from the document itself when it says their names.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, DeserializeOwned, IgnoredAny, MapAccess, Visitor},
+};
 use serde_json::Value;
 use serde_path_to_error::{Path, Segment};
 use sg_core::text::{Cut, QUOTE_MAX, Quoted, escaped};
@@ -38,13 +43,8 @@ pub enum Subject<'a> {
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8], subject: Subject) -> Result<T, String> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let document = serde_json::from_slice(bytes).ok();
-        located(
-            subject,
-            e.path(),
-            document.as_ref(),
-            &json_message(e.inner()),
-        )
+        let names = serde_json::from_slice(bytes).unwrap_or_default();
+        located(subject, e.path(), &names, &json_message(e.inner()))
     })?;
     deserializer.end().map_err(|e| json_message(&e))?;
     Ok(value)
@@ -54,7 +54,7 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8], subject: Subject) -> Result<
 pub fn from_yaml<T: DeserializeOwned>(text: &str, subject: Subject) -> Result<T, String> {
     let deserializer = serde_norway::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let document = serde_norway::from_str(text).ok();
+        let names = serde_norway::from_str(text).unwrap_or_default();
         let inner = e.inner();
         let mut message = inner.to_string();
         if let Some(location) = inner.location() {
@@ -72,7 +72,7 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str, subject: Subject) -> Result<T,
         {
             message = stripped.to_string();
         }
-        let mut located = located(subject, e.path(), document.as_ref(), &message);
+        let mut located = located(subject, e.path(), &names, &message);
         if let Some(location) = inner.location() {
             located += &format!(" (line {}, column {})", location.line(), location.column());
         }
@@ -84,14 +84,68 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str, subject: Subject) -> Result<T,
 pub fn from_query<T: DeserializeOwned>(query: &str) -> Result<T, String> {
     let deserializer =
         serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-    serde_path_to_error::deserialize(deserializer)
-        .map_err(|e| located(Subject::Body, e.path(), None, &e.inner().to_string()))
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        located(
+            Subject::Body,
+            e.path(),
+            &Names::default(),
+            &e.inner().to_string(),
+        )
+    })
 }
 
 /// Reads a value built in memory (`settings set`).
 pub fn from_value<T: DeserializeOwned>(value: Value, subject: Subject) -> Result<T, String> {
     serde_path_to_error::deserialize(&value)
-        .map_err(|e| located(subject, e.path(), Some(&value), &e.inner().to_string()))
+        .map_err(|e| located(subject, e.path(), &Names::default(), &e.inner().to_string()))
+}
+
+/// The names a document gives itself (`name`) and its groups and ports,
+/// read on their own and leniently, for errors: whatever else is wrong
+/// with the document, the objects it names are named.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Names {
+    name: Name,
+    groups: Vec<Name>,
+    ports: Vec<Name>,
+}
+
+/// A string, or the `name` string of a map. Anything else fails, and with
+/// it the reading of the names (an error then goes without them).
+#[derive(Debug, Default)]
+struct Name(Option<String>);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NameVisitor)
+    }
+}
+
+struct NameVisitor;
+
+impl<'de> Visitor<'de> for NameVisitor {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a name, or a map with one")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Name, E> {
+        Ok(Name(Some(v.to_string())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
+        let mut name = Name(None);
+        while let Some(key) = map.next_key::<Name>()? {
+            if key.0.as_deref() == Some("name") {
+                name = map.next_value()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(name)
+    }
 }
 
 /// A JSON error without its position, which the path replaces; a syntax
@@ -109,8 +163,7 @@ fn json_message(error: &serde_json::Error) -> String {
 
 /// `message` at `path` of a `subject`, as the model's errors read:
 /// `group 'web': rules[3]: icmp.type: 256 is out of range; use 0-255`.
-fn located(subject: Subject, path: &Path, document: Option<&Value>, message: &str) -> String {
-    let name_at = |value: Option<&Value>| value?.get("name")?.as_str().map(str::to_string);
+fn located(subject: Subject, path: &Path, names: &Names, message: &str) -> String {
     let mut segments: Vec<&Segment> = path.iter().collect();
     // An unknown field's path ends with it, which the message names.
     if message.starts_with("unknown field `") {
@@ -124,10 +177,13 @@ fn located(subject: Subject, path: &Path, document: Option<&Value>, message: &st
             [Segment::Map { key }, Segment::Seq { index }, tail @ ..]
                 if key == "groups" || key == "ports" =>
             {
-                let kind = if key == "groups" { "group" } else { "port" };
-                let object = document.and_then(|d| d.get(key.as_str())?.get(index));
-                parts.push(match name_at(object) {
-                    Some(name) => format!("{kind} {}", Quoted(&name)),
+                let (kind, named) = if key == "groups" {
+                    ("group", &names.groups)
+                } else {
+                    ("port", &names.ports)
+                };
+                parts.push(match named.get(*index).and_then(|name| name.0.as_ref()) {
+                    Some(name) => format!("{kind} {}", Quoted(name)),
                     None => format!("{key}[{index}]"),
                 });
                 in_group = key == "groups";
@@ -140,8 +196,8 @@ fn located(subject: Subject, path: &Path, document: Option<&Value>, message: &st
             _ => {}
         },
         Subject::Group(name) => {
-            if let Some(name) = name_at(document).or(name.map(str::to_string)) {
-                parts.push(format!("group {}", Quoted(&name)));
+            if let Some(name) = names.name.0.as_deref().or(name) {
+                parts.push(format!("group {}", Quoted(name)));
             }
             in_group = true;
         }
@@ -157,8 +213,8 @@ fn located(subject: Subject, path: &Path, document: Option<&Value>, message: &st
             parts.push(format!("rules[{index}]"));
         }
         Subject::Port(name) => {
-            if let Some(name) = name_at(document).or(name.map(str::to_string)) {
-                parts.push(format!("port {}", Quoted(&name)));
+            if let Some(name) = names.name.0.as_deref().or(name) {
+                parts.push(format!("port {}", Quoted(name)));
             }
         }
         Subject::Settings => parts.push("settings".to_string()),
@@ -226,7 +282,6 @@ fn cut_quotes(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::api::Document;
     use sg_core::{
         model::{Group, Port, Rule},
         settings::Settings,
@@ -309,6 +364,18 @@ mod tests {
         );
     }
 
+    /// A whole desired state as `apply` reads it (the API's `Document`,
+    /// which this module does not name).
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Document {
+        #[serde(default)]
+        groups: Vec<Group>,
+        #[serde(default)]
+        ports: Vec<Port>,
+        settings: Option<Settings>,
+    }
+
     #[test]
     fn documents_name_their_groups_and_ports() {
         let yaml = "groups:\n  - name: web\n    rules:\n      - {direction: ingress}\n      \
@@ -319,6 +386,12 @@ mod tests {
             from_yaml::<Document>(yaml, Subject::Document).unwrap_err(),
             "group 'web': rules[1]: icmp.type: 256 is out of range; use 0-255 \
              (line 5, column 52)"
+        );
+        let big = yaml.replace("icmp: {type: 256}", "priority: 18446744073709551616");
+        let error = from_yaml::<Document>(&big, Subject::Document).unwrap_err();
+        assert!(
+            error.starts_with("group 'web': rules[1]: priority: 18446744073709551616 is out of"),
+            "{error}"
         );
         let yaml = yaml.replace("type: 256", "type: 8");
         let error = from_yaml::<Document>(&yaml, Subject::Document).unwrap_err();
@@ -340,6 +413,16 @@ mod tests {
             error
                 .unwrap_err()
                 .starts_with("settings: conntrack.udp: 'x' is not a number"),
+        );
+        let document: Document =
+            from_yaml("groups: [{name: web}]\nsettings: {}\n", Subject::Document).unwrap();
+        assert_eq!(
+            (
+                document.groups.len(),
+                document.ports.len(),
+                document.settings.is_some()
+            ),
+            (1, 0, true)
         );
         let error = from_yaml::<Document>("groups: [[[", Subject::Document).unwrap_err();
         assert!(error.contains("line 1"), "{error}");

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::Value;
+use sg_core::text::{Cut, Quoted};
 use sg_ctl::fields::{self, Subject};
 
 use super::{Invalid, Session, print};
@@ -46,16 +47,58 @@ fn set_key(mut settings: Value, key: &str, value: &str) -> Result<Value> {
             .and_then(|object| object.get_mut(part))
             .ok_or_else(|| {
                 Invalid(format!(
-                    "no setting '{key}'; `sg-ctl settings show` lists them"
+                    "no setting {}; `sg-ctl settings show` lists them",
+                    Quoted(key)
                 ))
             })?;
     }
     if slot.is_object() {
         return Err(Invalid(format!(
-            "'{key}' holds settings; set one of them, e.g. {key}.udp"
+            "{} holds settings; set one of them, e.g. {}.udp",
+            Quoted(key),
+            Cut(key)
         ))
         .into());
     }
     *slot = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sg_core::settings::Settings;
+
+    fn set(key: &str, value: &str) -> Result<Settings, String> {
+        let current = serde_json::to_value(Settings::default()).unwrap();
+        let value = set_key(current, key, value).map_err(|e| e.to_string())?;
+        fields::from_value(value, Subject::Body)
+    }
+
+    #[test]
+    fn settings_set_names_the_setting_and_what_it_takes() {
+        assert_eq!(
+            set("max_rules_per_group", "30")
+                .unwrap()
+                .max_rules_per_group,
+            30
+        );
+        assert_eq!(set("conntrack.udp", "60").unwrap().conntrack.udp, 60);
+        assert_eq!(
+            set("max_rules_per_group", "abc").unwrap_err(),
+            "max_rules_per_group: 'abc' is not a number; use a whole number, 1 or more"
+        );
+        assert_eq!(
+            set("conntrack.udp", "1.5").unwrap_err(),
+            "conntrack.udp: '1.5' is not a whole number; use seconds, 1 or more"
+        );
+        assert_eq!(
+            set("block_outbound_smtp", "maybe").unwrap_err(),
+            "block_outbound_smtp: invalid type: string \"maybe\", expected a boolean"
+        );
+        assert_eq!(
+            set("max_rules", "1").unwrap_err(),
+            "no setting 'max_rules'; `sg-ctl settings show` lists them"
+        );
+    }
 }

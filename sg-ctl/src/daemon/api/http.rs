@@ -52,7 +52,8 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutting down waits for the requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a refusal may take to write before the connection is dropped.
+/// How long a refusal may take to write, and then to read what the
+/// client still sends, before the connection is dropped.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Descriptors kept for the daemon's own use (maps, programs, the
 /// database, netlink) when the total of connections is derived from
@@ -259,7 +260,7 @@ pub async fn serve<L: Listen>(
             // limit counts.
             Err(message) => {
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                connections.spawn(refuse(io, status, message, false));
+                connections.spawn(refuse(io, status, message, Duration::ZERO));
             }
         }
     }
@@ -278,13 +279,15 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io)).await {
         Ok(Ok(head)) => head,
         Ok(Err(Refused::Closed)) => return,
-        Ok(Err(Refused::With(status, message))) => return refuse(io, status, message, true).await,
+        Ok(Err(Refused::With(status, message))) => {
+            return refuse(io, status, message, REFUSAL_TIMEOUT).await;
+        }
         Err(_) => {
             let message = format!(
                 "the request head did not arrive within {} s; send it at once",
                 HEAD_TIMEOUT.as_secs()
             );
-            return refuse(io, StatusCode::REQUEST_TIMEOUT, message, true).await;
+            return refuse(io, StatusCode::REQUEST_TIMEOUT, message, REFUSAL_TIMEOUT).await;
         }
     };
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
@@ -420,15 +423,16 @@ fn check_head(buffer: &[u8]) -> Result<Option<()>, Refused> {
     Ok(Some(()))
 }
 
-/// Answers `status` with a JSON error and closes. With `linger`, what the
-/// client still sends is read and dropped for a moment first: a Unix
-/// socket closed with unread data resets its peer, which could lose the
-/// answer. A client that does not read is not waited for.
+/// Answers `status` with a JSON error and closes, first reading and
+/// dropping what the client sent for up to `linger` (nothing but what has
+/// arrived already, with none): a Unix socket closed with unread data
+/// resets its peer, which may then lose the answer. A client that does not
+/// read is not waited for.
 async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     mut io: I,
     status: StatusCode,
     message: String,
-    linger: bool,
+    linger: Duration,
 ) {
     let body = serde_json::json!({ "error": sg_core::text::escaped(&message) }).to_string();
     let head = format!(
@@ -438,15 +442,20 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
         status.canonical_reason().unwrap_or_default(),
         body.len()
     );
-    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+    let written = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         io.write_all(head.as_bytes()).await?;
         io.write_all(body.as_bytes()).await?;
-        io.shutdown().await?;
-        let mut sink = [0u8; 16 * 1024];
-        while linger && io.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
+        io.shutdown().await
     })
     .await;
+    if matches!(written, Ok(Ok(()))) {
+        let mut sink = [0u8; 16 * 1024];
+        let _ = tokio::time::timeout(linger, async {
+            while io.read(&mut sink).await? > 0 {}
+            io::Result::Ok(())
+        })
+        .await;
+    }
 }
 
 /// A stream that first gives back what was read of it already.
@@ -690,6 +699,59 @@ mod tests {
         );
         drop(a);
         admission.admit(other).unwrap();
+    }
+
+    /// A body that never comes.
+    struct Stalled;
+
+    impl axum::body::HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    async fn refusal(refused: Response) -> (StatusCode, String) {
+        let status = refused.status();
+        let bytes = axum::body::to_bytes(refused.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        (status, json["error"].as_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_by_their_deadline_and_within_their_limit() {
+        let soon = || Instant::now() + Duration::from_millis(50);
+        let body = read_body(Body::from("{}"), 2048, soon(), "").await.unwrap();
+        assert_eq!(&body[..], b"{}");
+        let refused = read_body(Body::new(Stalled), 2048, soon(), "")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal(refused).await,
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request's body did not arrive within 30 s; send it at once".into()
+            )
+        );
+        let long = Body::from(vec![b'x'; 4096]);
+        let refused = read_body(long, 2048, soon(), "send less")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal(refused).await,
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request's body is 4096 bytes, over the limit of 2048 (2 KiB); send less"
+                    .into()
+            )
+        );
     }
 
     #[test]
