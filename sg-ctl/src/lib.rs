@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod fields;
 pub mod frame;
+pub mod lock;
 pub mod netns;
 pub mod store;
 pub mod trace;
