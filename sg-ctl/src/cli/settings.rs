@@ -84,21 +84,29 @@ mod tests {
             30
         );
         assert_eq!(set("conntrack.udp", "60").unwrap().conntrack.udp, 60);
-        assert_eq!(
-            set("max_rules_per_group", "abc").unwrap_err(),
-            "max_rules_per_group: 'abc' is not a number; use a whole number, 1 or more"
-        );
-        assert_eq!(
-            set("conntrack.udp", "1.5").unwrap_err(),
-            "conntrack.udp: '1.5' is not a whole number; use seconds, 1 or more"
-        );
-        assert_eq!(
-            set("block_outbound_smtp", "maybe").unwrap_err(),
-            "block_outbound_smtp: invalid type: string \"maybe\", expected a boolean"
-        );
-        assert_eq!(
-            set("max_rules", "1").unwrap_err(),
-            "no setting 'max_rules'; `sg-ctl settings show` lists them"
-        );
+        for (key, value, error) in [
+            (
+                "max_rules_per_group",
+                "abc",
+                "max_rules_per_group: 'abc' is not a number; use a whole number, 1 or more",
+            ),
+            (
+                "conntrack.udp",
+                "1.5",
+                "conntrack.udp: '1.5' is not a whole number; use seconds, 1 or more",
+            ),
+            (
+                "block_outbound_smtp",
+                "maybe",
+                "block_outbound_smtp: invalid type: string \"maybe\", expected a boolean",
+            ),
+            (
+                "max_rules",
+                "1",
+                "no setting 'max_rules'; `sg-ctl settings show` lists them",
+            ),
+        ] {
+            assert_eq!(set(key, value).unwrap_err(), error);
+        }
     }
 }

@@ -1130,79 +1130,81 @@ mod tests {
     async fn every_refusal_is_json_and_names_what_is_wrong() {
         let dir = temp_dir();
         let app = router(Arc::new(Mutex::new(daemon(&dir))));
-        let root = Some(0);
-        let (status, _, json) = ask(&app, root, "GET", "/v1/nope", &[], "").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(
-            json["error"],
-            "no operation at /v1/nope; docs/openapi.yaml lists the API's operations"
-        );
-        let (status, headers, json) = ask(&app, root, "DELETE", "/v1/settings", &[], "").await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(
-            json["error"],
-            "/v1/settings does not take DELETE; it takes GET, HEAD, PUT"
-        );
-        assert!(headers.contains_key(header::ALLOW));
-        let (status, _, json) = ask(&app, root, "DELETE", "/v1/groups/web/rules/x", &[], "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            json["error"]
-                .as_str()
-                .unwrap()
-                .starts_with("index: 'x' is not a rule's index; use its position from 0"),
-            "{json}"
-        );
-        let uri = "/v1/ports/vm/flows?address=198.18.0.1/24";
-        let (status, _, json) = ask(&app, root, "GET", uri, &[], "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            json["error"]
-                .as_str()
-                .unwrap()
-                .starts_with("address: 198.18.0.1/24 has host bits set"),
-            "{json}"
-        );
-        let (status, _, json) = ask(&app, root, "POST", "/v1/apply?dry_run=maybe", &[], "{}").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            json["error"].as_str().unwrap().starts_with("dry_run: "),
-            "{json}"
-        );
         let long = format!("/v1/groups/{}", "x".repeat(10_000));
-        let (status, _, json) = ask(&app, root, "GET", &long, &[], "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        let message = json["error"].as_str().unwrap();
-        assert!(
-            message.starts_with("name: 'xxxx") && message.len() < 300,
-            "{message}"
-        );
-        let rule = r#"{"name": "web", "rules": [{"direction": "ingress", "protocol": "icmp",
+        let icmp = r#"{"name": "web", "rules": [{"direction": "ingress", "protocol": "icmp",
                        "icmp": {"type": 256}}]}"#;
-        let (status, _, json) = ask(&app, root, "POST", "/v1/groups", &[], rule).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            json["error"],
-            "group 'web': rules[0]: icmp.type: 256 is out of range; use 0-255"
-        );
-        let rules = r#"[{"direction": "ingress", "priority": 18446744073709551616}]"#;
-        let uri = "/v1/groups/default/rules";
-        let (status, _, json) = ask(&app, root, "POST", uri, &[], rules).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            json["error"],
-            "group 'default': rules[4]: priority: 18446744073709552000 is out of range; \
-             use 1-65535 (1 goes first)"
-        );
+        let priority = r#"[{"direction": "ingress", "priority": 18446744073709551616}]"#;
         let escape = r#"{"name": "a\u001b[2Jb"}"#;
-        let (_, _, json) = ask(&app, root, "POST", "/v1/groups", &[], escape).await;
-        assert!(
-            json["error"]
-                .as_str()
-                .unwrap()
-                .starts_with(r"group 'a\u{1b}[2Jb': name: 'a\u{1b}[2Jb' contains '\u{1b}'"),
-            "{json}"
-        );
+        let cases = [
+            (
+                "GET",
+                "/v1/nope",
+                "",
+                StatusCode::NOT_FOUND,
+                "no operation at /v1/nope; docs/openapi.yaml lists the API's operations",
+            ),
+            (
+                "DELETE",
+                "/v1/settings",
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/v1/settings does not take DELETE; it takes GET, HEAD, PUT",
+            ),
+            (
+                "DELETE",
+                "/v1/groups/web/rules/x",
+                "",
+                StatusCode::BAD_REQUEST,
+                "index: 'x' is not a rule's index; use its position from 0",
+            ),
+            (
+                "GET",
+                "/v1/ports/vm/flows?address=198.18.0.1/24",
+                "",
+                StatusCode::BAD_REQUEST,
+                "address: 198.18.0.1/24 has host bits set",
+            ),
+            (
+                "POST",
+                "/v1/apply?dry_run=maybe",
+                "{}",
+                StatusCode::BAD_REQUEST,
+                "dry_run: ",
+            ),
+            ("GET", &long, "", StatusCode::BAD_REQUEST, "name: 'xxxxxxxx"),
+            (
+                "POST",
+                "/v1/groups",
+                icmp,
+                StatusCode::BAD_REQUEST,
+                "group 'web': rules[0]: icmp.type: 256 is out of range; use 0-255",
+            ),
+            (
+                "POST",
+                "/v1/groups/default/rules",
+                priority,
+                StatusCode::BAD_REQUEST,
+                "group 'default': rules[4]: priority: 18446744073709552000 is out of range; \
+                 use 1-65535 (1 goes first)",
+            ),
+            (
+                "POST",
+                "/v1/groups",
+                escape,
+                StatusCode::BAD_REQUEST,
+                r"group 'a\u{1b}[2Jb': name: 'a\u{1b}[2Jb' contains '\u{1b}'",
+            ),
+        ];
+        for (method, uri, body, status, message) in cases {
+            let (got, headers, json) = ask(&app, Some(0), method, uri, &[], body).await;
+            let error = json["error"].as_str().unwrap();
+            assert_eq!(got, status, "{method} {uri}: {error}");
+            assert!(error.starts_with(message), "{method} {uri}: {error}");
+            assert!(error.len() < 300, "{method} {uri}: {error}");
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(headers.contains_key(header::ALLOW));
+            }
+        }
         // An anonymous client sends little: its body is read, then refused.
         let big = vec![b' '; MAX_ANONYMOUS_BODY + 1];
         let (status, _, json) = ask(&app, None, "POST", "/v1/apply", &[], big).await;
