@@ -949,6 +949,15 @@ mod tests {
         Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap()
     }
 
+    /// Removes a lock file when dropped.
+    struct LockRemoved(PathBuf);
+
+    impl Drop for LockRemoved {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
     /// Serves the API of `daemon` on a socket in `dir`, as the daemon does.
     fn serving(dir: &tempfile::TempDir, daemon: Daemon) -> PathBuf {
         let socket = dir.path().join("sg.sock");
@@ -1006,6 +1015,8 @@ mod tests {
     #[tokio::test]
     async fn the_client_asks_what_the_router_serves() {
         let dir = temp_dir();
+        // Its port's attach takes the pins' lock, which lives outside `dir`.
+        let _lock = LockRemoved(Pins::new(dir.path().join("pins")).lock_path());
         let daemon = daemon(&dir);
         let (token, _) = daemon.store().create_token(Role::Owner).unwrap();
         let socket = serving(&dir, daemon);
