@@ -82,7 +82,11 @@ impl FromStr for FlowState {
             .find(|state| state.name() == text)
             .ok_or_else(|| {
                 let names: Vec<&str> = FlowState::ALL.iter().map(|s| s.name()).collect();
-                format!("'{text}' is not a state; use one of {}", names.join(", "))
+                format!(
+                    "{} is not a state; use one of {}",
+                    crate::text::Quoted(text),
+                    names.join(", ")
+                )
             })
     }
 }

@@ -113,7 +113,11 @@ pub fn expand(name: &str, template: &Rule) -> Result<Vec<Rule>, FieldError> {
             let names: Vec<&str> = PRESETS.iter().map(|preset| preset.name).collect();
             FieldError::new(
                 "preset",
-                format!("no preset named '{name}'; use one of {}", names.join(", ")),
+                format!(
+                    "no preset named {}; use one of {}",
+                    crate::text::Quoted(name),
+                    names.join(", ")
+                ),
             )
         })?;
     let mut rules = Vec::new();

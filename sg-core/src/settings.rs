@@ -2,20 +2,22 @@
 //! connection-tracking timeouts, with their defaults and validation; and
 //! the policy the datapath enforces under them.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sg_common::Timeout;
 
 use ipnet::IpNet;
 
-use crate::model::{FieldError, Policy, Port};
+use crate::model::{FieldError, Policy, Port, number_field};
 
 /// Limits and defaults of this host, changed with `sg-ctl settings set`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Most rules a group may hold.
+    #[serde(deserialize_with = "count")]
     pub max_rules_per_group: usize,
     /// Most groups a port may attach.
+    #[serde(deserialize_with = "count")]
     pub max_groups_per_port: usize,
     /// Drop outbound TCP 25 unless a rule of the port allows port 25 by
     /// name (see `Policy::with_outbound_smtp_blocked`).
@@ -26,7 +28,9 @@ pub struct Settings {
     /// means it (`allow_wide`): a pair makes the port a member of every
     /// address in it, so a pair of 0.0.0.0/0 would let a `remote: {group}`
     /// rule match any source.
+    #[serde(deserialize_with = "prefix")]
     pub min_pair_prefix_ipv4: u8,
+    #[serde(deserialize_with = "prefix")]
     pub min_pair_prefix_ipv6: u8,
 }
 
@@ -109,14 +113,38 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConntrackTimeouts {
+    #[serde(deserialize_with = "seconds")]
     pub tcp_established: u32,
     /// TCP opening or closing (every state but established).
+    #[serde(deserialize_with = "seconds")]
     pub tcp_closing: u32,
+    #[serde(deserialize_with = "seconds")]
     pub udp: u32,
     /// ICMP and ICMPv6 echo.
+    #[serde(deserialize_with = "seconds")]
     pub icmp: u32,
     /// Every other protocol.
+    #[serde(deserialize_with = "seconds")]
     pub other: u32,
+}
+
+/// A limit, as a number or its text (`settings set` sends either).
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let max = u64::try_from(usize::MAX).unwrap_or(u64::MAX);
+    number_field(deserializer, max, "a whole number, 1 or more")
+}
+
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    number_field(deserializer, u32::MAX.into(), "seconds, 1 or more")
+}
+
+/// A prefix length, as a number or its text.
+fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    number_field(
+        deserializer,
+        128,
+        "a prefix length, 0-32 for IPv4 and 0-128 for IPv6",
+    )
 }
 
 impl Default for ConntrackTimeouts {
@@ -201,6 +229,43 @@ mod tests {
         assert!(err.message.contains("min_pair_prefix_ipv6"), "{err}");
         port.allowed_address_pairs[0].allow_wide = true;
         assert_eq!(settings.check_pairs(&port), Ok(()));
+    }
+
+    #[test]
+    fn limits_are_whole_numbers_as_numbers_or_text() {
+        let settings = |json: &str| crate::parse_json::<Settings>(json);
+        assert_eq!(
+            settings(r#"{"max_rules_per_group": "30", "conntrack": {"udp": 60}}"#).unwrap(),
+            Settings {
+                max_rules_per_group: 30,
+                conntrack: ConntrackTimeouts {
+                    udp: 60,
+                    ..ConntrackTimeouts::default()
+                },
+                ..Settings::default()
+            }
+        );
+        for (json, expected) in [
+            (
+                r#"{"max_rules_per_group": "abc"}"#,
+                "max_rules_per_group: 'abc' is not a number; use a whole number, 1 or more",
+            ),
+            (
+                r#"{"max_groups_per_port": -2}"#,
+                "max_groups_per_port: -2 is out of range; use a whole number, 1 or more",
+            ),
+            (
+                r#"{"conntrack": {"udp": 1e10}}"#,
+                "conntrack.udp: 10000000000 is out of range; use seconds, 1 or more",
+            ),
+            (
+                r#"{"conntrack": {"tcp": 5}}"#,
+                "conntrack.tcp: unknown field `tcp`, expected one of",
+            ),
+        ] {
+            let err = settings(json).unwrap_err();
+            assert!(err.starts_with(expected), "{json}: {err}");
+        }
     }
 
     #[test]

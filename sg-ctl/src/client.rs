@@ -2,13 +2,23 @@
 //! routes and the request and answer types of [`crate::daemon::api`];
 //! each call is one HTTP/1.1 request over the Unix socket.
 
-use std::path::PathBuf;
+use std::{
+    io,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode, body::Bytes, header};
 use hyper_util::rt::TokioIo;
+use nix::sys::socket::{MsgFlags, send};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::net::UnixStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
+    net::UnixStream,
+};
 
 use crate::{
     daemon::api::{
@@ -33,8 +43,9 @@ pub enum ClientError {
         socket: String,
         source: std::io::Error,
     },
-    /// The daemon refused the request; `status` is the HTTP status.
-    #[error("{message}")]
+    /// The daemon refused the request; `status` is the HTTP status, shown
+    /// with the message unless it is one the exit code tells already.
+    #[error("{}", refusal(*status, message))]
     Api { status: StatusCode, message: String },
     #[error("talking to the daemon: {0}")]
     Protocol(String),
@@ -244,7 +255,8 @@ impl Client {
                     socket: self.socket.display().to_string(),
                     source,
                 })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let stream = TokioIo::new(NoSigPipe(stream));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
             .await
             .map_err(protocol)?;
         tokio::spawn(connection);
@@ -285,6 +297,68 @@ impl Client {
         }
         let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         serde_json::from_slice(json).map_err(protocol)
+    }
+}
+
+/// How a refusal reads: the message alone for the API's everyday
+/// refusals (invalid, no credentials, forbidden, not found, conflict),
+/// with the status for any other.
+fn refusal(status: StatusCode, message: &str) -> String {
+    let everyday = [
+        StatusCode::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
+        StatusCode::CONFLICT,
+    ];
+    match message {
+        "" => format!("the daemon answered {status}"),
+        message if everyday.contains(&status) => message.to_string(),
+        message => format!("the daemon answered {status}: {message}"),
+    }
+}
+
+/// The daemon's socket, written with MSG_NOSIGNAL: a daemon that closes
+/// the connection early gives the client an error (EPIPE), never SIGPIPE,
+/// which the CLI keeps at its default so that printing into a closed pipe
+/// ends it quietly.
+struct NoSigPipe(UnixStream);
+
+impl AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoSigPipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.0;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -362,6 +436,29 @@ mod tests {
         assert_eq!(
             query_of(&ApplyQuery { dry_run: true }).unwrap(),
             "?dry_run=true"
+        );
+    }
+
+    #[test]
+    fn refusals_read_with_their_status_unless_everyday() {
+        let refused = |status, message: &str| {
+            ClientError::Api {
+                status,
+                message: message.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(StatusCode::CONFLICT, "group 'web' exists"),
+            "group 'web' exists"
+        );
+        assert_eq!(
+            refused(StatusCode::PAYLOAD_TOO_LARGE, "the request's body is 70 MB"),
+            "the daemon answered 413 Payload Too Large: the request's body is 70 MB"
+        );
+        assert_eq!(
+            refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, ""),
+            "the daemon answered 431 Request Header Fields Too Large"
         );
     }
 }

@@ -18,28 +18,39 @@ use sg_ctl::{
 use cli::{Cli, Command, Invalid, Session, apply, block_on, catalogue};
 
 fn main() -> ExitCode {
-    // Piped into `head`, end quietly like other command-line tools.
-    // SAFETY: restoring the default disposition of a signal.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // Piped into `head`, a command ends quietly like other command-line
+    // tools (the client writes to the daemon with MSG_NOSIGNAL, so only a
+    // closed stdout ends it so). The daemon keeps SIGPIPE ignored, Rust's
+    // default: a client that hangs up ends its own connection, not the
+    // daemon.
+    if !matches!(&cli.command, Command::Daemon(daemon) if daemon.serves()) {
+        // SAFETY: restoring the default disposition of a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sg-ctl: {e}");
+            // Names and messages may hold what a terminal acts on.
+            eprintln!("sg-ctl: {}", sg_core::text::escaped(&e.to_string()));
             ExitCode::from(exit_code(&e))
         }
     }
 }
 
 /// Exit codes: 1 anything else, 2 invalid arguments (clap, port
-/// security), 3 not found, 4 forbidden, 5 conflict.
+/// security, a request too large), 3 not found, 4 forbidden, 5 conflict.
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Invalid>().is_some() {
         return 2;
     }
     if let Some(ClientError::Api { status, .. }) = e.downcast_ref::<ClientError>() {
         return match *status {
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => 2,
+            StatusCode::BAD_REQUEST
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => 2,
             StatusCode::NOT_FOUND => 3,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => 4,
             StatusCode::CONFLICT => 5,

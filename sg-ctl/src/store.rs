@@ -6,16 +6,18 @@
 //! policy order, with a revision that grows with every change (the API's
 //! optimistic concurrency). Every change of the desired state is one
 //! transaction that writes exactly the rows that differ, so a crash leaves
-//! the old state or the new one. The schema version is SQLite's
+//! the old state or the new one. One daemon holds a database at a time:
+//! the lock is in a directory beside it that only root may enter
+//! ([`lock_dir`]). The schema version is SQLite's
 //! `user_version`; [`MIGRATIONS`] brings any older database up to date.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs::File,
-    path::Path,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::lock::{self, LockError, LockFile};
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -82,10 +84,12 @@ pub enum StoreError {
         known: usize,
     },
     #[error(
-        "database {path} is in use by another sg-ctl daemon; stop it first, \
-         or give this one another --db (and --socket)"
+        "database {path} is in use by {holder}; stop it first, or give this one another --db \
+         (and --socket)"
     )]
-    InUse { path: String },
+    InUse { path: String, holder: String },
+    #[error("database {path}: {source}")]
+    Lock { path: String, source: LockError },
     #[error("database {path}: {source}")]
     File {
         path: String,
@@ -132,7 +136,18 @@ pub struct PortState {
 /// The open database, held by one daemon at a time.
 pub struct Store {
     conn: Connection,
-    _lock: Flock<File>,
+    _lock: LockFile,
+}
+
+/// How long opening waits for another daemon to let go of the database (a
+/// restart's old one, ending).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The directory of the database's lock, beside it: `sg.db.locks/`.
+pub fn lock_dir(path: &Path) -> PathBuf {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(".locks");
+    PathBuf::from(dir)
 }
 
 impl Store {
@@ -140,22 +155,24 @@ impl Store {
     /// date, and gives a new one the `default` group and default settings.
     pub fn open(path: &Path) -> Result<Store> {
         let shown = path.display().to_string();
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
         let file_error = |source| StoreError::File {
             path: shown.clone(),
             source,
         };
-        let file = File::create(&lock_path).map_err(file_error)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                StoreError::InUse {
-                    path: shown.clone(),
+        let what = "the daemon's lock";
+        let lock =
+            lock::acquire(&lock_dir(path), "daemon.lock", what, LOCK_WAIT).map_err(|error| {
+                match error {
+                    LockError::Held { holder, .. } => StoreError::InUse {
+                        path: shown.clone(),
+                        holder: holder.unwrap_or_else(|| "another sg-ctl daemon".into()),
+                    },
+                    source => StoreError::Lock {
+                        path: shown.clone(),
+                        source,
+                    },
                 }
-            } else {
-                file_error(errno.into())
-            }
-        })?;
+            })?;
         let open = |source| StoreError::Open {
             path: shown.clone(),
             source,

@@ -69,8 +69,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-/// Removes the namespaces, pin directories and daemon directories named
-/// (by `unique`) after processes that are gone: what a test or benchmark
+/// Removes the namespaces, pin directories, daemon directories and pins'
+/// lock files named (by `unique`) after processes that are gone: what a test or benchmark
 /// killed by a signal left behind, since destructors did not run.
 fn reap_leftovers() {
     type Remove = fn(&Path) -> Result<()>;
@@ -83,11 +83,15 @@ fn reap_leftovers() {
         Ok(fs::remove_dir_all(path)?)
     };
     let directory: Remove = |path| Ok(fs::remove_dir_all(path)?);
+    let file: Remove = |path| Ok(fs::remove_file(path)?);
     let temp = std::env::temp_dir();
+    let locks = Pins::default().lock_path();
+    let locks = locks.parent().unwrap_or(Path::new("/run"));
     let kinds = [
         (Path::new("/run/netns"), "sgt-", namespace),
         (Path::new("/sys/fs/bpf"), "sg-test-", pins),
         (temp.as_path(), "sg-daemon-", directory),
+        (locks, "pins_sys_fs_bpf_sg-test-", file),
     ];
     for (dir, prefix, remove) in kinds {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -656,6 +660,8 @@ impl Drop for TestPins {
             }
             _ => {}
         }
+        // No one else takes these pins' lock.
+        let _ = fs::remove_file(self.pins.lock_path());
     }
 }
 
@@ -922,20 +928,40 @@ impl TestDaemon {
 
     /// A daemon started with these more arguments of `sg-ctl daemon`.
     pub fn start_with(args: &[&str]) -> Result<TestDaemon> {
+        let mut daemon = TestDaemon::stopped(args)?;
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Its directory and pins, before its process is started (`spawn`),
+    /// with these more arguments of `sg-ctl daemon`.
+    pub fn stopped(args: &[&str]) -> Result<TestDaemon> {
         let dir = std::env::temp_dir().join(unique("sg-daemon"));
         fs::create_dir_all(&dir)?;
         // Clients of other users (the anonymous role) reach the socket.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
         let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut daemon = TestDaemon {
+        Ok(TestDaemon {
             child: None,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
             metrics,
             pins: TestPins::new(),
-        };
-        daemon.spawn()?;
-        Ok(daemon)
+        })
+    }
+
+    /// Whether its process is still there; says how it ended otherwise.
+    pub fn running(&mut self) -> Result<()> {
+        let child = self.child.as_mut().context("the daemon was not started")?;
+        match child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("sg-ctl daemon ended ({status}): {}", self.log()),
+        }
+    }
+
+    /// The process id of the daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -1087,6 +1113,38 @@ impl Drop for TestDaemon {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `f` on a thread of its own as user `uid` (and its group of the
+/// same number, without supplementary groups): a local user with neither
+/// root nor a token, in the test's own process. Linux keeps credentials
+/// per thread; the raw system calls (not libc's wrappers, which change
+/// every thread of the process) drop only this thread's, for good. What
+/// it opens keeps the user's credentials: a Unix socket it connects has
+/// the user's uid for SO_PEERCRED, a file it creates belongs to the user.
+pub fn as_user<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<Result<T>> {
+    thread::spawn(move || {
+        let no_groups: *const libc::gid_t = std::ptr::null();
+        // Groups, then the group, then the user: each needs the privilege
+        // the next one gives up.
+        for (what, call, args) in [
+            (
+                "setgroups",
+                libc::SYS_setgroups,
+                [0, no_groups as libc::c_long, 0],
+            ),
+            ("setresgid", libc::SYS_setresgid, [uid.into(); 3]),
+            ("setresuid", libc::SYS_setresuid, [uid.into(); 3]),
+        ] {
+            // SAFETY: a system call on this thread's own credentials.
+            let done = unsafe { libc::syscall(call, args[0], args[1], args[2]) };
+            ensure!(done == 0, "{what}: {}", io::Error::last_os_error());
+        }
+        Ok(f())
+    })
 }
 
 /// The `sg-ctl` binary under test: `$SG_CTL`, or the workspace's debug

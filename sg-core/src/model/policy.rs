@@ -11,6 +11,7 @@ use super::{
     Rule,
     syntax::{self, check_name, serde_as_text},
 };
+use crate::text::{Quoted, is_control};
 
 /// The group [`Policy::with_outbound_smtp_blocked`] adds. It starts with
 /// `_`, which names of users' groups may not, so it never meets one.
@@ -48,8 +49,8 @@ impl FromStr for MacAddr {
                 FieldError::new(
                     "mac",
                     format!(
-                        "'{}' is not a MAC address; use six hex bytes such as 52:54:00:12:34:56",
-                        text.trim()
+                        "{} is not a MAC address; use six hex bytes such as 52:54:00:12:34:56",
+                        Quoted(text.trim())
                     ),
                 )
             })
@@ -117,7 +118,7 @@ pub struct Port {
     pub ifname: String,
     pub mac: MacAddr,
     /// Fixed IPs: the workload's own addresses.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "syntax::ip_list")]
     pub ips: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_address_pairs: Vec<AddressPair>,
@@ -186,13 +187,14 @@ impl Port {
             || name.len() > IFNAME_MAX
             || name == "."
             || name == ".."
-            || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+            || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || is_control(c))
         {
             return Err(FieldError::new(
                 "ifname",
                 format!(
-                    "'{name}' is not an interface name; use 1-15 characters \
-                     without /, : or spaces, as `ip link` shows them"
+                    "{} is not an interface name; use 1-15 characters \
+                     without /, :, spaces or control characters, as `ip link` shows them",
+                    Quoted(name)
                 ),
             ));
         }
@@ -201,14 +203,15 @@ impl Port {
                 || netns.len() > NETNS_MAX
                 || netns == "."
                 || netns == ".."
-                || netns.contains(|c: char| c == '/' || c.is_whitespace()))
+                || netns.contains(|c: char| c == '/' || c.is_whitespace() || is_control(c)))
         {
             return Err(FieldError::new(
                 "netns",
                 format!(
-                    "'{netns}' is not a namespace name; use a name of `ip netns list` \
-                     (1-255 characters without / or spaces), or leave it out for the \
-                     control plane's own namespace"
+                    "{} is not a namespace name; use a name of `ip netns list` \
+                     (1-255 characters without /, spaces or control characters), or leave \
+                     it out for the control plane's own namespace",
+                    Quoted(netns)
                 ),
             ));
         }
@@ -686,6 +689,88 @@ mod tests {
             .starts_with(
                 "port 'vm1': allowed_address_pairs: ff:ff:ff:ff:ff:ff is not a unicast address"
             )
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused_and_long_names_cut() {
+        let good = Port::new("vm1", "tap1", mac("52:54:00:12:34:56"));
+        let error = |port: Port| port.validate().unwrap_err().to_string();
+        assert!(
+            error(Port {
+                ifname: "tap\u{1b}[2J".into(),
+                ..good.clone()
+            })
+            .starts_with(
+                "port 'vm1': ifname: 'tap\\u{1b}[2J' is not an interface name; use 1-15 \
+                 characters without /, :, spaces or control characters"
+            )
+        );
+        assert!(
+            error(Port {
+                netns: Some("ns\u{7}".into()),
+                ..good.clone()
+            })
+            .starts_with("port 'vm1': netns: 'ns\\u{7}' is not a namespace name")
+        );
+        let long = "x".repeat(10_000);
+        let message = error(Port {
+            name: long.clone(),
+            ..good.clone()
+        });
+        assert!(message.len() < 400, "{message}");
+        assert!(
+            message.starts_with(&format!(
+                "port '{}…' (10000 characters): name: '{0}…' (10000 characters) has 10000 \
+                 characters; use 1-64",
+                "x".repeat(64)
+            )),
+            "{message}"
+        );
+        let group = Group::empty("web").unwrap();
+        let policy = Policy {
+            groups: vec![
+                Group {
+                    name: "a\u{1b}]0;owned\u{7}".into(),
+                    ..group.clone()
+                },
+                group,
+            ],
+            ports: Vec::new(),
+        };
+        assert_eq!(
+            policy.validate().unwrap_err().to_string(),
+            "group 'a\\u{1b}]0;owned\\u{7}': name: 'a\\u{1b}]0;owned\\u{7}' contains \
+             '\\u{1b}'; use 1-64 characters from a-z A-Z 0-9 . _ - starting with a letter or digit"
+        );
+    }
+
+    #[test]
+    fn fixed_ips_are_addresses_not_prefixes() {
+        let port = |ips: &str| {
+            crate::parse_json::<Port>(&format!(
+                r#"{{"name": "vm1", "ifname": "tap1", "mac": "52:54:00:12:34:56",
+                     "groups": ["default"], "ips": {ips}}}"#
+            ))
+        };
+        assert_eq!(
+            port(r#"["198.18.0.5", "2001:db8::5"]"#).unwrap().ips.len(),
+            2
+        );
+        assert_eq!(port(r#""198.18.0.5,198.18.0.6""#).unwrap().ips.len(), 2);
+        assert!(port("[]").unwrap().ips.is_empty());
+        let err = port(r#"["198.18.0.0/24"]"#).unwrap_err();
+        assert!(
+            err.starts_with(
+                "ips: 198.18.0.0/24 is a prefix, not an address; use one address such as \
+                 198.18.0.0 (a prefix the workload may use is an allowed address pair)"
+            ),
+            "{err}"
+        );
+        let err = port(r#"["web"]"#).unwrap_err();
+        assert!(
+            err.starts_with("ips: 'web' is not an IP address; use one such as"),
+            "{err}"
         );
     }
 

@@ -7,6 +7,7 @@ use std::{fmt, str::FromStr};
 use serde::Serialize;
 
 use super::{EtherType, FieldError, syntax::serde_as_text};
+use crate::text::Quoted;
 
 /// One IP protocol number (the IPv4 `protocol` / IPv6 `next header` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,7 +94,10 @@ impl FromStr for IpProtocol {
             .find(|(name, _)| *name == word)
             .map(|(_, number)| Self(number))
             .ok_or_else(|| {
-                FieldError::new("protocol", format!("'{}' {PROTOCOL_FORMS}", text.trim()))
+                FieldError::new(
+                    "protocol",
+                    format!("{} {PROTOCOL_FORMS}", Quoted(text.trim())),
+                )
             })
     }
 }
@@ -165,7 +169,7 @@ impl FromStr for Protocol {
             .map(|item| match item.trim() {
                 "" => Err(FieldError::new(
                     "protocol",
-                    format!("'{text}' {PROTOCOL_FORMS}"),
+                    format!("{} {PROTOCOL_FORMS}", Quoted(text)),
                 )),
                 any if any.eq_ignore_ascii_case("any") => Err(FieldError::new(
                     "protocol",

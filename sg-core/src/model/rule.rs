@@ -1,15 +1,20 @@
 //! One rule of a group: its fields, the text forms they parse from, and
 //! the checks between fields.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, ops::RangeInclusive, str::FromStr};
+use std::{fmt, net::IpAddr, ops::RangeInclusive, str::FromStr};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _, ser::SerializeMap};
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{Error as _, MapAccess, Visitor},
+    ser::SerializeMap,
+};
 
 use super::{
     FieldError, IpProtocol, Protocol,
-    syntax::{self, Text, serde_as_text},
+    syntax::{self, Text, serde_as_text, visit_text},
 };
+use crate::text::Quoted;
 
 /// The priorities a rule may have; 1 is evaluated first.
 pub const PRIORITIES: RangeInclusive<u32> = 1..=65535;
@@ -65,7 +70,7 @@ fn keyword<T: Copy>(
         .ok_or_else(|| {
             FieldError::new(
                 field,
-                format!("'{}' is not accepted; use {form}", text.trim()),
+                format!("{} is not accepted; use {form}", Quoted(text.trim())),
             )
         })
 }
@@ -219,7 +224,7 @@ impl PortRange {
             let number: u64 = text
                 .trim()
                 .parse()
-                .map_err(|_| format!("'{}' {PORT_FORMS}", item.trim()))?;
+                .map_err(|_| format!("{} {PORT_FORMS}", Quoted(item.trim())))?;
             u16::try_from(number)
                 .ok()
                 .filter(|&port| port != 0)
@@ -343,17 +348,13 @@ impl IcmpMatch {
 }
 
 fn parse_icmp_value(text: &str) -> Result<u8, String> {
-    match text.trim().parse::<i64>() {
-        Ok(number) => {
-            u8::try_from(number).map_err(|_| format!("{number} is out of range; use 0-255"))
-        }
-        Err(_) => Err(format!("'{}' is not a number; use 0-255", text.trim())),
-    }
+    let number = syntax::whole_number(text, u8::MAX.into(), "0-255")?;
+    Ok(u8::try_from(number).expect("at most 255"))
 }
 
 fn icmp_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
     Option::<Text>::deserialize(deserializer)?
-        .map(|text| parse_icmp_value(&text.join()))
+        .map(|text| parse_icmp_value(&text.0))
         .transpose()
         .map_err(D::Error::custom)
 }
@@ -433,22 +434,47 @@ impl Serialize for Remote {
 
 impl<'de> Deserialize<'de> for Remote {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Map(BTreeMap<String, String>),
-            Text(Text),
-        }
-        match Form::deserialize(deserializer)? {
-            Form::Map(mut map) => match (map.remove("group"), map.is_empty()) {
-                (Some(group), true) => Ok(Self::Group(group)),
-                _ => Err(D::Error::custom(
-                    "remote: a map names a group, as {group: NAME}; \
+        deserializer.deserialize_any(RemoteVisitor)
+    }
+}
+
+const REMOTE_FORMS: &str = "any, a list of addresses and CIDRs, or {group: NAME}";
+
+struct RemoteVisitor;
+
+impl RemoteVisitor {
+    fn text<E: serde::de::Error>(self, text: String) -> Result<Remote, E> {
+        text.parse().map_err(|e: FieldError| E::custom(e.message))
+    }
+}
+
+impl<'de> Visitor<'de> for RemoteVisitor {
+    type Value = Remote;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REMOTE_FORMS)
+    }
+
+    visit_text!();
+
+    /// `{group: NAME}` and nothing else.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Remote, A::Error> {
+        let mut group = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "group" {
+                return Err(A::Error::custom(format!(
+                    "{} is not a key of a remote; a map names a group, as {{group: NAME}}; \
                      otherwise use any, or a list of addresses and CIDRs",
-                )),
-            },
-            Form::Text(text) => text.join().parse().map_err(D::Error::custom),
+                    Quoted(&key)
+                )));
+            }
+            if group.replace(map.next_value::<String>()?).is_some() {
+                return Err(A::Error::custom("group is given twice; name one group"));
+            }
         }
+        group
+            .map(Remote::Group)
+            .ok_or_else(|| A::Error::custom(format!("an empty map; use {REMOTE_FORMS}")))
     }
 }
 
@@ -487,7 +513,7 @@ pub struct Rule {
     #[serde(default)]
     pub action: Action,
     /// Within [`PRIORITIES`]; lower goes first.
-    #[serde(default = "default_priority")]
+    #[serde(default = "default_priority", deserialize_with = "priority")]
     pub priority: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -495,6 +521,24 @@ pub struct Rule {
 
 fn default_priority() -> u32 {
     DEFAULT_PRIORITY
+}
+
+const PRIORITY_FORM: &str = "1-65535 (1 goes first)";
+
+fn priority<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let priority = syntax::number_field(deserializer, (*PRIORITIES.end()).into(), PRIORITY_FORM)?;
+    check_priority(priority).map_err(|e| D::Error::custom(e.message))?;
+    Ok(priority)
+}
+
+fn check_priority(priority: u32) -> Result<(), FieldError> {
+    if PRIORITIES.contains(&priority) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "priority",
+        format!("{priority} is out of range; use {PRIORITY_FORM}"),
+    ))
 }
 
 impl Rule {
@@ -537,15 +581,7 @@ impl Rule {
             Remote::Group(name) => syntax::check_name("remote", name)?,
         }
         self.check_nets("local", &self.local)?;
-        if !PRIORITIES.contains(&self.priority) {
-            return Err(FieldError::new(
-                "priority",
-                format!(
-                    "{} is out of range; use 1-65535 (1 goes first)",
-                    self.priority
-                ),
-            ));
-        }
+        check_priority(self.priority)?;
         check_description(&self.description)
     }
 
@@ -1106,7 +1142,7 @@ mod tests {
 
     #[test]
     fn json_accepts_the_forms_users_write() {
-        let parse = |json: &str| serde_json::from_str::<Rule>(json).map_err(|e| e.to_string());
+        let parse = crate::parse_json::<Rule>;
         let minimal = parse(r#"{"direction": "INGRESS"}"#).unwrap();
         assert_eq!(minimal, Rule::new(Direction::Ingress));
         let rule = parse(
@@ -1139,15 +1175,94 @@ mod tests {
         );
         let err = parse(r#"{"direction": "ingress", "protocol": "icmp", "icmp": {"type": 300}}"#)
             .unwrap_err();
-        assert!(err.starts_with("300 is out of range; use 0-255"), "{err}");
-        let err = parse(r#"{"direction": "egress", "remote": {"group": "web", "x": "y"}}"#);
         assert!(
-            err.unwrap_err()
-                .starts_with("remote: a map names a group, as {group: NAME};")
+            err.starts_with("icmp.type: 300 is out of range; use 0-255"),
+            "{err}"
         );
+        let err = parse(r#"{"direction": "egress", "remote": {"group": "web", "x": "y"}}"#);
+        assert!(err.unwrap_err().starts_with(
+            "remote: 'x' is not a key of a remote; a map names a group, as {group: NAME};"
+        ));
         let err = parse(r#"{"direction": "ingress", "port": 80}"#).unwrap_err();
         assert!(err.contains("unknown field `port`"), "{err}");
         let err = parse(r#"{"direction": "ingress", "local": "10.0.0.1/8"}"#).unwrap_err();
         assert!(err.contains("did you mean 10.0.0.0/8"), "{err}");
+    }
+
+    /// The cases of issue 16: each error names its field and what it takes.
+    #[test]
+    fn serde_errors_name_the_field_and_what_it_takes() {
+        let err = |json: &str| crate::parse_json::<Rule>(json).unwrap_err();
+        for (json, expected) in [
+            (
+                r#"{"direction": "egress", "remote": {"group": "x", "extra": 1}}"#,
+                "remote: 'extra' is not a key of a remote; a map names a group",
+            ),
+            (
+                r#"{"direction": "egress", "remote": {"group": 5}}"#,
+                "remote.group: invalid type: integer `5`, expected a string",
+            ),
+            (
+                r#"{"direction": "egress", "remote": {}}"#,
+                "remote: an empty map; use any, a list of addresses and CIDRs, or {group: NAME}",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "tcp", "ports": 80.5}"#,
+                "ports: '80.5' is not a port; use a number 1-65535",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "tcp", "ports": {"from": 80}}"#,
+                "ports: invalid type: map, expected a number, a string or a list of them",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "icmp", "icmp": {"type": 256}}"#,
+                "icmp.type: 256 is out of range; use 0-255",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "icmp", "icmp": {"type": -1}}"#,
+                "icmp.type: -1 is out of range; use 0-255",
+            ),
+            (
+                r#"{"direction": "ingress", "priority": 18446744073709551616}"#,
+                "priority: 18446744073709552000 is out of range; use 1-65535 (1 goes first)",
+            ),
+            (
+                r#"{"direction": "ingress", "priority": 1.5}"#,
+                "priority: '1.5' is not a whole number; use 1-65535 (1 goes first)",
+            ),
+            (
+                r#"{"direction": "ingress", "priority": 0}"#,
+                "priority: 0 is out of range; use 1-65535 (1 goes first)",
+            ),
+            (
+                r#"{"direction": "sideways"}"#,
+                "direction: 'sideways' is not accepted; use ingress or egress",
+            ),
+        ] {
+            let err = err(json);
+            assert!(err.starts_with(expected), "{json}: {err}");
+        }
+        assert_eq!(
+            crate::parse_json::<Rule>(r#"{"direction": "ingress", "priority": "10"}"#)
+                .unwrap()
+                .priority,
+            10
+        );
+    }
+
+    #[test]
+    fn values_in_errors_are_cut_and_escaped() {
+        let long = format!(r#"{{"direction": "{}"}}"#, "x".repeat(10_000));
+        let err = crate::parse_json::<Rule>(&long).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "direction: '{}…' (10000 characters) is not accepted",
+                "x".repeat(64)
+            )),
+            "{err}"
+        );
+        assert!(err.len() < 300, "{err}");
+        let err = crate::parse_json::<Rule>(r#"{"direction": "in\u001b[2J"}"#).unwrap_err();
+        assert!(err.starts_with(r"direction: 'in\u{1b}[2J' is not"), "{err}");
     }
 }

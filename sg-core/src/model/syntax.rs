@@ -2,12 +2,16 @@
 //! and the serde glue that sends YAML/JSON values through the same parsers
 //! as the command line, so both accept the same forms with the same errors.
 
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::{
+    Deserialize, Deserializer,
+    de::{Error as _, Visitor},
+};
 
 use super::FieldError;
+use crate::text::{Cut, Quoted};
 
 const NAME_MAX: usize = 64;
 const NAME_FORM: &str =
@@ -16,17 +20,18 @@ const NAME_FORM: &str =
 /// Checks a group or port name: 1–64 characters from `a-z A-Z 0-9 . _ -`,
 /// the first a letter or digit.
 pub fn check_name(field: &'static str, name: &str) -> Result<(), FieldError> {
+    let quoted = Quoted(name);
     let problem = if name.is_empty() {
         "is empty".to_owned()
     } else if name.chars().count() > NAME_MAX {
-        format!("'{name}' has {} characters", name.chars().count())
+        format!("{quoted} has {} characters", name.chars().count())
     } else if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        format!("'{name}' contains {bad:?}")
+        format!("{quoted} contains {bad:?}")
     } else if let Some(first) = name.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
-        format!("'{name}' starts with {first:?}")
+        format!("{quoted} starts with {first:?}")
     } else {
         return Ok(());
     };
@@ -40,8 +45,9 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     let not_cidr = || {
         format!(
-            "'{text}' is not an address or CIDR; use one such as 203.0.113.5, \
-             203.0.113.0/24 or 2001:db8::/32"
+            "{} is not an address or CIDR; use one such as 203.0.113.5, \
+             203.0.113.0/24 or 2001:db8::/32",
+            Quoted(text)
         )
     };
     let Some((addr, len)) = text.split_once('/') else {
@@ -58,7 +64,13 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .and_then(|len| IpNet::new(addr, len).ok())
         .ok_or_else(|| {
             let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-            format!("'{text}' has prefix length /{len}; use /0-/{max} for {family}")
+            // The whole text is quoted (and cut) already.
+            let len = if len.chars().count() <= 8 { len } else { "…" };
+            format!(
+                "{} has prefix length /{}; use /0-/{max} for {family}",
+                Quoted(text),
+                crate::text::escaped(len)
+            )
         })?;
     check_cidr(&net)?;
     Ok(net)
@@ -85,32 +97,78 @@ pub fn check_cidr(net: &IpNet) -> Result<(), String> {
 }
 
 /// What a user may write for a scalar or list field in YAML or JSON:
-/// `80`, `"80,443"`, `[22, "8000-8080"]`. Joined with commas, it is the
-/// text the field's `FromStr` parses.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(super) enum Text {
-    Number(i64),
-    Word(String),
-    List(Vec<Text>),
-}
+/// `80`, `"80,443"`, `[22, "8000-8080"]`, and any other number or a
+/// boolean as its text. Joined with commas, it is the text the field's
+/// `FromStr` parses, so that `ports: 80.5` is refused by the parser of
+/// ports with its own message.
+pub(super) struct Text(pub String);
 
-impl Text {
-    pub(super) fn join(self) -> String {
-        match self {
-            Self::Number(number) => number.to_string(),
-            Self::Word(word) => word,
-            Self::List(items) => items
-                .into_iter()
-                .map(Self::join)
-                .collect::<Vec<_>>()
-                .join(","),
-        }
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor)
     }
 }
 
+struct TextVisitor;
+
+impl TextVisitor {
+    fn text<E: serde::de::Error>(self, text: String) -> Result<Text, E> {
+        Ok(Text(text))
+    }
+}
+
+/// The methods of a serde `Visitor` that take a scalar or a list of them
+/// as [`Text`] and hand its text to the visitor's own `text` method.
+macro_rules! visit_text {
+    () => {
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            self.text(v.to_string())
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            self.text(v.to_owned())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some($crate::model::syntax::Text(item)) = seq.next_element()? {
+                items.push(item);
+            }
+            self.text(items.join(","))
+        }
+    };
+}
+pub(super) use visit_text;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, a string or a list of them")
+    }
+
+    visit_text!();
+}
+
 /// Serializes a type as its `Display` text and deserializes it from
-/// [`Text`] through its `FromStr`.
+/// [`Text`] through its `FromStr`, whose error names the field itself
+/// (the deserializer's path says where it is).
 macro_rules! serde_as_text {
     ($($ty:ty),+) => {$(
         impl serde::Serialize for $ty {
@@ -123,9 +181,9 @@ macro_rules! serde_as_text {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 use serde::de::Error as _;
                 $crate::model::syntax::Text::deserialize(deserializer)?
-                    .join()
+                    .0
                     .parse()
-                    .map_err(D::Error::custom)
+                    .map_err(|e: $crate::model::FieldError| D::Error::custom(e.message))
             }
         }
     )+};
@@ -137,14 +195,80 @@ pub(super) use serde_as_text;
 pub(super) fn cidr_list<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<IpNet>, D::Error> {
-    match Text::deserialize(deserializer)?.join() {
+    list(deserializer, parse_cidr)
+}
+
+/// Serde `deserialize_with` for a port's fixed IPs: single addresses, as a
+/// list or one comma-separated string.
+pub(super) fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    list(deserializer, parse_ip)
+}
+
+fn list<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error> {
+    match Text::deserialize(deserializer)?.0 {
         text if text.trim().is_empty() => Ok(Vec::new()),
         text => text
             .split(',')
-            .map(parse_cidr)
+            .map(parse)
             .collect::<Result<_, _>>()
             .map_err(D::Error::custom),
     }
+}
+
+/// One IP address, as a port's fixed IPs are: a prefix is refused with
+/// where it belongs instead.
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Err(format!(
+            "{net} is a prefix, not an address; use one address such as {} \
+             (a prefix the workload may use is an allowed address pair)",
+            net.addr()
+        ));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "{} is not an IP address; use one such as 203.0.113.5 or 2001:db8::5",
+            Quoted(text)
+        )
+    })
+}
+
+/// A whole number from `0` to `max`, from its text; `form` says what the
+/// field accepts (`1-65535 (1 goes first)`), for both errors.
+pub(crate) fn whole_number(text: &str, max: u64, form: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let out_of_range = || format!("{} is out of range; use {form}", Cut(text));
+    if let Ok(number) = text.parse::<i128>() {
+        return u64::try_from(number)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(out_of_range);
+    }
+    match text.parse::<f64>() {
+        Ok(number) if number.is_finite() && number.fract() == 0.0 => Err(out_of_range()),
+        Ok(number) if number.is_finite() => Err(format!(
+            "{} is not a whole number; use {form}",
+            Quoted(text)
+        )),
+        _ => Err(format!("{} is not a number; use {form}", Quoted(text))),
+    }
+}
+
+/// Serde `deserialize_with` for a whole number up to `T`'s largest,
+/// written as a number or a string; `form` as for [`whole_number`].
+pub(crate) fn number_field<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+    max: u64,
+    form: &str,
+) -> Result<T, D::Error> {
+    let number =
+        whole_number(&Text::deserialize(deserializer)?.0, max, form).map_err(D::Error::custom)?;
+    T::try_from(number)
+        .map_err(|_| D::Error::custom(format!("{number} is out of range; use {form}")))
 }
 
 /// Serde `deserialize_with` for one address or CIDR.

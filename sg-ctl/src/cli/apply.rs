@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use sg_ctl::daemon::api::Document;
+use sg_ctl::{
+    daemon::api::Document,
+    fields::{self, Subject},
+};
 
 use super::{Invalid, Session, print};
 
@@ -27,7 +30,7 @@ impl ApplyArgs {
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
         };
         // YAML is a superset of JSON: one parser reads both.
-        let document: Document = serde_norway::from_str(&text)
+        let document: Document = fields::from_yaml(&text, Subject::Document)
             .map_err(|e| Invalid(format!("{}: {e}", file.display())))?;
         for port in &document.ports {
             for pair in port.allowed_address_pairs.iter().filter(|p| p.allow_wide) {

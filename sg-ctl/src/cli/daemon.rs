@@ -41,12 +41,19 @@ enum DaemonCommand {
 }
 
 impl DaemonArgs {
+    /// Whether this runs the daemon (rather than a token command).
+    pub fn serves(&self) -> bool {
+        self.command.is_none()
+    }
+
     /// Serves the API on `socket` until told to stop; a token command goes
     /// to the daemon of `session` instead.
     pub fn run(&self, pins: Pins, socket: &Path, session: &Session) -> Result<()> {
         if let Some(DaemonCommand::Token(command)) = &self.command {
             return block_on(command.run(session));
         }
+        // Before the datapath and the listener open theirs.
+        api::http::raise_open_files()?;
         if let Some(dir) = self.db.parent() {
             std::fs::create_dir_all(dir)?;
         }

@@ -228,6 +228,34 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_ip_is_an_address_and_its_error_says_where_a_prefix_goes() {
+        let port = |ip: &str| {
+            Cli::try_parse_from([
+                "sg-ctl",
+                "port",
+                "create",
+                "vm1",
+                "--iface",
+                "tap1",
+                "--mac",
+                "52:54:00:12:34:56",
+                "--ip",
+                ip,
+            ])
+        };
+        assert!(port("198.18.0.5").is_ok());
+        let error = port("198.18.0.0/24").err().unwrap().to_string();
+        assert!(
+            error.contains(
+                "invalid value '198.18.0.0/24' for '--ip <IPS>': 198.18.0.0/24 is a prefix, not \
+                 an address; use one address such as 198.18.0.0 (a prefix the workload may use \
+                 is an allowed address pair)"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn presets_exclude_the_fields_they_set() {
         let parsed = Cli::try_parse_from([
             "sg-ctl", "rule", "add", "web", "--preset", "ssh", "--port", "80",

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 use clap::Subcommand;
-use sg_core::model::{FieldError, MacAddr, Port};
+use sg_core::model::{FieldError, MacAddr, Port, parse_ip};
 use sg_ctl::daemon::api::{PlugBody, PortView};
 
 use super::{Invalid, Session, conntrack::FlowMatch, print};
@@ -24,7 +24,7 @@ pub enum PortCommand {
         #[arg(long)]
         mac: MacAddr,
         /// A fixed IP of the workload (repeat for more).
-        #[arg(long = "ip")]
+        #[arg(long = "ip", value_parser = parse_ip)]
         ips: Vec<IpAddr>,
         /// An address the workload may also use: CIDR[,MAC] (repeat for more).
         // Parsed once the command is read, so that a wrong pair reads like
@@ -73,7 +73,7 @@ pub enum PortCommand {
         #[arg(long)]
         mac: Option<MacAddr>,
         /// Replaces the fixed IPs (repeat for more).
-        #[arg(long = "ip")]
+        #[arg(long = "ip", value_parser = parse_ip)]
         ips: Vec<IpAddr>,
         #[arg(long)]
         port_security: Option<bool>,

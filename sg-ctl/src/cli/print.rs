@@ -1,4 +1,6 @@
-//! The tables (and lines) the commands print without `-o json`.
+//! The tables (and lines) the commands print without `-o json`. Text from
+//! users (descriptions, interface names, reasons that quote them) is
+//! printed escaped: it may hold what drives a terminal.
 
 use std::{
     io::{self, Write},
@@ -11,6 +13,7 @@ use sg_core::{
     access::TokenInfo,
     model::{AddressPair, IpProtocol, ProtocolInfo},
     preset::PRESETS,
+    text::escaped,
 };
 use sg_ctl::{
     daemon::api::{Action, Applied, GroupView, PortView},
@@ -249,7 +252,7 @@ pub fn groups(groups: &[GroupView]) -> io::Result<()> {
             if view.spec.public { "yes" } else { "no" },
             view.status.state.to_string(),
             view.ports.join(","),
-            view.spec.description
+            escaped(&view.spec.description)
         )?;
     }
     Ok(())
@@ -260,7 +263,7 @@ pub fn group(view: &GroupView) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "group {} (revision {})", group.name, view.revision)?;
     if !group.description.is_empty() {
-        writeln!(out, "  description: {}", group.description)?;
+        writeln!(out, "  description: {}", escaped(&group.description))?;
     }
     writeln!(out, "  public: {}", group.public)?;
     if group.egress_open_until_first_rule {
@@ -278,7 +281,7 @@ pub fn group(view: &GroupView) -> io::Result<()> {
     let reason = if view.status.reason.is_empty() {
         String::new()
     } else {
-        format!(" ({})", view.status.reason)
+        format!(" ({})", escaped(&view.status.reason))
     };
     writeln!(out, "  status: {}{reason}", view.status.state)?;
     rules(view)
@@ -313,7 +316,7 @@ pub fn rules(view: &GroupView) -> io::Result<()> {
             rule.remote.to_string(),
             rule.action.to_string(),
             rule.priority,
-            rule.description
+            escaped(&rule.description)
         )?;
     }
     Ok(())
@@ -332,14 +335,14 @@ pub fn ports(ports: &[PortView]) -> io::Result<()> {
         let status = if view.status.reason.is_empty() {
             view.status.state.to_string()
         } else {
-            format!("{}: {}", view.status.state, view.status.reason)
+            format!("{}: {}", view.status.state, escaped(&view.status.reason))
         };
         writeln!(
             out,
             "{:<16} {:<16} {:<12} {:<17} {:<24} {:<20} {:>6}  {status}",
             port.name,
-            port.ifname,
-            port.netns.as_deref().unwrap_or("-"),
+            escaped(&port.ifname),
+            escaped(port.netns.as_deref().unwrap_or("-")),
             port.mac.to_string(),
             ips.join(","),
             port.groups.join(","),

@@ -23,7 +23,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
     match text {
         "owner" => Ok(Role::Owner),
         "viewer" => Ok(Role::Viewer),
-        _ => Err(format!("'{text}' is not a role; use owner or viewer")),
+        _ => Err(format!(
+            "{} is not a role; use owner or viewer",
+            sg_core::text::Quoted(text)
+        )),
     }
 }
 

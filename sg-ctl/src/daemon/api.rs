@@ -6,8 +6,11 @@
 //! token's role; without one, a client running as root (uid 0, from the
 //! socket's SO_PEERCRED) is an owner, as root could edit the database or
 //! the maps anyway; anyone else is anonymous and may read public groups.
+//! [`http`] is the transport under it, with the limits that keep one
+//! client from taking the API from the others.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -16,26 +19,31 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{
-        ConnectInfo, FromRequestParts, Path as UrlPath, Query, State, connect_info::Connected,
-    },
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, FromRequestParts, Path as UrlPath, Request, State},
     http::{HeaderMap, StatusCode, header, request::Parts},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
-    serve::IncomingStream,
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::{Daemon, Hits};
-use crate::{datapath::conntrack::Flow, store::StoreError};
+use crate::{
+    datapath::conntrack::Flow,
+    fields::{self, Subject},
+    store::StoreError,
+};
 use sg_core::{
     access::{Role, TokenInfo},
-    model::{Group, Port, Rule},
+    model::{Group, Port, Rule, check_name, parse_cidr},
     settings::Settings,
     status::PortPhase,
+    text::Quoted,
 };
+
+pub mod http;
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
@@ -215,12 +223,24 @@ pub struct Applied {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FlowQuery {
     /// Either end in this prefix.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "prefix"
+    )]
     pub address: Option<ipnet::IpNet>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+}
+
+/// An address or CIDR, as rules take them.
+fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ipnet::IpNet>, D::Error> {
+    use serde::de::Error as _;
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| parse_cidr(&text).map_err(D::Error::custom))
+        .transpose()
 }
 
 /// The query of `POST /v1/apply`.
@@ -298,6 +318,15 @@ pub mod routes {
 type Shared = Arc<Mutex<Daemon>>;
 type Reply<T> = Result<Json<T>, ApiError>;
 
+/// The largest body a client with a token (or root) may send: a policy of
+/// 50,000 rules is 8.4 MB as the CLI sends it (JSON, 168 bytes a rule with
+/// a remote address, ports and a description), so this leaves room for
+/// seven times that.
+pub const MAX_BODY: usize = 64 << 20;
+/// The largest body of a client without a token: an anonymous client may
+/// only read, so it has nothing large to send.
+pub const MAX_ANONYMOUS_BODY: usize = 64 << 10;
+
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.kind {
@@ -308,63 +337,98 @@ impl axum::response::IntoResponse for ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
+        http::json_error(status, self.message)
     }
 }
 
-/// The peer of a Unix-socket connection.
-#[derive(Clone, Copy, Debug)]
-struct Peer {
-    uid: Option<u32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|cred| cred.uid()),
-        }
-    }
-}
-
-/// The role of the client making a request.
+/// The role of the client making a request, which [`admit`] found.
+#[derive(Clone, Copy)]
 struct Caller(Role);
 
-impl FromRequestParts<Shared> for Caller {
+impl<S: Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, daemon: &Shared) -> Result<Self, ApiError> {
-        let peer = parts
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
             .extensions
-            .get::<ConnectInfo<Peer>>()
-            .map(|info| info.0);
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(|token| token.trim().to_string());
-        match token {
-            Some(token) => {
-                let daemon = daemon.clone();
-                let role = blocking(move || Ok(lock(&daemon).store().role_of(&token)?)).await?;
-                role.map(Caller).ok_or_else(|| {
-                    ApiError::new(
-                        ErrorKind::Unauthenticated,
-                        "unknown token; an owner creates tokens with \
-                         `sg-ctl daemon token create --role viewer|owner`",
-                    )
-                })
-            }
-            None if peer.and_then(|p| p.uid) == Some(0) => Ok(Caller(Role::Owner)),
-            None => Ok(Caller(Role::Anonymous)),
-        }
+            .get::<Caller>()
+            .copied()
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "the request was not admitted"))
     }
+}
+
+/// Middleware: who the client is (its token's role, or its uid's), then
+/// its body, read whole within that role's limit and [`http::BODY_TIMEOUT`],
+/// before anything answers (so that a client still sending gets the
+/// answer, not a broken pipe).
+async fn admit(State(daemon): State<Shared>, request: Request, next: Next) -> Response {
+    let deadline = tokio::time::Instant::now() + http::BODY_TIMEOUT;
+    let peer = request.extensions().get::<http::Peer>().copied();
+    let role = role_of(&daemon, request.headers(), peer).await;
+    let (limit, note) = match role {
+        Ok(role) if role >= Role::Viewer => (MAX_BODY, "send a smaller document"),
+        _ => (
+            MAX_ANONYMOUS_BODY,
+            "clients without a token (--token, or SG_TOKEN) or root send no more",
+        ),
+    };
+    let (mut parts, body) = request.into_parts();
+    let bytes = match http::read_body(body, limit, deadline, note).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
+    match role {
+        Ok(role) => {
+            parts.extensions.insert(Caller(role));
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A token's role, or root's without one, or anonymous.
+async fn role_of(
+    daemon: &Shared,
+    headers: &HeaderMap,
+    peer: Option<http::Peer>,
+) -> Result<Role, ApiError> {
+    match bearer(headers)? {
+        Some(token) => {
+            let daemon = daemon.clone();
+            let role = blocking(move || Ok(lock(&daemon).store().role_of(&token)?)).await?;
+            role.ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Unauthenticated,
+                    "unknown token; an owner creates tokens with \
+                     `sg-ctl daemon token create --role viewer|owner`",
+                )
+            })
+        }
+        None if peer.and_then(|p| p.uid) == Some(0) => Ok(Role::Owner),
+        None => Ok(Role::Anonymous),
+    }
+}
+
+/// The token of `Authorization: Bearer TOKEN`, the scheme in any case
+/// (RFC 7235); `None` without the header.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let refused = || {
+        ApiError::new(
+            ErrorKind::Unauthenticated,
+            "Authorization: use `Bearer TOKEN` with a token of `sg-ctl daemon token create`",
+        )
+    };
+    let text = value.to_str().map_err(|_| refused())?.trim();
+    let (scheme, token) = text.split_once([' ', '\t']).ok_or_else(refused)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(refused());
+    }
+    Ok(Some(token.to_string()))
 }
 
 fn lock(daemon: &Shared) -> std::sync::MutexGuard<'_, Daemon> {
@@ -392,8 +456,9 @@ async fn with<T: Serialize + Send + 'static>(
     blocking(move || f(&mut lock(&daemon))).await.map(Json)
 }
 
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))
+/// A JSON body as `subject`; its errors name the field.
+fn body<T: DeserializeOwned>(bytes: &[u8], subject: Subject) -> Result<T, ApiError> {
+    fields::from_json(bytes, subject).map_err(ApiError::invalid)
 }
 
 /// The revision a change expects, from `If-Match`.
@@ -415,11 +480,63 @@ fn revision(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
-type Name = UrlPath<String>;
-type NameIndex = UrlPath<(String, usize)>;
+/// The path's segments by name.
+async fn segments(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
+    let UrlPath(segments) = UrlPath::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::invalid(e.body_text()))?;
+    Ok(segments)
+}
+
+/// The `{name}` of the path, a group's or a port's, checked as names are:
+/// no error then quotes more of it than a name may hold.
+struct Named(String);
+
+impl<S: Sync> FromRequestParts<S> for Named {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let name = segments(parts).await?.remove("name").unwrap_or_default();
+        check_name("name", &name).map_err(ApiError::invalid)?;
+        Ok(Named(name))
+    }
+}
+
+/// The `{name}` and `{index}` of a rule's path.
+struct RuleAt(String, usize);
+
+impl<S: Sync> FromRequestParts<S> for RuleAt {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Named(name) = Named::from_request_parts(parts, state).await?;
+        let index = segments(parts).await?.remove("index").unwrap_or_default();
+        let index = index.parse().map_err(|_| {
+            ApiError::invalid(format!(
+                "index: {} is not a rule's index; use its position from 0 \
+                 (`sg-ctl rule list {name}` shows them)",
+                Quoted(&index)
+            ))
+        })?;
+        Ok(RuleAt(name, index))
+    }
+}
+
+/// A query string as `T`; its errors name the field.
+struct Queried<T>(T);
+
+impl<T: DeserializeOwned, S: Sync> FromRequestParts<S> for Queried<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        fields::from_query(parts.uri.query().unwrap_or_default())
+            .map(Queried)
+            .map_err(ApiError::invalid)
+    }
+}
 
 fn router(daemon: Shared) -> Router {
-    Router::new()
+    let api = Router::new()
         .route(routes::GROUPS, get(list_groups).post(create_group))
         .route(
             routes::GROUP,
@@ -442,7 +559,15 @@ fn router(daemon: Shared) -> Router {
         .route(routes::APPLY, post(apply))
         .route(routes::TOKENS, get(list_tokens).post(create_token))
         .route(routes::TOKEN, delete(revoke_token))
-        .with_state(daemon)
+        .layer(middleware::from_fn_with_state(daemon.clone(), admit))
+        // `admit` read the body within its own limit already.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(daemon);
+    // Around the whole router, so that it sees its answers as they leave
+    // (a 405 gets its Allow header last).
+    Router::new()
+        .fallback_service(api)
+        .layer(middleware::from_fn(http::json_errors))
 }
 
 async fn list_groups(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<GroupView>> {
@@ -454,7 +579,7 @@ async fn create_group(
     Caller(role): Caller,
     b: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let group: Group = body(&b)?;
+    let group: Group = body(&b, Subject::Group(None))?;
     let view = with(d, move |d| d.create_group(role, group)).await?;
     Ok((StatusCode::CREATED, view))
 }
@@ -462,7 +587,7 @@ async fn create_group(
 async fn show_group(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
 ) -> Reply<GroupView> {
     with(d, move |d| d.group(role, &name)).await
 }
@@ -470,18 +595,20 @@ async fn show_group(
 async fn update_group(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<GroupView> {
-    let (group, revision) = (body(&b)?, revision(&headers)?);
+    let group: Group = body(&b, Subject::Group(Some(&name)))?;
+    check_name("name", &group.name).map_err(ApiError::invalid)?;
+    let revision = revision(&headers)?;
     with(d, move |d| d.replace_group(role, &name, group, revision)).await
 }
 
 async fn delete_group(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let revision = revision(&headers)?;
@@ -492,10 +619,10 @@ async fn delete_group(
 async fn clone_group(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     b: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let to: NameBody = body(&b)?;
+    let to: NameBody = body(&b, Subject::Body)?;
     let view = with(d, move |d| d.clone_group(role, &name, &to.name)).await?;
     Ok((StatusCode::CREATED, view))
 }
@@ -503,22 +630,51 @@ async fn clone_group(
 async fn add_rules(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<GroupView> {
-    let (rules, revision): (Vec<Rule>, _) = (body(&b)?, revision(&headers)?);
+    let subject = |offset| Subject::NewRules {
+        group: &name,
+        offset,
+    };
+    let rules: Vec<Rule> = match fields::from_json(&b, subject(0)) {
+        Ok(rules) => rules,
+        // Said again with the indexes the rules would have in the group.
+        Err(_) => {
+            let (daemon, group) = (d.clone(), name.clone());
+            let offset = blocking(move || {
+                let daemon = lock(&daemon);
+                Ok(daemon
+                    .state()
+                    .policy
+                    .group(&group)
+                    .map_or(0, |g| g.rules.len()))
+            })
+            .await?;
+            return Err(body::<Vec<Rule>>(&b, subject(offset))
+                .err()
+                .unwrap_or_else(|| {
+                    ApiError::new(ErrorKind::Internal, "the rules read on a second reading")
+                }));
+        }
+    };
+    let revision = revision(&headers)?;
     with(d, move |d| d.add_rules(role, &name, rules, revision)).await
 }
 
 async fn update_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath((name, index)): NameIndex,
+    RuleAt(name, index): RuleAt,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<GroupView> {
-    let (rule, revision) = (body(&b)?, revision(&headers)?);
+    let subject = Subject::Rule {
+        group: &name,
+        index,
+    };
+    let (rule, revision) = (body(&b, subject)?, revision(&headers)?);
     with(d, move |d| {
         d.set_rule(role, &name, index, Some(rule), revision)
     })
@@ -528,7 +684,7 @@ async fn update_rule(
 async fn delete_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath((name, index)): NameIndex,
+    RuleAt(name, index): RuleAt,
     headers: HeaderMap,
 ) -> Reply<GroupView> {
     let revision = revision(&headers)?;
@@ -542,8 +698,8 @@ async fn list_ports(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<
 async fn port_flows(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
-    Query(query): Query<FlowQuery>,
+    Named(name): Named,
+    Queried(query): Queried<FlowQuery>,
 ) -> Reply<Vec<Flow>> {
     with(d, move |d| d.flows(role, &name, query)).await
 }
@@ -553,7 +709,7 @@ async fn create_port(
     Caller(role): Caller,
     b: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let port: Port = body(&b)?;
+    let port: Port = body(&b, Subject::Port(None))?;
     let view = with(d, move |d| d.create_port(role, port)).await?;
     Ok((StatusCode::CREATED, view))
 }
@@ -561,7 +717,7 @@ async fn create_port(
 async fn show_port(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
 ) -> Reply<PortView> {
     with(d, move |d| d.port(role, &name)).await
 }
@@ -569,18 +725,20 @@ async fn show_port(
 async fn update_port(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<PortView> {
-    let (port, revision) = (body(&b)?, revision(&headers)?);
+    let port: Port = body(&b, Subject::Port(Some(&name)))?;
+    check_name("name", &port.name).map_err(ApiError::invalid)?;
+    let revision = revision(&headers)?;
     with(d, move |d| d.replace_port(role, &name, port, revision)).await
 }
 
 async fn delete_port(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let revision = revision(&headers)?;
@@ -591,30 +749,33 @@ async fn delete_port(
 async fn attach_groups(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     b: Bytes,
 ) -> Reply<PortView> {
-    let groups: GroupsBody = body(&b)?;
+    let groups: GroupsBody = body(&b, Subject::Body)?;
     with(d, move |d| d.attach_groups(role, &name, &groups.groups)).await
 }
 
 async fn plug(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     b: Bytes,
 ) -> Reply<PortView> {
-    let at: PlugBody = body(&b)?;
+    let at: PlugBody = body(&b, Subject::Body)?;
     with(d, move |d| d.plug(role, &name, at.ifname, at.netns)).await
 }
 
 async fn detach_groups(
     State(d): State<Shared>,
     Caller(role): Caller,
-    UrlPath(name): Name,
+    Named(name): Named,
     b: Bytes,
 ) -> Reply<PortView> {
-    let groups: GroupsBody = body(&b)?;
+    let groups: GroupsBody = body(&b, Subject::Body)?;
+    for group in &groups.groups {
+        check_name("groups", group).map_err(ApiError::invalid)?;
+    }
     with(d, move |d| d.detach_groups(role, &name, &groups.groups)).await
 }
 
@@ -627,7 +788,7 @@ async fn update_settings(
     Caller(role): Caller,
     b: Bytes,
 ) -> Reply<Settings> {
-    let settings: Settings = body(&b)?;
+    let settings: Settings = body(&b, Subject::Settings)?;
     with(d, move |d| d.set_settings(role, settings)).await
 }
 
@@ -638,10 +799,10 @@ async fn export(State(d): State<Shared>, Caller(role): Caller) -> Reply<Document
 async fn apply(
     State(d): State<Shared>,
     Caller(role): Caller,
-    Query(query): Query<ApplyQuery>,
+    Queried(query): Queried<ApplyQuery>,
     b: Bytes,
 ) -> Reply<Applied> {
-    let document = body(&b)?;
+    let document = body(&b, Subject::Document)?;
     with(d, move |d| d.apply(role, document, query.dry_run)).await
 }
 
@@ -650,7 +811,7 @@ async fn create_token(
     Caller(role): Caller,
     b: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request: RoleBody = body(&b)?;
+    let request: RoleBody = body(&b, Subject::Body)?;
     let Json((token, info)) = with(d, move |d| d.create_token(role, request.role)).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
@@ -664,6 +825,15 @@ async fn revoke_token(
     Caller(role): Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "no token with id {}; `sg-ctl daemon token list` shows the ids",
+                Quoted(&id)
+            ),
+        ));
+    }
     blocking(move || lock(&d).revoke_token(role, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -734,27 +904,28 @@ pub async fn serve(
     });
     if let Some(listener) = metrics {
         let daemon = daemon.clone();
-        let app = Router::new().route(
-            "/metrics",
-            get(move || async move {
-                let text = blocking(move || Ok(lock(&daemon).metrics())).await;
-                text.map(|text| ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("sg-ctl daemon: metrics listener: {e}");
-            }
-        });
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || async move {
+                    let text = blocking(move || Ok(lock(&daemon).metrics())).await;
+                    text.map(|text| ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+                }),
+            )
+            .layer(middleware::from_fn(http::json_errors));
+        let limits = http::Limits::METRICS;
+        tokio::spawn(http::serve(listener, app, limits, std::future::pending()));
     }
-    eprintln!("sg-ctl daemon: listening on {}", socket.display());
-    axum::serve(
-        listener,
-        router(daemon).into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .context("serving the API")
+    let limits = http::Limits::api(http::open_files());
+    eprintln!(
+        "sg-ctl daemon: listening on {} ({} connections per uid, {} in all for other users than \
+         root)",
+        socket.display(),
+        limits.per_peer,
+        limits.total
+    );
+    http::serve(listener, router(daemon), limits, shutdown()).await;
+    Ok(())
 }
 
 async fn shutdown() {
@@ -781,7 +952,7 @@ impl Drop for RemoveOnDrop {
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, http::Request};
+    use axum::http::Request;
     use tower::ServiceExt as _;
 
     use super::*;
@@ -804,6 +975,25 @@ mod tests {
     fn daemon(dir: &tempfile::TempDir) -> Daemon {
         let store = Store::open(&dir.path().join("sg.db")).unwrap();
         Daemon::start(store, Datapath::new(Pins::new(dir.path().join("pins")))).unwrap()
+    }
+
+    /// Removes a lock file when dropped.
+    struct LockRemoved(PathBuf);
+
+    impl Drop for LockRemoved {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Serves the API of `daemon` on a socket in `dir`, as the daemon does.
+    fn serving(dir: &tempfile::TempDir, daemon: Daemon) -> PathBuf {
+        let socket = dir.path().join("sg.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let app = router(Arc::new(Mutex::new(daemon)));
+        let limits = http::Limits::api(1024);
+        tokio::spawn(http::serve(listener, app, limits, std::future::pending()));
+        socket
     }
 
     /// Every operation docs/openapi.yaml describes is routed: the answer
@@ -853,14 +1043,11 @@ mod tests {
     #[tokio::test]
     async fn the_client_asks_what_the_router_serves() {
         let dir = temp_dir();
+        // Its port's attach takes the pins' lock, which lives outside `dir`.
+        let _lock = LockRemoved(Pins::new(dir.path().join("pins")).lock_path());
         let daemon = daemon(&dir);
         let (token, _) = daemon.store().create_token(Role::Owner).unwrap();
-        let socket = dir.path().join("sg.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let app = router(Arc::new(Mutex::new(daemon)));
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
-        });
+        let socket = serving(&dir, daemon);
         let client = Client::new(&socket, Some(token));
 
         assert_eq!(client.groups().await.unwrap().len(), 1);
@@ -951,5 +1138,215 @@ mod tests {
         let viewer = client.create_token(Role::Viewer).await.unwrap();
         assert_eq!(client.tokens().await.unwrap().len(), 2);
         client.revoke_token(&viewer.info.id).await.unwrap();
+    }
+
+    /// Asks `app` as `peer` (root when `Some(0)`), with these headers.
+    async fn ask(
+        app: &Router,
+        peer: Option<u32>,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut request = request.body(body.into()).unwrap();
+        request.extensions_mut().insert(http::Peer { uid: peer });
+        let response = app.clone().oneshot(request).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {uri}: {status} {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, headers, json)
+    }
+
+    /// The router's own refusals and the extractors' answer JSON, each
+    /// naming what is wrong.
+    #[tokio::test]
+    async fn every_refusal_is_json_and_names_what_is_wrong() {
+        let dir = temp_dir();
+        let app = router(Arc::new(Mutex::new(daemon(&dir))));
+        let long = format!("/v1/groups/{}", "x".repeat(10_000));
+        let icmp = r#"{"name": "web", "rules": [{"direction": "ingress", "protocol": "icmp",
+                       "icmp": {"type": 256}}]}"#;
+        let priority = r#"[{"direction": "ingress", "priority": 18446744073709551616}]"#;
+        let escape = r#"{"name": "a\u001b[2Jb"}"#;
+        let cases = [
+            (
+                "GET",
+                "/v1/nope",
+                "",
+                StatusCode::NOT_FOUND,
+                "no operation at /v1/nope; docs/openapi.yaml lists the API's operations",
+            ),
+            (
+                "DELETE",
+                "/v1/settings",
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/v1/settings does not take DELETE; it takes GET, HEAD, PUT",
+            ),
+            (
+                "DELETE",
+                "/v1/groups/web/rules/x",
+                "",
+                StatusCode::BAD_REQUEST,
+                "index: 'x' is not a rule's index; use its position from 0",
+            ),
+            (
+                "GET",
+                "/v1/ports/vm/flows?address=198.18.0.1/24",
+                "",
+                StatusCode::BAD_REQUEST,
+                "address: 198.18.0.1/24 has host bits set",
+            ),
+            (
+                "POST",
+                "/v1/apply?dry_run=maybe",
+                "{}",
+                StatusCode::BAD_REQUEST,
+                "dry_run: ",
+            ),
+            ("GET", &long, "", StatusCode::BAD_REQUEST, "name: 'xxxxxxxx"),
+            (
+                "POST",
+                "/v1/groups",
+                icmp,
+                StatusCode::BAD_REQUEST,
+                "group 'web': rules[0]: icmp.type: 256 is out of range; use 0-255",
+            ),
+            (
+                "POST",
+                "/v1/groups/default/rules",
+                priority,
+                StatusCode::BAD_REQUEST,
+                "group 'default': rules[4]: priority: 18446744073709552000 is out of range; \
+                 use 1-65535 (1 goes first)",
+            ),
+            (
+                "POST",
+                "/v1/groups",
+                escape,
+                StatusCode::BAD_REQUEST,
+                r"group 'a\u{1b}[2Jb': name: 'a\u{1b}[2Jb' contains '\u{1b}'",
+            ),
+        ];
+        for (method, uri, body, status, message) in cases {
+            let (got, headers, json) = ask(&app, Some(0), method, uri, &[], body).await;
+            let error = json["error"].as_str().unwrap();
+            assert_eq!(got, status, "{method} {uri}: {error}");
+            assert!(error.starts_with(message), "{method} {uri}: {error}");
+            assert!(error.len() < 300, "{method} {uri}: {error}");
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(headers.contains_key(header::ALLOW));
+            }
+        }
+        // An anonymous client sends little: its body is read, then refused.
+        let big = vec![b' '; MAX_ANONYMOUS_BODY + 1];
+        let (status, _, json) = ask(&app, None, "POST", "/v1/apply", &[], big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the request's body is 65537 bytes, over the limit of 65536 (64 KiB)"),
+            "{json}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_bearer_scheme_is_any_case() {
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer(&headers)
+        };
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", "BeArEr\tabc"] {
+            assert_eq!(header(value).unwrap().as_deref(), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc"] {
+            assert_eq!(
+                header(value).unwrap_err().kind,
+                ErrorKind::Unauthenticated,
+                "{value}"
+            );
+        }
+        assert_eq!(bearer(&HeaderMap::new()).unwrap(), None);
+
+        let dir = temp_dir();
+        let daemon = daemon(&dir);
+        let (token, _) = daemon.store().create_token(Role::Viewer).unwrap();
+        let app = router(Arc::new(Mutex::new(daemon)));
+        let lower = format!("bearer {token}");
+        let headers = [("authorization", lower.as_str())];
+        let (status, _, _) = ask(&app, Some(65534), "GET", "/v1/settings", &headers, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let basic = [("authorization", "Basic cm9vdDo=")];
+        let (status, _, json) = ask(&app, Some(0), "GET", "/v1/settings", &basic, "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(json["error"].as_str().unwrap().contains("Bearer TOKEN"));
+    }
+
+    /// Sends `request` as is over the socket and reads the answer whole.
+    async fn raw(socket: &Path, request: &[u8]) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        // The daemon may answer (and close) before all is written.
+        let _ = stream.write_all(request).await;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, json)
+    }
+
+    /// What the HTTP layer refuses is JSON too, and a client that hangs up
+    /// leaves the others served.
+    #[tokio::test]
+    async fn the_transport_answers_json_and_outlives_its_clients() {
+        let dir = temp_dir();
+        let socket = serving(&dir, daemon(&dir));
+        let (status, json) = raw(&socket, b"GARBAGE\x01 /v1 HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status, 400);
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request")
+        );
+        let huge = format!(
+            "GET /v1/settings HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(http::MAX_HEAD)
+        );
+        let (status, json) = raw(&socket, huge.as_bytes()).await;
+        assert_eq!(status, 431, "{json}");
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2 * http::MAX_URI));
+        let (status, json) = raw(&socket, long.as_bytes()).await;
+        assert_eq!(status, 414, "{json}");
+        // A body shorter than announced, then gone; a head cut short.
+        for request in [
+            &b"PUT /v1/settings HTTP/1.1\r\nHost: sg\r\nContent-Length: 1000\r\n\r\n{"[..],
+            b"GET /v1/settings HTTP/1.1\r\nHo",
+        ] {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            std::io::Write::write_all(&mut stream, request).unwrap();
+        }
+        let client = Client::new(&socket, None);
+        assert_eq!(client.groups().await.unwrap().len(), 1);
     }
 }

@@ -405,7 +405,10 @@ impl Daemon {
             .transpose()?;
         let flow_state = query
             .state
-            .map(|s| s.parse::<FlowState>().map_err(ApiError::invalid))
+            .map(|s| {
+                s.parse::<FlowState>()
+                    .map_err(|e| ApiError::invalid(format!("state: {e}")))
+            })
             .transpose()?;
         self.state.policy.port(name).ok_or_else(|| no_port(name))?;
         let states = self.store.port_states()?;

@@ -1,5 +1,6 @@
 //! Where the datapath lives on the BPF filesystem, and the lock that
-//! serialises changes to it by concurrent sg-ctl processes.
+//! serialises changes to it by concurrent sg-ctl processes (in
+//! [`LOCK_DIR`], which only root may enter).
 //!
 //! ```text
 //! <root>/maps/SG_PORTS  SG_STATS  …        shared by every port
@@ -7,18 +8,24 @@
 //! ```
 
 use std::{
-    fs::{self, File},
-    io,
-    os::fd::AsRawFd as _,
+    fs, io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::maps::{Map, MapData, MapError};
 
-use super::error::{Context as _, Result};
+use super::error::{Context as _, DatapathError, Result};
+use crate::lock::{self, LockFile};
 
 /// Default pin directory on the host's bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sg";
+
+/// The directory of the datapath's locks: under /run (root's alone, where
+/// /run/lock is anyone's), mode 0700.
+const LOCK_DIR: &str = "/run/sg/locks";
+/// How long a change waits for another sg-ctl's change to the same pins.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -76,19 +83,25 @@ impl Pins {
             .context(|| format!("{} has an unexpected type", path.display()))
     }
 
-    /// Serialises changes to the pins by concurrent sg-ctl processes.
-    pub(super) fn lock(&self) -> Result<File> {
-        let dir = Path::new("/run/lock");
-        fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+    /// The lock file of these pins, in [`LOCK_DIR`].
+    pub fn lock_path(&self) -> PathBuf {
+        Path::new(LOCK_DIR).join(self.lock_name())
+    }
+
+    fn lock_name(&self) -> String {
         let name = self.root.to_string_lossy().replace('/', "_");
-        let path = dir.join(format!("sg{name}.lock"));
-        let file = File::create(&path).context(|| format!("creating {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error())
-                .context(|| format!("locking {}", path.display()));
-        }
-        Ok(file)
+        format!("pins{name}.lock")
+    }
+
+    /// Serialises changes to the pins by concurrent sg-ctl processes.
+    pub(super) fn lock(&self) -> Result<LockFile> {
+        let what = "the datapath's lock";
+        lock::acquire(Path::new(LOCK_DIR), &self.lock_name(), what, LOCK_WAIT).map_err(|e| {
+            DatapathError::Kernel {
+                what: format!("changing the pins under {}", self.root.display()),
+                source: Box::new(e),
+            }
+        })
     }
 
     /// Mounts the BPF filesystem at `/sys/fs/bpf` where nothing mounted it.
