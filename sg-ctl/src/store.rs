@@ -19,7 +19,7 @@ use std::{
 
 use crate::lock::{self, LockError, LockFile};
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -356,7 +356,7 @@ impl Store {
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let digest = digest(&token);
+        let digest = token_digest(&token);
         self.conn.execute(
             "INSERT INTO tokens (digest, role, created) VALUES (?1, ?2, unixepoch())",
             params![digest, role_text(role)],
@@ -402,17 +402,19 @@ impl Store {
         Ok(removed > 0)
     }
 
-    /// The role of a token, `None` when it is unknown.
-    pub fn role_of(&self, token: &str) -> Result<Option<Role>> {
-        let role: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT role FROM tokens WHERE digest = ?1",
-                [digest(token)],
-                |row| row.get(0),
-            )
-            .optional()?;
-        role.map(|role| parse_role(&role)).transpose()
+    /// Every token's role, by the digest of the token
+    /// ([`token_digest`]).
+    pub fn token_roles(&self) -> Result<HashMap<String, Role>> {
+        let mut statement = self.conn.prepare("SELECT digest, role FROM tokens")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut roles = HashMap::new();
+        for row in rows {
+            let (digest, role) = row?;
+            roles.insert(digest, parse_role(&role)?);
+        }
+        Ok(roles)
     }
 }
 
@@ -501,7 +503,8 @@ fn parse_role(text: &str) -> Result<Role> {
     )
 }
 
-fn digest(token: &str) -> String {
+/// What the store keeps of a token.
+pub fn token_digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -585,9 +588,16 @@ mod tests {
         let (viewer, viewer_info) = store.create_token(Role::Viewer).unwrap();
         let (owner, _) = store.create_token(Role::Owner).unwrap();
         assert_eq!(viewer.len(), 64);
-        assert_eq!(store.role_of(&viewer).unwrap(), Some(Role::Viewer));
-        assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
-        assert_eq!(store.role_of("nope").unwrap(), None);
+        let role_of = |token: &str| {
+            store
+                .token_roles()
+                .unwrap()
+                .get(&token_digest(token))
+                .copied()
+        };
+        assert_eq!(role_of(&viewer), Some(Role::Viewer));
+        assert_eq!(role_of(&owner), Some(Role::Owner));
+        assert_eq!(role_of("nope"), None);
         let stored: u64 = store
             .conn
             .query_row(
@@ -600,10 +610,10 @@ mod tests {
         let tokens = store.tokens().unwrap();
         assert_eq!(tokens.len(), 2);
         assert!(tokens.contains(&viewer_info));
-        assert_eq!(viewer_info.id, digest(&viewer)[..TOKEN_ID_LEN]);
+        assert_eq!(viewer_info.id, token_digest(&viewer)[..TOKEN_ID_LEN]);
         assert!(!store.revoke_token(&viewer_info.id[..4]).unwrap());
         assert!(store.revoke_token(&viewer_info.id).unwrap());
-        assert_eq!(store.role_of(&viewer).unwrap(), None);
-        assert_eq!(store.role_of(&owner).unwrap(), Some(Role::Owner));
+        assert_eq!(role_of(&viewer), None);
+        assert_eq!(role_of(&owner), Some(Role::Owner));
     }
 }

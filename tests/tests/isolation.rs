@@ -586,3 +586,73 @@ fn every_error_names_its_field() {
         assert_eq!(status, 200, "{scheme}: {answer}");
     }
 }
+
+/// A rule change on a group that 200 ports attach takes seconds (every
+/// port's policy is compiled and installed again); reads are answered all
+/// the while, from the state the last change left, and see the change
+/// only once it is whole (before, each waited behind it).
+#[test]
+fn reads_are_answered_during_a_200_port_change() {
+    require_root!();
+    const PORTS: usize = 200;
+    let ns = Netns::with_interfaces(PORTS).unwrap();
+    let d = TestDaemon::start().unwrap();
+    let mut file =
+        String::from("groups:\n  - name: web\n    rules:\n      - {direction: egress}\nports:\n");
+    for i in 0..PORTS {
+        let [_, _, high, low] = u32::try_from(i).unwrap().to_be_bytes();
+        file += &format!(
+            "  - {{name: p{i}, ifname: d{i}, netns: {}, mac: '52:54:00:00:{high:02x}:{low:02x}', \
+             ips: [198.18.{high}.{}], groups: [web]}}\n",
+            ns.name(),
+            u16::from(low) + 1,
+        );
+    }
+    let policy = d.dir().join("ports.yaml");
+    fs::write(&policy, file).unwrap();
+    let started = Instant::now();
+    d.ok(&["apply", "-f", policy.to_str().unwrap()]).unwrap();
+    eprintln!("{PORTS} ports attached in {:?}", started.elapsed());
+
+    let (done, finished) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let changing = scope.spawn(|| {
+            let started = Instant::now();
+            let added = d.ok(&["rule", "add", "web", "--proto", "tcp", "--port", "80"]);
+            done.send(()).unwrap();
+            added.map(|_| started.elapsed())
+        });
+        let (mut answered, mut worst, mut changed) = (0, Duration::ZERO, false);
+        while finished.try_recv().is_err() {
+            let asked = Instant::now();
+            let (status, body) = request(&d, settings_request());
+            assert_eq!(status, 200, "{body}");
+            let (status, body) = request(
+                &d,
+                "GET /v1/groups/web HTTP/1.1\r\nHost: sg\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(status, 200, "{body}");
+            worst = worst.max(asked.elapsed());
+            let rules = serde_json::from_str::<Value>(&body).unwrap()["spec"]["rules"]
+                .as_array()
+                .map_or(0, Vec::len);
+            // The new rule, once seen, stays (the change is published whole,
+            // just before its answer).
+            assert!(rules == 2 || (rules == 1 && !changed), "{rules} rules");
+            changed = rules == 2;
+            answered += 1;
+        }
+        let took = changing.join().unwrap().unwrap();
+        eprintln!(
+            "the rule change on {PORTS} ports took {took:?}; {answered} pairs of reads answered \
+             meanwhile, the slowest pair in {worst:?}"
+        );
+        assert!(answered > 1, "{answered} reads answered during the change");
+        assert!(
+            worst < took / 2,
+            "a read waited {worst:?} of the change's {took:?}"
+        );
+    });
+    let web = d.json(&["group", "show", "web"]).unwrap();
+    assert_eq!(web["spec"]["rules"].as_array().map(Vec::len), Some(2));
+}

@@ -29,7 +29,7 @@ use axum::{
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{Daemon, Hits};
+use super::{Daemon, Hits, View, Views};
 use crate::{
     datapath::conntrack::Flow,
     fields::{self, Subject},
@@ -315,7 +315,23 @@ pub mod routes {
     pub const TOKEN: &str = "/v1/tokens/{id}";
 }
 
-type Shared = Arc<Mutex<Daemon>>;
+/// What the handlers share: the daemon, which changes take in turn, and
+/// the view its last change or reconcile published, which reads take
+/// without waiting for them.
+#[derive(Clone)]
+struct Shared {
+    daemon: Arc<Mutex<Daemon>>,
+    views: Views,
+}
+
+impl Shared {
+    fn new(daemon: Daemon) -> Shared {
+        Shared {
+            views: daemon.views(),
+            daemon: Arc::new(Mutex::new(daemon)),
+        }
+    }
+}
 type Reply<T> = Result<Json<T>, ApiError>;
 
 /// The largest body a client with a token (or root) may send: a policy of
@@ -364,7 +380,7 @@ impl<S: Sync> FromRequestParts<S> for Caller {
 async fn admit(State(daemon): State<Shared>, request: Request, next: Next) -> Response {
     let deadline = tokio::time::Instant::now() + http::BODY_TIMEOUT;
     let peer = request.extensions().get::<http::Peer>().copied();
-    let role = role_of(&daemon, request.headers(), peer).await;
+    let role = role_of(&daemon, request.headers(), peer);
     let (limit, note) = match role {
         Ok(role) if role >= Role::Viewer => (MAX_BODY, "send a smaller document"),
         _ => (
@@ -388,23 +404,19 @@ async fn admit(State(daemon): State<Shared>, request: Request, next: Next) -> Re
 }
 
 /// A token's role, or root's without one, or anonymous.
-async fn role_of(
+fn role_of(
     daemon: &Shared,
     headers: &HeaderMap,
     peer: Option<http::Peer>,
 ) -> Result<Role, ApiError> {
     match bearer(headers)? {
-        Some(token) => {
-            let daemon = daemon.clone();
-            let role = blocking(move || Ok(lock(&daemon).store().role_of(&token)?)).await?;
-            role.ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Unauthenticated,
-                    "unknown token; an owner creates tokens with \
+        Some(token) => daemon.views.current().role_of(&token).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unauthenticated,
+                "unknown token; an owner creates tokens with \
                      `sg-ctl daemon token create --role viewer|owner`",
-                )
-            })
-        }
+            )
+        }),
         None if peer.and_then(|p| p.uid) == Some(0) => Ok(Role::Owner),
         None => Ok(Role::Anonymous),
     }
@@ -435,6 +447,7 @@ fn lock(daemon: &Shared) -> std::sync::MutexGuard<'_, Daemon> {
     // A panic inside a request leaves the state as committed (changes are
     // checked before they are written), so the lock stays usable.
     daemon
+        .daemon
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -454,6 +467,15 @@ async fn with<T: Serialize + Send + 'static>(
     f: impl FnOnce(&mut Daemon) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<Json<T>, ApiError> {
     blocking(move || f(&mut lock(&daemon))).await.map(Json)
+}
+
+/// Runs `f` on the view in force and answers with its result as JSON;
+/// it waits for no change.
+async fn read<T: Serialize + Send + 'static>(
+    daemon: Shared,
+    f: impl FnOnce(&View) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Json<T>, ApiError> {
+    blocking(move || f(&daemon.views.current())).await.map(Json)
 }
 
 /// A JSON body as `subject`; its errors name the field.
@@ -571,7 +593,7 @@ fn router(daemon: Shared) -> Router {
 }
 
 async fn list_groups(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<GroupView>> {
-    with(d, move |d| d.groups(role)).await
+    read(d, move |v| v.groups(role)).await
 }
 
 async fn create_group(
@@ -589,7 +611,7 @@ async fn show_group(
     Caller(role): Caller,
     Named(name): Named,
 ) -> Reply<GroupView> {
-    with(d, move |d| d.group(role, &name)).await
+    read(d, move |v| v.group(role, &name)).await
 }
 
 async fn update_group(
@@ -642,16 +664,8 @@ async fn add_rules(
         Ok(rules) => rules,
         // Said again with the indexes the rules would have in the group.
         Err(_) => {
-            let (daemon, group) = (d.clone(), name.clone());
-            let offset = blocking(move || {
-                let daemon = lock(&daemon);
-                Ok(daemon
-                    .state()
-                    .policy
-                    .group(&group)
-                    .map_or(0, |g| g.rules.len()))
-            })
-            .await?;
+            let view = d.views.current();
+            let offset = view.state.policy.group(&name).map_or(0, |g| g.rules.len());
             return Err(body::<Vec<Rule>>(&b, subject(offset))
                 .err()
                 .unwrap_or_else(|| {
@@ -692,7 +706,7 @@ async fn delete_rule(
 }
 
 async fn list_ports(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<PortView>> {
-    with(d, move |d| d.ports(role)).await
+    read(d, move |v| v.ports(role)).await
 }
 
 async fn port_flows(
@@ -701,7 +715,7 @@ async fn port_flows(
     Named(name): Named,
     Queried(query): Queried<FlowQuery>,
 ) -> Reply<Vec<Flow>> {
-    with(d, move |d| d.flows(role, &name, query)).await
+    read(d, move |v| v.flows(role, &name, query)).await
 }
 
 async fn create_port(
@@ -719,7 +733,7 @@ async fn show_port(
     Caller(role): Caller,
     Named(name): Named,
 ) -> Reply<PortView> {
-    with(d, move |d| d.port(role, &name)).await
+    read(d, move |v| v.port(role, &name)).await
 }
 
 async fn update_port(
@@ -780,7 +794,7 @@ async fn detach_groups(
 }
 
 async fn show_settings(State(d): State<Shared>, Caller(role): Caller) -> Reply<Settings> {
-    with(d, move |d| d.settings(role)).await
+    read(d, move |v| v.settings(role)).await
 }
 
 async fn update_settings(
@@ -793,7 +807,7 @@ async fn update_settings(
 }
 
 async fn export(State(d): State<Shared>, Caller(role): Caller) -> Reply<Document> {
-    with(d, move |d| d.export(role)).await
+    read(d, move |v| v.export(role)).await
 }
 
 async fn apply(
@@ -817,7 +831,7 @@ async fn create_token(
 }
 
 async fn list_tokens(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<TokenInfo>> {
-    with(d, move |d| d.tokens(role)).await
+    read(d, move |v| v.tokens(role)).await
 }
 
 async fn revoke_token(
@@ -867,7 +881,7 @@ pub async fn serve(
     let _socket = RemoveOnDrop(socket.to_path_buf());
 
     let wakes = daemon.wakes();
-    let daemon: Shared = Arc::new(Mutex::new(daemon));
+    let daemon = Shared::new(daemon);
     let ticker = daemon.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(RECONCILE_EVERY);
@@ -908,7 +922,7 @@ pub async fn serve(
             .route(
                 "/metrics",
                 get(move || async move {
-                    let text = blocking(move || Ok(lock(&daemon).metrics())).await;
+                    let text = blocking(move || Ok(daemon.views.current().metrics())).await;
                     text.map(|text| ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
                 }),
             )
@@ -990,7 +1004,7 @@ mod tests {
     fn serving(dir: &tempfile::TempDir, daemon: Daemon) -> PathBuf {
         let socket = dir.path().join("sg.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let app = router(Arc::new(Mutex::new(daemon)));
+        let app = router(Shared::new(daemon));
         let limits = http::Limits::api(1024);
         tokio::spawn(http::serve(listener, app, limits, std::future::pending()));
         socket
@@ -1003,7 +1017,7 @@ mod tests {
         let spec: serde_json::Value =
             serde_norway::from_str(include_str!("../../../docs/openapi.yaml")).unwrap();
         let dir = temp_dir();
-        let app = router(Arc::new(Mutex::new(daemon(&dir))));
+        let app = router(Shared::new(daemon(&dir)));
         let paths = spec["paths"].as_object().unwrap();
         let mut operations = 0;
         for (path, item) in paths {
@@ -1046,7 +1060,7 @@ mod tests {
         // Its port's attach takes the pins' lock, which lives outside `dir`.
         let _lock = LockRemoved(Pins::new(dir.path().join("pins")).lock_path());
         let daemon = daemon(&dir);
-        let (token, _) = daemon.store().create_token(Role::Owner).unwrap();
+        let (token, _) = daemon.create_token(Role::Owner, Role::Owner).unwrap();
         let socket = serving(&dir, daemon);
         let client = Client::new(&socket, Some(token));
 
@@ -1174,7 +1188,7 @@ mod tests {
     #[tokio::test]
     async fn every_refusal_is_json_and_names_what_is_wrong() {
         let dir = temp_dir();
-        let app = router(Arc::new(Mutex::new(daemon(&dir))));
+        let app = router(Shared::new(daemon(&dir)));
         let long = format!("/v1/groups/{}", "x".repeat(10_000));
         let icmp = r#"{"name": "web", "rules": [{"direction": "ingress", "protocol": "icmp",
                        "icmp": {"type": 256}}]}"#;
@@ -1284,8 +1298,8 @@ mod tests {
 
         let dir = temp_dir();
         let daemon = daemon(&dir);
-        let (token, _) = daemon.store().create_token(Role::Viewer).unwrap();
-        let app = router(Arc::new(Mutex::new(daemon)));
+        let (token, _) = daemon.create_token(Role::Owner, Role::Viewer).unwrap();
+        let app = router(Shared::new(daemon));
         let lower = format!("bearer {token}");
         let headers = [("authorization", lower.as_str())];
         let (status, _, _) = ask(&app, Some(65534), "GET", "/v1/settings", &headers, "").await;

@@ -7,7 +7,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 use sg_common::{Direction, Outcome};
 
-use super::Daemon;
+use super::View;
 use sg_core::{compile, status::PortPhase};
 
 /// Packets and bytes a rule decided, on every port attaching its group.
@@ -17,7 +17,7 @@ pub struct Hits {
     pub bytes: u64,
 }
 
-impl Daemon {
+impl View {
     /// The hits of every rule by group, in rule order; empty while no
     /// port is attached (no policy maps).
     pub(super) fn rule_hits(&self) -> HashMap<String, Vec<Hits>> {
@@ -51,10 +51,10 @@ impl Daemon {
     /// yet) are left out rather than failing the scrape.
     pub fn metrics(&self) -> String {
         let mut out = String::new();
-        let states = self.store.port_states().unwrap_or_default();
+        let states = &self.port_states;
         out += "# HELP sg_port_up Whether the port's policy is in force (1) or pending or failed (0).\n\
                 # TYPE sg_port_up gauge\n";
-        for (port, state) in &states {
+        for (port, state) in states {
             let up = u8::from(state.phase == PortPhase::Active);
             let _ = writeln!(out, "sg_port_up{{port=\"{port}\"}} {up}");
         }
@@ -62,7 +62,7 @@ impl Daemon {
                 workload) and outcome.\n# TYPE sg_port_packets_total counter\n\
                 # HELP sg_port_bytes_total Bytes per port, direction and outcome.\n\
                 # TYPE sg_port_bytes_total counter\n";
-        for (port, state) in &states {
+        for (port, state) in states {
             let Some(slot) = state.slot else {
                 continue;
             };

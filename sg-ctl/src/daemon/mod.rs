@@ -7,8 +7,10 @@ pub mod api;
 mod links;
 pub mod metrics;
 mod reconcile;
+mod view;
 
 pub use metrics::Hits;
+pub use view::{View, Views};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,24 +22,19 @@ use tokio::sync::Notify;
 use serde::Serialize;
 
 use api::{
-    Action, ApiError, Applied, Change, Document, ErrorKind, FlowQuery, GroupView, Kind, Phase,
-    PortView, Status,
+    Action, ApiError, Applied, Change, Document, ErrorKind, GroupView, Kind, Phase, PortView,
 };
 
 use links::Links;
 
 use crate::{
-    datapath::{
-        Datapath,
-        conntrack::{Flow, FlowFilter},
-    },
-    store::{PortState, State, Store},
+    datapath::Datapath,
+    store::{State, Store},
 };
 use sg_core::{
     access::{Role, TokenInfo},
     capacity::Usage,
     compile,
-    flow::FlowState,
     model::{DEFAULT_GROUP, Group, Policy, Port, Remote, Rule},
     port_security::PortSecurity,
     settings::Settings,
@@ -63,6 +60,8 @@ pub struct Daemon {
     links: Links,
     /// Woken for a reconcile: an interface came or went.
     wake: Arc<Notify>,
+    /// What reads are served from, published after each change.
+    views: Views,
 }
 
 impl Daemon {
@@ -74,12 +73,20 @@ impl Daemon {
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
         let links = Links::new(datapath.clone(), Arc::new(move || waker.notify_one()));
+        let views = Views::new(View {
+            state: state.clone(),
+            port_states: BTreeMap::new(),
+            tokens: Vec::new(),
+            roles: HashMap::new(),
+            datapath: datapath.clone(),
+        });
         let mut daemon = Daemon {
             store,
             state,
             datapath,
             links,
             wake,
+            views,
             counted: HashMap::new(),
             installed: HashMap::new(),
             planned: Planned::new(),
@@ -89,10 +96,6 @@ impl Daemon {
         daemon.planned = check(&daemon.state.policy, &daemon.state.settings).unwrap_or_default();
         daemon.reconcile()?;
         Ok(daemon)
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     pub fn state(&self) -> &State {
@@ -109,6 +112,38 @@ impl Daemon {
     /// port came or went.
     pub fn wakes(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// Where the state as the last change left it is published.
+    pub fn views(&self) -> Views {
+        self.views.clone()
+    }
+
+    /// Publishes the state as it is now for reads. What cannot be read of
+    /// the store stays as the last view had it.
+    fn publish(&self) {
+        let last = self.views.current();
+        let or_last = |what: &str, e: crate::store::StoreError| {
+            eprintln!("sg-ctl daemon: reading the {what} to publish: {e}");
+        };
+        let port_states = self.store.port_states().unwrap_or_else(|e| {
+            or_last("ports' states", e);
+            last.port_states.clone()
+        });
+        let (tokens, roles) = match (self.store.tokens(), self.store.token_roles()) {
+            (Ok(tokens), Ok(roles)) => (tokens, roles),
+            (Err(e), _) | (_, Err(e)) => {
+                or_last("tokens", e);
+                (last.tokens.clone(), last.roles.clone())
+            }
+        };
+        self.views.publish(View {
+            state: self.state.clone(),
+            port_states,
+            tokens,
+            roles,
+            datapath: self.datapath.clone(),
+        });
     }
 
     /// Checks `change` applied to a copy of the desired state, then commits
@@ -132,90 +167,6 @@ impl Daemon {
 
     // Groups.
 
-    pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
-        require(role, Role::Anonymous)?;
-        let states = self.store.port_states()?;
-        let hits = self.rule_hits();
-        Ok(self
-            .state
-            .policy
-            .groups
-            .iter()
-            .filter(|group| role >= Role::Viewer || group.public)
-            .map(|group| self.group_view(role, group, &states, &hits))
-            .collect())
-    }
-
-    pub fn group(&self, role: Role, name: &str) -> Result<GroupView> {
-        require(role, Role::Anonymous)?;
-        match self.state.policy.group(name) {
-            Some(group) if role >= Role::Viewer || group.public => {
-                let states = self.store.port_states()?;
-                Ok(self.group_view(role, group, &states, &self.rule_hits()))
-            }
-            Some(_) => Err(ApiError::new(
-                ErrorKind::Unauthenticated,
-                format!(
-                    "group '{name}' is not public; reading it needs a viewer or owner token \
-                     (--token, or SG_TOKEN) or root"
-                ),
-            )),
-            None => Err(no_group(name)),
-        }
-    }
-
-    /// A group with its ports, status and rule hits; an anonymous client
-    /// is shown neither port names nor reasons nor hits, which speak of
-    /// ports.
-    fn group_view(
-        &self,
-        role: Role,
-        group: &Group,
-        states: &BTreeMap<String, PortState>,
-        hits: &HashMap<String, Vec<Hits>>,
-    ) -> GroupView {
-        let ports: Vec<&Port> = self
-            .state
-            .policy
-            .ports
-            .iter()
-            .filter(|port| port.groups.contains(&group.name))
-            .collect();
-        let mut status = Status {
-            state: if ports.is_empty() {
-                Phase::Na
-            } else {
-                Phase::Active
-            },
-            reason: String::new(),
-        };
-        let mut reasons = Vec::new();
-        for port in &ports {
-            let phase = states
-                .get(&port.name)
-                .map_or(Phase::Pending, |s| s.phase.into());
-            status.state = status.state.max(phase);
-            if let Some(state) = states.get(&port.name).filter(|s| !s.reason.is_empty()) {
-                reasons.push(format!("port {}: {}", port.name, state.reason));
-            }
-        }
-        status.reason = reasons.join("; ");
-        let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
-        let mut hits = hits.get(&group.name).cloned().unwrap_or_default();
-        if role < Role::Viewer {
-            ports.clear();
-            status.reason.clear();
-            hits.clear();
-        }
-        GroupView {
-            revision: self.state.group_revisions[&group.name],
-            spec: group.clone(),
-            ports,
-            status,
-            hits,
-        }
-    }
-
     pub fn create_group(&mut self, role: Role, group: Group) -> Result<GroupView> {
         let name = group.name.clone();
         self.change(role, |policy, _| {
@@ -231,7 +182,7 @@ impl Daemon {
             policy.groups.push(group);
             Ok(())
         })?;
-        self.group(role, &name)
+        self.views.current().group(role, &name)
     }
 
     /// Replaces a group (same name); `revision`, when given, must be the
@@ -255,7 +206,7 @@ impl Daemon {
             *group_mut(policy, name)? = group;
             Ok(())
         })?;
-        self.group(role, name)
+        self.views.current().group(role, name)
     }
 
     pub fn delete_group(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
@@ -338,7 +289,7 @@ impl Daemon {
             group_mut(policy, name)?.rules.extend(rules);
             Ok(())
         })?;
-        self.group(role, name)
+        self.views.current().group(role, name)
     }
 
     /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
@@ -372,80 +323,10 @@ impl Daemon {
             }
             Ok(())
         })?;
-        self.group(role, name)
+        self.views.current().group(role, name)
     }
 
     // Ports.
-
-    pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
-        require(role, Role::Viewer)?;
-        let states = self.store.port_states()?;
-        Ok(self
-            .state
-            .policy
-            .ports
-            .iter()
-            .map(|port| self.port_view(port, &states))
-            .collect())
-    }
-
-    pub fn port(&self, role: Role, name: &str) -> Result<PortView> {
-        require(role, Role::Viewer)?;
-        let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
-        Ok(self.port_view(port, &self.store.port_states()?))
-    }
-
-    /// The tracked flows of an attached port, oldest first, that `query`
-    /// takes.
-    pub fn flows(&self, role: Role, name: &str, query: FlowQuery) -> Result<Vec<Flow>> {
-        require(role, Role::Viewer)?;
-        let protocol = query
-            .protocol
-            .map(|p| p.parse().map_err(ApiError::invalid))
-            .transpose()?;
-        let flow_state = query
-            .state
-            .map(|s| {
-                s.parse::<FlowState>()
-                    .map_err(|e| ApiError::invalid(format!("state: {e}")))
-            })
-            .transpose()?;
-        self.state.policy.port(name).ok_or_else(|| no_port(name))?;
-        let states = self.store.port_states()?;
-        let state = states.get(name);
-        let Some(slot) = state.and_then(|s| s.slot) else {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!(
-                    "port '{name}' is not attached ({}): it has no flows; `sg-ctl port show \
-                     {name}` tells why",
-                    state.map_or("pending".into(), |s| s.reason.clone())
-                ),
-            ));
-        };
-        let filter = FlowFilter {
-            slot: Some(slot),
-            address: query.address,
-            protocol,
-            state: flow_state,
-        };
-        self.datapath
-            .flows(&filter)
-            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
-    }
-
-    fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
-        let state = states.get(&port.name);
-        PortView {
-            revision: self.state.port_revisions[&port.name],
-            spec: port.clone(),
-            status: Status {
-                state: state.map_or(Phase::Pending, |s| s.phase.into()),
-                reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
-            },
-            policy_id: state.and_then(|s| s.policy_id),
-        }
-    }
 
     pub fn create_port(&mut self, role: Role, port: Port) -> Result<PortView> {
         let name = port.name.clone();
@@ -462,7 +343,7 @@ impl Daemon {
             policy.ports.push(port);
             Ok(())
         })?;
-        self.port(role, &name)
+        self.views.current().port(role, &name)
     }
 
     pub fn replace_port(
@@ -484,7 +365,7 @@ impl Daemon {
             *port_mut(policy, name)? = port;
             Ok(())
         })?;
-        self.port(role, name)
+        self.views.current().port(role, name)
     }
 
     pub fn delete_port(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
@@ -529,7 +410,7 @@ impl Daemon {
         } else {
             self.reconcile()?;
         }
-        let view = self.port(role, name)?;
+        let view = self.views.current().port(role, name)?;
         if view.status.state != Phase::Active {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -553,7 +434,7 @@ impl Daemon {
             }
             Ok(())
         })?;
-        self.port(role, name)
+        self.views.current().port(role, name)
     }
 
     /// Detaches groups from a port, live; a port keeps at least one.
@@ -578,15 +459,10 @@ impl Daemon {
             }
             Ok(())
         })?;
-        self.port(role, name)
+        self.views.current().port(role, name)
     }
 
     // Settings, documents, tokens.
-
-    pub fn settings(&self, role: Role) -> Result<Settings> {
-        require(role, Role::Viewer)?;
-        Ok(self.state.settings.clone())
-    }
 
     pub fn set_settings(&mut self, role: Role, settings: Settings) -> Result<Settings> {
         self.change(role, |_, current| {
@@ -594,15 +470,6 @@ impl Daemon {
             Ok(())
         })?;
         Ok(self.state.settings.clone())
-    }
-
-    pub fn export(&self, role: Role) -> Result<Document> {
-        require(role, Role::Viewer)?;
-        Ok(Document {
-            groups: self.state.policy.groups.clone(),
-            ports: self.state.policy.ports.clone(),
-            settings: Some(self.state.settings.clone()),
-        })
     }
 
     /// Makes the desired state the document's: its groups (the `default`
@@ -648,17 +515,15 @@ impl Daemon {
                 "role: use owner or viewer; clients without a token are anonymous already",
             ));
         }
-        Ok(self.store.create_token(token_role)?)
-    }
-
-    pub fn tokens(&self, role: Role) -> Result<Vec<TokenInfo>> {
-        require(role, Role::Owner)?;
-        Ok(self.store.tokens()?)
+        let created = self.store.create_token(token_role)?;
+        self.publish();
+        Ok(created)
     }
 
     pub fn revoke_token(&self, role: Role, id: &str) -> Result<()> {
         require(role, Role::Owner)?;
         if self.store.revoke_token(id)? {
+            self.publish();
             return Ok(());
         }
         Err(ApiError::new(
@@ -869,6 +734,7 @@ fn fields_differing<T: Serialize>(old: &T, new: &T) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::datapath::Pins;
+    use api::FlowQuery;
     use sg_core::model::Direction;
 
     /// A daemon on a fresh database; without ports it never touches the
@@ -939,7 +805,14 @@ mod tests {
         changed.groups[0].description = "web tier".into();
         let applied = d.apply(Role::Owner, changed, false).unwrap();
         assert_eq!(applied.changes[0].fields, ["description"]);
-        assert_eq!(d.group(Role::Viewer, "web").unwrap().revision, 2);
+        assert_eq!(
+            d.views
+                .current()
+                .group(Role::Viewer, "web")
+                .unwrap()
+                .revision,
+            2
+        );
     }
 
     #[test]
@@ -962,7 +835,7 @@ mod tests {
     #[test]
     fn flows_need_a_viewer_a_valid_query_and_a_port() {
         let dir = temp_dir();
-        let d = daemon(&dir);
+        let d = daemon(&dir).views.current();
         let kind = |role, name: &str, query| d.flows(role, name, query).unwrap_err().kind;
         assert_eq!(
             kind(Role::Anonymous, "vm", FlowQuery::default()),
@@ -1022,9 +895,9 @@ mod tests {
                 .kind,
             ErrorKind::Forbidden
         );
-        assert_eq!(d.groups(Role::Anonymous).unwrap().len(), 0);
+        assert_eq!(d.views.current().groups(Role::Anonymous).unwrap().len(), 0);
         assert_eq!(
-            d.ports(Role::Anonymous).unwrap_err().kind,
+            d.views.current().ports(Role::Anonymous).unwrap_err().kind,
             ErrorKind::Unauthenticated
         );
         assert_eq!(

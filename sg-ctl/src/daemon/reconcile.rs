@@ -234,8 +234,14 @@ impl Daemon {
     /// Brings every port's datapath in line with the desired state and
     /// records each port's status. A port that fails (interface missing,
     /// maps full) is marked `error` with the reason and keeps what it had;
-    /// the others go on.
+    /// the others go on. Reads see the outcome once it is whole.
     pub(super) fn reconcile(&mut self) -> Result<()> {
+        let result = self.reconcile_ports();
+        self.publish();
+        result
+    }
+
+    fn reconcile_ports(&mut self) -> Result<()> {
         let policy = self.state.policy.effective(&self.state.settings);
         let counters = compile::counter_ids(&policy).map_err(ApiError::invalid)?;
         self.follow_counters(&policy, &counters);

@@ -1,0 +1,235 @@
+//! What reads are served from: the desired state, the ports' states and
+//! the tokens as the last commit or reconcile left them, published by the
+//! daemon after each, with the datapath for counters and flows. A read
+//! takes no lock of the daemon's, so it never waits behind a change or a
+//! reconcile, however many ports those touch.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use super::{
+    Hits, Result,
+    api::{ApiError, Document, ErrorKind, FlowQuery, GroupView, Phase, PortView, Status},
+    no_group, no_port, require,
+};
+use crate::{
+    datapath::{
+        Datapath,
+        conntrack::{Flow, FlowFilter},
+    },
+    store::{PortState, State, token_digest},
+};
+use sg_core::{
+    access::{Role, TokenInfo},
+    flow::FlowState,
+    model::{Group, Port},
+    settings::Settings,
+};
+
+/// The daemon's state as the last commit or reconcile left it.
+pub struct View {
+    pub(super) state: State,
+    pub(super) port_states: BTreeMap<String, PortState>,
+    pub(super) tokens: Vec<TokenInfo>,
+    /// Each token's role, by its digest.
+    pub(super) roles: HashMap<String, Role>,
+    pub(super) datapath: Arc<Datapath>,
+}
+
+/// The view in force, swapped whole by the daemon.
+#[derive(Clone)]
+pub struct Views(Arc<RwLock<Arc<View>>>);
+
+impl Views {
+    pub(super) fn new(view: View) -> Views {
+        Views(Arc::new(RwLock::new(Arc::new(view))))
+    }
+
+    /// The view now; it stays as it is while the caller reads it.
+    pub fn current(&self) -> Arc<View> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn publish(&self, view: View) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+}
+
+impl View {
+    /// The role of a token; `None` for one no one made.
+    pub fn role_of(&self, token: &str) -> Option<Role> {
+        self.roles.get(&token_digest(token)).copied()
+    }
+
+    pub fn groups(&self, role: Role) -> Result<Vec<GroupView>> {
+        require(role, Role::Anonymous)?;
+        let states = &self.port_states;
+        let hits = self.rule_hits();
+        Ok(self
+            .state
+            .policy
+            .groups
+            .iter()
+            .filter(|group| role >= Role::Viewer || group.public)
+            .map(|group| self.group_view(role, group, states, &hits))
+            .collect())
+    }
+
+    pub fn group(&self, role: Role, name: &str) -> Result<GroupView> {
+        require(role, Role::Anonymous)?;
+        match self.state.policy.group(name) {
+            Some(group) if role >= Role::Viewer || group.public => {
+                Ok(self.group_view(role, group, &self.port_states, &self.rule_hits()))
+            }
+            Some(_) => Err(ApiError::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "group '{name}' is not public; reading it needs a viewer or owner token \
+                     (--token, or SG_TOKEN) or root"
+                ),
+            )),
+            None => Err(no_group(name)),
+        }
+    }
+
+    /// A group with its ports, status and rule hits; an anonymous client
+    /// is shown neither port names nor reasons nor hits, which speak of
+    /// ports.
+    fn group_view(
+        &self,
+        role: Role,
+        group: &Group,
+        states: &BTreeMap<String, PortState>,
+        hits: &HashMap<String, Vec<Hits>>,
+    ) -> GroupView {
+        let ports: Vec<&Port> = self
+            .state
+            .policy
+            .ports
+            .iter()
+            .filter(|port| port.groups.contains(&group.name))
+            .collect();
+        let mut status = Status {
+            state: if ports.is_empty() {
+                Phase::Na
+            } else {
+                Phase::Active
+            },
+            reason: String::new(),
+        };
+        let mut reasons = Vec::new();
+        for port in &ports {
+            let phase = states
+                .get(&port.name)
+                .map_or(Phase::Pending, |s| s.phase.into());
+            status.state = status.state.max(phase);
+            if let Some(state) = states.get(&port.name).filter(|s| !s.reason.is_empty()) {
+                reasons.push(format!("port {}: {}", port.name, state.reason));
+            }
+        }
+        status.reason = reasons.join("; ");
+        let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        let mut hits = hits.get(&group.name).cloned().unwrap_or_default();
+        if role < Role::Viewer {
+            ports.clear();
+            status.reason.clear();
+            hits.clear();
+        }
+        GroupView {
+            revision: self.state.group_revisions[&group.name],
+            spec: group.clone(),
+            ports,
+            status,
+            hits,
+        }
+    }
+
+    pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
+        require(role, Role::Viewer)?;
+        Ok(self
+            .state
+            .policy
+            .ports
+            .iter()
+            .map(|port| self.port_view(port, &self.port_states))
+            .collect())
+    }
+
+    pub fn port(&self, role: Role, name: &str) -> Result<PortView> {
+        require(role, Role::Viewer)?;
+        let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        Ok(self.port_view(port, &self.port_states))
+    }
+
+    /// The tracked flows of an attached port, oldest first, that `query`
+    /// takes.
+    pub fn flows(&self, role: Role, name: &str, query: FlowQuery) -> Result<Vec<Flow>> {
+        require(role, Role::Viewer)?;
+        let protocol = query
+            .protocol
+            .map(|p| p.parse().map_err(ApiError::invalid))
+            .transpose()?;
+        let flow_state = query
+            .state
+            .map(|s| {
+                s.parse::<FlowState>()
+                    .map_err(|e| ApiError::invalid(format!("state: {e}")))
+            })
+            .transpose()?;
+        self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        let state = self.port_states.get(name);
+        let Some(slot) = state.and_then(|s| s.slot) else {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "port '{name}' is not attached ({}): it has no flows; `sg-ctl port show \
+                     {name}` tells why",
+                    state.map_or("pending".into(), |s| s.reason.clone())
+                ),
+            ));
+        };
+        let filter = FlowFilter {
+            slot: Some(slot),
+            address: query.address,
+            protocol,
+            state: flow_state,
+        };
+        self.datapath
+            .flows(&filter)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
+    }
+
+    fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
+        let state = states.get(&port.name);
+        PortView {
+            revision: self.state.port_revisions[&port.name],
+            spec: port.clone(),
+            status: Status {
+                state: state.map_or(Phase::Pending, |s| s.phase.into()),
+                reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
+            },
+            policy_id: state.and_then(|s| s.policy_id),
+        }
+    }
+
+    pub fn settings(&self, role: Role) -> Result<Settings> {
+        require(role, Role::Viewer)?;
+        Ok(self.state.settings.clone())
+    }
+
+    pub fn export(&self, role: Role) -> Result<Document> {
+        require(role, Role::Viewer)?;
+        Ok(Document {
+            groups: self.state.policy.groups.clone(),
+            ports: self.state.policy.ports.clone(),
+            settings: Some(self.state.settings.clone()),
+        })
+    }
+
+    pub fn tokens(&self, role: Role) -> Result<Vec<TokenInfo>> {
+        require(role, Role::Owner)?;
+        Ok(self.tokens.clone())
+    }
+}
