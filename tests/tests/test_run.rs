@@ -199,7 +199,17 @@ fn truncated_and_malformed_headers_are_dropped_as_malformed() {
     v6_in_v4[14] = 0x65;
     let mut v4_in_v6 = v6.clone();
     v4_in_v6[14] = 0x45;
-    let cases: [(&str, Vec<u8>); 7] = [
+    // Room for 40 bytes of options and the ICMP header behind them, so
+    // that only the lengths are wrong.
+    let mut long = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)));
+    long.payload_len = 64;
+    let long = long.frame().unwrap();
+    let mut header_past_total = long.clone();
+    header_past_total[14] = 0x4f;
+    header_past_total[16..18].copy_from_slice(&20u16.to_be_bytes());
+    let mut total_under_20 = long.clone();
+    total_under_20[16..18].copy_from_slice(&19u16.to_be_bytes());
+    let cases: [(&str, Vec<u8>); 9] = [
         ("IPv4 ethertype, no header", eth(0x0800)),
         ("IPv4 header cut short", v4[..14 + 19].to_vec()),
         ("IPv6 header cut short", v6[..14 + 39].to_vec()),
@@ -207,6 +217,11 @@ fn truncated_and_malformed_headers_are_dropped_as_malformed() {
         ("IPv4 header length 4", bad_ihl),
         ("version 6 in an IPv4 frame", v6_in_v4),
         ("version 4 in an IPv6 frame", v4_in_v6),
+        (
+            "IPv4 header of 60 bytes, total length 20",
+            header_past_total,
+        ),
+        ("IPv4 total length 19", total_under_20),
     ];
     for (what, frame) in cases {
         eprintln!("{what}");
