@@ -198,6 +198,11 @@ pub enum Outcome {
     /// (`SG_KEYS`) was not found, which the kernel never lets happen. A
     /// bug, not a verdict on the packet.
     DropInternal = 26,
+    /// Dropped: the port has no policy in force: it is being attached or
+    /// detached, or attached by the daemon before its policy is installed
+    /// (or after an install that never succeeded). Only a port attached
+    /// with `PORT_OPEN_WITHOUT_POLICY` passes without one.
+    DropNoPolicy = 27,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -207,7 +212,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 27] = [
+    pub const ALL: [Outcome; 28] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -235,6 +240,7 @@ impl Outcome {
         Outcome::DropConntrackFull,
         Outcome::DropRevoked,
         Outcome::DropInternal,
+        Outcome::DropNoPolicy,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -277,6 +283,7 @@ impl Outcome {
             Outcome::DropConntrackFull => "drop-conntrack-full",
             Outcome::DropRevoked => "drop-revoked",
             Outcome::DropInternal => "drop-internal",
+            Outcome::DropNoPolicy => "drop-no-policy",
         }
     }
 
@@ -297,8 +304,8 @@ pub struct Counter {
 }
 
 /// `PortConfig::flags`: the port's programs enforce; unset while the port is
-/// being attached or detached, when its programs let everything through
-/// uncounted.
+/// being attached or detached, when its programs drop everything
+/// (`Outcome::DropNoPolicy`).
 pub const PORT_ACTIVE: u32 = 1;
 
 /// `PortConfig::flags`: replies the XDP program makes (REJECT) go back to the
@@ -306,6 +313,13 @@ pub const PORT_ACTIVE: u32 = 1;
 /// veth in native mode, whose peer drops `XDP_TX` frames unless it runs
 /// XDP or GRO itself.
 pub const PORT_REPLY_VIA_TC: u32 = 2;
+
+/// `PortConfig::flags`: without a policy in force (`NO_POLICY`), the port's
+/// traffic is subject to its blocklist and port security only. Set by the
+/// low-level `sg-ctl attach`, which works without the daemon and its
+/// policies; a port the daemon attaches has it unset, so that it drops
+/// everything until its policy is in force.
+pub const PORT_OPEN_WITHOUT_POLICY: u32 = 4;
 
 /// XDP metadata in front of a reply on its way to the TC ingress program.
 pub const REPLY_META: u32 = 0x5347_5250;
@@ -430,8 +444,9 @@ pub struct OwnedMacs {
     pub macs: [u64; MAX_ADDRESS_MACS],
 }
 
-/// `SG_PORT_POLICY` value of a port without a policy: only the blocklist
-/// applies.
+/// `SG_PORT_POLICY` value of a port without a policy: it drops everything,
+/// unless it has `PORT_OPEN_WITHOUT_POLICY` (then only its blocklist and
+/// port security apply).
 pub const NO_POLICY: u32 = 0;
 
 /// Entries of the policy maps, all ports and both generations of a policy

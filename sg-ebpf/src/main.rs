@@ -39,8 +39,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, REPLY_META,
-    candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_ACTIVE,
+    PORT_OPEN_WITHOUT_POLICY, PORT_REPLY_VIA_TC, REPLY_META, candidate,
 };
 
 use crate::{
@@ -65,15 +65,30 @@ fn port_slot() -> u32 {
     unsafe { core::ptr::read_volatile(&PORT_SLOT) }
 }
 
-/// The port's slot and flags if the port is active; `None` while it is
-/// being attached or detached.
+/// The flags of the port at `slot` (zero for none: inactive).
 #[inline(always)]
-fn active_port() -> Option<(u32, u32)> {
-    let slot = port_slot();
-    SG_PORTS
-        .get(slot)
-        .filter(|p| p.is_active())
-        .map(|p| (slot, p.flags))
+fn port_flags(slot: u32) -> u32 {
+    SG_PORTS.get(slot).map_or(0, |port| port.flags)
+}
+
+/// Whether the port's programs decide on its frames: it is active and has
+/// a policy in force, or was attached open without one
+/// (`PORT_OPEN_WITHOUT_POLICY`, as `sg-ctl attach` does; its blocklist and
+/// port security apply). Otherwise (being attached or detached, or no
+/// policy yet) every frame is dropped, `drop-no-policy`.
+///
+/// A yes or no, from flags and a policy id read here and nowhere kept: a
+/// register known to hold one bit on one path and not on the other would
+/// have the verifier go through everything after twice. Who needs them
+/// later reads them again.
+#[inline(always)]
+fn enforcing(slot: u32) -> bool {
+    let flags = port_flags(slot);
+    flags & PORT_ACTIVE != 0
+        && (flags & PORT_OPEN_WITHOUT_POLICY != 0
+            || SG_PORT_POLICY
+                .get(slot)
+                .is_some_and(|&policy| policy != NO_POLICY))
 }
 
 /// This instance, as its globals tell.
@@ -212,7 +227,10 @@ fn decide_ip(
     }
     let policy = match SG_PORT_POLICY.get(slot) {
         Some(&policy) if policy != NO_POLICY => policy,
-        _ => return Outcome::Pass,
+        // Open without a policy (see `enforcing`).
+        _ if port_flags(slot) & PORT_OPEN_WITHOUT_POLICY != 0 => return Outcome::Pass,
+        // Taken away since `enforcing` looked.
+        _ => return Outcome::DropNoPolicy,
     };
     let Some(keys) = policy::keys() else {
         return Outcome::DropInternal;
@@ -229,7 +247,8 @@ fn decide_ip(
 
 /// Parses the frame, decides on it and counts the outcome: `Some(true)`
 /// pass, `Some(false)` drop, `None` the frame is now the reply to send
-/// back.
+/// back. A port with no policy in force (see `enforcing`) drops every
+/// frame before it is parsed.
 #[inline(always)]
 fn filter<F: Resizable>(
     slot: u32,
@@ -238,18 +257,23 @@ fn filter<F: Resizable>(
     bytes: u64,
 ) -> Option<bool> {
     let (start, end) = frame.bounds();
-    let outcome = match parse(start, end) {
-        Err(drop) => drop,
-        Ok(parsed) => match (
-            portsec::check(slot, direction, start, end, &parsed),
-            &parsed,
-        ) {
-            (Err(drop), _) => drop,
-            (Ok(()), Frame::Ip(ip)) => match decide_ip(slot, direction, ip, (start, end), bytes) {
-                Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
-                outcome => outcome,
+    let outcome = match enforcing(slot) {
+        false => Outcome::DropNoPolicy,
+        true => match parse(start, end) {
+            Err(drop) => drop,
+            Ok(parsed) => match (
+                portsec::check(slot, direction, start, end, &parsed),
+                &parsed,
+            ) {
+                (Err(drop), _) => drop,
+                (Ok(()), Frame::Ip(ip)) => {
+                    match decide_ip(slot, direction, ip, (start, end), bytes) {
+                        Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
+                        outcome => outcome,
+                    }
+                }
+                (Ok(()), Frame::Arp(_) | Frame::NonIp) => Outcome::PassNonIp,
             },
-            (Ok(()), Frame::Arp(_) | Frame::NonIp) => Outcome::PassNonIp,
         },
     };
     count(slot, direction, outcome, bytes);
@@ -290,14 +314,12 @@ impl Resizable for XdpFrame<'_> {
 
 #[xdp]
 pub fn sg_xdp(ctx: XdpContext) -> u32 {
-    let Some((slot, flags)) = active_port() else {
-        return xdp_action::XDP_PASS;
-    };
+    let slot = port_slot();
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     match filter(slot, Direction::Egress, &mut XdpFrame(&ctx), bytes) {
         Some(true) => xdp_action::XDP_PASS,
         Some(false) => xdp_action::XDP_DROP,
-        None if flags & PORT_REPLY_VIA_TC != 0 => mark_reply(&ctx),
+        None if port_flags(slot) & PORT_REPLY_VIA_TC != 0 => mark_reply(&ctx),
         // Back out of the port, to the workload.
         None => xdp_action::XDP_TX,
     }
@@ -373,9 +395,7 @@ impl Resizable for TcFrame<'_> {
 
 #[classifier]
 pub fn sg_tc(ctx: TcContext) -> i32 {
-    let Some((slot, _)) = active_port() else {
-        return TC_ACT_UNSPEC;
-    };
+    let slot = port_slot();
     let len = ctx.len();
     let want = if len < TC_HEADER_BYTES {
         len

@@ -15,7 +15,7 @@ use sg_common::{
 use sg_core::settings;
 use sg_ctl::{
     datapath::{
-        Forward,
+        Forward, WithoutPolicy,
         conntrack::{Flow, FlowFilter},
     },
     frame::{Packet, TcpFlags, Transport},
@@ -32,7 +32,7 @@ struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
         port.install(&policy(true), "vm").expect("installing");
         Port(port)
     }

@@ -9,7 +9,10 @@ use std::{net::UdpSocket, time::Duration};
 use serde_json::json;
 use sg_common::{Direction, Outcome};
 use sg_core::model::Policy;
-use sg_ctl::{datapath::Forward, frame::Packet};
+use sg_ctl::{
+    datapath::{Forward, WithoutPolicy},
+    frame::Packet,
+};
 use sg_tests::{
     HOST_V4, HOST_V6, PORT, RuleIds, TestPins, TestPort, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
     fragments, require_root, vm_policy,
@@ -58,7 +61,7 @@ struct Port {
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
         let rules = port
             .install(&policy(), "vm")
             .expect("installing the policy");

@@ -15,7 +15,7 @@ use sg_core::model::{
     reference::{self, Verdict},
 };
 use sg_ctl::{
-    datapath::{Forward, conntrack::FlowFilter},
+    datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{self, TcpFlags, Transport},
 };
 use sg_tests::{RuleIds, TestPort, require_root};
@@ -269,7 +269,7 @@ struct Datapath(TestPort);
 
 impl Datapath {
     fn new() -> Datapath {
-        Datapath(TestPort::new(SLOT).expect("loading the programs"))
+        Datapath(TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs"))
     }
 
     fn install(&mut self, policy: &Policy) -> RuleIds {

@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use sg_common::{Direction, Outcome};
 use sg_ctl::{
-    datapath::Forward,
+    datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
 };
-use sg_tests::{TestPort, addr, require_root};
+use sg_tests::{TestPort, addr, require_root, vm_policy};
 
 const SLOT: u32 = 7;
 const WORKLOAD: &str = "198.18.0.2";
@@ -16,12 +16,13 @@ const PEER: &str = "198.18.1.1";
 const WORKLOAD6: &str = "2001:db8::2";
 const PEER6: &str = "2001:db8:1::1";
 
-/// One port's programs on test pins, with the port active.
+/// One port's programs on test pins, with the port active and without a
+/// policy, as `sg-ctl attach` leaves it: its blocklist applies.
 struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        Port(TestPort::new(SLOT).expect("loading the programs"))
+        Port(TestPort::new(SLOT, WithoutPolicy::Pass).expect("loading the programs"))
     }
 
     fn block(&mut self, prefix: &str) {
@@ -72,19 +73,8 @@ fn icmp_echo(ip: IpAddr) -> Transport {
 fn passes_and_counts_unblocked_traffic_both_ways() {
     require_root!();
     let port = Port::new();
-    for direction in [Direction::Egress, Direction::Ingress] {
-        for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
-            for transport in transports() {
-                let transport = match transport {
-                    Transport::Icmp { .. } => icmp_echo(addr(peer)),
-                    t => t,
-                };
-                let frame = packet(direction, workload, peer, transport)
-                    .frame()
-                    .unwrap();
-                port.check(direction, &frame, Forward::Pass, Outcome::Pass);
-            }
-        }
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
     }
 }
 
@@ -142,25 +132,79 @@ fn prefix_edges_decide_exactly() {
     }
 }
 
+/// Every kind of frame both ways: the transports over IPv4 and IPv6, an
+/// ARP request, LLDP.
+fn every_frame() -> Vec<(Direction, Vec<u8>)> {
+    let mut frames = Vec::new();
+    for direction in [Direction::Egress, Direction::Ingress] {
+        for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
+            for transport in transports() {
+                let transport = match transport {
+                    Transport::Icmp { .. } => icmp_echo(addr(peer)),
+                    t => t,
+                };
+                let frame = packet(direction, workload, peer, transport);
+                frames.push((direction, frame.frame().unwrap()));
+            }
+        }
+        for ether_type in [0x0806, 0x88cc] {
+            let mut frame = eth(ether_type);
+            frame.resize(60, 0);
+            frames.push((direction, frame));
+        }
+    }
+    frames
+}
+
+/// What a frame of `every_frame` passes as.
+fn passed_as(frame: &[u8]) -> Outcome {
+    match frame[12..14] {
+        [0x08, 0x00] | [0x86, 0xdd] => Outcome::Pass,
+        _ => Outcome::PassNonIp,
+    }
+}
+
 #[test]
-fn an_inactive_port_passes_everything_uncounted() {
+fn an_inactive_port_drops_and_counts_everything() {
     require_root!();
-    let mut port = Port::new();
-    port.block("0.0.0.0/0");
+    let port = Port::new();
     port.0.set_active(false).unwrap();
-    let frame = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)))
-        .frame()
-        .unwrap();
-    assert_eq!(
-        port.0.run.run(Direction::Egress, &frame).unwrap(),
-        Forward::Pass
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
+    // Active again, as `sg-ctl attach` leaves it: no policy, open.
+    port.0.set_active(true).unwrap();
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+}
+
+#[test]
+fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
+    let open = vm_policy(
+        serde_json::json!([{"name": "all", "rules": [
+            {"direction": "egress"},
+            {"direction": "ingress"},
+        ]}]),
+        &["all"],
     );
-    let counted = port
-        .0
-        .datapath
-        .counter(SLOT, Direction::Egress, Outcome::Pass)
-        .unwrap();
-    assert_eq!(counted.packets, 0);
+    port.install(&open, "vm").unwrap();
+    for (direction, frame) in every_frame() {
+        // Each the first of its flow (the other protocol's would be
+        // established the other way).
+        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+    // Its policy taken away: closed again, the tracked flow's packets too.
+    port.datapath.clear_policy(SLOT).unwrap();
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
 }
 
 fn eth(ether_type: u16) -> Vec<u8> {

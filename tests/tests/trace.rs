@@ -6,7 +6,7 @@ use serde_json::json;
 use sg_common::Direction;
 use sg_core::model::Policy;
 use sg_ctl::{
-    datapath::{Datapath, DatapathError, Forward, Pins},
+    datapath::{Datapath, DatapathError, Forward, Pins, WithoutPolicy},
     frame::{Packet, TcpFlags, Transport},
     trace::{Trace, trace},
 };
@@ -129,6 +129,24 @@ fn trace_names_the_deciding_rule_and_counts_nothing() {
             "{outcome}"
         );
     }
+}
+
+#[test]
+fn trace_says_a_port_without_its_policy_yet_drops_everything() {
+    require_root!();
+    let port = VethPort::new().unwrap();
+    let pins = TestPins::new();
+    pins.attach(&port.host, PORT, WithoutPolicy::Drop).unwrap();
+    let traced = run(&port, &pins.pins, tcp("198.18.1.5", 22), None).unwrap();
+    assert_eq!(
+        (traced.forward, traced.outcome),
+        (Forward::Drop, "drop-no-policy"),
+        "{traced:#?}"
+    );
+    assert!(traced.reason.contains("no policy in force"), "{traced:#?}");
+    pins.install(PORT, &policy(), "vm").unwrap();
+    let traced = run(&port, &pins.pins, tcp("198.18.1.5", 22), Some(policy())).unwrap();
+    assert_eq!(traced.outcome, "pass", "{traced:#?}");
 }
 
 #[test]

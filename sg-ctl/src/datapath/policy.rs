@@ -84,8 +84,9 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Takes the slot's policy away: only the blocklist applies after. The
-    /// fragmented datagrams it decided are forgotten.
+    /// Takes the slot's policy away (see `Datapath::clear_policy` for what
+    /// the port does after). The fragmented datagrams it decided are
+    /// forgotten.
     pub(super) fn clear(&mut self, slot: u32) -> Result<()> {
         let old = self.policy_of(slot)?;
         self.port_policy
