@@ -684,8 +684,12 @@ pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 /// `SG_CONNTRACK` key: one flow through one port, seen from the workload.
 /// `local` is the workload's address and port (the source of what it
 /// sends, the destination of what it receives), so that both directions
-/// of a flow find one entry. ICMP echo has the identifier as the local
-/// port and no remote port.
+/// of a flow find one entry. ICMP echo is keyed as Linux keys it, by type,
+/// code and identifier: the identifier is the local port, and the remote
+/// port is the type the workload sends in the flow (its request, or its
+/// reply to the other end's request) and the code. So a request and its
+/// reply find one entry, the two ends' requests make two, and a reply of
+/// another code, or going the request's way, finds none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConntrackKey {

@@ -836,8 +836,11 @@ mod tests {
             src: "10.0.0.5".parse().unwrap(),
             dst: "192.0.2.1".parse().unwrap(),
             protocol: 6,
+            src_port: Some(40000),
             dst_port: Some(port),
             icmp: None,
+            echo_id: None,
+            tcp_flags: 2,
         };
         let verdict = |policy: &Policy, port, dst_port| {
             evaluate(policy, port, Direction::Egress, &to(dst_port))
@@ -887,8 +890,11 @@ mod tests {
                 src: "10.0.0.8".parse().unwrap(),
                 dst: to.parse().unwrap(),
                 protocol: 6,
+                src_port: Some(40000),
                 dst_port: Some(dst_port),
                 icmp: None,
+                echo_id: None,
+                tcp_flags: 2,
             };
             evaluate(&blocked, "app", Direction::Egress, &packet)
                 .unwrap()

@@ -1,7 +1,9 @@
 //! The reference matcher: what a policy means for one packet, found by
-//! trying every rule in turn. Deliberately plain (no index, no
-//! precomputation, nothing shared with the compiler) so that property
-//! tests can hold the compiled datapath to it.
+//! trying every rule in turn; and the reference tracker ([`Tracker`]):
+//! what a sequence of packets means with connection tracking. Deliberately
+//! plain (no index, no precomputation, nothing shared with the compiler or
+//! the datapath) so that property tests can hold the compiled datapath to
+//! them.
 
 use std::net::IpAddr;
 
@@ -9,19 +11,31 @@ use super::{
     Action, Direction, EtherType, IpProtocol, Policy, PolicyError, Protocol, Remote, Rule,
 };
 
-/// What the matcher needs to know of a packet. `src` and `dst` are of the
-/// same IP version.
+mod tracker;
+
+pub use tracker::{Tracked, Tracker};
+
+/// What the matcher and the tracker need to know of a packet. `src` and
+/// `dst` are of the same IP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
     /// IPv4 protocol or IPv6 (upper-layer) next header.
     pub protocol: u8,
+    /// For tcp, udp, sctp, dccp and udplite (as `dst_port`).
+    pub src_port: Option<u16>,
     /// For tcp, udp, sctp, dccp and udplite; `None` when the packet has no
     /// port to look at (e.g. a non-first fragment).
     pub dst_port: Option<u16>,
     /// `(type, code)` for icmp (IPv4) and ipv6-icmp (IPv6).
     pub icmp: Option<(u8, u8)>,
+    /// The identifier of an echo request or reply (icmp types 8 and 0,
+    /// ipv6-icmp 128 and 129); only the tracker looks at it.
+    pub echo_id: Option<u16>,
+    /// TCP's flags (FIN 1, SYN 2, RST 4, ACK 16); only the tracker looks
+    /// at them.
+    pub tcp_flags: u8,
 }
 
 /// Which rule decided: a group by name and a position in its rules.
@@ -198,14 +212,18 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol: TCP,
+            src_port: Some(40000),
             dst_port: Some(port),
             icmp: None,
+            echo_id: None,
+            tcp_flags: 2,
         }
     }
 
     fn udp(src: &str, dst: &str, port: u16) -> Packet {
         Packet {
             protocol: UDP,
+            tcp_flags: 0,
             ..tcp(src, dst, port)
         }
     }
@@ -216,8 +234,11 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol,
+            src_port: None,
             dst_port: None,
             icmp: Some((type_, code)),
+            echo_id: None,
+            tcp_flags: 0,
         }
     }
 
@@ -226,8 +247,11 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol,
+            src_port: None,
             dst_port: None,
             icmp: None,
+            echo_id: None,
+            tcp_flags: 0,
         }
     }
 
