@@ -41,6 +41,7 @@ pub mod map_names {
     pub const TRACE: &str = "SG_TRACE";
     pub const PORT_SECURITY: &str = "SG_PORT_SECURITY";
     pub const OWNED: &str = "SG_OWNED";
+    pub const DHCP_SERVERS: &str = "SG_DHCP_SERVERS";
     pub const CONNTRACK: &str = "SG_CONNTRACK";
     pub const CONNTRACK_TIMEOUTS: &str = "SG_CONNTRACK_TIMEOUTS";
     pub const CONNTRACK_EVENTS: &str = "SG_CONNTRACK_EVENTS";
@@ -162,7 +163,9 @@ pub enum Outcome {
     /// Port security: ARP with another sender MAC, or for a sender address
     /// the port does not own.
     DropArpSpoof = 14,
-    /// Port security: a DHCP or DHCPv6 server message (source port 67, 547).
+    /// A DHCP or DHCPv6 server's message the port does not carry: sent by
+    /// the workload (port security: source port 67, 547), or toward it from
+    /// a server the port's policy does not accept (its DHCP servers).
     DropDhcpServer = 15,
     /// Port security: an IPv6 router advertisement or redirect.
     DropRouterAdvert = 16,
@@ -203,6 +206,10 @@ pub enum Outcome {
     /// (or after an install that never succeeded). Only a port attached
     /// with `PORT_OPEN_WITHOUT_POLICY` passes without one.
     DropNoPolicy = 27,
+    /// DHCP or DHCPv6 passed, whatever the rules: the workload's client
+    /// request (UDP 68→67, 546→547), or a server's reply toward it (67→68,
+    /// 547→546) from a server its policy accepts.
+    PassDhcp = 28,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -212,7 +219,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 28] = [
+    pub const ALL: [Outcome; 29] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -241,6 +248,7 @@ impl Outcome {
         Outcome::DropRevoked,
         Outcome::DropInternal,
         Outcome::DropNoPolicy,
+        Outcome::PassDhcp,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -251,6 +259,7 @@ impl Outcome {
                 | Outcome::PassNeighbourDiscovery
                 | Outcome::PassEstablished
                 | Outcome::PassRelated
+                | Outcome::PassDhcp
         )
     }
 
@@ -284,6 +293,7 @@ impl Outcome {
             Outcome::DropRevoked => "drop-revoked",
             Outcome::DropInternal => "drop-internal",
             Outcome::DropNoPolicy => "drop-no-policy",
+            Outcome::PassDhcp => "pass-dhcp",
         }
     }
 
@@ -455,6 +465,27 @@ pub const MAX_LOCAL_ENTRIES: u32 = 16_384;
 pub const MAX_REMOTE_ENTRIES: u32 = 262_144;
 pub const MAX_L4_ENTRIES: u32 = 262_144;
 pub const MAX_VERDICT_ENTRIES: u32 = 1_048_576;
+/// DHCP servers a port may restrict itself to.
+pub const MAX_DHCP_SERVERS: usize = 8;
+/// Entries of `SG_DHCP_SERVERS`, all ports and both generations of a policy
+/// update together: a port accepts at most `MAX_DHCP_SERVERS` servers
+/// (one entry, `::/0`, when it accepts any).
+pub const MAX_DHCP_SERVER_ENTRIES: u32 = MAX_PORTS * 2 * MAX_DHCP_SERVERS as u32;
+
+/// `SG_DHCP_SERVERS` trie key: a DHCP server's address (IPv4 mapped into
+/// IPv6) under a policy id; the value is 1. The prefix length covers the
+/// policy id first. A policy that accepts any server has the one entry
+/// of prefix `::/0`; one that accepts some, an entry per server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpServerKey {
+    pub policy: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of a `DhcpServerKey` in front of the address.
+pub const DHCP_SERVER_KEY_POLICY_BITS: u32 = 32;
+
 /// Rules with a counter of their own, all ports together. Counter 0 is the
 /// default verdict's, which has none.
 pub const MAX_RULE_COUNTERS: u32 = 131_072;
@@ -486,6 +517,14 @@ pub mod proto {
         pub const SYN: u8 = 0x02;
         pub const RST: u8 = 0x04;
         pub const ACK: u8 = 0x10;
+    }
+
+    /// The UDP ports of DHCP (RFC 2131) and DHCPv6 (RFC 8415).
+    pub mod dhcp {
+        pub const SERVER: u16 = 67;
+        pub const CLIENT: u16 = 68;
+        pub const V6_CLIENT: u16 = 546;
+        pub const V6_SERVER: u16 = 547;
     }
 
     /// ICMP types (RFC 792) and codes.
@@ -858,6 +897,7 @@ const _: () = assert!(size_of::<TraceRecord>() == 48);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
+const _: () = assert!(size_of::<DhcpServerKey>() == 20);
 const _: () = assert!(size_of::<PortSecurityConfig>() == 72);
 const _: () = assert!(size_of::<OwnedMacs>() == 32);
 const _: () = assert!(size_of::<ConntrackKey>() == 44);
@@ -883,6 +923,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for PortConfig {}
     unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for DhcpServerKey {}
     unsafe impl aya::Pod for Scope {}
     unsafe impl aya::Pod for LocalKey {}
     unsafe impl aya::Pod for RemoteKey {}

@@ -126,6 +126,21 @@ fn reason(
         (Outcome::PassNeighbourDiscovery, _) => {
             "IPv6 neighbour discovery and MLD pass whatever the rules".into()
         }
+        (Outcome::PassDhcp, _) => match direction {
+            Direction::Egress => "the workload's DHCP client request passes whatever the rules",
+            Direction::Ingress => {
+                "a DHCP server's reply toward the workload passes whatever the rules \
+                 (the port accepts this server)"
+            }
+        }
+        .into(),
+        (Outcome::DropDhcpServer, _) => match direction {
+            Direction::Egress => "port security: the workload may not answer as a DHCP server",
+            Direction::Ingress => {
+                "a DHCP server's reply from a server the port does not accept (its dhcp_servers)"
+            }
+        }
+        .into(),
         (Outcome::DropBlocked, _) => {
             "the workload's address is in a blocked prefix of the port (`sg-ctl status`)".into()
         }

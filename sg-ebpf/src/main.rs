@@ -8,13 +8,14 @@
 //!
 //! This file holds the entry points, the globals, and the pipeline that
 //! composes the stages, each in a module of its own: parsing (`parse`),
-//! port security (`portsec`), the policy (`policy`) through the connection
-//! table (`conntrack`), and REJECT's replies (`reject`). Below them: the
-//! frame and its bounds-checked reader (`buf`), the shared maps (`maps`),
-//! and what a stage may ask of the instance it runs in (`instance`). Each
-//! module uses only those listed before it in `buf`, `maps`, `instance`,
-//! `parse`, `portsec`, `conntrack`, `policy`, `reject`; none uses this
-//! file.
+//! port security (`portsec`), the link services that pass whatever the
+//! rules say (`link`: neighbour discovery, DHCP), the policy (`policy`)
+//! through the connection table (`conntrack`), and REJECT's replies
+//! (`reject`). Below them: the frame and its bounds-checked reader
+//! (`buf`), the shared maps (`maps`), and what a stage may ask of the
+//! instance it runs in (`instance`). Each module uses only those listed
+//! before it in `buf`, `maps`, `instance`, `parse`, `portsec`, `link`,
+//! `conntrack`, `policy`, `reject`; none uses this file.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -22,6 +23,7 @@
 mod buf;
 mod conntrack;
 mod instance;
+mod link;
 mod maps;
 mod parse;
 mod policy;
@@ -40,7 +42,7 @@ use aya_ebpf::{
 };
 use sg_common::{
     BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_ACTIVE,
-    PORT_OPEN_WITHOUT_POLICY, PORT_REPLY_VIA_TC, REPLY_META, candidate,
+    PORT_OPEN_WITHOUT_POLICY, PORT_REPLY_VIA_TC, REPLY_META,
 };
 
 use crate::{
@@ -179,10 +181,7 @@ fn track(
                 }
                 Step::Pass => conntrack::account(entry, direction, bytes),
             }
-            if ip.fragmented {
-                policy::set_fragment_key(keys, slot, direction, ip);
-                policy::remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
-            }
+            policy::pass_later_fragments(keys, slot, direction, ip);
             Ok(Outcome::PassEstablished)
         }
         /* 4 */
@@ -222,7 +221,7 @@ fn decide_ip(
     if SG_BLOCKED.get(&key).is_some() {
         return Outcome::DropBlocked;
     }
-    if policy::is_neighbour_discovery(ip) {
+    if link::is_neighbour_discovery(ip) {
         return Outcome::PassNeighbourDiscovery;
     }
     let policy = match SG_PORT_POLICY.get(slot) {
@@ -235,6 +234,12 @@ fn decide_ip(
     let Some(keys) = policy::keys() else {
         return Outcome::DropInternal;
     };
+    if let Some(outcome) = link::dhcp(policy, direction, ip) {
+        if outcome == Outcome::PassDhcp && !Globals::tracing() {
+            policy::pass_later_fragments(keys, slot, direction, ip);
+        }
+        return outcome;
+    }
     // A tracer leaves the table alone, and a later fragment has no ports
     // to find its flow by: the policy (or its first fragment) decides.
     if Globals::tracing() || !ip.first_fragment {

@@ -887,6 +887,7 @@ pub fn policy_memory(pins: &Pins) -> Result<u64> {
         map_names::L4,
         map_names::L4_EXACT,
         map_names::VERDICT,
+        map_names::DHCP_SERVERS,
     ]
     .iter()
     .map(|name| map_memory(pins, name))

@@ -136,6 +136,29 @@ fn later_fragments_follow_the_first() {
 }
 
 #[test]
+fn the_later_fragments_of_a_dhcp_reply_pass_with_it() {
+    require_root!();
+    let port = Port::new();
+    for (server, to, ports) in [
+        ("198.18.0.1", WORKLOAD_V4, (67, 68)),
+        ("fe80::1", "fe80::2", (547, 546)),
+    ] {
+        let mut reply = Packet::udp(addr(server), addr(to), ports.0, ports.1);
+        reply.payload_len = 3000;
+        let frames = fragments(&reply.frame().unwrap(), 1200, 0x2345);
+        assert_eq!(
+            port.run(&frames),
+            [
+                (Forward::Pass, Outcome::PassDhcp),
+                (Forward::Pass, Outcome::Pass),
+                (Forward::Pass, Outcome::Pass),
+            ],
+            "{server}"
+        );
+    }
+}
+
+#[test]
 fn a_later_fragment_without_its_first_is_dropped() {
     require_root!();
     let port = Port::new();

@@ -16,7 +16,7 @@ use sg_common::{Direction as Dir, Outcome};
 use sg_core::model::{
     Action, Direction, EtherType, Group, IcmpMatch, IpProtocol, MacAddr, Policy, Port, PortRange,
     PortSpec, Protocol, Remote, Rule,
-    reference::{self, Tracked, Tracker, Verdict},
+    reference::{self, LinkService, Tracked, Tracker, Verdict},
 };
 use sg_ctl::{
     datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
@@ -43,9 +43,13 @@ const PREFIXES: [&str; 12] = [
     "2001:db8:1::7/128",
     "::/0",
 ];
-const PORT_EDGES: [u16; 14] = [
-    1, 21, 22, 23, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65534, 65535,
+const PORT_EDGES: [u16; 18] = [
+    1, 21, 22, 23, 53, 67, 68, 79, 80, 81, 443, 546, 547, 1023, 1024, 8080, 65534, 65535,
 ];
+/// DHCP's and DHCPv6's (source, destination) ports, either way.
+const DHCP_PORTS: [(u16, u16); 4] = [(68, 67), (67, 68), (546, 547), (547, 546)];
+/// DHCP servers a port may accept: addresses `random_remote` gives often.
+const DHCP_SERVERS: [&str; 4] = ["198.18.1.7", "198.18.0.0", "2001:db8:1::7", "2001:db8::"];
 /// tcp udp icmp ipv6-icmp sctp dccp udplite gre esp, and an unnamed one.
 const PROTOCOLS: [u8; 10] = [6, 17, 1, 58, 132, 33, 136, 47, 50, 200];
 const ICMP_TYPES: [u8; 8] = [0, 3, 8, 11, 128, 129, 135, 143];
@@ -153,6 +157,13 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         attached.push("web".to_string());
     }
     own.groups = attached;
+    if rng.random_bool(0.3) {
+        let servers = rng.random_range(1..=2);
+        own.dhcp_servers = DHCP_SERVERS
+            .choose_multiple(rng, servers)
+            .map(|s| s.parse().unwrap())
+            .collect();
+    }
     let mut peer = Port::new("peer", "test1", MacAddr([0x02, 0, 0, 0, 0, 3]));
     peer.ips = vec![
         "198.18.1.7".parse().unwrap(),
@@ -238,9 +249,24 @@ impl Conversation {
             2 => 17,
             _ => *PROTOCOLS.choose(rng).unwrap(),
         };
+        let mut remote = random_remote(rng, v4);
+        let (own_port, remote_port) = if protocol == 17 && rng.random_bool(0.3) {
+            // Half the time with a server a port may accept.
+            if rng.random_bool(0.5) {
+                let servers = DHCP_SERVERS.iter().map(|s| s.parse::<IpAddr>().unwrap());
+                let ours: Vec<IpAddr> = servers.filter(|s| s.is_ipv4() == v4).collect();
+                remote = *ours.choose(rng).unwrap();
+            }
+            *DHCP_PORTS.choose(rng).unwrap()
+        } else {
+            (
+                *PORT_EDGES.choose(rng).unwrap(),
+                *PORT_EDGES.choose(rng).unwrap(),
+            )
+        };
         Conversation {
-            own: (random_own(rng, v4), *PORT_EDGES.choose(rng).unwrap()),
-            remote: (random_remote(rng, v4), *PORT_EDGES.choose(rng).unwrap()),
+            own: (random_own(rng, v4), own_port),
+            remote: (remote, remote_port),
             protocol,
         }
     }
@@ -277,14 +303,18 @@ impl Conversation {
 }
 
 /// A packet on its own: a TCP SYN, the echo identifier the frame builder
-/// gives, from port 40000 to one of the edges.
+/// gives, from port 40000 to one of the edges (or DHCP's ports).
 fn random_case(rng: &mut StdRng) -> Case {
     let mut conversation = Conversation::random(rng);
     let direction = random_direction(rng);
-    let edge = *PORT_EDGES.choose(rng).unwrap();
+    let (src_port, dst_port) = if rng.random_bool(0.1) {
+        *DHCP_PORTS.choose(rng).unwrap()
+    } else {
+        (40000, *PORT_EDGES.choose(rng).unwrap())
+    };
     (conversation.own.1, conversation.remote.1) = match direction {
-        Direction::Egress => (40000, edge),
-        Direction::Ingress => (edge, 40000),
+        Direction::Egress => (src_port, dst_port),
+        Direction::Ingress => (dst_port, src_port),
     };
     let icmp = (*ICMP_TYPES.choose(rng).unwrap(), rng.random_range(0..2));
     Case {
@@ -388,19 +418,34 @@ impl Datapath {
         self.0.install(policy, PORT).unwrap()
     }
 
-    /// Runs the case; checks the verdict and that the counters `tracked`
-    /// says moved by one: the deciding rule's (or the default's), the
-    /// connection table's outcomes.
-    fn check(&self, case: &Case, tracked: &Tracked, ids: &RuleIds, what: &dyn Fn() -> String) {
+    /// Runs the case on `port`; checks the verdict and that the counters
+    /// `tracked` says moved by one: the deciding rule's (or the
+    /// default's), the link services' and the connection table's
+    /// outcomes.
+    fn check(
+        &self,
+        (port, ids): (&Port, &RuleIds),
+        case: &Case,
+        tracked: &Tracked,
+        what: &dyn Fn() -> String,
+    ) {
         let dir = match case.direction {
             Direction::Egress => Dir::Egress,
             Direction::Ingress => Dir::Ingress,
         };
         let frame = frame_of(case);
-        let policy_counter = |verdict: &Verdict| match &verdict.rule {
-            Some(rule) => Some(Counter::Rule(ids[&(rule.group.clone(), rule.rule)])),
-            None if verdict.action == Action::Allow => None,
-            None => Some(Counter::Outcome(Outcome::DropDefault)),
+        let service = reference::link_service(port, case.direction, &case.packet);
+        let policy_counter = |verdict: &Verdict| match (&verdict.rule, service) {
+            (_, Some(LinkService::NeighbourDiscovery)) => {
+                Some(Counter::Outcome(Outcome::PassNeighbourDiscovery))
+            }
+            (_, Some(LinkService::Dhcp)) => Some(Counter::Outcome(Outcome::PassDhcp)),
+            (_, Some(LinkService::RefusedDhcpServer)) => {
+                Some(Counter::Outcome(Outcome::DropDhcpServer))
+            }
+            (Some(rule), None) => Some(Counter::Rule(ids[&(rule.group.clone(), rule.rule)])),
+            (None, None) if verdict.action == Action::Allow => None,
+            (None, None) => Some(Counter::Outcome(Outcome::DropDefault)),
         };
         let (expected, counters) = match tracked {
             Tracked::Established => (
@@ -501,7 +546,8 @@ fn the_compiled_datapath_decides_like_the_reference_matcher() {
                 .flush_flows(&FlowFilter::default())
                 .unwrap();
             let what = || describe(seed, n, k, &case, &policy);
-            datapath.check(&case, &Tracked::Policy(want), &ids, &what);
+            let port = policy.port(PORT).unwrap();
+            datapath.check((port, &ids), &case, &Tracked::Policy(want), &what);
         }
     }
 }
@@ -538,7 +584,8 @@ fn the_datapath_tracks_connections_like_the_reference_tracker() {
                 .decide(&policy, PORT, case.direction, &case.packet)
                 .unwrap();
             let what = || describe(seed, n, k, &case, &policy);
-            datapath.check(&case, &tracked, &ids, &what);
+            let port = policy.port(PORT).unwrap();
+            datapath.check((port, &ids), &case, &tracked, &what);
         }
     }
 }

@@ -207,6 +207,79 @@ fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
     }
 }
 
+/// UDP between two ports, from `src_mac` to `dst_mac`.
+fn udp_frame(mac: ([u8; 6], [u8; 6]), src: &str, dst: &str, ports: (u16, u16)) -> Vec<u8> {
+    let mut packet = Packet::udp(addr(src), addr(dst), ports.0, ports.1);
+    (packet.src_mac, packet.dst_mac) = mac;
+    packet.frame().unwrap()
+}
+
+#[test]
+fn dhcp_passes_whatever_the_rules_say_from_the_servers_the_port_accepts() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    let mut policy = vm_policy(
+        serde_json::json!([{"name": "closed", "rules": []}]),
+        &["closed"],
+    );
+    port.install(&policy, "vm").unwrap();
+    const WORKLOAD_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x10, 0, 2];
+    const SERVER_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x10, 0, 1];
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    let sent =
+        |dst_mac, src: &str, dst: &str, ports| udp_frame((WORKLOAD_MAC, dst_mac), src, dst, ports);
+    let received =
+        |dst_mac, src: &str, dst: &str, ports| udp_frame((SERVER_MAC, dst_mac), src, dst, ports);
+    let (e, i) = (Direction::Egress, Direction::Ingress);
+    let requests = [
+        sent(BROADCAST, "0.0.0.0", "255.255.255.255", (68, 67)),
+        sent(SERVER_MAC, WORKLOAD, "198.18.0.1", (68, 67)),
+        sent([0x33, 0x33, 0, 1, 0, 2], "fe80::2", "ff02::1:2", (546, 547)),
+    ];
+    let replies = |server: &str, server6: &str| {
+        [
+            received(BROADCAST, server, "255.255.255.255", (67, 68)),
+            received(WORKLOAD_MAC, server, WORKLOAD, (67, 68)),
+            received(WORKLOAD_MAC, server6, "fe80::2", (547, 546)),
+        ]
+    };
+    for frame in &requests {
+        port.check(e, frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    for frame in replies("198.18.0.1", "fe80::1") {
+        port.check(i, &frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    // The workload as a server, or asked as one, and the other family's
+    // ports: the rules (none here).
+    for (direction, frame) in [
+        (e, sent(SERVER_MAC, WORKLOAD, "198.18.0.9", (67, 68))),
+        (i, received(WORKLOAD_MAC, "198.18.0.9", WORKLOAD, (68, 67))),
+        (i, received(WORKLOAD_MAC, "fe80::1", "fe80::2", (67, 68))),
+    ] {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropDefault);
+    }
+    // No flow: each passed on its own.
+    assert!(
+        port.datapath
+            .flows(&FlowFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    // A port that accepts two servers only.
+    policy.ports[0].dhcp_servers = vec![addr("198.18.0.1"), addr("fe80::1")];
+    port.install(&policy, "vm").unwrap();
+    for frame in replies("198.18.0.1", "fe80::1") {
+        port.check(i, &frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    for frame in replies("198.18.0.9", "fe80::9") {
+        port.check(i, &frame, Forward::Drop, Outcome::DropDhcpServer);
+    }
+    for frame in &requests {
+        port.check(e, frame, Forward::Pass, Outcome::PassDhcp);
+    }
+}
+
 fn eth(ether_type: u16) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
     frame.extend_from_slice(&ether_type.to_be_bytes());

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Packet, Verdict, evaluate};
+use super::{Packet, Verdict, evaluate, link_service};
 use crate::model::{Action, Direction, Policy, PolicyError};
 
 /// What the tracker makes of a packet.
@@ -31,6 +31,8 @@ pub enum Tracked {
 /// model never changes it), and what each packet makes of them, in this
 /// order:
 ///
+/// 0. A link service (neighbour discovery, DHCP: [`link_service`]) is no
+///    flow's: the policy decides it, by no rule.
 /// 1. A packet of a tracked flow passes if it fits the flow, and is
 ///    invalid if not: only TCP can not fit (below).
 /// 2. A packet that may start a flow goes to the policy and, if allowed,
@@ -166,7 +168,10 @@ impl Tracker {
         packet: &Packet,
     ) -> Result<Tracked, PolicyError> {
         let verdict = evaluate(policy, port, direction, packet)?;
-        let Some((id, may_start)) = flow_of(direction, packet) else {
+        let service = policy
+            .port(port)
+            .and_then(|port| link_service(port, direction, packet));
+        let Some((id, may_start)) = flow_of(direction, packet).filter(|_| service.is_none()) else {
             return Ok(Tracked::Policy(verdict));
         };
         let tcp = packet.protocol == TCP && packet.dst_port.is_some();
