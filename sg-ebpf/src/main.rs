@@ -202,9 +202,11 @@ fn track(
     }
 }
 
-/// Decides on an IP packet. The address checked against the blocklist is
-/// the workload's side of the conversation: the source of what it sends,
-/// the destination of what it receives.
+/// Decides on an IP packet, in this order: the blocklist, neighbour
+/// discovery, an open port without a policy, DHCP (`link`), then the
+/// policy through the connection table. The address checked against the
+/// blocklist is the workload's side of the conversation: the source of
+/// what it sends, the destination of what it receives.
 #[inline(always)]
 fn decide_ip(
     slot: u32,
