@@ -41,6 +41,7 @@ pub mod map_names {
     pub const TRACE: &str = "SG_TRACE";
     pub const PORT_SECURITY: &str = "SG_PORT_SECURITY";
     pub const OWNED: &str = "SG_OWNED";
+    pub const DHCP_SERVERS: &str = "SG_DHCP_SERVERS";
     pub const CONNTRACK: &str = "SG_CONNTRACK";
     pub const CONNTRACK_TIMEOUTS: &str = "SG_CONNTRACK_TIMEOUTS";
     pub const CONNTRACK_EVENTS: &str = "SG_CONNTRACK_EVENTS";
@@ -162,7 +163,9 @@ pub enum Outcome {
     /// Port security: ARP with another sender MAC, or for a sender address
     /// the port does not own.
     DropArpSpoof = 14,
-    /// Port security: a DHCP or DHCPv6 server message (source port 67, 547).
+    /// A DHCP or DHCPv6 server's message the port does not carry: sent by
+    /// the workload (port security: source port 67, 547), or toward it from
+    /// a server the port's policy does not accept (its DHCP servers).
     DropDhcpServer = 15,
     /// Port security: an IPv6 router advertisement or redirect.
     DropRouterAdvert = 16,
@@ -198,6 +201,15 @@ pub enum Outcome {
     /// (`SG_KEYS`) was not found, which the kernel never lets happen. A
     /// bug, not a verdict on the packet.
     DropInternal = 26,
+    /// Dropped: the port has no policy in force: it is being attached or
+    /// detached, or attached by the daemon before its policy is installed
+    /// (or after an install that never succeeded). Only a port attached
+    /// with `PORT_OPEN_WITHOUT_POLICY` passes without one.
+    DropNoPolicy = 27,
+    /// DHCP or DHCPv6 passed, whatever the rules: the workload's client
+    /// request (UDP 68→67, 546→547), or a server's reply toward it (67→68,
+    /// 547→546) from a server its policy accepts.
+    PassDhcp = 28,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -207,7 +219,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 27] = [
+    pub const ALL: [Outcome; 29] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -235,6 +247,8 @@ impl Outcome {
         Outcome::DropConntrackFull,
         Outcome::DropRevoked,
         Outcome::DropInternal,
+        Outcome::DropNoPolicy,
+        Outcome::PassDhcp,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -245,6 +259,7 @@ impl Outcome {
                 | Outcome::PassNeighbourDiscovery
                 | Outcome::PassEstablished
                 | Outcome::PassRelated
+                | Outcome::PassDhcp
         )
     }
 
@@ -277,6 +292,8 @@ impl Outcome {
             Outcome::DropConntrackFull => "drop-conntrack-full",
             Outcome::DropRevoked => "drop-revoked",
             Outcome::DropInternal => "drop-internal",
+            Outcome::DropNoPolicy => "drop-no-policy",
+            Outcome::PassDhcp => "pass-dhcp",
         }
     }
 
@@ -297,8 +314,8 @@ pub struct Counter {
 }
 
 /// `PortConfig::flags`: the port's programs enforce; unset while the port is
-/// being attached or detached, when its programs let everything through
-/// uncounted.
+/// being attached or detached, when its programs drop everything
+/// (`Outcome::DropNoPolicy`).
 pub const PORT_ACTIVE: u32 = 1;
 
 /// `PortConfig::flags`: replies the XDP program makes (REJECT) go back to the
@@ -306,6 +323,13 @@ pub const PORT_ACTIVE: u32 = 1;
 /// veth in native mode, whose peer drops `XDP_TX` frames unless it runs
 /// XDP or GRO itself.
 pub const PORT_REPLY_VIA_TC: u32 = 2;
+
+/// `PortConfig::flags`: without a policy in force (`NO_POLICY`), the port's
+/// traffic is subject to its blocklist and port security only. Set by the
+/// low-level `sg-ctl attach`, which works without the daemon and its
+/// policies; a port the daemon attaches has it unset, so that it drops
+/// everything until its policy is in force.
+pub const PORT_OPEN_WITHOUT_POLICY: u32 = 4;
 
 /// XDP metadata in front of a reply on its way to the TC ingress program.
 pub const REPLY_META: u32 = 0x5347_5250;
@@ -430,8 +454,9 @@ pub struct OwnedMacs {
     pub macs: [u64; MAX_ADDRESS_MACS],
 }
 
-/// `SG_PORT_POLICY` value of a port without a policy: only the blocklist
-/// applies.
+/// `SG_PORT_POLICY` value of a port without a policy: it drops everything,
+/// unless it has `PORT_OPEN_WITHOUT_POLICY` (then only its blocklist and
+/// port security apply).
 pub const NO_POLICY: u32 = 0;
 
 /// Entries of the policy maps, all ports and both generations of a policy
@@ -440,6 +465,27 @@ pub const MAX_LOCAL_ENTRIES: u32 = 16_384;
 pub const MAX_REMOTE_ENTRIES: u32 = 262_144;
 pub const MAX_L4_ENTRIES: u32 = 262_144;
 pub const MAX_VERDICT_ENTRIES: u32 = 1_048_576;
+/// DHCP servers a port may restrict itself to.
+pub const MAX_DHCP_SERVERS: usize = 8;
+/// Entries of `SG_DHCP_SERVERS`, all ports and both generations of a policy
+/// update together: a port accepts at most `MAX_DHCP_SERVERS` servers
+/// (one entry, `::/0`, when it accepts any).
+pub const MAX_DHCP_SERVER_ENTRIES: u32 = MAX_PORTS * 2 * MAX_DHCP_SERVERS as u32;
+
+/// `SG_DHCP_SERVERS` trie key: a DHCP server's address (IPv4 mapped into
+/// IPv6) under a policy id; the value is 1. The prefix length covers the
+/// policy id first. A policy that accepts any server has the one entry
+/// of prefix `::/0`; one that accepts some, an entry per server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpServerKey {
+    pub policy: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of a `DhcpServerKey` in front of the address.
+pub const DHCP_SERVER_KEY_POLICY_BITS: u32 = 32;
+
 /// Rules with a counter of their own, all ports together. Counter 0 is the
 /// default verdict's, which has none.
 pub const MAX_RULE_COUNTERS: u32 = 131_072;
@@ -471,6 +517,14 @@ pub mod proto {
         pub const SYN: u8 = 0x02;
         pub const RST: u8 = 0x04;
         pub const ACK: u8 = 0x10;
+    }
+
+    /// The UDP ports of DHCP (RFC 2131) and DHCPv6 (RFC 8415).
+    pub mod dhcp {
+        pub const SERVER: u16 = 67;
+        pub const CLIENT: u16 = 68;
+        pub const V6_CLIENT: u16 = 546;
+        pub const V6_SERVER: u16 = 547;
     }
 
     /// ICMP types (RFC 792) and codes.
@@ -669,8 +723,12 @@ pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 /// `SG_CONNTRACK` key: one flow through one port, seen from the workload.
 /// `local` is the workload's address and port (the source of what it
 /// sends, the destination of what it receives), so that both directions
-/// of a flow find one entry. ICMP echo has the identifier as the local
-/// port and no remote port.
+/// of a flow find one entry. ICMP echo is keyed as Linux keys it, by type,
+/// code and identifier: the identifier is the local port, and the remote
+/// port is the type the workload sends in the flow (its request, or its
+/// reply to the other end's request) and the code. So a request and its
+/// reply find one entry, the two ends' requests make two, and a reply of
+/// another code, or going the request's way, finds none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConntrackKey {
@@ -839,6 +897,7 @@ const _: () = assert!(size_of::<TraceRecord>() == 48);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<PortConfig>() == 40);
 const _: () = assert!(size_of::<BlockKey>() == 20);
+const _: () = assert!(size_of::<DhcpServerKey>() == 20);
 const _: () = assert!(size_of::<PortSecurityConfig>() == 72);
 const _: () = assert!(size_of::<OwnedMacs>() == 32);
 const _: () = assert!(size_of::<ConntrackKey>() == 44);
@@ -864,6 +923,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for PortConfig {}
     unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for DhcpServerKey {}
     unsafe impl aya::Pod for Scope {}
     unsafe impl aya::Pod for LocalKey {}
     unsafe impl aya::Pod for RemoteKey {}

@@ -18,6 +18,9 @@
 //! - neither: folded into every remote entry, like the default verdict.
 //!
 //! A packet's verdict is the smallest of the three values it finds.
+//!
+//! The port's DHCP servers go with its policy: an `SG_DHCP_SERVERS` entry
+//! per server it accepts, or one of `::/0` when it accepts any.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,11 +29,13 @@ use std::{
 
 use ipnet::IpNet;
 use sg_common::{
-    Class, FAMILY_IPV4, FAMILY_IPV6, L4Key, LocalKey, MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS,
-    Scope, VerdictKey, candidate, ipv4_mapped,
+    Class, DHCP_SERVER_KEY_POLICY_BITS, DhcpServerKey, FAMILY_IPV4, FAMILY_IPV6, L4Key, LocalKey,
+    MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS, Scope, VerdictKey, candidate, ipv4_mapped,
 };
 
-use crate::model::{Action, Direction, EtherType, IpProtocol, Policy, Protocol, Remote, Rule};
+use crate::model::{
+    Action, Direction, EtherType, IpProtocol, Policy, Port, Protocol, Remote, Rule,
+};
 
 /// A trie entry: prefix length in bits and key.
 pub type TrieEntry<K, V> = (u32, K, V);
@@ -47,6 +52,8 @@ pub struct Compiled {
     /// trie.
     pub l4_exact: Vec<(L4Key, Class)>,
     pub verdict: Vec<(VerdictKey, u64)>,
+    /// The DHCP servers whose replies the port accepts.
+    pub dhcp_servers: Vec<TrieEntry<DhcpServerKey, u32>>,
 }
 
 impl Compiled {
@@ -57,6 +64,7 @@ impl Compiled {
             + self.l4.len()
             + self.l4_exact.len()
             + self.verdict.len()
+            + self.dhcp_servers.len()
     }
 
     /// Moves the full-length trie entries to the exact hashes. The longest
@@ -163,7 +171,10 @@ pub fn compile(
         candidate::new(u32::MAX, 0, action)
     };
 
-    let mut out = Compiled::default();
+    let mut out = Compiled {
+        dhcp_servers: dhcp_servers(port, policy_id),
+        ..Compiled::default()
+    };
     let local_classes = local_classes(&ranked, policy_id, &mut out);
     for (local_class, applies) in local_classes.iter().enumerate() {
         for direction in [Direction::Egress, Direction::Ingress] {
@@ -189,6 +200,28 @@ pub fn compile(
     }
     out.split_exact();
     Ok(out)
+}
+
+/// The port's DHCP servers as trie entries: one per server, or `::/0` when
+/// it accepts any.
+fn dhcp_servers(port: &Port, policy_id: u32) -> Vec<TrieEntry<DhcpServerKey, u32>> {
+    let entry = |bits, addr| {
+        let key = DhcpServerKey {
+            policy: policy_id,
+            addr,
+        };
+        (DHCP_SERVER_KEY_POLICY_BITS + bits, key, 1)
+    };
+    if port.dhcp_servers.is_empty() {
+        return vec![entry(0, [0; 16])];
+    }
+    port.dhcp_servers
+        .iter()
+        .map(|&server| {
+            let (bits, _, addr) = trie_prefix(IpNet::from(server));
+            entry(bits, addr)
+        })
+        .collect()
 }
 
 fn family_byte(family: EtherType) -> u8 {
@@ -584,6 +617,43 @@ fn range_prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MacAddr;
+
+    #[test]
+    fn dhcp_servers_go_with_the_policy_any_as_one_root_entry() {
+        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
+        let root = DhcpServerKey {
+            policy: 7,
+            addr: [0; 16],
+        };
+        assert_eq!(
+            dhcp_servers(&port, 7),
+            [(DHCP_SERVER_KEY_POLICY_BITS, root, 1)]
+        );
+        port.dhcp_servers = vec!["198.18.0.1".parse().unwrap(), "fe80::1".parse().unwrap()];
+        let v6: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        assert_eq!(
+            dhcp_servers(&port, 7),
+            [
+                (
+                    DHCP_SERVER_KEY_POLICY_BITS + 128,
+                    DhcpServerKey {
+                        addr: ipv4_mapped([198, 18, 0, 1]),
+                        ..root
+                    },
+                    1
+                ),
+                (
+                    DHCP_SERVER_KEY_POLICY_BITS + 128,
+                    DhcpServerKey {
+                        addr: v6.octets(),
+                        ..root
+                    },
+                    1
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn ranges_become_aligned_blocks() {

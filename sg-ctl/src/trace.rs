@@ -115,8 +115,7 @@ fn reason(
     rule: &Option<TracedRule>,
 ) -> String {
     let Some(outcome) = outcome else {
-        return "the port is being attached or detached: its programs let everything through"
-            .to_string();
+        return "the programs counted no outcome".to_string();
     };
     let named = |counter: u32| match rule {
         Some(r) => format!("rule {}[{}] ({})", r.group, r.index, r.rule),
@@ -127,6 +126,21 @@ fn reason(
         (Outcome::PassNeighbourDiscovery, _) => {
             "IPv6 neighbour discovery and MLD pass whatever the rules".into()
         }
+        (Outcome::PassDhcp, _) => match direction {
+            Direction::Egress => "the workload's DHCP client request passes whatever the rules",
+            Direction::Ingress => {
+                "a DHCP server's reply toward the workload passes whatever the rules \
+                 (the port accepts this server)"
+            }
+        }
+        .into(),
+        (Outcome::DropDhcpServer, _) => match direction {
+            Direction::Egress => "port security: the workload may not answer as a DHCP server",
+            Direction::Ingress => {
+                "a DHCP server's reply from a server the port does not accept (its dhcp_servers)"
+            }
+        }
+        .into(),
         (Outcome::DropBlocked, _) => {
             "the workload's address is in a blocked prefix of the port (`sg-ctl status`)".into()
         }
@@ -136,7 +150,16 @@ fn reason(
         (Outcome::DropFragment, _) => {
             "a later fragment whose first fragment the port has not seen".into()
         }
-        (Outcome::Pass, None) => "the port has no policy: only its blocklist applies".into(),
+        (Outcome::DropNoPolicy, _) => {
+            "the port has no policy in force, so it drops everything: it is being attached or \
+             detached, or its policy is not installed yet (`sg-ctl port list` shows why)"
+                .into()
+        }
+        (Outcome::Pass, None) => {
+            "the port has no policy and was attached by `sg-ctl attach`: only its blocklist \
+             and port security apply"
+                .into()
+        }
         (Outcome::Pass, Some(0)) => format!(
             "no rule matches; {} is open because a group has egress open until its first egress rule and none has one",
             direction.name()

@@ -144,23 +144,20 @@ pub fn lookup(
         return unreadable;
     };
     let icmp = icmp_protocol(ip.family);
-    // Source and destination "ports" of the packet: ICMP echo's
-    // identifier, zeros for protocols without ports.
+    // Source and destination "ports" of the packet: ICMP echo's (see
+    // `echo_ports`), zeros for protocols without ports.
     let (src_port, dst_port) = if ip.protocol == icmp {
-        let kind = ip.l4[0];
+        let [kind, code] = ip.l4;
         if is_error(ip.family, kind) {
             return related(slot, direction, ip.family, buf, l4 + ICMP_HDR, scratch);
         }
+        let Some(sent) = echo_sent(ip.family, direction, kind) else {
+            return Flow::Untracked;
+        };
         let Some(id) = buf.read::<2>(l4 + 4) else {
             return Flow::Untracked;
         };
-        if kind == echo_request(ip.family) {
-            (id, [0, 0])
-        } else if kind == echo_reply(ip.family) {
-            ([0, 0], id)
-        } else {
-            return Flow::Untracked;
-        }
+        echo_ports(direction, id, sent, code)
     } else {
         if ip.protocol == IPPROTO_TCP {
             // Two bytes, data offset and flags: for one the compiler checks
@@ -266,20 +263,20 @@ fn related(
         quote.ip[6]
     };
     let l4 = &quote.l4;
+    let quoted = match direction {
+        Direction::Egress => Direction::Ingress,
+        Direction::Ingress => Direction::Egress,
+    };
     let (src_port, dst_port) = if protocol == icmp_protocol(family) {
-        // An echo request, the only ICMP that starts a flow.
-        if l4[0] != echo_request(family) {
+        // An echo request or reply, the only ICMP of a flow.
+        let Some(sent) = echo_sent(family, quoted, l4[0]) else {
             return Flow::Untracked;
-        }
-        ([l4[4], l4[5]], [0, 0])
+        };
+        echo_ports(quoted, [l4[4], l4[5]], sent, l4[1])
     } else if has_ports(protocol) {
         ([l4[0], l4[1]], [l4[2], l4[3]])
     } else {
         ([0, 0], [0, 0])
-    };
-    let quoted = match direction {
-        Direction::Egress => Direction::Ingress,
-        Direction::Ingress => Direction::Egress,
     };
     if family == FAMILY_IPV4 {
         quote.src = IPV4_MAPPED;
@@ -484,13 +481,36 @@ fn icmp_protocol(family: u8) -> u8 {
     }
 }
 
+/// The ICMP type the workload sends in the echo flow of a message of type
+/// `kind` going `direction`: the request it sends, or the reply it answers
+/// a request it receives with. `None` for other types. Keyed by it, as
+/// Linux keys by the original direction's type, the two ends' requests
+/// make two flows, and a message finds its flow only as a request in the
+/// request's direction or as the matching reply in the other.
 #[inline(always)]
-fn echo_request(family: u8) -> u8 {
-    if family == FAMILY_IPV4 {
-        icmp::ECHO_REQUEST
+fn echo_sent(family: u8, direction: Direction, kind: u8) -> Option<u8> {
+    let (request, reply) = if family == FAMILY_IPV4 {
+        (icmp::ECHO_REQUEST, icmp::ECHO_REPLY)
     } else {
-        icmpv6::ECHO_REQUEST
+        (icmpv6::ECHO_REQUEST, icmpv6::ECHO_REPLY)
+    };
+    if kind != request && kind != reply {
+        return None;
     }
+    Some(match direction {
+        Direction::Egress => kind,
+        // The other of the pair.
+        Direction::Ingress => request ^ reply ^ kind,
+    })
+}
+
+/// The source and destination "ports" of an echo message going
+/// `direction`, so that its key has the identifier as the local port and
+/// the type the workload sends (`echo_sent`) and the code as the remote
+/// port (see `ConntrackKey`).
+#[inline(always)]
+fn echo_ports(direction: Direction, id: [u8; 2], sent: u8, code: u8) -> ([u8; 2], [u8; 2]) {
+    local_remote(direction, id, [sent, code])
 }
 
 #[inline(always)]

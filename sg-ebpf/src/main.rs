@@ -8,13 +8,14 @@
 //!
 //! This file holds the entry points, the globals, and the pipeline that
 //! composes the stages, each in a module of its own: parsing (`parse`),
-//! port security (`portsec`), the policy (`policy`) through the connection
-//! table (`conntrack`), and REJECT's replies (`reject`). Below them: the
-//! frame and its bounds-checked reader (`buf`), the shared maps (`maps`),
-//! and what a stage may ask of the instance it runs in (`instance`). Each
-//! module uses only those listed before it in `buf`, `maps`, `instance`,
-//! `parse`, `portsec`, `conntrack`, `policy`, `reject`; none uses this
-//! file.
+//! port security (`portsec`), the link services that pass whatever the
+//! rules say (`link`: neighbour discovery, DHCP), the policy (`policy`)
+//! through the connection table (`conntrack`), and REJECT's replies
+//! (`reject`). Below them: the frame and its bounds-checked reader
+//! (`buf`), the shared maps (`maps`), and what a stage may ask of the
+//! instance it runs in (`instance`). Each module uses only those listed
+//! before it in `buf`, `maps`, `instance`, `parse`, `portsec`, `link`,
+//! `conntrack`, `policy`, `reject`; none uses this file.
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -22,6 +23,7 @@
 mod buf;
 mod conntrack;
 mod instance;
+mod link;
 mod maps;
 mod parse;
 mod policy;
@@ -39,8 +41,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_REPLY_VIA_TC, REPLY_META,
-    candidate,
+    BLOCK_KEY_SLOT_BITS, BlockKey, Direction, NO_POLICY, Outcome, PORT_ACTIVE,
+    PORT_OPEN_WITHOUT_POLICY, PORT_REPLY_VIA_TC, REPLY_META,
 };
 
 use crate::{
@@ -65,15 +67,30 @@ fn port_slot() -> u32 {
     unsafe { core::ptr::read_volatile(&PORT_SLOT) }
 }
 
-/// The port's slot and flags if the port is active; `None` while it is
-/// being attached or detached.
+/// The flags of the port at `slot` (zero for none: inactive).
 #[inline(always)]
-fn active_port() -> Option<(u32, u32)> {
-    let slot = port_slot();
-    SG_PORTS
-        .get(slot)
-        .filter(|p| p.is_active())
-        .map(|p| (slot, p.flags))
+fn port_flags(slot: u32) -> u32 {
+    SG_PORTS.get(slot).map_or(0, |port| port.flags)
+}
+
+/// Whether the port's programs decide on its frames: it is active and has
+/// a policy in force, or was attached open without one
+/// (`PORT_OPEN_WITHOUT_POLICY`, as `sg-ctl attach` does; its blocklist and
+/// port security apply). Otherwise (being attached or detached, or no
+/// policy yet) every frame is dropped, `drop-no-policy`.
+///
+/// A yes or no, from flags and a policy id read here and nowhere kept: a
+/// register known to hold one bit on one path and not on the other would
+/// have the verifier go through everything after twice. Who needs them
+/// later reads them again.
+#[inline(always)]
+fn enforcing(slot: u32) -> bool {
+    let flags = port_flags(slot);
+    flags & PORT_ACTIVE != 0
+        && (flags & PORT_OPEN_WITHOUT_POLICY != 0
+            || SG_PORT_POLICY
+                .get(slot)
+                .is_some_and(|&policy| policy != NO_POLICY))
 }
 
 /// This instance, as its globals tell.
@@ -164,10 +181,7 @@ fn track(
                 }
                 Step::Pass => conntrack::account(entry, direction, bytes),
             }
-            if ip.fragmented {
-                policy::set_fragment_key(keys, slot, direction, ip);
-                policy::remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
-            }
+            policy::pass_later_fragments(keys, slot, direction, ip);
             Ok(Outcome::PassEstablished)
         }
         /* 4 */
@@ -188,9 +202,11 @@ fn track(
     }
 }
 
-/// Decides on an IP packet. The address checked against the blocklist is
-/// the workload's side of the conversation: the source of what it sends,
-/// the destination of what it receives.
+/// Decides on an IP packet, in this order: the blocklist, neighbour
+/// discovery, an open port without a policy, DHCP (`link`), then the
+/// policy through the connection table. The address checked against the
+/// blocklist is the workload's side of the conversation: the source of
+/// what it sends, the destination of what it receives.
 #[inline(always)]
 fn decide_ip(
     slot: u32,
@@ -207,16 +223,25 @@ fn decide_ip(
     if SG_BLOCKED.get(&key).is_some() {
         return Outcome::DropBlocked;
     }
-    if policy::is_neighbour_discovery(ip) {
+    if link::is_neighbour_discovery(ip) {
         return Outcome::PassNeighbourDiscovery;
     }
     let policy = match SG_PORT_POLICY.get(slot) {
         Some(&policy) if policy != NO_POLICY => policy,
-        _ => return Outcome::Pass,
+        // Open without a policy (see `enforcing`).
+        _ if port_flags(slot) & PORT_OPEN_WITHOUT_POLICY != 0 => return Outcome::Pass,
+        // Taken away since `enforcing` looked.
+        _ => return Outcome::DropNoPolicy,
     };
     let Some(keys) = policy::keys() else {
         return Outcome::DropInternal;
     };
+    if let Some(outcome) = link::dhcp(policy, direction, ip) {
+        if outcome == Outcome::PassDhcp && !Globals::tracing() {
+            policy::pass_later_fragments(keys, slot, direction, ip);
+        }
+        return outcome;
+    }
     // A tracer leaves the table alone, and a later fragment has no ports
     // to find its flow by: the policy (or its first fragment) decides.
     if Globals::tracing() || !ip.first_fragment {
@@ -229,7 +254,8 @@ fn decide_ip(
 
 /// Parses the frame, decides on it and counts the outcome: `Some(true)`
 /// pass, `Some(false)` drop, `None` the frame is now the reply to send
-/// back.
+/// back. A port with no policy in force (see `enforcing`) drops every
+/// frame before it is parsed.
 #[inline(always)]
 fn filter<F: Resizable>(
     slot: u32,
@@ -238,18 +264,23 @@ fn filter<F: Resizable>(
     bytes: u64,
 ) -> Option<bool> {
     let (start, end) = frame.bounds();
-    let outcome = match parse(start, end) {
-        Err(drop) => drop,
-        Ok(parsed) => match (
-            portsec::check(slot, direction, start, end, &parsed),
-            &parsed,
-        ) {
-            (Err(drop), _) => drop,
-            (Ok(()), Frame::Ip(ip)) => match decide_ip(slot, direction, ip, (start, end), bytes) {
-                Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
-                outcome => outcome,
+    let outcome = match enforcing(slot) {
+        false => Outcome::DropNoPolicy,
+        true => match parse(start, end) {
+            Err(drop) => drop,
+            Ok(parsed) => match (
+                portsec::check(slot, direction, start, end, &parsed),
+                &parsed,
+            ) {
+                (Err(drop), _) => drop,
+                (Ok(()), Frame::Ip(ip)) => {
+                    match decide_ip(slot, direction, ip, (start, end), bytes) {
+                        Outcome::Reject if reject::reply(frame, ip).is_none() => Outcome::DropRule,
+                        outcome => outcome,
+                    }
+                }
+                (Ok(()), Frame::Arp(_) | Frame::NonIp) => Outcome::PassNonIp,
             },
-            (Ok(()), Frame::Arp(_) | Frame::NonIp) => Outcome::PassNonIp,
         },
     };
     count(slot, direction, outcome, bytes);
@@ -290,14 +321,12 @@ impl Resizable for XdpFrame<'_> {
 
 #[xdp]
 pub fn sg_xdp(ctx: XdpContext) -> u32 {
-    let Some((slot, flags)) = active_port() else {
-        return xdp_action::XDP_PASS;
-    };
+    let slot = port_slot();
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     match filter(slot, Direction::Egress, &mut XdpFrame(&ctx), bytes) {
         Some(true) => xdp_action::XDP_PASS,
         Some(false) => xdp_action::XDP_DROP,
-        None if flags & PORT_REPLY_VIA_TC != 0 => mark_reply(&ctx),
+        None if port_flags(slot) & PORT_REPLY_VIA_TC != 0 => mark_reply(&ctx),
         // Back out of the port, to the workload.
         None => xdp_action::XDP_TX,
     }
@@ -373,9 +402,7 @@ impl Resizable for TcFrame<'_> {
 
 #[classifier]
 pub fn sg_tc(ctx: TcContext) -> i32 {
-    let Some((slot, _)) = active_port() else {
-        return TC_ACT_UNSPEC;
-    };
+    let slot = port_slot();
     let len = ctx.len();
     let want = if len < TC_HEADER_BYTES {
         len

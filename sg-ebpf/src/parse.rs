@@ -241,13 +241,17 @@ fn parse_arp(start: usize, end: usize, offset: usize) -> Result<ArpPacket, Outco
 fn parse_ipv4(start: usize, end: usize, offset: usize, out: &mut IpPacket) -> Result<(), Outcome> {
     let ip: *const Ipv4Hdr = ptr_at(start, end, offset)?;
     let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 || ip.vihl & 0x0f < 5 {
+    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    // The header must be at least 20 bytes, and the datagram at least its
+    // header (so a total length under 20 is malformed too).
+    if ip.vihl >> 4 != 4 || header_len < 20 || ip_len < header_len {
         return Err(Outcome::DropMalformed);
     }
     let first_fragment = ip.frags[0] & 0x1f == 0 && ip.frags[1] == 0;
     // More fragments follow (MF), or some came before.
     let fragmented = ip.frags[0] & 0x20 != 0 || !first_fragment;
-    let l4_offset = offset + ((ip.vihl & 0x0f) as usize) * 4;
+    let l4_offset = offset + header_len;
     let (l4, src_port) = if first_fragment {
         l4_value(start, end, l4_offset, FAMILY_IPV4, ip.proto)?
     } else {
@@ -261,7 +265,7 @@ fn parse_ipv4(start: usize, end: usize, offset: usize, out: &mut IpPacket) -> Re
         l4,
         l3: offset,
         l4_offset,
-        ip_len: u16::from_be_bytes(ip.tot_len) as usize,
+        ip_len,
         first_fragment,
         fragmented,
         fragment_id: u16::from_be_bytes(ip.id) as u32,

@@ -15,9 +15,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use sg_common::{
-    Direction, FAMILY_IPV6, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope,
-    VerdictKey, candidate,
-    proto::{IPPROTO_ICMPV6, icmpv6},
+    Direction, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope, VerdictKey,
+    candidate,
 };
 
 use crate::{
@@ -162,6 +161,16 @@ pub fn remember_fragment(keys: &Keys, best: u64) {
     let _ = SG_FRAGMENTS.insert(&keys.fragment, best, 0);
 }
 
+/// Lets the later fragments of `ip`'s datagram pass, as its first fragment
+/// did by no rule (on a flow, or as DHCP): they carry no ports to tell.
+#[inline(always)]
+pub fn pass_later_fragments(keys: &mut Keys, slot: u32, direction: Direction, ip: &IpPacket) {
+    if ip.fragmented {
+        set_fragment_key(keys, slot, direction, ip);
+        remember_fragment(keys, candidate::new(0, 0, candidate::ALLOW));
+    }
+}
+
 /// The best candidate of the port's policy for the packet. A few lookups
 /// whatever the number of rules: the local address's class, then the
 /// remote address's and the protocol/port's (each an exact hash, then a
@@ -268,13 +277,4 @@ fn decide<I: Instance>(best: u64, bytes: u64) -> Result<Outcome, Outcome> {
         (candidate::REJECT, _) => Err(Outcome::Reject),
         _ => Err(Outcome::DropRule),
     }
-}
-
-/// IPv6 neighbour discovery and MLD, which no rule applies to (as ARP).
-#[inline(always)]
-pub fn is_neighbour_discovery(ip: &IpPacket) -> bool {
-    let kind = ip.l4[0];
-    ip.family == FAMILY_IPV6
-        && ip.protocol == IPPROTO_ICMPV6
-        && icmpv6::is_neighbour_discovery(kind)
 }

@@ -39,7 +39,7 @@ use sg_common::{
     OwnedMacs, PORTSEC_ALLOW_MULTICAST, PORTSEC_ALLOW_VLAN, PORTSEC_ENABLED, PortSecurityConfig,
     ipv4_mapped, mac_word,
     proto::{
-        IPPROTO_ICMPV6, IPPROTO_UDP,
+        IPPROTO_ICMPV6, IPPROTO_UDP, dhcp,
         icmpv6::{
             MLD_DONE, MLD_REPORT, MLD2_REPORT, NEIGHBOUR_ADVERT, NEIGHBOUR_SOLICIT, REDIRECT,
             ROUTER_ADVERT, ROUTER_SOLICIT,
@@ -58,11 +58,6 @@ static SG_PORT_SECURITY: Array<PortSecurityConfig> = Array::pinned(MAX_PORTS, 0)
 static SG_OWNED: LpmTrie<BlockKey, OwnedMacs> = LpmTrie::pinned(MAX_OWNED_PREFIXES, 0);
 
 const ARP_REQUEST: u16 = 1;
-
-const DHCP_SERVER: u16 = 67;
-const DHCP_CLIENT: u16 = 68;
-const DHCPV6_CLIENT: u16 = 546;
-const DHCPV6_SERVER: u16 = 547;
 
 /// Applies the port's security to a parsed frame; nothing when the port
 /// has it off.
@@ -142,10 +137,10 @@ fn udp_ports(ip: &IpPacket) -> Option<(u16, u16)> {
 #[inline(always)]
 fn check_ipv4(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     let ports = udp_ports(ip);
-    if matches!(ports, Some((DHCP_SERVER, _))) {
+    if matches!(ports, Some((dhcp::SERVER, _))) {
         return Err(Outcome::DropDhcpServer);
     }
-    let dhcp_client = ports == Some((DHCP_CLIENT, DHCP_SERVER));
+    let dhcp_client = ports == Some((dhcp::CLIENT, dhcp::SERVER));
     // The unspecified address is looked at only when the source is not
     // owned: the common case compares no address.
     let allowed = owns(slot, ip.src, src_mac) || (dhcp_client && ip.src == ipv4_mapped([0; 4]));
@@ -169,7 +164,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
         return Err(Outcome::DropRouterAdvert);
     }
     let ports = udp_ports(ip);
-    if matches!(ports, Some((DHCPV6_SERVER, _))) {
+    if matches!(ports, Some((dhcp::V6_SERVER, _))) {
         return Err(Outcome::DropDhcpServer);
     }
     // As for IPv4, `::` is looked at only when the source is not owned;
@@ -199,7 +194,7 @@ fn check_ipv6(slot: u32, ip: &IpPacket, src_mac: u64) -> Result<bool, Outcome> {
     Ok(matches!(
         icmp_type,
         MLD_REPORT | MLD_DONE | ROUTER_SOLICIT | NEIGHBOUR_SOLICIT | NEIGHBOUR_ADVERT | MLD2_REPORT
-    ) || ports == Some((DHCPV6_CLIENT, DHCPV6_SERVER)))
+    ) || ports == Some((dhcp::V6_CLIENT, dhcp::V6_SERVER)))
 }
 
 /// Whether the port owns `addr` (IPv6, or IPv4-mapped) for use with `mac`.

@@ -33,7 +33,7 @@ use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
-use sg_ctl::datapath::{Datapath, Forward, Pins, TestRun};
+use sg_ctl::datapath::{Datapath, Forward, Pins, TestRun, WithoutPolicy, XdpModeArg};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -623,6 +623,17 @@ impl TestPins {
         Datapath::new(self.pins.clone())
     }
 
+    /// Attaches the filter to `iface` of `ns` as the daemon does
+    /// (`WithoutPolicy::Drop`) or as `sg-ctl attach` does (`Pass`).
+    pub fn attach(&self, ns: &Netns, iface: &str, without_policy: WithoutPolicy) -> Result<()> {
+        let datapath = self.datapath();
+        let iface = iface.to_string();
+        ns.within(move || {
+            datapath.attach(&iface, XdpModeArg::Auto, without_policy)?;
+            Ok(())
+        })
+    }
+
     /// Compiles `policy` for its port `port` and puts it in force on the
     /// attached interface `iface`.
     pub fn install(&self, iface: &str, policy: &Policy, port: &str) -> Result<RuleIds> {
@@ -672,12 +683,15 @@ pub struct TestPort {
     pub run: TestRun,
     pub datapath: Datapath,
     pub slot: u32,
+    /// What the port does without a policy: as the daemon attaches it
+    /// (`Drop`) or as `sg-ctl attach` does (`Pass`).
+    without_policy: WithoutPolicy,
     /// Last: the pins go when everything else is dropped.
     pins: TestPins,
 }
 
 impl TestPort {
-    pub fn new(slot: u32) -> Result<TestPort> {
+    pub fn new(slot: u32, without_policy: WithoutPolicy) -> Result<TestPort> {
         let pins = TestPins::new();
         let datapath = pins.datapath();
         let run = datapath.test_run(slot)?;
@@ -685,6 +699,7 @@ impl TestPort {
             run,
             datapath,
             slot,
+            without_policy,
             pins,
         };
         port.set_active(true)?;
@@ -733,13 +748,14 @@ impl TestPort {
         assert_eq!(got, want, "{direction:?} {}: verdict", outcome.name());
     }
 
-    /// An inactive port's programs pass everything, uncounted.
+    /// An inactive port's programs drop everything (`drop-no-policy`),
+    /// as while a port is attached or detached.
     pub fn set_active(&self, active: bool) -> Result<()> {
         let config = PortConfig {
             ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
             netns: 0,
             ifindex: 1,
-            flags: if active { PORT_ACTIVE } else { 0 },
+            flags: if active { PORT_ACTIVE } else { 0 } | self.without_policy.flag(),
             xdp_mode: 0,
             _pad: 0,
         };
@@ -796,6 +812,18 @@ pub fn fragments(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// Sets the identifier of the ICMP or ICMPv6 echo message in an untagged
+/// frame (which the frame builder makes 1). The checksum is left as it
+/// was: nothing on the way checks it.
+pub fn set_echo_id(frame: &mut [u8], id: u16) {
+    let header = match frame[14] >> 4 {
+        4 => usize::from(frame[14] & 0x0f) * 4,
+        _ => 40,
+    };
+    let at = 14 + header + 4;
+    frame[at..at + 2].copy_from_slice(&id.to_be_bytes());
 }
 
 /// The ones'-complement sum of big-endian 16-bit words (an odd byte padded
@@ -859,6 +887,7 @@ pub fn policy_memory(pins: &Pins) -> Result<u64> {
         map_names::L4,
         map_names::L4_EXACT,
         map_names::VERDICT,
+        map_names::DHCP_SERVERS,
     ]
     .iter()
     .map(|name| map_memory(pins, name))

@@ -15,12 +15,14 @@ use sg_common::{
 use sg_core::settings;
 use sg_ctl::{
     datapath::{
-        Forward,
+        Forward, WithoutPolicy,
         conntrack::{Flow, FlowFilter},
     },
     frame::{Packet, TcpFlags, Transport},
 };
-use sg_tests::{TestPort, addr, dns_ping_http_policy as policy, require_root};
+use sg_tests::{
+    TestPort, addr, dns_ping_http_policy as policy, require_root, set_echo_id, vm_policy,
+};
 
 const SLOT: u32 = 5;
 const WORKLOAD: &str = "198.18.0.2";
@@ -32,7 +34,7 @@ struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
         port.install(&policy(true), "vm").expect("installing");
         Port(port)
     }
@@ -299,7 +301,11 @@ fn udp_and_ping_replies_pass_on_egress_rules() {
 
 /// An ICMP error toward the workload about `quoted`, a packet it sent.
 fn error_about(v6: bool, type_: u8, code: u8, quoted: &Packet) -> Vec<u8> {
-    let quoted = quoted.frame().unwrap();
+    error_about_frame(v6, type_, code, &quoted.frame().unwrap())
+}
+
+/// The same about the packet of an untagged frame.
+fn error_about_frame(v6: bool, type_: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
     let quoted = &quoted[14..];
     let mut error = icmp(Direction::Ingress, v6, type_);
     error.transport = Transport::Icmp { type_, code };
@@ -336,6 +342,90 @@ fn icmp_errors_about_a_tracked_flow_pass_as_related() {
         let frame = error_about(v6, errors[0].0, errors[0].1, &tcp(e, v6, HTTP, ACK));
         port.check_frame(i, &frame, Forward::Pass, Outcome::PassRelated);
     }
+}
+
+/// An echo request or reply of `code` and identifier `id`.
+fn echo(direction: Direction, v6: bool, type_: u8, code: u8, id: u16) -> Vec<u8> {
+    let mut packet = icmp(direction, v6, type_);
+    packet.transport = Transport::Icmp { type_, code };
+    let mut frame = packet.frame().unwrap();
+    set_echo_id(&mut frame, id);
+    frame
+}
+
+#[test]
+fn echo_flows_are_keyed_by_type_code_and_identifier() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    // Only echo requests of code 0 from the peer, nothing out.
+    port.install(
+        &vm_policy(
+            serde_json::json!([{"name": "ping", "rules": [
+                {"direction": "ingress", "protocol": "icmp", "icmp": {"type": 8, "code": 0},
+                 "remote": format!("{PEER}/32")},
+                {"direction": "ingress", "protocol": "ipv6-icmp",
+                 "icmp": {"type": 128, "code": 0}, "remote": format!("{PEER6}/128")},
+            ]}]),
+            &["ping"],
+        ),
+        "vm",
+    )
+    .unwrap();
+    let port = Port(port);
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    let (pass, drop) = (Forward::Pass, Forward::Drop);
+    for v6 in [false, true] {
+        let (request, reply, other_code) = if v6 { (128, 129, 4) } else { (8, 0, 1) };
+        let check = |direction, frame: Vec<u8>, want, outcome| {
+            port.check_frame(direction, &frame, want, outcome);
+        };
+        check(i, echo(i, v6, request, 0, 7), pass, Outcome::Pass);
+        check(e, echo(e, v6, reply, 0, 7), pass, Outcome::PassEstablished);
+        check(
+            i,
+            echo(i, v6, request, 0, 7),
+            pass,
+            Outcome::PassEstablished,
+        );
+        // A request of another code: its own flow, which no rule allows.
+        check(
+            i,
+            echo(i, v6, request, other_code, 7),
+            drop,
+            Outcome::DropDefault,
+        );
+        // A reply going the request's way.
+        check(i, echo(i, v6, reply, 0, 7), drop, Outcome::DropDefault);
+        // Replies of another code or identifier.
+        check(
+            e,
+            echo(e, v6, reply, other_code, 7),
+            drop,
+            Outcome::DropDefault,
+        );
+        check(e, echo(e, v6, reply, 0, 8), drop, Outcome::DropDefault);
+        // The workload's own request with the peer's identifier: another
+        // flow, which no rule allows.
+        check(e, echo(e, v6, request, 0, 7), drop, Outcome::DropDefault);
+        // An error about the workload's reply is related to the flow; about
+        // a reply of another code it is not.
+        let (unreachable, code) = if v6 { (1, 0) } else { (3, 1) };
+        for (quoted_code, outcome) in [
+            (0, Outcome::PassRelated),
+            (other_code, Outcome::DropDefault),
+        ] {
+            let quoted = echo(e, v6, reply, quoted_code, 7);
+            let frame = error_about_frame(v6, unreachable, code, &quoted);
+            let want = if outcome.is_drop() { drop } else { pass };
+            check(i, frame, want, outcome);
+        }
+    }
+    let flows = port.flows();
+    // (Both started within one tick of the coarse clock: in either order.)
+    let mut labels: Vec<String> = flows.iter().map(|f| f.ends.protocol_label()).collect();
+    labels.sort();
+    assert_eq!(labels, ["icmp id 7", "ipv6-icmp id 7"], "{flows:?}");
+    assert!(flows.iter().all(|f| f.origin == "ingress"), "{flows:?}");
 }
 
 #[test]

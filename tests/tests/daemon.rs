@@ -288,6 +288,26 @@ fn ports_are_created_attached_detached_and_deleted() {
     assert_eq!(vm1["spec"]["ips"], serde_json::json!(["198.18.0.6"]));
     assert_eq!(vm1["revision"], 4);
     assert_eq!(names(&d.json(&["port", "list"]).unwrap()), ["vm1"]);
+    let update = ["port", "update", "vm1", "--dhcp-server"];
+    let vm1 = d
+        .json(&[&update[..], &["198.18.0.1", "--dhcp-server", "fe80::1"]].concat())
+        .unwrap();
+    assert_eq!(
+        vm1["spec"]["dhcp_servers"],
+        serde_json::json!(["198.18.0.1", "fe80::1"])
+    );
+    let (code, message) = d
+        .fails(&[&update[..], &["255.255.255.255"]].concat())
+        .unwrap();
+    assert_eq!(code, 2, "{message}");
+    assert!(
+        message.contains("dhcp_servers: 255.255.255.255 is not a server's address"),
+        "{message}"
+    );
+    let vm1 = d
+        .json(&["port", "update", "vm1", "--any-dhcp-server"])
+        .unwrap();
+    assert!(vm1["spec"].get("dhcp_servers").is_none(), "{vm1}");
 
     d.ok(&["port", "delete", "vm1"]).unwrap();
     assert_eq!(d.fails(&["port", "show", "vm1"]).unwrap().0, 3);

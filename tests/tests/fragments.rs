@@ -9,7 +9,10 @@ use std::{net::UdpSocket, time::Duration};
 use serde_json::json;
 use sg_common::{Direction, Outcome};
 use sg_core::model::Policy;
-use sg_ctl::{datapath::Forward, frame::Packet};
+use sg_ctl::{
+    datapath::{Forward, WithoutPolicy},
+    frame::Packet,
+};
 use sg_tests::{
     HOST_V4, HOST_V6, PORT, RuleIds, TestPins, TestPort, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
     fragments, require_root, vm_policy,
@@ -58,7 +61,7 @@ struct Port {
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
         let rules = port
             .install(&policy(), "vm")
             .expect("installing the policy");
@@ -128,6 +131,29 @@ fn later_fragments_follow_the_first() {
             port.run(&datagram(v6, 7000, 0x1236)),
             vec![(Forward::Drop, Outcome::DropDefault); 3],
             "v6={v6}"
+        );
+    }
+}
+
+#[test]
+fn the_later_fragments_of_a_dhcp_reply_pass_with_it() {
+    require_root!();
+    let port = Port::new();
+    for (server, to, ports) in [
+        ("198.18.0.1", WORKLOAD_V4, (67, 68)),
+        ("fe80::1", "fe80::2", (547, 546)),
+    ] {
+        let mut reply = Packet::udp(addr(server), addr(to), ports.0, ports.1);
+        reply.payload_len = 3000;
+        let frames = fragments(&reply.frame().unwrap(), 1200, 0x2345);
+        assert_eq!(
+            port.run(&frames),
+            [
+                (Forward::Pass, Outcome::PassDhcp),
+                (Forward::Pass, Outcome::Pass),
+                (Forward::Pass, Outcome::Pass),
+            ],
+            "{server}"
         );
     }
 }

@@ -20,7 +20,7 @@ use sg_core::{
     port_security::{PortSecurity, link_local},
 };
 use sg_ctl::{
-    datapath::Forward,
+    datapath::{Forward, WithoutPolicy},
     frame::{Arp, Packet, Transport},
 };
 use sg_tests::{
@@ -57,7 +57,7 @@ struct Port(TestPort);
 
 impl Port {
     fn new(security: &PortSecurity) -> Port {
-        let port = Port(TestPort::new(SLOT).expect("loading the programs"));
+        let port = Port(TestPort::new(SLOT, WithoutPolicy::Pass).expect("loading the programs"));
         port.install(security);
         port
     }

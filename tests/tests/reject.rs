@@ -15,7 +15,7 @@ use serde_json::json;
 use sg_common::{Direction, Outcome};
 use sg_core::model::Policy;
 use sg_ctl::{
-    datapath::Forward,
+    datapath::{Forward, WithoutPolicy},
     frame::{Packet, TcpFlags, Transport},
 };
 use sg_tests::{
@@ -55,7 +55,7 @@ struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT).expect("loading the programs");
+        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
         port.install(&policy(), "vm")
             .expect("installing the policy");
         Port(port)
@@ -328,7 +328,7 @@ fn packets_that_may_get_no_reply_are_dropped() {
 #[test]
 fn neighbour_discovery_passes_whatever_the_rules() {
     require_root!();
-    let mut port = TestPort::new(SLOT).expect("loading the programs");
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
     let mut closed = policy();
     closed.groups[0].rules.clear();
     port.install(&closed, "vm").unwrap();

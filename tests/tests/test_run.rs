@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use sg_common::{Direction, Outcome};
 use sg_ctl::{
-    datapath::Forward,
+    datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
 };
-use sg_tests::{TestPort, addr, require_root};
+use sg_tests::{TestPort, addr, require_root, vm_policy};
 
 const SLOT: u32 = 7;
 const WORKLOAD: &str = "198.18.0.2";
@@ -16,12 +16,13 @@ const PEER: &str = "198.18.1.1";
 const WORKLOAD6: &str = "2001:db8::2";
 const PEER6: &str = "2001:db8:1::1";
 
-/// One port's programs on test pins, with the port active.
+/// One port's programs on test pins, with the port active and without a
+/// policy, as `sg-ctl attach` leaves it: its blocklist applies.
 struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        Port(TestPort::new(SLOT).expect("loading the programs"))
+        Port(TestPort::new(SLOT, WithoutPolicy::Pass).expect("loading the programs"))
     }
 
     fn block(&mut self, prefix: &str) {
@@ -72,19 +73,8 @@ fn icmp_echo(ip: IpAddr) -> Transport {
 fn passes_and_counts_unblocked_traffic_both_ways() {
     require_root!();
     let port = Port::new();
-    for direction in [Direction::Egress, Direction::Ingress] {
-        for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
-            for transport in transports() {
-                let transport = match transport {
-                    Transport::Icmp { .. } => icmp_echo(addr(peer)),
-                    t => t,
-                };
-                let frame = packet(direction, workload, peer, transport)
-                    .frame()
-                    .unwrap();
-                port.check(direction, &frame, Forward::Pass, Outcome::Pass);
-            }
-        }
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
     }
 }
 
@@ -142,25 +132,152 @@ fn prefix_edges_decide_exactly() {
     }
 }
 
+/// Every kind of frame both ways: the transports over IPv4 and IPv6, an
+/// ARP request, LLDP.
+fn every_frame() -> Vec<(Direction, Vec<u8>)> {
+    let mut frames = Vec::new();
+    for direction in [Direction::Egress, Direction::Ingress] {
+        for (workload, peer) in [(WORKLOAD, PEER), (WORKLOAD6, PEER6)] {
+            for transport in transports() {
+                let transport = match transport {
+                    Transport::Icmp { .. } => icmp_echo(addr(peer)),
+                    t => t,
+                };
+                let frame = packet(direction, workload, peer, transport);
+                frames.push((direction, frame.frame().unwrap()));
+            }
+        }
+        for ether_type in [0x0806, 0x88cc] {
+            let mut frame = eth(ether_type);
+            frame.resize(60, 0);
+            frames.push((direction, frame));
+        }
+    }
+    frames
+}
+
+/// What a frame of `every_frame` passes as.
+fn passed_as(frame: &[u8]) -> Outcome {
+    match frame[12..14] {
+        [0x08, 0x00] | [0x86, 0xdd] => Outcome::Pass,
+        _ => Outcome::PassNonIp,
+    }
+}
+
 #[test]
-fn an_inactive_port_passes_everything_uncounted() {
+fn an_inactive_port_drops_and_counts_everything() {
     require_root!();
-    let mut port = Port::new();
-    port.block("0.0.0.0/0");
+    let port = Port::new();
     port.0.set_active(false).unwrap();
-    let frame = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)))
-        .frame()
-        .unwrap();
-    assert_eq!(
-        port.0.run.run(Direction::Egress, &frame).unwrap(),
-        Forward::Pass
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
+    // Active again, as `sg-ctl attach` leaves it: no policy, open.
+    port.0.set_active(true).unwrap();
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+}
+
+#[test]
+fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
+    let open = vm_policy(
+        serde_json::json!([{"name": "all", "rules": [
+            {"direction": "egress"},
+            {"direction": "ingress"},
+        ]}]),
+        &["all"],
     );
-    let counted = port
-        .0
-        .datapath
-        .counter(SLOT, Direction::Egress, Outcome::Pass)
-        .unwrap();
-    assert_eq!(counted.packets, 0);
+    port.install(&open, "vm").unwrap();
+    for (direction, frame) in every_frame() {
+        // Each the first of its flow (the other protocol's would be
+        // established the other way).
+        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+    // Its policy taken away: closed again, the tracked flow's packets too.
+    port.datapath.clear_policy(SLOT).unwrap();
+    for (direction, frame) in every_frame() {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
+    }
+}
+
+/// UDP between two ports, from `src_mac` to `dst_mac`.
+fn udp_frame(mac: ([u8; 6], [u8; 6]), src: &str, dst: &str, ports: (u16, u16)) -> Vec<u8> {
+    let mut packet = Packet::udp(addr(src), addr(dst), ports.0, ports.1);
+    (packet.src_mac, packet.dst_mac) = mac;
+    packet.frame().unwrap()
+}
+
+#[test]
+fn dhcp_passes_whatever_the_rules_say_from_the_servers_the_port_accepts() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    let mut policy = vm_policy(
+        serde_json::json!([{"name": "closed", "rules": []}]),
+        &["closed"],
+    );
+    port.install(&policy, "vm").unwrap();
+    const WORKLOAD_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x10, 0, 2];
+    const SERVER_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x10, 0, 1];
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    let sent =
+        |dst_mac, src: &str, dst: &str, ports| udp_frame((WORKLOAD_MAC, dst_mac), src, dst, ports);
+    let received =
+        |dst_mac, src: &str, dst: &str, ports| udp_frame((SERVER_MAC, dst_mac), src, dst, ports);
+    let (e, i) = (Direction::Egress, Direction::Ingress);
+    let requests = [
+        sent(BROADCAST, "0.0.0.0", "255.255.255.255", (68, 67)),
+        sent(SERVER_MAC, WORKLOAD, "198.18.0.1", (68, 67)),
+        sent([0x33, 0x33, 0, 1, 0, 2], "fe80::2", "ff02::1:2", (546, 547)),
+    ];
+    let replies = |server: &str, server6: &str| {
+        [
+            received(BROADCAST, server, "255.255.255.255", (67, 68)),
+            received(WORKLOAD_MAC, server, WORKLOAD, (67, 68)),
+            received(WORKLOAD_MAC, server6, "fe80::2", (547, 546)),
+        ]
+    };
+    for frame in &requests {
+        port.check(e, frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    for frame in replies("198.18.0.1", "fe80::1") {
+        port.check(i, &frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    // The workload as a server, or asked as one, and the other family's
+    // ports: the rules (none here).
+    for (direction, frame) in [
+        (e, sent(SERVER_MAC, WORKLOAD, "198.18.0.9", (67, 68))),
+        (i, received(WORKLOAD_MAC, "198.18.0.9", WORKLOAD, (68, 67))),
+        (i, received(WORKLOAD_MAC, "fe80::1", "fe80::2", (67, 68))),
+    ] {
+        port.check(direction, &frame, Forward::Drop, Outcome::DropDefault);
+    }
+    // No flow: each passed on its own.
+    assert!(
+        port.datapath
+            .flows(&FlowFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    // A port that accepts two servers only.
+    policy.ports[0].dhcp_servers = vec![addr("198.18.0.1"), addr("fe80::1")];
+    port.install(&policy, "vm").unwrap();
+    for frame in replies("198.18.0.1", "fe80::1") {
+        port.check(i, &frame, Forward::Pass, Outcome::PassDhcp);
+    }
+    for frame in replies("198.18.0.9", "fe80::9") {
+        port.check(i, &frame, Forward::Drop, Outcome::DropDhcpServer);
+    }
+    for frame in &requests {
+        port.check(e, frame, Forward::Pass, Outcome::PassDhcp);
+    }
 }
 
 fn eth(ether_type: u16) -> Vec<u8> {
@@ -199,7 +316,17 @@ fn truncated_and_malformed_headers_are_dropped_as_malformed() {
     v6_in_v4[14] = 0x65;
     let mut v4_in_v6 = v6.clone();
     v4_in_v6[14] = 0x45;
-    let cases: [(&str, Vec<u8>); 7] = [
+    // Room for 40 bytes of options and the ICMP header behind them, so
+    // that only the lengths are wrong.
+    let mut long = packet(Direction::Egress, WORKLOAD, PEER, icmp_echo(addr(PEER)));
+    long.payload_len = 64;
+    let long = long.frame().unwrap();
+    let mut header_past_total = long.clone();
+    header_past_total[14] = 0x4f;
+    header_past_total[16..18].copy_from_slice(&20u16.to_be_bytes());
+    let mut total_under_20 = long.clone();
+    total_under_20[16..18].copy_from_slice(&19u16.to_be_bytes());
+    let cases: [(&str, Vec<u8>); 9] = [
         ("IPv4 ethertype, no header", eth(0x0800)),
         ("IPv4 header cut short", v4[..14 + 19].to_vec()),
         ("IPv6 header cut short", v6[..14 + 39].to_vec()),
@@ -207,6 +334,11 @@ fn truncated_and_malformed_headers_are_dropped_as_malformed() {
         ("IPv4 header length 4", bad_ihl),
         ("version 6 in an IPv4 frame", v6_in_v4),
         ("version 4 in an IPv6 frame", v4_in_v6),
+        (
+            "IPv4 header of 60 bytes, total length 20",
+            header_past_total,
+        ),
+        ("IPv4 total length 19", total_under_20),
     ];
     for (what, frame) in cases {
         eprintln!("{what}");

@@ -4,9 +4,9 @@
 use anyhow::Result;
 use serde_json::json;
 use sg_common::Direction;
-use sg_core::model::Policy;
+use sg_core::model::{Group, Policy};
 use sg_ctl::{
-    datapath::{Datapath, DatapathError, Forward, Pins},
+    datapath::{Datapath, DatapathError, Forward, Pins, WithoutPolicy},
     frame::{Packet, TcpFlags, Transport},
     trace::{Trace, trace},
 };
@@ -129,6 +129,97 @@ fn trace_names_the_deciding_rule_and_counts_nothing() {
             "{outcome}"
         );
     }
+}
+
+#[test]
+fn trace_says_a_port_without_its_policy_yet_drops_everything() {
+    require_root!();
+    let port = VethPort::new().unwrap();
+    let pins = TestPins::new();
+    pins.attach(&port.host, PORT, WithoutPolicy::Drop).unwrap();
+    let traced = run(&port, &pins.pins, tcp("198.18.1.5", 22), None).unwrap();
+    assert_eq!(
+        (traced.forward, traced.outcome),
+        (Forward::Drop, "drop-no-policy"),
+        "{traced:#?}"
+    );
+    assert!(traced.reason.contains("no policy in force"), "{traced:#?}");
+    pins.install(PORT, &policy(), "vm").unwrap();
+    let traced = run(&port, &pins.pins, tcp("198.18.1.5", 22), Some(policy())).unwrap();
+    assert_eq!(traced.outcome, "pass", "{traced:#?}");
+}
+
+/// `sg-ctl trace --iface` of a UDP packet toward the workload: its
+/// outcome and why.
+fn traced_udp(
+    port: &VethPort,
+    pins: &TestPins,
+    from: &str,
+    to: &str,
+    ports: (u16, u16),
+) -> (String, String) {
+    let (sport, dport) = (ports.0.to_string(), ports.1.to_string());
+    let out = pins
+        .sg_ctl_ok(&[
+            "--netns",
+            port.host.name(),
+            "-o",
+            "json",
+            "trace",
+            "--iface",
+            PORT,
+            "--direction",
+            "ingress",
+            "--protocol",
+            "udp",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--sport",
+            &sport,
+            "--dport",
+            &dport,
+        ])
+        .unwrap();
+    let traced: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let field = |name: &str| traced["trace"][name].as_str().unwrap().to_string();
+    (field("outcome"), field("reason"))
+}
+
+#[test]
+fn dhcp_replies_pass_under_the_default_group_from_the_servers_the_port_accepts() {
+    require_root!();
+    let port = VethPort::new().unwrap();
+    let pins = TestPins::new();
+    pins.attach(&port.host, PORT, WithoutPolicy::Drop).unwrap();
+    let mut policy = vm_policy(
+        serde_json::to_value([Group::default_group()]).unwrap(),
+        &["default"],
+    );
+    pins.install(PORT, &policy, "vm").unwrap();
+    let offers = [
+        ("198.18.0.1", "255.255.255.255", (67, 68)),
+        ("198.18.0.1", WORKLOAD_V4, (67, 68)),
+        ("fe80::1", "fe80::2", (547, 546)),
+    ];
+    for (from, to, ports) in offers {
+        let (outcome, reason) = traced_udp(&port, &pins, from, to, ports);
+        assert_eq!(outcome, "pass-dhcp", "{from} → {to}: {reason}");
+        assert!(reason.contains("DHCP server's reply"), "{reason}");
+    }
+    // Not a server's reply: the default group has no rule for it.
+    let (outcome, _) = traced_udp(&port, &pins, "198.18.0.1", WORKLOAD_V4, (68, 67));
+    assert_eq!(outcome, "drop-default");
+
+    // A port that accepts another server only drops the offer.
+    policy.ports[0].dhcp_servers = vec![addr("198.18.0.9")];
+    pins.install(PORT, &policy, "vm").unwrap();
+    let (outcome, reason) = traced_udp(&port, &pins, "198.18.0.1", "255.255.255.255", (67, 68));
+    assert_eq!(outcome, "drop-dhcp-server", "{reason}");
+    assert!(reason.contains("does not accept"), "{reason}");
+    let (outcome, _) = traced_udp(&port, &pins, "198.18.0.9", "255.255.255.255", (67, 68));
+    assert_eq!(outcome, "pass-dhcp");
 }
 
 #[test]

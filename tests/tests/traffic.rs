@@ -8,10 +8,13 @@ use std::{
 
 use anyhow::Result;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sg_ctl::frame::{Packet, TcpFlags, Transport};
+use sg_ctl::{
+    datapath::WithoutPolicy,
+    frame::{Packet, TcpFlags, Transport},
+};
 use sg_tests::{
     GUEST_MAC, HOST_V4, HOST_V6, PORT, TapPort, TestPins, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr,
-    require_root, tcp_exchange,
+    require_root, tcp_exchange, vm_policy,
 };
 
 const WAIT: Duration = Duration::from_secs(1);
@@ -110,6 +113,50 @@ fn veth_traffic_passes_then_is_blocked_and_counted() {
         port.host.ping(addr(WORKLOAD_V6)).unwrap(),
         "detached: all pass"
     );
+}
+
+#[test]
+fn a_veth_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
+    require_root!();
+    let port = VethPort::new().unwrap();
+    let pins = TestPins::new();
+    pins.attach(&port.host, PORT, WithoutPolicy::Drop).unwrap();
+    let closed = exchanges(&port).unwrap();
+    assert!(closed.iter().all(|(_, ok)| !*ok), "none pass: {closed:?}");
+    for to in [HOST_V4, HOST_V6] {
+        assert!(!port.workload.ping(addr(to)).unwrap(), "ping {to}");
+    }
+    let received = pins.counter(PORT, "ingress", "drop-no-policy").unwrap();
+    let sent = pins.counter(PORT, "egress", "drop-no-policy").unwrap();
+    assert!(
+        received >= 6 && sent >= 2,
+        "counted {sent} sent, {received} received"
+    );
+    for outcome in ["pass", "pass-non-ip", "pass-neighbour-discovery"] {
+        for direction in ["egress", "ingress"] {
+            assert_eq!(
+                pins.counter(PORT, direction, outcome).unwrap(),
+                0,
+                "{direction} {outcome}"
+            );
+        }
+    }
+
+    let open = vm_policy(
+        serde_json::json!([{"name": "all", "rules": [
+            {"direction": "egress"},
+            {"direction": "ingress"},
+        ]}]),
+        &["all"],
+    );
+    pins.install(PORT, &open, "vm").unwrap();
+    // Neighbours that went unanswered meanwhile are asked again.
+    port.host.ip(&["neigh", "flush", "dev", PORT]).unwrap();
+    port.workload
+        .ip(&["neigh", "flush", "dev", "eth0"])
+        .unwrap();
+    let passed = exchanges(&port).unwrap();
+    assert!(passed.iter().all(|(_, ok)| *ok), "all pass: {passed:?}");
 }
 
 /// An echo request, UDP datagram or TCP SYN from the guest to the host.

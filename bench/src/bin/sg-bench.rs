@@ -20,7 +20,7 @@ use sg_core::{
     port_security::PortSecurity,
 };
 use sg_ctl::{
-    datapath::{Forward, TestRun, conntrack::FlowFilter},
+    datapath::{Forward, TestRun, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
 };
 use sg_tests::TestPort;
@@ -289,7 +289,7 @@ fn port_security_cost(port: &TestPort) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let mut port = TestPort::new(SLOT)?;
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Pass)?;
     port_security_cost(&port)?;
     conntrack_cost(&mut port)?;
     let no_policy = ns_per_packet(&port.run, Dir::Ingress, &Shape::Hosts.unmatched()?)?;

@@ -5,6 +5,7 @@ use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use sg_common::MAX_DHCP_SERVERS;
 
 use super::{
     Action, Direction, FieldError, Group, IpProtocol, PolicyError, PortSpec, Protocol, Remote,
@@ -135,6 +136,16 @@ pub struct Port {
     /// workload, not only what ARP, DHCP and neighbour discovery need.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_multicast: bool,
+    /// The DHCP and DHCPv6 servers whose replies the port accepts, by
+    /// address (a DHCPv6 server answers from its link-local one); any when
+    /// empty. Their replies, and the workload's requests, pass whatever
+    /// the rules say; replies from other servers are dropped.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "syntax::server_list"
+    )]
+    pub dhcp_servers: Vec<IpAddr>,
     /// The network namespace (a name of `ip netns`) holding `ifname`;
     /// `None` is the control plane's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +178,7 @@ impl Port {
             port_security: true,
             allow_vlan: false,
             allow_multicast: false,
+            dhcp_servers: Vec::new(),
             netns: None,
         }
     }
@@ -233,6 +245,7 @@ impl Port {
             syntax::check_cidr(&pair.ip)
                 .map_err(|message| FieldError::new("allowed_address_pairs", message))?;
         }
+        self.check_dhcp_servers()?;
         if self.groups.is_empty() {
             return Err(FieldError::new(
                 "groups",
@@ -246,6 +259,42 @@ impl Port {
                 return Err(FieldError::new(
                     "groups",
                     format!("{group} is attached twice; attach each group once"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dhcp_servers(&self) -> Result<(), FieldError> {
+        let servers = &self.dhcp_servers;
+        if servers.len() > MAX_DHCP_SERVERS {
+            return Err(FieldError::new(
+                "dhcp_servers",
+                format!(
+                    "{} servers given; a port accepts at most {MAX_DHCP_SERVERS} (or any, when none is given)",
+                    servers.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for server in servers {
+            let unicast = match server {
+                IpAddr::V4(a) => !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast(),
+                IpAddr::V6(a) => !a.is_unspecified() && !a.is_multicast(),
+            };
+            if !unicast {
+                return Err(FieldError::new(
+                    "dhcp_servers",
+                    format!(
+                        "{server} is not a server's address; use the unicast address it answers from \
+                         (e.g. 198.18.0.1, or a DHCPv6 server's link-local fe80::1)"
+                    ),
+                ));
+            }
+            if !seen.insert(server) {
+                return Err(FieldError::new(
+                    "dhcp_servers",
+                    format!("{server} is given twice; give each server once"),
                 ));
             }
         }
@@ -775,6 +824,55 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_servers_are_unicast_addresses_each_given_once() {
+        let error = |servers: &[&str]| {
+            Port {
+                dhcp_servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
+                ..port("vm1", "tap1", &["10.0.0.5"], &["web"])
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(error(&["198.18.0.1", "fe80::1"]), Ok(()));
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1:2"] {
+            assert_eq!(
+                error(&[bad]),
+                Err(format!(
+                    "port 'vm1': dhcp_servers: {bad} is not a server's address; use the unicast \
+                     address it answers from (e.g. 198.18.0.1, or a DHCPv6 server's link-local fe80::1)"
+                ))
+            );
+        }
+        assert_eq!(
+            error(&["198.18.0.1", "198.18.0.1"]),
+            Err(
+                "port 'vm1': dhcp_servers: 198.18.0.1 is given twice; give each server once".into()
+            )
+        );
+        let parsed = |servers: &str| {
+            crate::parse_json::<Port>(&format!(
+                r#"{{"name": "vm1", "ifname": "tap1", "mac": "52:54:00:12:34:56",
+                     "groups": ["default"], "dhcp_servers": {servers}}}"#
+            ))
+            .map(|port| port.dhcp_servers.len())
+        };
+        assert_eq!(parsed(r#"["198.18.0.1", "fe80::1"]"#), Ok(2));
+        assert_eq!(parsed(r#""198.18.0.1,fe80::1""#), Ok(2));
+        let err = parsed(r#"["dhcp"]"#).unwrap_err();
+        assert!(
+            err.starts_with("dhcp_servers: 'dhcp' is not a server's address; use one such as"),
+            "{err}"
+        );
+        let nine: Vec<String> = (1..=9).map(|n| format!("198.18.0.{n}")).collect();
+        let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+        assert!(
+            error(&nine)
+                .unwrap_err()
+                .starts_with("port 'vm1': dhcp_servers: 9 servers given; a port accepts at most 8")
+        );
+    }
+
+    #[test]
     fn address_pairs_parse_with_the_field_and_the_fix() {
         assert_eq!(
             "198.18.0.0/24,02:00:00:00:00:05".parse(),
@@ -836,8 +934,11 @@ mod tests {
             src: "10.0.0.5".parse().unwrap(),
             dst: "192.0.2.1".parse().unwrap(),
             protocol: 6,
+            src_port: Some(40000),
             dst_port: Some(port),
             icmp: None,
+            echo_id: None,
+            tcp_flags: 2,
         };
         let verdict = |policy: &Policy, port, dst_port| {
             evaluate(policy, port, Direction::Egress, &to(dst_port))
@@ -887,8 +988,11 @@ mod tests {
                 src: "10.0.0.8".parse().unwrap(),
                 dst: to.parse().unwrap(),
                 protocol: 6,
+                src_port: Some(40000),
                 dst_port: Some(dst_port),
                 icmp: None,
+                echo_id: None,
+                tcp_flags: 2,
             };
             evaluate(&blocked, "app", Direction::Egress, &packet)
                 .unwrap()

@@ -1,27 +1,41 @@
 //! The reference matcher: what a policy means for one packet, found by
-//! trying every rule in turn. Deliberately plain (no index, no
-//! precomputation, nothing shared with the compiler) so that property
-//! tests can hold the compiled datapath to it.
+//! trying every rule in turn; and the reference tracker ([`Tracker`]):
+//! what a sequence of packets means with connection tracking. Deliberately
+//! plain (no index, no precomputation, nothing shared with the compiler or
+//! the datapath) so that property tests can hold the compiled datapath to
+//! them.
 
 use std::net::IpAddr;
 
 use super::{
-    Action, Direction, EtherType, IpProtocol, Policy, PolicyError, Protocol, Remote, Rule,
+    Action, Direction, EtherType, IpProtocol, Policy, PolicyError, Port, Protocol, Remote, Rule,
 };
 
-/// What the matcher needs to know of a packet. `src` and `dst` are of the
-/// same IP version.
+mod tracker;
+
+pub use tracker::{Tracked, Tracker};
+
+/// What the matcher and the tracker need to know of a packet. `src` and
+/// `dst` are of the same IP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
     /// IPv4 protocol or IPv6 (upper-layer) next header.
     pub protocol: u8,
+    /// For tcp, udp, sctp, dccp and udplite (as `dst_port`).
+    pub src_port: Option<u16>,
     /// For tcp, udp, sctp, dccp and udplite; `None` when the packet has no
     /// port to look at (e.g. a non-first fragment).
     pub dst_port: Option<u16>,
     /// `(type, code)` for icmp (IPv4) and ipv6-icmp (IPv6).
     pub icmp: Option<(u8, u8)>,
+    /// The identifier of an echo request or reply (icmp types 8 and 0,
+    /// ipv6-icmp 128 and 129); only the tracker looks at it.
+    pub echo_id: Option<u16>,
+    /// TCP's flags (FIN 1, SYN 2, RST 4, ACK 16); only the tracker looks
+    /// at them.
+    pub tcp_flags: u8,
 }
 
 /// Which rule decided: a group by name and a position in its rules.
@@ -46,10 +60,52 @@ pub struct Verdict {
 /// port security limits what a workload may send of them.
 pub const NEIGHBOUR_DISCOVERY: [u8; 8] = [130, 131, 132, 133, 134, 135, 136, 143];
 
+/// What a workload needs of its link, which no rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkService {
+    /// IPv6 neighbour discovery and MLD ([`NEIGHBOUR_DISCOVERY`]): allowed.
+    NeighbourDiscovery,
+    /// DHCP or DHCPv6: the workload's client request (egress UDP 68→67 of
+    /// IPv4, 546→547 of IPv6), or a server's reply toward it (ingress
+    /// 67→68, 547→546) from a server the port accepts (any when its
+    /// `dhcp_servers` is empty): allowed.
+    Dhcp,
+    /// A DHCP or DHCPv6 server's reply toward the workload from a server
+    /// the port does not accept: dropped.
+    RefusedDhcpServer,
+}
+
+/// The link service `packet` going `direction` through `port` is, if any.
+pub fn link_service(port: &Port, direction: Direction, packet: &Packet) -> Option<LinkService> {
+    let v6 = packet.src.is_ipv6();
+    if let (true, Some((kind, _))) = (v6, packet.icmp)
+        && NEIGHBOUR_DISCOVERY.contains(&kind)
+    {
+        return Some(LinkService::NeighbourDiscovery);
+    }
+    if packet.protocol != 17 {
+        return None;
+    }
+    let (client, server) = if v6 { (546, 547) } else { (68, 67) };
+    let ports = (packet.src_port?, packet.dst_port?);
+    match direction {
+        Direction::Egress if ports == (client, server) => Some(LinkService::Dhcp),
+        Direction::Ingress if ports == (server, client) => {
+            if port.dhcp_servers.is_empty() || port.dhcp_servers.contains(&packet.src) {
+                Some(LinkService::Dhcp)
+            } else {
+                Some(LinkService::RefusedDhcpServer)
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Evaluates `packet` on `port` in `direction`:
 ///
-/// 0. IPv6 neighbour discovery and MLD ([`NEIGHBOUR_DISCOVERY`]) are
-///    allowed, by no rule.
+/// 0. A link service ([`link_service`]: neighbour discovery, DHCP) is
+///    allowed, by no rule, but for a DHCP server's reply that the port
+///    does not accept, dropped by no rule.
 /// 1. Take the rules of every group attached to the port, in the port's
 ///    group order. (Groups the port names but the policy lacks add none;
 ///    `Policy::validate` refuses such policies.)
@@ -71,13 +127,12 @@ pub fn evaluate(
     let port = policy
         .port(port)
         .ok_or_else(|| PolicyError::UnknownPort(port.to_owned()))?;
-    if let (IpAddr::V6(_), Some((kind, _))) = (packet.src, packet.icmp)
-        && NEIGHBOUR_DISCOVERY.contains(&kind)
-    {
-        return Ok(Verdict {
-            action: Action::Allow,
-            rule: None,
-        });
+    if let Some(service) = link_service(port, direction, packet) {
+        let action = match service {
+            LinkService::RefusedDhcpServer => Action::Drop,
+            LinkService::NeighbourDiscovery | LinkService::Dhcp => Action::Allow,
+        };
+        return Ok(Verdict { action, rule: None });
     }
     let groups: Vec<_> = port
         .groups
@@ -198,14 +253,18 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol: TCP,
+            src_port: Some(40000),
             dst_port: Some(port),
             icmp: None,
+            echo_id: None,
+            tcp_flags: 2,
         }
     }
 
     fn udp(src: &str, dst: &str, port: u16) -> Packet {
         Packet {
             protocol: UDP,
+            tcp_flags: 0,
             ..tcp(src, dst, port)
         }
     }
@@ -216,8 +275,11 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol,
+            src_port: None,
             dst_port: None,
             icmp: Some((type_, code)),
+            echo_id: None,
+            tcp_flags: 0,
         }
     }
 
@@ -226,8 +288,11 @@ mod tests {
             src: addr(src),
             dst: addr(dst),
             protocol,
+            src_port: None,
             dst_port: None,
             icmp: None,
+            echo_id: None,
+            tcp_flags: 0,
         }
     }
 
@@ -808,6 +873,69 @@ mod tests {
                 tcp("10.0.0.5", "192.0.2.1", 443)
             ),
             by(Action::Allow, "default", 0)
+        );
+    }
+
+    /// UDP between two ports.
+    fn udp_ports(src: &str, dst: &str, ports: (u16, u16)) -> Packet {
+        Packet {
+            src_port: Some(ports.0),
+            ..udp(src, dst, ports.1)
+        }
+    }
+
+    #[test]
+    fn dhcp_passes_whatever_the_rules_say_from_the_servers_the_port_accepts() {
+        let mut restricted = port("vm2", &["10.0.0.6"], &["default"]);
+        restricted.dhcp_servers = vec![addr("10.0.0.1"), addr("fe80::1")];
+        let mut p = policy(
+            vec![Group::default_group()],
+            vec![port("vm1", &["10.0.0.5"], &["default"]), restricted],
+        );
+        // No egress rule at all, so that only DHCP can pass out.
+        p.groups[0]
+            .rules
+            .retain(|r| r.direction == Direction::Ingress);
+        let verdict = |port, direction, packet| check(&p, port, direction, packet);
+        let (i, e) = (Direction::Ingress, Direction::Egress);
+        let offer = udp_ports("198.18.0.1", "255.255.255.255", (67, 68));
+        let offered = udp_ports("198.18.0.1", "10.0.0.5", (67, 68));
+        let reply6 = udp_ports("fe80::1", "fe80::2", (547, 546));
+        let discover = udp_ports("0.0.0.0", "255.255.255.255", (68, 67));
+        let solicit = udp_ports("fe80::2", "ff02::1:2", (546, 547));
+        for (port, direction, packet, want) in [
+            ("vm1", i, offer, OPEN),
+            ("vm1", i, offered, OPEN),
+            ("vm1", i, reply6, OPEN),
+            ("vm1", e, discover, OPEN),
+            ("vm1", e, solicit, OPEN),
+            // The workload answering as a server, or asked as one: the
+            // rules.
+            (
+                "vm1",
+                e,
+                udp_ports("10.0.0.5", "10.0.0.9", (67, 68)),
+                DENIED,
+            ),
+            (
+                "vm1",
+                i,
+                udp_ports("10.0.0.9", "10.0.0.5", (68, 67)),
+                DENIED,
+            ),
+            // The other family's ports are no DHCP of this one.
+            ("vm1", i, udp_ports("fe80::1", "fe80::2", (67, 68)), DENIED),
+            // A restricted port: its servers, and no other.
+            ("vm2", i, udp_ports("10.0.0.1", "10.0.0.6", (67, 68)), OPEN),
+            ("vm2", i, reply6, OPEN),
+            ("vm2", i, offer, DENIED),
+            ("vm2", e, discover, OPEN),
+        ] {
+            assert_eq!(verdict(port, direction, packet), want, "{port} {packet:?}");
+        }
+        assert_eq!(
+            link_service(p.port("vm2").unwrap(), i, &offer),
+            Some(LinkService::RefusedDhcpServer)
         );
     }
 

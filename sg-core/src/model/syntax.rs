@@ -204,6 +204,22 @@ pub(super) fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<
     list(deserializer, parse_ip)
 }
 
+/// Serde `deserialize_with` for a port's DHCP servers: addresses, as a
+/// list or one comma-separated string.
+pub(super) fn server_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpAddr>, D::Error> {
+    list(deserializer, |text| {
+        let text = text.trim();
+        text.parse().map_err(|_| {
+            format!(
+                "{} is not a server's address; use one such as 198.18.0.1 or fe80::1",
+                Quoted(text)
+            )
+        })
+    })
+}
+
 fn list<'de, D: Deserializer<'de>, T>(
     deserializer: D,
     parse: fn(&str) -> Result<T, String>,

@@ -11,7 +11,7 @@ use sg_core::{
     port_security::PortSecurity,
 };
 use sg_ctl::{
-    datapath::{Attached, Datapath, XdpModeArg},
+    datapath::{Attached, Datapath, WithoutPolicy, XdpModeArg},
     netns,
 };
 
@@ -108,7 +108,7 @@ fn parse_mac(text: &str) -> Result<MacAddr, String> {
 impl Attach {
     pub fn run(&self, datapath: &Datapath) -> Result<()> {
         let iface = &self.iface;
-        match datapath.attach(iface, self.xdp_mode.into())? {
+        match datapath.attach(iface, self.xdp_mode.into(), WithoutPolicy::Pass)? {
             Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
             Attached::Already { slot } => {
                 println!("{iface} is already attached (slot {slot})");

@@ -15,7 +15,8 @@ pub enum PortCommand {
     /// Add a workload's port; its interface is filtered at once.
     #[command(after_help = "Examples:
   sg-ctl port create vm1 --iface tap1 --mac 52:54:00:12:34:56 --ip 10.0.0.5 --ip 2001:db8::5
-  sg-ctl --netns host1 port create web1 --iface veth-web --mac 02:00:00:00:00:01 --group web")]
+  sg-ctl --netns host1 port create web1 --iface veth-web --mac 02:00:00:00:00:01 --group web
+  sg-ctl port create vm2 --iface tap2 --mac 52:54:00:12:34:57 --dhcp-server 10.0.0.1")]
     Create {
         name: String,
         /// The host-side interface (in --netns, if given).
@@ -48,6 +49,11 @@ pub enum PortCommand {
         /// Let any broadcast and multicast leave the workload.
         #[arg(long)]
         allow_multicast: bool,
+        /// Accept DHCP replies from this server only (repeat for more;
+        /// default: any). A DHCPv6 server answers from its link-local
+        /// address.
+        #[arg(long = "dhcp-server")]
+        dhcp_servers: Vec<IpAddr>,
     },
     /// List the ports with their status.
     List,
@@ -65,7 +71,7 @@ pub enum PortCommand {
         #[arg(long)]
         iface: Option<String>,
     },
-    /// Change a port's interface, MAC, IPs or port security.
+    /// Change a port's interface, MAC, IPs, port security or DHCP servers.
     Update {
         name: String,
         #[arg(long)]
@@ -83,6 +89,13 @@ pub enum PortCommand {
         /// Any broadcast and multicast may leave the workload.
         #[arg(long)]
         allow_multicast: Option<bool>,
+        /// Replaces the DHCP servers the port accepts replies from (repeat
+        /// for more).
+        #[arg(long = "dhcp-server", conflicts_with = "any_dhcp_server")]
+        dhcp_servers: Vec<IpAddr>,
+        /// Accept DHCP replies from any server again.
+        #[arg(long)]
+        any_dhcp_server: bool,
     },
     /// Delete a port; its interface stops being filtered.
     Delete { name: String },
@@ -131,8 +144,10 @@ impl PortCommand {
                 no_port_security,
                 allow_vlan,
                 allow_multicast,
+                dhcp_servers,
             } => {
                 let mut port = Port::new(name.as_str(), iface.as_str(), *mac);
+                port.dhcp_servers = dhcp_servers.clone();
                 port.ips = ips.clone();
                 port.allowed_address_pairs = address_pairs
                     .iter()
@@ -166,6 +181,8 @@ impl PortCommand {
                 port_security,
                 allow_vlan,
                 allow_multicast,
+                dhcp_servers,
+                any_dhcp_server,
             } => {
                 let view = client.port(name).await?;
                 let mut port = view.spec;
@@ -177,6 +194,11 @@ impl PortCommand {
                 }
                 if !ips.is_empty() {
                     port.ips = ips.clone();
+                }
+                if *any_dhcp_server {
+                    port.dhcp_servers.clear();
+                } else if !dhcp_servers.is_empty() {
+                    port.dhcp_servers = dhcp_servers.clone();
                 }
                 for (field, value) in [
                     (&mut port.port_security, port_security),

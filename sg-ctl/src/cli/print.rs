@@ -18,7 +18,7 @@ use sg_core::{
 use sg_ctl::{
     daemon::api::{Action, Applied, GroupView, PortView},
     datapath::{
-        CounterRow, Forward, PortSecurityStatus, PortStats, PortStatus,
+        CounterRow, Forward, PortSecurityStatus, PortStats, PortStatus, WithoutPolicy,
         conntrack::{ConntrackStats, Flow, FlowEvent},
     },
     frame::{Packet, Transport},
@@ -70,6 +70,12 @@ pub fn status(ports: &[PortStatus]) -> io::Result<()> {
         } else {
             join(&port.blocked)
         };
+        let policy = match (port.policy, port.without_policy) {
+            (Some(id), _) => format!("{id}"),
+            (None, WithoutPolicy::Drop) => "none: drops everything until one is in force".into(),
+            (None, WithoutPolicy::Pass) => "none: its blocklist and port security only".into(),
+        };
+        writeln!(out, "  policy: {policy}")?;
         writeln!(out, "  blocked: {blocked}")?;
         port_security(&mut out, &port.port_security)?;
         counters(&mut out, &port.counters)?;

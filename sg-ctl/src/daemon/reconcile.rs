@@ -27,7 +27,7 @@ use super::{
     api::{ApiError, ErrorKind},
 };
 use crate::{
-    datapath::{Attached, Datapath, DatapathError, XdpModeArg},
+    datapath::{Attached, Datapath, DatapathError, WithoutPolicy, XdpModeArg},
     netns,
     store::PortState,
 };
@@ -376,7 +376,7 @@ fn attach(datapath: &Datapath, awaited: &Awaited, port: &Port) -> Result<Slot, D
         let mut awaited = awaited.lock().unwrap_or_else(|e| e.into_inner());
         let attached = match awaited.get_mut(&place) {
             Some(prepared) => datapath.attach_prepared(prepared),
-            None => datapath.attach(&port.ifname, XdpModeArg::Auto),
+            None => datapath.attach(&port.ifname, XdpModeArg::Auto, WithoutPolicy::Drop),
         };
         match attached {
             Ok(Attached::New { slot } | Attached::Already { slot }) => {
@@ -387,7 +387,11 @@ fn attach(datapath: &Datapath, awaited: &Awaited, port: &Port) -> Result<Slot, D
                 let slot = match awaited.get(&place) {
                     Some(prepared) => prepared.slot(),
                     None => {
-                        let prepared = datapath.prepare(&port.ifname, XdpModeArg::Auto)?;
+                        let prepared = datapath.prepare(
+                            &port.ifname,
+                            XdpModeArg::Auto,
+                            WithoutPolicy::Drop,
+                        )?;
                         let slot = prepared.slot();
                         awaited.insert(place, prepared);
                         slot

@@ -8,7 +8,10 @@ use aya::{
     Ebpf,
     programs::{LinkOrder, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
-use sg_common::{PORT_ACTIVE, PORT_REPLY_VIA_TC, PortConfig, program_names};
+use serde::Serialize;
+use sg_common::{
+    PORT_ACTIVE, PORT_OPEN_WITHOUT_POLICY, PORT_REPLY_VIA_TC, PortConfig, program_names,
+};
 use sg_core::port_security::PortSecurity;
 
 use super::{
@@ -29,6 +32,37 @@ pub enum Attached {
     Already { slot: u32 },
 }
 
+/// What a port does while it has no policy in force. Whatever this says, a
+/// port drops everything while it is being attached or detached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutPolicy {
+    /// Drops everything (`drop-no-policy`), both ways: a port the daemon
+    /// attaches, before its policy is in force.
+    Drop,
+    /// Its blocklist and port security apply, nothing else: the low-level
+    /// `sg-ctl attach`, which has no policies (`PORT_OPEN_WITHOUT_POLICY`).
+    Pass,
+}
+
+impl WithoutPolicy {
+    /// Its bit of `PortConfig::flags`.
+    pub fn flag(self) -> u32 {
+        match self {
+            WithoutPolicy::Drop => 0,
+            WithoutPolicy::Pass => PORT_OPEN_WITHOUT_POLICY,
+        }
+    }
+
+    pub fn of(config: &PortConfig) -> WithoutPolicy {
+        if config.flags & PORT_OPEN_WITHOUT_POLICY != 0 {
+            WithoutPolicy::Pass
+        } else {
+            WithoutPolicy::Drop
+        }
+    }
+}
+
 /// A port's programs loaded and through the verifier under a slot kept for
 /// it, waiting for its interface: attaching them then takes no load, so the
 /// interface is enforced moments after it appears.
@@ -37,6 +71,7 @@ pub struct Prepared {
     netns: u64,
     iface: String,
     mode: XdpModeArg,
+    without_policy: WithoutPolicy,
     ebpf: Ebpf,
 }
 
@@ -51,26 +86,35 @@ impl Prepared {
 }
 
 /// Attaches the filter to `iface`, of the calling thread's namespace;
-/// maps not pinned yet are made with `sizes`. Attaching an attached
-/// interface changes nothing.
+/// maps not pinned yet are made with `sizes`; without a policy the port
+/// does what `without_policy` says. Attaching an attached interface
+/// changes nothing, but for closing it: `WithoutPolicy::Drop` takes an
+/// open port's `PORT_OPEN_WITHOUT_POLICY` away (the daemon takes over a
+/// port `sg-ctl attach` made), while `Pass` leaves a closed port closed.
 pub(super) fn attach(
     pins: &Pins,
     sizes: &MapSizes,
     maps: &mut Option<Box<MapSet>>,
     iface: &str,
     mode: XdpModeArg,
+    without_policy: WithoutPolicy,
 ) -> Result<Attached> {
     let netns = netns::current()?;
     let ifindex = ifindex_of(iface).ok_or_else(|| no_such_interface(iface, netns))?;
-    if let Some(set) = maps.as_deref()
-        && let Some((slot, port)) = set.ports.find(netns, iface)?
+    if let Some(set) = maps.as_deref_mut()
+        && let Some((slot, mut port)) = set.ports.find(netns, iface)?
         && port.is_active()
         && port.ifindex == ifindex
         && links_exist(pins, slot, &port)
     {
+        if without_policy == WithoutPolicy::Drop && WithoutPolicy::of(&port) == WithoutPolicy::Pass
+        {
+            port.flags &= !PORT_OPEN_WITHOUT_POLICY;
+            set.ports.set_port(slot, &port)?;
+        }
         return Ok(Attached::Already { slot });
     }
-    let mut prepared = prepare(pins, sizes, maps, iface, mode)?;
+    let mut prepared = prepare(pins, sizes, maps, iface, mode, without_policy)?;
     attach_prepared(pins, maps, &mut prepared)
 }
 
@@ -84,6 +128,7 @@ pub(super) fn prepare(
     maps: &mut Option<Box<MapSet>>,
     iface: &str,
     mode: XdpModeArg,
+    without_policy: WithoutPolicy,
 ) -> Result<Prepared> {
     let netns = netns::current()?;
     let slot = match maps.as_deref() {
@@ -106,6 +151,7 @@ pub(super) fn prepare(
         xdp_mode: mode.to_raw(),
         _pad: 0,
     };
+    // From here until its policy is in force the port drops everything.
     let set = maps.as_deref_mut().expect("loading pinned the maps");
     set.ports.set_port(slot, &config)?;
     set.ports.reset_counters(slot)?;
@@ -123,6 +169,7 @@ pub(super) fn prepare(
         netns,
         iface: iface.to_string(),
         mode,
+        without_policy,
         ebpf,
     })
 }
@@ -153,7 +200,9 @@ pub(super) fn attach_prepared(
         release(pins, maps, slot)?;
         return Err(e);
     }
-    config.flags = PORT_ACTIVE | if reply_via_tc { PORT_REPLY_VIA_TC } else { 0 };
+    config.flags = PORT_ACTIVE
+        | prepared.without_policy.flag()
+        | if reply_via_tc { PORT_REPLY_VIA_TC } else { 0 };
     let set = maps
         .as_deref_mut()
         .expect("the maps stay while a port is attached");

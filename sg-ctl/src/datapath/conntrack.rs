@@ -170,14 +170,18 @@ pub struct Ends {
     pub remote_port: Option<u16>,
     /// An ICMP echo flow's identifier.
     pub icmp_id: Option<u16>,
+    /// And its code.
+    pub icmp_code: Option<u8>,
 }
 
 impl Ends {
-    /// The protocol, with the echo identifier of an ICMP flow.
+    /// The protocol, with the echo identifier of an ICMP flow (and its
+    /// code, when it is not 0).
     pub fn protocol_label(&self) -> String {
-        match self.icmp_id {
-            Some(id) => format!("{} id {id}", self.protocol),
-            None => self.protocol.clone(),
+        match (self.icmp_id, self.icmp_code) {
+            (Some(id), Some(code)) if code != 0 => format!("{} id {id} code {code}", self.protocol),
+            (Some(id), _) => format!("{} id {id}", self.protocol),
+            (None, _) => self.protocol.clone(),
         }
     }
 
@@ -191,10 +195,12 @@ impl Ends {
             local_port: port(key.local_port, protocol.has_ports()),
             remote: address(key.family, key.remote),
             remote_port: port(key.remote_port, protocol.has_ports()),
-            // On the side of the end that sent the request, the other zero.
+            // The identifier as the local port; the type the workload sends
+            // and the code as the remote one.
             icmp_id: protocol
                 .has_icmp()
-                .then(|| u16::from_be_bytes(key.local_port) | u16::from_be_bytes(key.remote_port)),
+                .then(|| u16::from_be_bytes(key.local_port)),
+            icmp_code: protocol.has_icmp().then_some(key.remote_port[1]),
         }
     }
 }
@@ -454,9 +460,15 @@ mod tests {
     fn an_echo_flow_shows_its_identifier_whichever_end_asked() {
         let mut echo = key([0; 16], [0; 16]);
         echo.protocol = IpProtocol::IPV6_ICMP.0;
-        for (local_port, remote_port) in [([0x12, 0x34], [0, 0]), ([0, 0], [0x12, 0x34])] {
+        // The workload's request, its reply to the other end's, and a
+        // request of code 4.
+        for (remote_port, label) in [
+            ([128, 0], "ipv6-icmp id 4660"),
+            ([129, 0], "ipv6-icmp id 4660"),
+            ([128, 4], "ipv6-icmp id 4660 code 4"),
+        ] {
             let ends = Ends::of(&ConntrackKey {
-                local_port,
+                local_port: [0x12, 0x34],
                 remote_port,
                 ..echo
             });
@@ -464,7 +476,7 @@ mod tests {
                 (ends.local_port, ends.remote_port, ends.icmp_id),
                 (None, None, Some(0x1234))
             );
-            assert_eq!(ends.protocol_label(), "ipv6-icmp id 4660");
+            assert_eq!(ends.protocol_label(), label);
         }
         let tcp = Ends::of(&key([0; 16], [0; 16]));
         assert_eq!(

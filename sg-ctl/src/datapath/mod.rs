@@ -41,7 +41,7 @@ use sg_core::{
     settings::ConntrackTimeouts,
 };
 
-pub use attach::{Attached, Prepared};
+pub use attach::{Attached, Prepared, WithoutPolicy};
 use conntrack::{ConntrackStats, Flow, FlowEvents, FlowFilter};
 use error::{Context as _, not_attached, require_root};
 pub use error::{DatapathError, Result};
@@ -123,22 +123,51 @@ impl Datapath {
     // Ports: attaching, detaching, what they are.
 
     /// Attaches the filter to an interface of the calling thread's
-    /// namespace. Attaching an attached interface changes nothing.
-    pub fn attach(&self, iface: &str, mode: XdpModeArg) -> Result<Attached> {
+    /// namespace; `without_policy` says what the port does until a policy
+    /// is in force (the daemon: `Drop`; `sg-ctl attach`: `Pass`).
+    /// Attaching an attached interface changes nothing, except that `Drop`
+    /// closes a port attached with `Pass`.
+    pub fn attach(
+        &self,
+        iface: &str,
+        mode: XdpModeArg,
+        without_policy: WithoutPolicy,
+    ) -> Result<Attached> {
         require_root("attaching a filter")?;
         self.pins.ensure_bpffs()?;
         let _lock = self.pins.lock()?;
-        attach::attach(&self.pins, &self.sizes, &mut *self.maps()?, iface, mode)
+        attach::attach(
+            &self.pins,
+            &self.sizes,
+            &mut *self.maps()?,
+            iface,
+            mode,
+            without_policy,
+        )
     }
 
     /// Keeps a slot for a port whose interface, `iface` of the calling
     /// thread's namespace, is not there yet, and loads its programs; its
     /// policy and port security can be installed under the slot meanwhile.
-    pub fn prepare(&self, iface: &str, mode: XdpModeArg) -> Result<Prepared> {
+    /// Once attached, the port does what `without_policy` says while it has
+    /// no policy (the daemon: `Drop`).
+    pub fn prepare(
+        &self,
+        iface: &str,
+        mode: XdpModeArg,
+        without_policy: WithoutPolicy,
+    ) -> Result<Prepared> {
         require_root("preparing a filter")?;
         self.pins.ensure_bpffs()?;
         let _lock = self.pins.lock()?;
-        attach::prepare(&self.pins, &self.sizes, &mut *self.maps()?, iface, mode)
+        attach::prepare(
+            &self.pins,
+            &self.sizes,
+            &mut *self.maps()?,
+            iface,
+            mode,
+            without_policy,
+        )
     }
 
     /// Attaches prepared programs to their interface once it is there
@@ -313,7 +342,9 @@ impl Datapath {
         self.on_maps(|maps| maps.policy.install(slot, id, compiled))
     }
 
-    /// Takes the slot's policy away: only the blocklist applies after.
+    /// Takes the slot's policy away: the port drops everything after,
+    /// unless it was attached with `WithoutPolicy::Pass` (then only its
+    /// blocklist and port security apply).
     pub fn clear_policy(&self, slot: u32) -> Result<()> {
         self.on_maps(|maps| maps.policy.clear(slot))
     }

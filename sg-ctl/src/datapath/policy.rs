@@ -7,7 +7,8 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use sg_common::{
-    Class, Counter, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey, map_names,
+    Class, Counter, DhcpServerKey, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey,
+    map_names,
 };
 
 use super::{
@@ -30,6 +31,7 @@ pub(super) struct PolicyMaps {
     l4: LpmTrie<MapData, L4Key, Class>,
     l4_exact: HashMap<MapData, L4Key, Class>,
     verdict: HashMap<MapData, VerdictKey, u64>,
+    dhcp_servers: LpmTrie<MapData, DhcpServerKey, u32>,
     fragments: HashMap<MapData, FragmentKey, u64>,
     rule_stats: PerCpuArray<MapData, Counter>,
 }
@@ -44,6 +46,7 @@ impl PolicyMaps {
             l4: pins.open(map_names::L4)?,
             l4_exact: pins.open(map_names::L4_EXACT)?,
             verdict: pins.open(map_names::VERDICT)?,
+            dhcp_servers: pins.open(map_names::DHCP_SERVERS)?,
             fragments: pins.open(map_names::FRAGMENTS)?,
             rule_stats: pins.open(map_names::RULE_STATS)?,
         })
@@ -84,8 +87,9 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Takes the slot's policy away: only the blocklist applies after. The
-    /// fragmented datagrams it decided are forgotten.
+    /// Takes the slot's policy away (see `Datapath::clear_policy` for what
+    /// the port does after). The fragmented datagrams it decided are
+    /// forgotten.
     pub(super) fn clear(&mut self, slot: u32) -> Result<()> {
         let old = self.policy_of(slot)?;
         self.port_policy
@@ -132,6 +136,11 @@ impl PolicyMaps {
                 .insert(key, value, 0)
                 .context(full(map_names::VERDICT))?;
         }
+        for &(bits, key, value) in &compiled.dhcp_servers {
+            self.dhcp_servers
+                .insert(&Key::new(bits, key), value, 0)
+                .context(full(map_names::DHCP_SERVERS))?;
+        }
         Ok(())
     }
 
@@ -140,6 +149,7 @@ impl PolicyMaps {
         remove_trie(&mut self.local, |k| k.policy == id)?;
         remove_trie(&mut self.remote, |k| k.scope.policy == id)?;
         remove_trie(&mut self.l4, |k| k.scope.policy == id)?;
+        remove_trie(&mut self.dhcp_servers, |k| k.policy == id)?;
         remove_hash(&mut self.remote_exact, map_names::REMOTE_EXACT, |k| {
             k.scope.policy == id
         })?;

@@ -3,8 +3,10 @@
 use ipnet::IpNet;
 use serde::Serialize;
 
+use sg_common::NO_POLICY;
+
 use super::{
-    attach::links_exist,
+    attach::{WithoutPolicy, links_exist},
     error::{Result, not_attached},
     maps::MapSet,
     mode::XdpModeArg,
@@ -26,6 +28,10 @@ pub struct PortStatus {
     /// `active`, `attaching`, or `interface-gone` when its links were
     /// removed with the interface.
     pub state: &'static str,
+    /// The policy id in force; `None` for none.
+    pub policy: Option<u32>,
+    /// What the port does while it has none.
+    pub without_policy: WithoutPolicy,
     pub blocked: Vec<IpNet>,
     pub port_security: PortSecurityStatus,
     pub counters: Vec<CounterRow>,
@@ -87,6 +93,8 @@ pub(super) fn status(pins: &Pins, maps: &MapSet) -> Result<Vec<PortStatus>> {
             netns: netns::describe(config.netns),
             xdp_mode: XdpModeArg::from_raw(config.xdp_mode),
             state,
+            policy: Some(maps.policy.policy_of(slot)?).filter(|&id| id != NO_POLICY),
+            without_policy: WithoutPolicy::of(&config),
             blocked: maps.ports.blocked(slot)?,
             port_security: maps.security.read(slot)?,
             counters: maps.ports.counter_rows(slot)?,

@@ -11,7 +11,9 @@ use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
-use sg_ctl::datapath::{Attached as Slot, Datapath, XdpModeArg, conntrack::FlowFilter};
+use sg_ctl::datapath::{
+    Attached as Slot, Datapath, WithoutPolicy, XdpModeArg, conntrack::FlowFilter,
+};
 use sg_tests::{PORT, TestPins};
 
 use crate::{
@@ -103,7 +105,7 @@ impl<'a> Attached<'a> {
                 let pins = TestPins::new();
                 let datapath = pins.datapath();
                 let (Slot::New { slot } | Slot::Already { slot }) = inside(&bed.link.host, || {
-                    Ok(datapath.attach(PORT, XdpModeArg::Native)?)
+                    Ok(datapath.attach(PORT, XdpModeArg::Native, WithoutPolicy::Drop)?)
                 })?;
                 State::Sg {
                     datapath,

@@ -547,8 +547,11 @@ fn expected(policy: &Policy, to: Ipv4Addr, port: u16) -> Result<Action> {
         src: WORKLOAD_V4.parse()?,
         dst: IpAddr::V4(to),
         protocol: IpProtocol::UDP.0,
+        src_port: Some(40000),
         dst_port: Some(port),
         icmp: None,
+        echo_id: None,
+        tcp_flags: 0,
     };
     Ok(reference::evaluate(policy, BENCH_PORT, Direction::Egress, &packet)?.action)
 }
