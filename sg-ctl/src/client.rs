@@ -51,6 +51,13 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// Whether the daemon answered 404: no such object.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// A client of one daemon, with the token it presents, if any.
@@ -164,6 +171,16 @@ impl Client {
     pub async fn delete_port(&self, name: &str, revision: Option<u64>) -> Result<()> {
         let path = path(routes::PORT, &[name]);
         self.send(Method::DELETE, path, NO_BODY, revision).await
+    }
+
+    /// Creates the port, or replaces the one of its name: for hooks that
+    /// describe a workload's port afresh each time it starts.
+    pub async fn put_port(&self, port: &Port) -> Result<PortView> {
+        match self.port(&port.name).await {
+            Ok(_) => self.replace_port(&port.name, port, None).await,
+            Err(e) if e.is_not_found() => self.create_port(port).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Attaches groups to a port after its others.
