@@ -199,6 +199,13 @@ impl Client {
         self.send(Method::POST, path, Some(at), None).await
     }
 
+    /// Removes the port and detaches its filter; answers the port as it
+    /// was. A port that is not there is `is_not_found`.
+    pub async fn unplug(&self, name: &str) -> Result<Port> {
+        let path = path(routes::UNPLUG, &[name]);
+        self.send(Method::POST, path, NO_BODY, None).await
+    }
+
     async fn post_groups(&self, route: &str, name: &str, groups: &[String]) -> Result<PortView> {
         let body = GroupsBody {
             groups: groups.to_vec(),

@@ -71,6 +71,12 @@ pub enum PortCommand {
         #[arg(long)]
         iface: Option<String>,
     },
+    /// Remove a port as its workload stops, and answer once its filter is
+    /// off its interface; a port not there is unplugged already (exit 0).
+    /// For a hypervisor's or container runtime's hook.
+    #[command(after_help = "Examples:
+  sg-ctl port unplug vm1")]
+    Unplug { name: String },
     /// Change a port's interface, MAC, IPs, port security or DHCP servers.
     Update {
         name: String,
@@ -223,6 +229,23 @@ impl PortCommand {
                     netns: session.netns.clone(),
                 };
                 show(session, &client.plug(name, &at).await?)
+            }
+            PortCommand::Unplug { name } => {
+                let gone_already = match client.unplug(name).await {
+                    Err(e) if e.is_not_found() => true,
+                    unplugged => unplugged.map(|_| false)?,
+                };
+                let unplugged = serde_json::json!({
+                    "unplugged": { "name": name, "gone_already": gone_already }
+                });
+                session.output.print(&unplugged, |_| {
+                    if gone_already {
+                        println!("port {name} is not there: unplugged already");
+                    } else {
+                        println!("unplugged port {name}");
+                    }
+                    Ok(())
+                })
             }
             PortCommand::Delete { name } => {
                 client.delete_port(name, None).await?;
