@@ -128,6 +128,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Protocols => catalogue::protocols(output),
         Command::Presets => catalogue::presets(output),
         Command::Hooks(HooksCommand::Install(args)) => args.run(),
+        Command::Hooks(HooksCommand::Libvirt(hook)) => block_on(hook.run(&session)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

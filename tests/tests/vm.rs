@@ -8,7 +8,8 @@
 //! tries from inside (another source address, another MAC, an ARP reply
 //! for an address it does not own, a datagram from the DHCP server's port)
 //! is dropped and counted by reason. The guest kernel is unpacked by
-//! `cargo xtask setup` into `target/vm-guest/`.
+//! `cargo xtask setup` into `target/vm-guest/`. libvirt's hook, run as
+//! libvirt runs it, plugs the tap a domain's metadata describes, or fails.
 
 use std::{
     fs,
@@ -580,4 +581,107 @@ fn wait(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A domain as libvirt gives it to its hook at "start begin": its tap
+/// `vnet0` made, with `metadata`.
+fn domain(metadata: &str) -> String {
+    format!(
+        "<domain type='kvm'><name>vm2</name><metadata>{metadata}</metadata><devices>\
+         <interface type='ethernet'><mac address='{GUEST_MAC}'/><target dev='vnet0'/>\
+         <model type='virtio'/></interface></devices></domain>"
+    )
+}
+
+#[test]
+fn the_libvirt_hook_plugs_the_taps_a_domain_describes_and_fails_closed() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    d.ok(&["group", "create", "web"]).unwrap();
+    let dir = d.dir().join("libvirt");
+    let installed = run(
+        sg_ctl_binary().to_str().unwrap(),
+        &[
+            "hooks",
+            "install",
+            "--dir",
+            dir.join("sg").to_str().unwrap(),
+            "--libvirt",
+            "--libvirt-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&installed.stdout).contains("libvirt/qemu"),
+        "{installed:?}"
+    );
+    let ns = Netns::new().unwrap();
+    ns.ip(&["tuntap", "add", "dev", "vnet0", "mode", "tap"])
+        .unwrap();
+    let socket = d.socket();
+    // libvirt runs its hook with the domain's name, the operation, its
+    // sub-operation and `-`, the XML on stdin.
+    let hook = |operation: &str, sub: &str, xml: &str| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(dir.join("qemu"))
+            .args(["vm2", operation, sub, "-"])
+            .env("SG_SOCKET", &socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(xml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let port = |groups: &str| {
+        domain(&format!(
+            "<sg:ports xmlns:sg='urn:sg:libvirt:1'><sg:port name='vm2' mac='{GUEST_MAC}' \
+             ips='198.18.51.2' groups='{groups}'/></sg:ports>"
+        ))
+    };
+
+    // A group sg does not know: the VM must not start, and the tap is
+    // not left unfiltered under another policy.
+    let (ok, said) = hook("start", "begin", &port("nosuch"));
+    assert!(!ok, "the hook let the domain start");
+    assert!(said.contains("nosuch"), "{said}");
+    assert_eq!(d.fails(&["port", "show", "vm2"]).unwrap().0, 3);
+
+    let (ok, said) = hook("start", "begin", &port("web"));
+    assert!(ok, "{said}");
+    let view = d.json(&["port", "show", "vm2"]).unwrap();
+    assert_eq!(view["status"]["state"], "active", "{view}");
+    assert_eq!(view["spec"]["ifname"], "vnet0");
+    assert_eq!(view["spec"]["netns"], ns.name());
+    assert_eq!(view["spec"]["groups"][0], "web");
+    // Other operations leave it alone; a domain with no sg metadata is
+    // none of sg's.
+    assert!(hook("started", "begin", &port("web")).0);
+    assert!(hook("start", "begin", &domain("")).0);
+    assert!(d.sg_ctl(&["port", "show", "vm2"]).unwrap().status.success());
+
+    for _ in 0..2 {
+        let (ok, said) = hook("stopped", "end", &port("web"));
+        assert!(ok, "{said}");
+        assert_eq!(d.fails(&["port", "show", "vm2"]).unwrap().0, 3);
+    }
+    assert!(!d.pins.datapath().has_ports().unwrap());
+
+    // A tap libvirt has not made (yet): not enforced, so not started.
+    ns.ip(&["link", "del", "vnet0"]).unwrap();
+    let (ok, said) = hook("start", "begin", &port("web"));
+    assert!(!ok, "the hook let the domain start without its tap");
+    assert!(said.contains("not enforced"), "{said}");
 }

@@ -168,7 +168,8 @@ pub enum Command {
     /// The connection table: tracked flows, its fill, flushing, expiry.
     #[command(subcommand)]
     Conntrack(conntrack::ConntrackCommand),
-    /// The qemu scripts that plug a VM's tap before its guest runs.
+    /// The qemu scripts and libvirt hook that plug a VM's tap before its
+    /// guest runs.
     #[command(subcommand)]
     Hooks(HooksCommand),
     /// Print a shell completion script.
@@ -182,8 +183,15 @@ pub enum HooksCommand {
     /// Install them, naming this sg-ctl; installing again replaces them.
     #[command(after_help = "Examples:
   sg-ctl hooks install                     /etc/sg/qemu-ifup, /etc/sg/qemu-ifdown
+  sg-ctl hooks install --libvirt           and /etc/libvirt/hooks/qemu
   sg-ctl hooks install --dir /usr/local/libexec/sg")]
     Install(hooks::HooksInstall),
+    /// What libvirt's hook runs: the domain's XML on stdin; at "start
+    /// begin" its ports (its <metadata>'s sg:port elements) described and
+    /// plugged, or a failure that stops the VM; at "stopped end" unplugged.
+    #[command(after_help = "Example (as libvirt runs it):
+  sg-ctl hooks libvirt vm1 start begin - < vm1.xml")]
+    Libvirt(hooks::LibvirtHook),
 }
 
 /// An argument the daemon was not asked about because it is wrong on its
