@@ -27,7 +27,14 @@ pub fn ensure_kernel() -> Result<()> {
         println!("    not an x86_64 host: the VM test's guest is x86_64 under TCG; skipped");
         return Ok(());
     }
-    let package = kernel_package()?;
+    // A machine whose package lists were never fetched knows no kernel.
+    let package = match kernel_package() {
+        Ok(package) => package,
+        Err(_) => {
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            kernel_package()?
+        }
+    };
     let version =
         cmd_output(Command::new("apt-cache").args(["show", "--no-all-versions", &package]))?
             .lines()
