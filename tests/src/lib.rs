@@ -1112,6 +1112,17 @@ impl TestDaemon {
         };
         command.arg("--socket").arg(self.socket()).args(args);
         command.env_remove("SG_TOKEN");
+        // A process another test forks while the copy is written holds it
+        // open for writing until that process execs: the copy's own exec
+        // fails with ETXTBSY meanwhile. A moment later it runs.
+        for _ in 0..100 {
+            match command.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.context("running sg-ctl"),
+            }
+        }
         command.output().context("running sg-ctl")
     }
 
