@@ -33,7 +33,7 @@ use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
-use sg_ctl::datapath::{Datapath, Forward, Pins, TestRun, WithoutPolicy, XdpModeArg};
+use sg_ctl::datapath::{Datapath, Forward, MapSizes, Pins, TestRun, WithoutPolicy, XdpModeArg};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -692,8 +692,17 @@ pub struct TestPort {
 
 impl TestPort {
     pub fn new(slot: u32, without_policy: WithoutPolicy) -> Result<TestPort> {
+        TestPort::with_sizes(slot, without_policy, MapSizes::default())
+    }
+
+    /// A port whose maps are made with `sizes`.
+    pub fn with_sizes(
+        slot: u32,
+        without_policy: WithoutPolicy,
+        sizes: MapSizes,
+    ) -> Result<TestPort> {
         let pins = TestPins::new();
-        let datapath = pins.datapath();
+        let datapath = Datapath::with_sizes(pins.pins.clone(), sizes);
         let run = datapath.test_run(slot)?;
         let port = TestPort {
             run,
@@ -748,18 +757,29 @@ impl TestPort {
         assert_eq!(got, want, "{direction:?} {}: verdict", outcome.name());
     }
 
+    /// The programs of another slot on the same maps, active, with
+    /// `policy` for its port `port` in force: a neighbour of this port.
+    pub fn neighbour(&self, slot: u32, policy: &Policy, port: &str) -> Result<(TestRun, RuleIds)> {
+        let run = self.datapath.test_run(slot)?;
+        self.datapath.set_port(slot, &self.config(true))?;
+        Ok((run, install(&self.datapath, slot, policy, port)?))
+    }
+
     /// An inactive port's programs drop everything (`drop-no-policy`),
     /// as while a port is attached or detached.
     pub fn set_active(&self, active: bool) -> Result<()> {
-        let config = PortConfig {
+        Ok(self.datapath.set_port(self.slot, &self.config(active))?)
+    }
+
+    fn config(&self, active: bool) -> PortConfig {
+        PortConfig {
             ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
             netns: 0,
             ifindex: 1,
             flags: if active { PORT_ACTIVE } else { 0 } | self.without_policy.flag(),
             xdp_mode: 0,
             _pad: 0,
-        };
-        Ok(self.datapath.set_port(self.slot, &config)?)
+        }
     }
 }
 
