@@ -958,6 +958,50 @@ pub fn tcp_exchange(client: &Netns, server: &Netns, to: IpAddr, port: u16) -> Re
     Ok(stream.read_exact(&mut buf).is_ok() && &buf == b"200")
 }
 
+/// Workloads on one bridge: each in a namespace of its own, its veth's
+/// host side `h-<name>` on the bridge in `host`.
+pub struct Lan {
+    pub host: Netns,
+    pub workloads: Vec<(&'static str, Netns, &'static str)>,
+}
+
+impl Lan {
+    pub fn new(workloads: &[(&'static str, &'static str)]) -> Result<Lan> {
+        let host = Netns::new()?;
+        host.ip(&["link", "add", "br0", "type", "bridge"])?;
+        host.ip(&["link", "set", "br0", "up"])?;
+        let mut lan = Lan {
+            host,
+            workloads: Vec::new(),
+        };
+        for &(name, ip) in workloads {
+            let ns = Netns::new()?;
+            let port = format!("h-{name}");
+            lan.host.add_veth(&port, &ns)?;
+            lan.host
+                .ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.add_addr("eth0", &format!("{ip}/24"))?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            lan.workloads.push((name, ns, ip));
+        }
+        Ok(lan)
+    }
+
+    pub fn ns(&self, name: &str) -> &Netns {
+        &self.workloads.iter().find(|w| w.0 == name).unwrap().1
+    }
+
+    pub fn ip(&self, name: &str) -> IpAddr {
+        addr(self.workloads.iter().find(|w| w.0 == name).unwrap().2)
+    }
+
+    /// Whether `from` opens a TCP connection to `to`:`port` and exchanges
+    /// a request and a response.
+    pub fn tcp(&self, from: &str, to: &str, port: u16) -> Result<bool> {
+        tcp_exchange(self.ns(from), self.ns(to), self.ip(to), port)
+    }
+}
+
 /// A running `sg-ctl daemon` with a database, socket and pin directory of
 /// its own, stopped and removed (ports detached) when dropped.
 pub struct TestDaemon {
