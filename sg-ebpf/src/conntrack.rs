@@ -412,29 +412,30 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
     if !room {
         return Start::PortFull;
     }
-    // Another CPU may have started the flow meanwhile: as good.
     const EEXIST: i32 = 17;
     const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
-    let inserted = match SG_CONNTRACK.insert(key, &*entry, NOEXIST) {
-        Ok(()) => true,
-        Err(error) if error == -EEXIST => false,
-        // Full: the room of an expired or unreplied flow, if the hand
-        // finds one.
-        Err(_) => match reclaim(victim, now, true) {
-            true => SG_CONNTRACK.insert(key, &*entry, NOEXIST).is_ok(),
-            false => {
-                release(port);
-                return Start::TableFull;
-            }
-        },
-    };
-    if inserted {
-        remember(key);
-        emit(key, conntrack_event::NEW, now);
-    } else {
-        release(port);
+    let mut inserted = SG_CONNTRACK.insert(key, &*entry, NOEXIST);
+    // Full: the room of an expired or unreplied flow, if the hand finds
+    // one.
+    if inserted.is_err_and(|error| error != -EEXIST) && reclaim(victim, now, true) {
+        inserted = SG_CONNTRACK.insert(key, &*entry, NOEXIST);
     }
-    Start::Started
+    match inserted {
+        Ok(()) => {
+            remember(key);
+            emit(key, conntrack_event::NEW, now);
+            Start::Started
+        }
+        Err(error) => {
+            release(port);
+            // Another CPU may have started the flow meanwhile: as good.
+            if error == -EEXIST {
+                Start::Started
+            } else {
+                Start::TableFull
+            }
+        }
+    }
 }
 
 /// Takes room for one flow of the port: `false` when it has none. The
