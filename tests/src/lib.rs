@@ -900,19 +900,19 @@ pub fn dns_ping_http_policy(with_http: bool) -> Policy {
 /// The kernel memory of the policy maps under `pins` (the sum of their
 /// fdinfo `memlock`).
 pub fn policy_memory(pins: &Pins) -> Result<u64> {
-    [
-        map_names::LOCAL,
-        map_names::REMOTE,
-        map_names::REMOTE_EXACT,
-        map_names::L4,
-        map_names::L4_EXACT,
-        map_names::VERDICT,
-        map_names::DHCP_SERVERS,
-    ]
-    .iter()
-    .map(|name| map_memory(pins, name))
-    .sum()
+    POLICY_MAPS.iter().map(|name| map_memory(pins, name)).sum()
 }
+
+/// The maps that hold the ports' compiled policies.
+pub const POLICY_MAPS: [&str; 7] = [
+    map_names::LOCAL,
+    map_names::REMOTE,
+    map_names::REMOTE_EXACT,
+    map_names::L4,
+    map_names::L4_EXACT,
+    map_names::VERDICT,
+    map_names::DHCP_SERVERS,
+];
 
 /// The entries of the pinned map `name`, counted key by key
 /// (`BPF_MAP_GET_NEXT_KEY`).

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use sg_common::{Direction, Outcome, map_names};
+use sg_common::{Direction, Outcome};
 use sg_core::compile::{compile, counter_ids};
 use sg_ctl::{
     datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
@@ -529,15 +529,7 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
         ]}]),
         &["small"],
     );
-    let maps = [
-        map_names::LOCAL,
-        map_names::REMOTE,
-        map_names::REMOTE_EXACT,
-        map_names::L4,
-        map_names::L4_EXACT,
-        map_names::VERDICT,
-        map_names::DHCP_SERVERS,
-    ];
+    let maps = sg_tests::POLICY_MAPS;
     let held = |port: &Port| maps.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap());
     port.0.install(&big, "vm").unwrap();
     port.0.install(&small, "vm").unwrap();
