@@ -43,6 +43,7 @@ use sg_core::{
     text::Quoted,
 };
 
+pub mod console;
 pub mod http;
 
 /// Where the daemon listens unless told otherwise.
@@ -134,6 +135,14 @@ pub struct Status {
     pub reason: String,
 }
 
+/// Where a group stands on one of the ports attaching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub port: String,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
 /// A group as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupView {
@@ -142,6 +151,9 @@ pub struct GroupView {
     /// Ports attaching the group.
     pub ports: Vec<String>,
     pub status: Status,
+    /// The group on each of its ports, in the order of `ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_status: Vec<PortStatus>,
     /// What each rule decided, in rule order (empty while no port is
     /// attached).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -262,6 +274,31 @@ pub struct NameBody {
     pub name: String,
 }
 
+/// The ports of `POST /v1/groups/{name}/assign`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortsBody {
+    pub ports: Vec<String>,
+}
+
+/// What a port's datapath counted in one direction with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounter {
+    pub direction: String,
+    pub outcome: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A preset of `GET /v1/presets` with the rules it adds (ingress from
+/// anywhere; a client sets their direction and remote).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresetView {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+}
+
 /// The groups of `POST /v1/ports/{name}/attach` and `…/detach`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GroupsBody {
@@ -300,6 +337,7 @@ pub mod routes {
     pub const GROUPS: &str = "/v1/groups";
     pub const GROUP: &str = "/v1/groups/{name}";
     pub const CLONE_GROUP: &str = "/v1/groups/{name}/clone";
+    pub const ASSIGN_GROUP: &str = "/v1/groups/{name}/assign";
     pub const RULES: &str = "/v1/groups/{name}/rules";
     pub const RULE: &str = "/v1/groups/{name}/rules/{index}";
     pub const PORTS: &str = "/v1/ports";
@@ -308,6 +346,10 @@ pub mod routes {
     pub const DETACH_GROUPS: &str = "/v1/ports/{name}/detach";
     pub const PLUG: &str = "/v1/ports/{name}/plug";
     pub const FLOWS: &str = "/v1/ports/{name}/flows";
+    pub const PORT_STATS: &str = "/v1/ports/{name}/stats";
+    pub const PROTOCOLS: &str = "/v1/protocols";
+    pub const PRESETS: &str = "/v1/presets";
+    pub const WHOAMI: &str = "/v1/whoami";
     pub const SETTINGS: &str = "/v1/settings";
     pub const EXPORT: &str = "/v1/export";
     pub const APPLY: &str = "/v1/apply";
@@ -418,6 +460,13 @@ fn role_of(
             )
         }),
         None if peer.and_then(|p| p.uid) == Some(0) => Ok(Role::Owner),
+        // Over the network nobody is root, and nothing is public either:
+        // who may read is said by a token alone.
+        None if peer.is_some_and(http::Peer::is_remote) => Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "over TCP every request needs `Authorization: Bearer TOKEN`, with a token of \
+             `sg-ctl daemon token create --role viewer|owner`",
+        )),
         None => Ok(Role::Anonymous),
     }
 }
@@ -565,6 +614,7 @@ fn router(daemon: Shared) -> Router {
             get(show_group).put(update_group).delete(delete_group),
         )
         .route(routes::CLONE_GROUP, post(clone_group))
+        .route(routes::ASSIGN_GROUP, post(assign_group))
         .route(routes::RULES, post(add_rules))
         .route(routes::RULE, put(update_rule).delete(delete_rule))
         .route(routes::PORTS, get(list_ports).post(create_port))
@@ -576,6 +626,10 @@ fn router(daemon: Shared) -> Router {
         .route(routes::DETACH_GROUPS, post(detach_groups))
         .route(routes::PLUG, post(plug))
         .route(routes::FLOWS, get(port_flows))
+        .route(routes::PORT_STATS, get(port_stats))
+        .route(routes::PROTOCOLS, get(protocols))
+        .route(routes::PRESETS, get(presets))
+        .route(routes::WHOAMI, get(whoami))
         .route(routes::SETTINGS, get(show_settings).put(update_settings))
         .route(routes::EXPORT, get(export))
         .route(routes::APPLY, post(apply))
@@ -649,6 +703,19 @@ async fn clone_group(
     Ok((StatusCode::CREATED, view))
 }
 
+async fn assign_group(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    Named(name): Named,
+    b: Bytes,
+) -> Reply<GroupView> {
+    let ports: PortsBody = body(&b, Subject::Body)?;
+    for port in &ports.ports {
+        check_name("ports", port).map_err(ApiError::invalid)?;
+    }
+    with(d, move |d| d.assign_group(role, &name, &ports.ports)).await
+}
+
 async fn add_rules(
     State(d): State<Shared>,
     Caller(role): Caller,
@@ -716,6 +783,40 @@ async fn port_flows(
     Queried(query): Queried<FlowQuery>,
 ) -> Reply<Vec<Flow>> {
     read(d, move |v| v.flows(role, &name, query)).await
+}
+
+async fn port_stats(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    Named(name): Named,
+) -> Reply<Vec<PortCounter>> {
+    read(d, move |v| v.port_stats(role, &name)).await
+}
+
+/// What rules may name; anyone may read it, as the CLI's `protocols`.
+async fn protocols() -> Json<Vec<sg_core::model::ProtocolInfo>> {
+    Json(sg_core::model::catalogue())
+}
+
+async fn presets() -> Json<Vec<PresetView>> {
+    let template = Rule::new(sg_core::model::Direction::Ingress);
+    Json(
+        sg_core::preset::PRESETS
+            .iter()
+            .map(|preset| PresetView {
+                name: preset.name.into(),
+                description: preset.description.into(),
+                rules: sg_core::preset::expand(preset.name, &template)
+                    .expect("every preset expands from an ingress rule from anywhere"),
+            })
+            .collect(),
+    )
+}
+
+/// The role the client's credentials give it, which the console shows
+/// and hides its controls by.
+async fn whoami(Caller(role): Caller) -> Json<RoleBody> {
+    Json(RoleBody { role })
 }
 
 async fn create_port(
@@ -860,6 +961,7 @@ pub async fn serve(
     daemon: Daemon,
     socket: &Path,
     metrics: Option<TcpListener>,
+    console: Option<console::ConsoleListener>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::os::unix::fs::PermissionsExt as _;
@@ -929,6 +1031,10 @@ pub async fn serve(
             .layer(middleware::from_fn(http::json_errors));
         let limits = http::Limits::METRICS;
         tokio::spawn(http::serve(listener, app, limits, std::future::pending()));
+    }
+    if let Some(listener) = console {
+        let app = console::with_page(router(daemon.clone()));
+        tokio::spawn(listener.serve(app, std::future::pending()));
     }
     let limits = http::Limits::api(http::open_files());
     eprintln!(
@@ -1049,7 +1155,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 25);
+        assert_eq!(operations, 30);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
@@ -1168,7 +1274,7 @@ mod tests {
             request = request.header(*name, *value);
         }
         let mut request = request.body(body.into()).unwrap();
-        request.extensions_mut().insert(http::Peer { uid: peer });
+        request.extensions_mut().insert(http::Peer::local(peer));
         let response = app.clone().oneshot(request).await.unwrap();
         let (status, headers) = (response.status(), response.headers().clone());
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -1275,6 +1381,202 @@ mod tests {
                 .starts_with("the request's body is 65537 bytes, over the limit of 65536 (64 KiB)"),
             "{json}"
         );
+    }
+
+    /// Over TCP (the console's listener), only a token says who asks.
+    #[tokio::test]
+    async fn over_tcp_every_request_needs_a_token() {
+        let dir = temp_dir();
+        let daemon = daemon(&dir);
+        let (viewer, _) = daemon.create_token(Role::Owner, Role::Viewer).unwrap();
+        let app = router(Shared::new(daemon));
+        let ask_tcp = |uri: &'static str, token: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = Request::builder().uri(uri);
+                if let Some(token) = token {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let mut request = request.body(Body::empty()).unwrap();
+                let peer = http::Peer {
+                    uid: None,
+                    address: Some("127.0.0.1".parse().unwrap()),
+                };
+                request.extensions_mut().insert(peer);
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                )
+            }
+        };
+        // What the socket shows anyone (public groups, the protocols) is
+        // not shown over TCP without a token.
+        for uri in ["/v1/groups", "/v1/protocols", "/v1/whoami", "/v1/settings"] {
+            let (status, json) = ask_tcp(uri, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert!(
+                json["error"].as_str().unwrap().starts_with("over TCP"),
+                "{json}"
+            );
+            let (status, _) = ask_tcp(uri, Some("sgt_unknown".into())).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        let (status, json) = ask_tcp("/v1/whoami", Some(viewer.clone())).await;
+        assert_eq!(
+            (status, json),
+            (StatusCode::OK, serde_json::json!({"role": "viewer"}))
+        );
+        let (status, json) = ask_tcp("/v1/protocols", Some(viewer)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json.as_array().unwrap().len(), 256);
+        assert_eq!(json[6]["name"], "tcp");
+        assert_eq!(json[6]["ports"], true);
+        assert_eq!(json[58]["icmp"], true);
+        assert_eq!(json[58]["ethertype"], "ipv6");
+    }
+
+    /// One group to many ports in one change, or to none: each refusal
+    /// leaves every port as it was.
+    #[tokio::test]
+    async fn bulk_assign_is_whole_or_refused() {
+        let dir = temp_dir();
+        let _lock = LockRemoved(Pins::new(dir.path().join("pins")).lock_path());
+        let mut daemon = daemon(&dir);
+        let (viewer, _) = daemon.create_token(Role::Owner, Role::Viewer).unwrap();
+        for (i, name) in ["vm1", "vm2"].iter().enumerate() {
+            let port = Port::new(
+                *name,
+                format!("sg-no-if{i}"),
+                MacAddr([2, 0, 0, 0, 0, i as u8]),
+            );
+            daemon.create_port(Role::Owner, port).unwrap();
+        }
+        for g in ["web", "g1", "g2", "g3", "g4"] {
+            daemon
+                .create_group(Role::Owner, Group::new(g).unwrap())
+                .unwrap();
+        }
+        let app = router(Shared::new(daemon));
+        let bearer = format!("Bearer {viewer}");
+        // The group, the body, the headers, the answer and its message.
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            StatusCode,
+            &'a str,
+        );
+        let cases: [Case; 7] = [
+            (
+                "web",
+                r#"{"ports": []}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "ports: name at least one port",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1", "nope"]}"#,
+                &[],
+                StatusCode::NOT_FOUND,
+                "no port named 'nope'",
+            ),
+            (
+                "nope",
+                r#"{"ports": ["vm1"]}"#,
+                &[],
+                StatusCode::NOT_FOUND,
+                "no group named 'nope'",
+            ),
+            (
+                "web",
+                r#"{"ports": ["a b"]}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "ports: 'a b'",
+            ),
+            (
+                "web",
+                r#"{"port": ["vm1"]}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "unknown field `port`",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1"]}"#,
+                &[("authorization", &bearer)],
+                StatusCode::FORBIDDEN,
+                "a viewer token is read-only",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1", "vm2"]}"#,
+                &[],
+                StatusCode::OK,
+                "",
+            ),
+        ];
+        for (group, body, headers, status, message) in cases {
+            let uri = format!("/v1/groups/{group}/assign");
+            let (got, _, json) = ask(&app, Some(0), "POST", &uri, headers, body.to_string()).await;
+            assert_eq!(got, status, "{body}: {json}");
+            if status != StatusCode::OK {
+                let error = json["error"].as_str().unwrap();
+                assert!(error.contains(message), "{body}: {error}");
+                let (_, _, ports) = ask(&app, Some(0), "GET", "/v1/ports", &[], "").await;
+                for port in ports.as_array().unwrap() {
+                    assert_eq!(
+                        port["spec"]["groups"],
+                        serde_json::json!(["default"]),
+                        "{body}"
+                    );
+                }
+            } else {
+                assert_eq!(json["ports"], serde_json::json!(["vm1", "vm2"]));
+                assert_eq!(json["port_status"][1]["port"], "vm2");
+            }
+        }
+        // vm1 has default and web; four more would be six, over the limit
+        // of five: refused for vm2 too.
+        for g in ["g1", "g2", "g3"] {
+            let uri = format!("/v1/groups/{g}/assign");
+            let (got, _, json) =
+                ask(&app, Some(0), "POST", &uri, &[], r#"{"ports": ["vm2"]}"#).await;
+            assert_eq!(got, StatusCode::OK, "{json}");
+        }
+        let body = r#"{"ports": ["vm2", "vm1"]}"#;
+        let (got, _, json) = ask(&app, Some(0), "POST", "/v1/groups/g4/assign", &[], body).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{json}");
+        assert!(json["error"].as_str().unwrap().contains("vm2"), "{json}");
+        let (_, _, vm1) = ask(&app, Some(0), "GET", "/v1/ports/vm1", &[], "").await;
+        assert_eq!(vm1["spec"]["groups"], serde_json::json!(["default", "web"]));
+    }
+
+    #[tokio::test]
+    async fn port_stats_and_presets_refuse_as_reads_do() {
+        let dir = temp_dir();
+        let app = router(Shared::new(daemon(&dir)));
+        let (status, _, json) = ask(&app, Some(0), "GET", "/v1/ports/nope/stats", &[], "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+        let (status, _, _) = ask(&app, Some(1000), "GET", "/v1/ports/nope/stats", &[], "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, presets) = ask(&app, Some(1000), "GET", "/v1/presets", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        let ping = presets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "ping")
+            .unwrap();
+        assert_eq!(ping["rules"].as_array().unwrap().len(), 2, "{ping}");
+        let (_, _, role) = ask(&app, Some(1000), "GET", "/v1/whoami", &[], "").await;
+        assert_eq!(role, serde_json::json!({"role": "anonymous"}));
     }
 
     #[tokio::test]

@@ -437,6 +437,30 @@ impl Daemon {
         self.views.current().port(role, name)
     }
 
+    /// Attaches one group to many ports (after their others), in one
+    /// change: every port gets it, or, when one is unknown or the result
+    /// does not check, none.
+    pub fn assign_group(&mut self, role: Role, name: &str, ports: &[String]) -> Result<GroupView> {
+        if ports.is_empty() {
+            return Err(ApiError::invalid(
+                "ports: name at least one port to attach the group to",
+            ));
+        }
+        self.change(role, |policy, _| {
+            if policy.group(name).is_none() {
+                return Err(no_group(name));
+            }
+            for port in ports {
+                let port = port_mut(policy, port)?;
+                if !port.groups.iter().any(|g| g == name) {
+                    port.groups.push(name.to_string());
+                }
+            }
+            Ok(())
+        })?;
+        self.views.current().group(role, name)
+    }
+
     /// Detaches groups from a port, live; a port keeps at least one.
     pub fn detach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
         self.change(role, |policy, _| {
