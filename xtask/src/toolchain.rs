@@ -29,6 +29,14 @@ const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"]
 /// The reference CNI plugins (bridge, host-local, …) in /usr/lib/cni that
 /// sg-cni's tests chain it after.
 const CNI_PACKAGES: &[&str] = &["containernetworking-plugins"];
+/// The headless browser and its WebDriver that the console's tests drive,
+/// and fonts for its pages (chromium brings none).
+const BROWSER_PACKAGES: &[&str] = &[
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
+    "fonts-liberation",
+];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
 const BUILD_PACKAGES: &[&str] = &["gcc"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
@@ -208,12 +216,13 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
+        apt_install(BROWSER_PACKAGES, "the web console's tests")?;
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
-             reference CNI plugins (bridge and host-local in /usr/lib/cni) and a C compiler (gcc) \
-             are installed"
+             reference CNI plugins (bridge and host-local in /usr/lib/cni), chromium with its \
+             chromedriver and a C compiler (gcc) are installed"
         );
     }
 
