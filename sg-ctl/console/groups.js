@@ -209,14 +209,14 @@ export function groupPage(session, name) {
       .map((rule, index) => ({ rule, index, hits: view.hits?.[index] }))
       .filter(({ rule }) => rule.direction === state.direction)
       .map(({ rule, index, hits }) =>
-        h("tr", { dataset: { rule: index } },
+        h("tr", { dataset: { rule: index, id: rule.id ?? "" } },
           h("td", {}, rule.priority ?? 1000),
           h("td", {}, h("span", { class: `action action-${rule.action ?? "allow"}` }, rule.action ?? "allow")),
           h("td", {}, rule.ethertype ?? "any"),
           h("td", {}, rule.protocol ?? "any"),
           h("td", {}, describeMatch(rule)),
           h("td", {}, describeRemote(rule.remote)),
-          h("td", { class: "muted" }, rule.description || ""),
+          h("td", { class: "muted" }, rule.description || "—", rule.id ? h("code", { class: "sub" }, rule.id) : null),
           h("td", { class: "num hits", dataset: { hits: hits?.packets ?? 0 } }, count(hits?.packets), h("span", { class: "sub" }, bytes(hits?.bytes))),
           h("td", { class: "right" }, owner
             ? h("div", { class: "row-actions" },
@@ -255,9 +255,10 @@ export function groupPage(session, name) {
     }
   }
 
+  // By its id: the rule shown is the one deleted, or none if it is gone.
   async function deleteRule(index) {
     try {
-      state.view = await api.del(`${path}/rules/${index}`, state.view.revision);
+      state.view = await api.del(`${path}/rules/${ruleRef(state.view, index)}`);
       render();
     } catch (e) {
       notify(e.message);
@@ -311,6 +312,11 @@ export function groupPage(session, name) {
   }
 
   return { el, crumbs: crumbs(name), refresh };
+}
+
+/// How a request names rule `index` of the group in view: by its id.
+function ruleRef(view, index) {
+  return api.segment(view.spec.rules[index].id ?? String(index));
 }
 
 /// The form that adds a rule, or edits rule `index`; the daemon checks it,
@@ -398,7 +404,7 @@ function makeRuleForm(state, path, done) {
     try {
       state.view = state.editing === null
         ? await api.post(`${path}/rules`, [rule()], state.view.revision)
-        : await api.put(`${path}/rules/${state.editing}`, rule(), state.view.revision);
+        : await api.put(`${path}/rules/${ruleRef(state.view, state.editing)}`, rule(), state.view.revision);
       close();
       notify("Rule saved.", "ok");
       await done();

@@ -426,6 +426,33 @@ async fn owner_then_viewer(
     assert_eq!(hits(&rule_row(driver, "8080").await?).await?, 0);
     screenshot(driver, "console-group").await?;
 
+    // The rule of one's own edited, by its id, which it keeps; then the
+    // IPv6 egress rule deleted.
+    let row = rule_row(driver, "8080").await?;
+    let id = row
+        .attr("data-id")
+        .await?
+        .context("a rule's id on its row")?;
+    ensure!(id.starts_with("r-"), "{id}");
+    row.find(By::Css("[data-action=edit]"))
+        .await?
+        .click()
+        .await?;
+    type_into(driver, "#rule-form input[name=ports]", "8443").await?;
+    click(driver, "#rule-submit").await?;
+    text_of(driver, "#rules", "8443").await?;
+    click(driver, "#tab-egress").await?;
+    click(driver, "#rules tr[data-rule='1'] [data-action=delete]").await?;
+    text_of(driver, "#tab-egress", "(1)").await?;
+    let web = d.json(&["group", "show", "web"])?;
+    let rules = web["spec"]["rules"].as_array().context("rules")?;
+    let edited = rules
+        .iter()
+        .find(|r| r["ports"] == "8443")
+        .context("the edited rule")?;
+    assert_eq!(edited["id"], json!(id), "{web}");
+    assert_eq!(rules.len(), 3, "{web}");
+
     driver.goto(format!("{base}/#/groups")).await?;
     text_of(driver, "#groups-table", "web tier").await?;
     screenshot(driver, "console-groups").await?;
@@ -469,7 +496,7 @@ async fn owner_then_viewer(
         "the groups page offers no change"
     );
     driver.goto(format!("{base}/#/groups/web")).await?;
-    text_of(driver, "#rules", "8080").await?;
+    text_of(driver, "#rules", "8443").await?;
     ensure!(
         driver.find_all(By::Css(changes)).await?.is_empty(),
         "a group offers no change"
@@ -529,7 +556,7 @@ async fn owner_then_viewer(
     let web = d.json(&["group", "show", "web"])?;
     assert_eq!(
         web["spec"]["rules"].as_array().map(Vec::len),
-        Some(4),
+        Some(3),
         "{web}"
     );
     Ok(())

@@ -24,7 +24,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::{delete, get, post},
 };
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
@@ -37,7 +37,7 @@ use crate::{
 };
 use sg_core::{
     access::{Role, TokenInfo},
-    model::{Group, Port, Rule, check_name, parse_cidr},
+    model::{Group, Port, Rule, RuleId, check_name, parse_cidr},
     settings::Settings,
     status::PortPhase,
     text::Quoted,
@@ -299,6 +299,63 @@ pub struct PresetView {
     pub rules: Vec<Rule>,
 }
 
+/// A rule in a path: its id (`r-…`), which names it whatever moves, or
+/// its index, which names whatever rule is at that position when the
+/// request arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleRef {
+    Id(RuleId),
+    Index(usize),
+}
+
+impl std::str::FromStr for RuleRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with("r-") {
+            return text
+                .parse()
+                .map(RuleRef::Id)
+                .map_err(|e: sg_core::model::FieldError| e.to_string());
+        }
+        text.parse().map(RuleRef::Index).map_err(|_| {
+            format!(
+                "rule: {} is neither a rule's id (r-…) nor its index (from 0); \
+                 `sg-ctl rule list GROUP` shows both",
+                Quoted(text)
+            )
+        })
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Index(index) => index.fmt(f),
+        }
+    }
+}
+
+/// What a change of a rule expects of it (`If-Match`): its ETag, or the
+/// group's revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Anything,
+    Revision(u64),
+    Tag(String),
+}
+
+/// A rule's ETag, from its content (its id included): it changes when the
+/// rule does, and only then.
+pub fn rule_etag(rule: &Rule) -> String {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(rule).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"rule-{hex}\"")
+}
+
 /// The groups of `POST /v1/ports/{name}/attach` and `…/detach`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GroupsBody {
@@ -339,7 +396,7 @@ pub mod routes {
     pub const CLONE_GROUP: &str = "/v1/groups/{name}/clone";
     pub const ASSIGN_GROUP: &str = "/v1/groups/{name}/assign";
     pub const RULES: &str = "/v1/groups/{name}/rules";
-    pub const RULE: &str = "/v1/groups/{name}/rules/{index}";
+    pub const RULE: &str = "/v1/groups/{name}/rules/{rule}";
     pub const PORTS: &str = "/v1/ports";
     pub const PORT: &str = "/v1/ports/{name}";
     pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
@@ -573,24 +630,30 @@ impl<S: Sync> FromRequestParts<S> for Named {
     }
 }
 
-/// The `{name}` and `{index}` of a rule's path.
-struct RuleAt(String, usize);
+/// The `{name}` and `{rule}` of a rule's path.
+struct RuleAt(String, RuleRef);
 
 impl<S: Sync> FromRequestParts<S> for RuleAt {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Named(name) = Named::from_request_parts(parts, state).await?;
-        let index = segments(parts).await?.remove("index").unwrap_or_default();
-        let index = index.parse().map_err(|_| {
-            ApiError::invalid(format!(
-                "index: {} is not a rule's index; use its position from 0 \
-                 (`sg-ctl rule list {name}` shows them)",
-                Quoted(&index)
-            ))
-        })?;
-        Ok(RuleAt(name, index))
+        let rule = segments(parts).await?.remove("rule").unwrap_or_default();
+        Ok(RuleAt(name, rule.parse().map_err(ApiError::invalid)?))
     }
+}
+
+/// What a change of a rule expects, from `If-Match`: a rule's ETag
+/// (`"rule-…"`, as `GET` gives it), or the group's revision.
+fn expected(headers: &HeaderMap) -> Result<Expected, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Expected::Anything);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text.trim_matches('"').starts_with("rule-") {
+        return Ok(Expected::Tag(format!("\"{}\"", text.trim_matches('"'))));
+    }
+    revision(headers).map(|revision| revision.map_or(Expected::Anything, Expected::Revision))
 }
 
 /// A query string as `T`; its errors name the field.
@@ -616,7 +679,10 @@ fn router(daemon: Shared) -> Router {
         .route(routes::CLONE_GROUP, post(clone_group))
         .route(routes::ASSIGN_GROUP, post(assign_group))
         .route(routes::RULES, post(add_rules))
-        .route(routes::RULE, put(update_rule).delete(delete_rule))
+        .route(
+            routes::RULE,
+            get(show_rule).put(update_rule).delete(delete_rule),
+        )
         .route(routes::PORTS, get(list_ports).post(create_port))
         .route(
             routes::PORT,
@@ -744,20 +810,40 @@ async fn add_rules(
     with(d, move |d| d.add_rules(role, &name, rules, revision)).await
 }
 
+async fn show_rule(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    RuleAt(name, at): RuleAt,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(rule) = read(d, move |v| v.rule(role, &name, &at)).await?;
+    Ok(([(header::ETAG, rule_etag(&rule))], Json(rule)))
+}
+
 async fn update_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    RuleAt(name, index): RuleAt,
+    RuleAt(name, at): RuleAt,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<GroupView> {
+    let index = match &at {
+        RuleRef::Index(index) => *index,
+        // Its errors name it as its present position would.
+        RuleRef::Id(_) => {
+            let view = d.views.current();
+            let group = view.state.policy.group(&name);
+            group
+                .and_then(|g| super::find_rule(g, &at).ok())
+                .unwrap_or(0)
+        }
+    };
     let subject = Subject::Rule {
         group: &name,
         index,
     };
-    let (rule, revision) = (body(&b, subject)?, revision(&headers)?);
+    let (rule, expected) = (body(&b, subject)?, expected(&headers)?);
     with(d, move |d| {
-        d.set_rule(role, &name, index, Some(rule), revision)
+        d.set_rule(role, &name, &at, Some(rule), expected)
     })
     .await
 }
@@ -765,11 +851,11 @@ async fn update_rule(
 async fn delete_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    RuleAt(name, index): RuleAt,
+    RuleAt(name, at): RuleAt,
     headers: HeaderMap,
 ) -> Reply<GroupView> {
-    let revision = revision(&headers)?;
-    with(d, move |d| d.set_rule(role, &name, index, None, revision)).await
+    let expected = expected(&headers)?;
+    with(d, move |d| d.set_rule(role, &name, &at, None, expected)).await
 }
 
 async fn list_ports(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<PortView>> {
@@ -1129,7 +1215,7 @@ mod tests {
         for (path, item) in paths {
             let uri = path
                 .replace("{name}", "default")
-                .replace("{index}", "0")
+                .replace("{rule}", "0")
                 .replace("{id}", "0");
             for method in ["get", "put", "post", "delete"] {
                 if item.get(method).is_none() {
@@ -1155,7 +1241,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 30);
+        assert_eq!(operations, 31);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
@@ -1189,12 +1275,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(web.spec.rules.len(), 3);
+        let at = RuleRef::Index(2);
+        let revision = Some(web.revision.to_string());
         let web = client
-            .set_rule("web", 2, Some(&rule), Some(web.revision))
+            .set_rule("web", &at, Some(&rule), revision)
             .await
             .unwrap();
-        let web = client.set_rule("web", 2, None, Some(web.revision)).await;
+        let (read, etag) = client.rule("web", &at).await.unwrap();
+        assert_eq!(read.id, web.spec.rules[2].id);
+        let at = RuleRef::Id(read.id.unwrap());
+        let web = client.set_rule("web", &at, None, Some(etag)).await;
         assert_eq!(web.unwrap().spec.rules.len(), 2);
+        let groups = ["vm".to_string()];
+        let assigned = client.assign_group("web", &groups).await;
+        assert!(
+            matches!(&assigned, Err(ClientError::Api { status, .. }) if *status == StatusCode::NOT_FOUND),
+            "{assigned:?}"
+        );
         assert_eq!(
             client.group("web").await.unwrap().spec.description,
             "web tier"
@@ -1320,7 +1417,21 @@ mod tests {
                 "/v1/groups/web/rules/x",
                 "",
                 StatusCode::BAD_REQUEST,
-                "index: 'x' is not a rule's index; use its position from 0",
+                "rule: 'x' is neither a rule's id (r-…) nor its index (from 0)",
+            ),
+            (
+                "GET",
+                "/v1/groups/default/rules/r-XYZ",
+                "",
+                StatusCode::BAD_REQUEST,
+                "id: 'r-XYZ' is not a rule id; ids are r- and up to 16 hex digits",
+            ),
+            (
+                "GET",
+                "/v1/groups/default/rules/r-0",
+                "",
+                StatusCode::NOT_FOUND,
+                "group 'default' has no rule r-0 (deleted, or never there)",
             ),
             (
                 "GET",
@@ -1381,6 +1492,105 @@ mod tests {
                 .starts_with("the request's body is 65537 bytes, over the limit of 65536 (64 KiB)"),
             "{json}"
         );
+    }
+
+    /// Rules are named by ids that do not move: two clients that read a
+    /// group and both delete its second rule, at once, delete that rule
+    /// and nothing else (by index, the second would have deleted the rule
+    /// after it). Each refusal of the rule routes, then.
+    #[tokio::test]
+    async fn two_deletes_of_one_rule_delete_it_and_nothing_else() {
+        let dir = temp_dir();
+        let mut daemon = daemon(&dir);
+        let mut web = Group::new("web").unwrap();
+        for port in ["22", "80", "443"] {
+            let mut rule = Rule::new(Direction::Ingress);
+            rule.protocol = "tcp".parse().unwrap();
+            rule.ports = port.parse().unwrap();
+            web.rules.push(rule);
+        }
+        let read = daemon.create_group(Role::Owner, web).unwrap();
+        let ids: Vec<RuleId> = read
+            .spec
+            .rules
+            .iter()
+            .map(|r| r.id.clone().unwrap())
+            .collect();
+        assert_eq!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len(),
+            5
+        );
+        let socket = serving(&dir, daemon);
+        let (a, b) = (Client::new(&socket, None), Client::new(&socket, None));
+        // Both read rule 3 (tcp 80), then delete it.
+        let at = RuleRef::Index(3);
+        let ((rule_a, tag_a), (rule_b, tag_b)) = (
+            a.rule("web", &at).await.unwrap(),
+            b.rule("web", &at).await.unwrap(),
+        );
+        assert_eq!((&rule_a.id, &tag_a), (&rule_b.id, &tag_b));
+        let (id_a, id_b) = (
+            RuleRef::Id(rule_a.id.unwrap()),
+            RuleRef::Id(rule_b.id.unwrap()),
+        );
+        let (first, second) = tokio::join!(
+            a.set_rule("web", &id_a, None, Some(tag_a)),
+            b.set_rule("web", &id_b, None, None),
+        );
+        let (won, lost) = match (first, second) {
+            (Ok(view), Err(e)) | (Err(e), Ok(view)) => (view, e),
+            other => panic!("one delete deletes, the other finds nothing: {other:?}"),
+        };
+        assert!(
+            matches!(&lost, ClientError::Api { status, message }
+                if *status == StatusCode::NOT_FOUND && message.contains("(deleted, or never there)")),
+            "{lost:?}"
+        );
+        let left: Vec<&RuleId> = won
+            .spec
+            .rules
+            .iter()
+            .filter_map(|r| r.id.as_ref())
+            .collect();
+        assert_eq!(left, [&ids[0], &ids[1], &ids[2], &ids[4]]);
+        assert_eq!(a.group("web").await.unwrap().spec.rules.len(), 4);
+
+        // A stale ETag, an id changed in the body, a path that is neither.
+        let at = RuleRef::Id(ids[4].clone());
+        let (rule, tag) = a.rule("web", &at).await.unwrap();
+        let mut changed = rule.clone();
+        changed.ports = "8443".parse().unwrap();
+        a.set_rule("web", &at, Some(&changed), Some(tag.clone()))
+            .await
+            .unwrap();
+        let stale = a.set_rule("web", &at, None, Some(tag)).await;
+        assert!(
+            matches!(&stale, Err(ClientError::Api { status, message })
+                if *status == StatusCode::CONFLICT && message.contains("changed since it was read")),
+            "{stale:?}"
+        );
+        let (now, _) = a.rule("web", &at).await.unwrap();
+        assert_eq!(
+            (now.id.as_ref(), now.ports.to_string().as_str()),
+            (Some(&ids[4]), "8443")
+        );
+        changed.id = Some(RuleId::from_number(7));
+        let renamed = a.set_rule("web", &at, Some(&changed), None).await;
+        assert!(
+            matches!(&renamed, Err(ClientError::Api { status, message })
+                if *status == StatusCode::BAD_REQUEST && message.contains("id: a rule keeps its id")),
+            "{renamed:?}"
+        );
+        // A group applied without ids keeps them, and again changes nothing.
+        let mut document = a.export().await.unwrap();
+        for group in &mut document.groups {
+            for rule in &mut group.rules {
+                rule.id = None;
+            }
+        }
+        assert!(a.apply(&document, false).await.unwrap().changes.is_empty());
+        let web = a.group("web").await.unwrap();
+        assert_eq!(web.spec.rules[3].id.as_ref(), Some(&ids[4]));
     }
 
     /// Over TCP (the console's listener), only a token says who asks.

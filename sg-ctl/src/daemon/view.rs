@@ -13,9 +13,9 @@ use super::{
     Hits, Result,
     api::{
         ApiError, Document, ErrorKind, FlowQuery, GroupView, Phase, PortCounter, PortStatus,
-        PortView, Status,
+        PortView, RuleRef, Status,
     },
-    no_group, no_port, require,
+    find_rule, no_group, no_port, require,
 };
 use crate::{
     datapath::{
@@ -27,7 +27,7 @@ use crate::{
 use sg_core::{
     access::{Role, TokenInfo},
     flow::FlowState,
-    model::{Group, Port},
+    model::{Group, Port, Rule},
     settings::Settings,
 };
 
@@ -157,6 +157,13 @@ impl View {
             port_status,
             hits,
         }
+    }
+
+    /// Rule `at` of a group, as readable as its group.
+    pub fn rule(&self, role: Role, name: &str, at: &RuleRef) -> Result<Rule> {
+        let view = self.group(role, name)?;
+        let index = find_rule(&view.spec, at)?;
+        Ok(view.spec.rules[index].clone())
     }
 
     pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
