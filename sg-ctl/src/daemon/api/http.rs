@@ -301,7 +301,8 @@ pub async fn serve<L: Listen>(
                 });
             }
             // Refused at once: lingering would hold a descriptor that no
-            // limit counts. Over TLS, not even the handshake is spent on it.
+            // limit counts. Over TLS the handshake comes first, within the
+            // refusal's time.
             Err(message) => {
                 let status = StatusCode::SERVICE_UNAVAILABLE;
                 let opening = listener.open(accepted);
