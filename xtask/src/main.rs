@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, builds, the demo and the test suite of sg.
 
 mod demo;
+mod guest;
 mod testrun;
 mod toolchain;
 

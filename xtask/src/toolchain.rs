@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Step, cmd_output, run, workspace_root};
+use crate::{Step, cmd_output, guest, run, workspace_root};
 
 /// The name the Debian compiler is linked into rustup under.
 const SYSTEM_TOOLCHAIN: &str = "sg-bpf";
@@ -36,6 +36,16 @@ const BROWSER_PACKAGES: &[&str] = &[
     "chromium-driver",
     "fonts-dejavu-core",
     "fonts-liberation",
+];
+/// What the VM test boots its guest with and serves it DHCP from:
+/// qemu, busybox for its initramfs (packed with cpio), dnsmasq, and kmod to
+/// order the guest kernel's modules.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "dnsmasq-base",
+    "cpio",
+    "kmod",
 ];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
 const BUILD_PACKAGES: &[&str] = &["gcc"];
@@ -209,7 +219,7 @@ fn ensure_bpf_linker(llvm: u32) -> Result<()> {
 /// Finds or installs everything the eBPF build needs, and the tools the
 /// tests and the demo run. Safe to run again: what is there is kept.
 pub fn setup() -> Result<EbpfToolchain> {
-    let mut step = Step::new("setting up", 4);
+    let mut step = Step::new("setting up", 5);
 
     step.next("tools the build, the tests and the demo use");
     if has_apt() {
@@ -217,13 +227,22 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
         apt_install(BROWSER_PACKAGES, "the web console's tests")?;
+        apt_install(VM_PACKAGES, "the VM test")?;
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
-             reference CNI plugins (bridge and host-local in /usr/lib/cni), chromium with its \
-             chromedriver and a C compiler (gcc) are installed"
+             reference CNI plugins (bridge and host-local in /usr/lib/cni), qemu-system-x86_64, \
+             busybox (static), dnsmasq, cpio, depmod, chromium with its chromedriver and a C \
+             compiler (gcc) are installed"
         );
+    }
+
+    step.next("the VM test's guest kernel");
+    if has_apt() {
+        guest::ensure_kernel()?;
+    } else {
+        println!("    no apt-get: the VM test fails without Debian's kernel in target/vm-guest");
     }
 
     step.next("a compiler with the library sources for -Z build-std");
