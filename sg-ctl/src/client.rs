@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     daemon::api::{
         Applied, ApplyQuery, CreatedToken, Document, ErrorBody, FlowQuery, GroupView, GroupsBody,
-        NameBody, PlugBody, PortView, RoleBody, routes,
+        NameBody, PlugBody, PortView, PortsBody, RoleBody, RuleRef, routes,
     },
     datapath::conntrack::Flow,
 };
@@ -100,12 +100,24 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<GroupView> {
         let path = path(routes::GROUP, &[name]);
-        self.send(Method::PUT, path, Some(group), revision).await
+        self.send(
+            Method::PUT,
+            path,
+            Some(group),
+            revision.map(|r| r.to_string()),
+        )
+        .await
     }
 
     pub async fn delete_group(&self, name: &str, revision: Option<u64>) -> Result<()> {
         let path = path(routes::GROUP, &[name]);
-        self.send(Method::DELETE, path, NO_BODY, revision).await
+        self.send(
+            Method::DELETE,
+            path,
+            NO_BODY,
+            revision.map(|r| r.to_string()),
+        )
+        .await
     }
 
     /// Copies group `from` and its rules as `name`.
@@ -123,22 +135,46 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<GroupView> {
         let path = path(routes::RULES, &[group]);
-        self.send(Method::POST, path, Some(rules), revision).await
+        self.send(
+            Method::POST,
+            path,
+            Some(rules),
+            revision.map(|r| r.to_string()),
+        )
+        .await
     }
 
-    /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
+    /// Rule `at` (its id, or its index) of a group, with its ETag.
+    pub async fn rule(&self, group: &str, at: &RuleRef) -> Result<(Rule, String)> {
+        let path = path(routes::RULE, &[group, &at.to_string()]);
+        let (rule, etag) = self.exchange(Method::GET, path, NO_BODY, None).await?;
+        Ok((rule, etag.unwrap_or_default()))
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) rule `at` of a group; with
+    /// `if_match` (the rule's ETag, or the group's revision) only if it is
+    /// still as it was then.
     pub async fn set_rule(
         &self,
         group: &str,
-        index: usize,
+        at: &RuleRef,
         rule: Option<&Rule>,
-        revision: Option<u64>,
+        if_match: Option<String>,
     ) -> Result<GroupView> {
-        let path = path(routes::RULE, &[group, &index.to_string()]);
+        let path = path(routes::RULE, &[group, &at.to_string()]);
         match rule {
-            Some(rule) => self.send(Method::PUT, path, Some(rule), revision).await,
-            None => self.send(Method::DELETE, path, NO_BODY, revision).await,
+            Some(rule) => self.send(Method::PUT, path, Some(rule), if_match).await,
+            None => self.send(Method::DELETE, path, NO_BODY, if_match).await,
         }
+    }
+
+    /// Attaches a group to many ports at once.
+    pub async fn assign_group(&self, group: &str, ports: &[String]) -> Result<GroupView> {
+        let path = path(routes::ASSIGN_GROUP, &[group]);
+        let body = PortsBody {
+            ports: ports.to_vec(),
+        };
+        self.send(Method::POST, path, Some(&body), None).await
     }
 
     // Ports.
@@ -165,12 +201,24 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<PortView> {
         let path = path(routes::PORT, &[name]);
-        self.send(Method::PUT, path, Some(port), revision).await
+        self.send(
+            Method::PUT,
+            path,
+            Some(port),
+            revision.map(|r| r.to_string()),
+        )
+        .await
     }
 
     pub async fn delete_port(&self, name: &str, revision: Option<u64>) -> Result<()> {
         let path = path(routes::PORT, &[name]);
-        self.send(Method::DELETE, path, NO_BODY, revision).await
+        self.send(
+            Method::DELETE,
+            path,
+            NO_BODY,
+            revision.map(|r| r.to_string()),
+        )
+        .await
     }
 
     /// Creates the port, or replaces the one of its name: for hooks that
@@ -263,15 +311,26 @@ impl Client {
         self.send(Method::GET, path, NO_BODY, None).await
     }
 
-    /// Sends a request with an optional JSON body and expected revision
-    /// (`If-Match`); reads the answer's JSON (`null` when it has none).
+    /// Sends a request with an optional JSON body and expected revision or
+    /// ETag (`If-Match`); reads the answer's JSON (`null` when it has none).
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: String,
         body: Option<&(impl Serialize + ?Sized)>,
-        revision: Option<u64>,
+        if_match: Option<String>,
     ) -> Result<T> {
+        Ok(self.exchange(method, path, body, if_match).await?.0)
+    }
+
+    /// [`Self::send`], with the answer's ETag.
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<&(impl Serialize + ?Sized)>,
+        if_match: Option<String>,
+    ) -> Result<(T, Option<String>)> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -292,8 +351,8 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if let Some(revision) = revision {
-            request = request.header(header::IF_MATCH, revision.to_string());
+        if let Some(expected) = if_match {
+            request = request.header(header::IF_MATCH, expected);
         }
         let payload = match body {
             Some(body) => {
@@ -307,6 +366,11 @@ impl Client {
             .map_err(protocol)?;
         let response = sender.send_request(request).await.map_err(protocol)?;
         let status = response.status();
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
         let bytes = response
             .into_body()
             .collect()
@@ -320,7 +384,7 @@ impl Client {
             return Err(ClientError::Api { status, message });
         }
         let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        serde_json::from_slice(json).map_err(protocol)
+        Ok((serde_json::from_slice(json).map_err(protocol)?, etag))
     }
 }
 

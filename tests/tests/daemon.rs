@@ -269,6 +269,15 @@ fn ports_are_created_attached_detached_and_deleted() {
         "{message}"
     );
 
+    // Assigning a group to many ports is all of them or none.
+    let (code, message) = d
+        .fails(&["group", "assign", "default", "vm1", "nope"])
+        .unwrap();
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("no port named 'nope'"), "{message}");
+    let vm1 = d.json(&["port", "show", "vm1"]).unwrap();
+    assert_eq!(vm1["spec"]["groups"], serde_json::json!(["web"]));
+
     let vm1 = d.json(&["port", "attach", "vm1", "default"]).unwrap();
     assert_eq!(vm1["spec"]["groups"], serde_json::json!(["web", "default"]));
     assert_ne!(

@@ -29,6 +29,14 @@ const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"]
 /// The reference CNI plugins (bridge, host-local, …) in /usr/lib/cni that
 /// sg-cni's tests chain it after.
 const CNI_PACKAGES: &[&str] = &["containernetworking-plugins"];
+/// The headless browser and its WebDriver that the console's tests drive,
+/// and fonts for its pages (chromium brings none).
+const BROWSER_PACKAGES: &[&str] = &[
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
+    "fonts-liberation",
+];
 /// What the VM test boots its guest with and serves it DHCP from:
 /// qemu, busybox for its initramfs (packed with cpio), dnsmasq, and kmod to
 /// order the guest kernel's modules.
@@ -218,13 +226,15 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
+        apt_install(BROWSER_PACKAGES, "the web console's tests")?;
         apt_install(VM_PACKAGES, "the VM test")?;
         apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
              reference CNI plugins (bridge and host-local in /usr/lib/cni), qemu-system-x86_64, \
-             busybox (static), dnsmasq, cpio, depmod and a C compiler (gcc) are installed"
+             busybox (static), dnsmasq, cpio, depmod, chromium with its chromedriver and a C \
+             compiler (gcc) are installed"
         );
     }
 

@@ -1,10 +1,12 @@
 //! Groups: named, ordered lists of rules with their external members.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Direction, EtherType, FieldError, PolicyError, Remote, Rule,
+    Direction, EtherType, FieldError, PolicyError, Remote, Rule, RuleId,
     rule::check_description,
     syntax::{self, check_name},
 };
@@ -81,6 +83,42 @@ impl Group {
         self.rules.iter().any(|rule| rule.direction == direction)
     }
 
+    /// Gives every rule without an id one: that of an equal rule of `old`
+    /// (the group as it was) whose id no rule here holds, else a new one
+    /// from `fresh` that neither holds.
+    pub fn give_rule_ids(&mut self, old: Option<&Group>, mut fresh: impl FnMut() -> u64) {
+        let old_rules = old.map_or(&[][..], |g| &g.rules[..]);
+        let held: HashSet<&RuleId> = self.rules.iter().filter_map(|r| r.id.as_ref()).collect();
+        // The old ids no rule holds, by their rule's content, first first.
+        let mut reusable: HashMap<Rule, VecDeque<RuleId>> = HashMap::new();
+        for rule in old_rules {
+            if let Some(id) = rule.id.as_ref().filter(|id| !held.contains(id)) {
+                let content = Rule {
+                    id: None,
+                    ..rule.clone()
+                };
+                reusable.entry(content).or_default().push_back(id.clone());
+            }
+        }
+        let mut taken: HashSet<RuleId> = self
+            .rules
+            .iter()
+            .chain(old_rules)
+            .filter_map(|rule| rule.id.clone())
+            .collect();
+        for rule in self.rules.iter_mut().filter(|rule| rule.id.is_none()) {
+            let same = reusable.get_mut(rule).and_then(VecDeque::pop_front);
+            rule.id = Some(same.unwrap_or_else(|| {
+                loop {
+                    let id = RuleId::from_number(fresh());
+                    if taken.insert(id.clone()) {
+                        break id;
+                    }
+                }
+            }));
+        }
+    }
+
     /// Checks the name, description, external members and every rule.
     /// Whether a remote group exists is the policy's to check.
     pub fn validate(&self) -> Result<(), PolicyError> {
@@ -94,12 +132,22 @@ impl Group {
             syntax::check_cidr(net)
                 .map_err(|message| at_group(FieldError::new("external_members", message)))?;
         }
+        let mut ids = std::collections::HashMap::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            rule.validate().map_err(|error| PolicyError::Rule {
+            let at_rule = |error| PolicyError::Rule {
                 group: self.name.clone(),
                 index,
                 error,
-            })?;
+            };
+            rule.validate().map_err(at_rule)?;
+            if let Some(id) = &rule.id
+                && let Some(first) = ids.insert(id, index)
+            {
+                return Err(at_rule(FieldError::new(
+                    "id",
+                    format!("{id} is rules[{first}]'s id too; ids are unique in a group"),
+                )));
+            }
         }
         Ok(())
     }
@@ -205,6 +253,39 @@ mod tests {
             group.validate().unwrap_err().to_string(),
             "group 'long': description: has 300 characters; use at most 255"
         );
+    }
+
+    #[test]
+    fn rules_keep_their_ids_and_new_ones_get_fresh_ones() {
+        let mut old = Group::new("web").unwrap();
+        let mut numbers = 1..;
+        old.give_rule_ids(None, || numbers.next().unwrap());
+        let ids: Vec<_> = old.rules.iter().map(|r| r.id.clone().unwrap()).collect();
+        assert_eq!(ids, [RuleId::from_number(1), RuleId::from_number(2)]);
+        assert_eq!(ids[0].as_str(), "r-000000000001");
+        // The same rules without ids, one more, and the first given twice:
+        // the equal ones take the old ids once each, the others new ones
+        // that no rule had.
+        let mut new = Group::new("web").unwrap();
+        new.rules.push(new.rules[0].clone());
+        new.rules.push(Rule::new(Direction::Ingress));
+        let mut numbers = [2, 2, 1, 9, 10].into_iter();
+        new.give_rule_ids(Some(&old), || numbers.next().unwrap());
+        let got: Vec<_> = new.rules.iter().map(|r| r.id.clone().unwrap()).collect();
+        let expected = [1, 2, 9, 10].map(RuleId::from_number);
+        assert_eq!(got, expected);
+        assert_eq!(new.validate(), Ok(()));
+        new.rules[3].id = new.rules[0].id.clone();
+        assert_eq!(
+            new.validate().unwrap_err().to_string(),
+            "group 'web': rules[3]: id: r-000000000001 is rules[0]'s id too; ids are unique in \
+             a group"
+        );
+        for bad in ["r-", "r-XYZ", "7", "r-00000000000000001", "R-1"] {
+            let err = bad.parse::<RuleId>().unwrap_err().to_string();
+            assert!(err.starts_with("id: '"), "{bad}: {err}");
+        }
+        assert_eq!("r-0a".parse::<RuleId>().unwrap().as_str(), "r-0a");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use policy::{AddressPair, MacAddr, Policy, Port, SMTP_BLOCK_GROUP, SMTP_PORT
 pub use protocol::{IpProtocol, Protocol, ProtocolInfo, catalogue};
 pub use rule::{
     Action, DEFAULT_PRIORITY, Direction, EtherType, IcmpMatch, MAX_DESCRIPTION, PRIORITIES,
-    PortRange, PortSpec, Remote, Rule,
+    PortRange, PortSpec, Remote, Rule, RuleId,
 };
 pub use syntax::{check_cidr, check_name, parse_cidr, parse_cidrs, parse_ip};
 pub(crate) use syntax::{flows, number_field};

@@ -492,6 +492,10 @@ serde_as_text!(Direction, EtherType, Action, PortSpec);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Names the rule for as long as it lives, whatever its position; the
+    /// daemon gives one to every rule that has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RuleId>,
     pub direction: Direction,
     #[serde(default)]
     pub ethertype: EtherType,
@@ -519,6 +523,54 @@ pub struct Rule {
     pub description: String,
 }
 
+/// A rule's id: `r-` and 1 to 16 lowercase hex digits, unique in its
+/// group. Ids are not reused, so a client that names a deleted rule's id
+/// finds no rule rather than another one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(String);
+
+impl RuleId {
+    /// The id of a number (the daemon's are random).
+    pub fn from_number(number: u64) -> Self {
+        Self(format!("r-{number:012x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RuleId {
+    type Err = FieldError;
+
+    fn from_str(text: &str) -> Result<Self, FieldError> {
+        let digits = text.strip_prefix("r-").unwrap_or_default();
+        if (1..=16).contains(&digits.len())
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Ok(Self(text.to_string()));
+        }
+        Err(FieldError::new(
+            "id",
+            format!(
+                "{} is not a rule id; ids are r- and up to 16 hex digits, as `sg-ctl rule list` \
+                 shows them",
+                Quoted(text)
+            ),
+        ))
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+serde_as_text!(RuleId);
+
 fn default_priority() -> u32 {
     DEFAULT_PRIORITY
 }
@@ -545,6 +597,7 @@ impl Rule {
     /// Allows everything in `direction` at the default priority.
     pub fn new(direction: Direction) -> Self {
         Self {
+            id: None,
             direction,
             ethertype: EtherType::Any,
             protocol: Protocol::Any,

@@ -25,6 +25,18 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Serve the web console and the API on this TCP address (127.0.0.1:9401
+    /// when given without one); every request there needs a token. Plain
+    /// HTTP on loopback only, HTTPS with --console-cert and --console-key.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = api::console::DEFAULT_ADDRESS)]
+    console: Option<SocketAddr>,
+    /// The console's TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["console", "console_key"])]
+    console_cert: Option<PathBuf>,
+    /// The private key of --console-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["console", "console_cert"])]
+    console_key: Option<PathBuf>,
     /// The entries a shared map holds, NAME=ENTRIES (repeat for more):
     /// SG_REMOTE, SG_REMOTE_EXACT, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_VERDICT,
     /// SG_OWNED, SG_BLOCKED, SG_FRAGMENTS, SG_CONNTRACK (about 216 bytes of
@@ -66,7 +78,23 @@ impl DaemonArgs {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
                 None => None,
             };
-            api::serve(daemon, socket, metrics).await
+            let tls = self
+                .console_cert
+                .as_deref()
+                .zip(self.console_key.as_deref());
+            let console = match self.console {
+                Some(addr) => {
+                    let listener = api::console::bind(addr, tls).await?;
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    eprintln!(
+                        "sg-ctl daemon: the console is on {scheme}://{}/",
+                        listener.local_addr()?
+                    );
+                    Some(listener)
+                }
+                None => None,
+            };
+            api::serve(daemon, socket, metrics, console).await
         })
     }
 }

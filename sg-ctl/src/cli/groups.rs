@@ -50,6 +50,15 @@ pub enum GroupCommand {
     },
     /// Delete a group (not `default`, nor one still attached or named as remote).
     Delete { name: String },
+    /// Attach a group to many ports at once, live: all of them, or none
+    /// when one is unknown or would go over a limit.
+    #[command(after_help = "Example:
+  sg-ctl group assign web vm1 vm2 vm3")]
+    Assign {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
     /// Copy a group and its rules under a new name.
     Clone { from: String, name: String },
 }
@@ -125,6 +134,9 @@ impl GroupCommand {
             }
             GroupCommand::Clone { from, name } => {
                 show(session, &session.client.clone_group(from, name).await?)
+            }
+            GroupCommand::Assign { name, ports } => {
+                show(session, &session.client.assign_group(name, ports).await?)
             }
         }
     }

@@ -305,8 +305,8 @@ pub fn rules(view: &GroupView) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "{:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {:>10}  DESCRIPTION",
-        "#", "DIR", "ETHER", "PROTO", "PORTS/ICMP", "REMOTE", "ACTION", "PRIO", "PACKETS"
+        "{:>3}  {:<14} {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {:>10}  DESCRIPTION",
+        "#", "ID", "DIR", "ETHER", "PROTO", "PORTS/ICMP", "REMOTE", "ACTION", "PRIO", "PACKETS"
     )?;
     for (index, rule) in view.spec.rules.iter().enumerate() {
         let packets = view
@@ -320,7 +320,8 @@ pub fn rules(view: &GroupView) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{index:>3}  {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {packets:>10}  {}",
+            "{index:>3}  {:<14} {:<8} {:<5} {:<10} {:<12} {:<28} {:<7} {:>5} {packets:>10}  {}",
+            rule.id.as_ref().map_or("-", |id| id.as_str()),
             rule.direction.to_string(),
             rule.ethertype.to_string(),
             rule.protocol.to_string(),

@@ -9,6 +9,7 @@ use sg_core::{
 };
 
 use super::{Invalid, Session, print};
+use sg_ctl::daemon::api::RuleRef;
 
 #[derive(Subcommand)]
 pub enum RuleCommand {
@@ -27,17 +28,18 @@ pub enum RuleCommand {
         #[command(flatten)]
         fields: RuleFields,
     },
-    /// List a group's rules with their indexes.
+    /// List a group's rules with their indexes and ids.
     List { group: String },
-    /// Change the fields given of rule INDEX of a group.
+    /// Change the fields given of a rule of a group: RULE is its id
+    /// (r-…), or its index as `rule list` shows it.
     Update {
         group: String,
-        index: usize,
+        rule: RuleRef,
         #[command(flatten)]
         fields: RuleFields,
     },
-    /// Delete rule INDEX of a group.
-    Delete { group: String, index: usize },
+    /// Delete a rule of a group: RULE is its id (r-…), or its index.
+    Delete { group: String, rule: RuleRef },
 }
 
 /// The fields of a rule as options; those not given keep their value
@@ -145,25 +147,31 @@ impl RuleCommand {
                 client.add_rules(group, &rules, None).await?
             }
             RuleCommand::List { group } => client.group(group).await?,
+            // The rule is read, then changed by its id only if it is still
+            // as read (its ETag): an index names whatever rule is there when
+            // asked, which another client's change may have moved.
             RuleCommand::Update {
                 group,
-                index,
+                rule,
                 fields,
             } => {
-                let view = client.group(group).await?;
-                let rule = view.spec.rules.get(*index).cloned().ok_or_else(|| {
-                    Invalid(format!(
-                        "group '{group}' has no rule {index}; `sg-ctl rule list {group}` shows them"
-                    ))
-                })?;
-                let rule = fields.apply(rule)?;
+                let (current, etag) = client.rule(group, rule).await?;
+                let at = current.id.clone().map_or(rule.clone(), RuleRef::Id);
+                let changed = fields.apply(current)?;
                 client
-                    .set_rule(group, *index, Some(&rule), Some(view.revision))
+                    .set_rule(group, &at, Some(&changed), Some(etag))
                     .await?
             }
-            RuleCommand::Delete { group, index } => {
-                client.set_rule(group, *index, None, None).await?
+            RuleCommand::Delete {
+                group,
+                rule: RuleRef::Index(index),
+            } => {
+                let at = RuleRef::Index(*index);
+                let (current, etag) = client.rule(group, &at).await?;
+                let at = current.id.map_or(at, RuleRef::Id);
+                client.set_rule(group, &at, None, Some(etag)).await?
             }
+            RuleCommand::Delete { group, rule } => client.set_rule(group, rule, None, None).await?,
         };
         session
             .output

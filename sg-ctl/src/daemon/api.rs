@@ -24,7 +24,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::{delete, get, post},
 };
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, UnixListener};
@@ -37,12 +37,13 @@ use crate::{
 };
 use sg_core::{
     access::{Role, TokenInfo},
-    model::{Group, Port, Rule, check_name, parse_cidr},
+    model::{Group, Port, Rule, RuleId, check_name, parse_cidr},
     settings::Settings,
     status::PortPhase,
     text::Quoted,
 };
 
+pub mod console;
 pub mod http;
 
 /// Where the daemon listens unless told otherwise.
@@ -134,6 +135,14 @@ pub struct Status {
     pub reason: String,
 }
 
+/// Where a group stands on one of the ports attaching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub port: String,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
 /// A group as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupView {
@@ -142,6 +151,9 @@ pub struct GroupView {
     /// Ports attaching the group.
     pub ports: Vec<String>,
     pub status: Status,
+    /// The group on each of its ports, in the order of `ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_status: Vec<PortStatus>,
     /// What each rule decided, in rule order (empty while no port is
     /// attached).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -262,6 +274,88 @@ pub struct NameBody {
     pub name: String,
 }
 
+/// The ports of `POST /v1/groups/{name}/assign`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortsBody {
+    pub ports: Vec<String>,
+}
+
+/// What a port's datapath counted in one direction with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounter {
+    pub direction: String,
+    pub outcome: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A preset of `GET /v1/presets` with the rules it adds (ingress from
+/// anywhere; a client sets their direction and remote).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresetView {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+}
+
+/// A rule in a path: its id (`r-…`), which names it whatever moves, or
+/// its index, which names whatever rule is at that position when the
+/// request arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleRef {
+    Id(RuleId),
+    Index(usize),
+}
+
+impl std::str::FromStr for RuleRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with("r-") {
+            return text
+                .parse()
+                .map(RuleRef::Id)
+                .map_err(|e: sg_core::model::FieldError| e.to_string());
+        }
+        text.parse().map(RuleRef::Index).map_err(|_| {
+            format!(
+                "rule: {} is neither a rule's id (r-…) nor its index (from 0); \
+                 `sg-ctl rule list GROUP` shows both",
+                Quoted(text)
+            )
+        })
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Index(index) => index.fmt(f),
+        }
+    }
+}
+
+/// What a change of a rule expects of it (`If-Match`): its ETag, or the
+/// group's revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Anything,
+    Revision(u64),
+    Tag(String),
+}
+
+/// A rule's ETag, from its content (its id included): it changes when the
+/// rule does, and only then.
+pub fn rule_etag(rule: &Rule) -> String {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(rule).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"rule-{hex}\"")
+}
+
 /// The groups of `POST /v1/ports/{name}/attach` and `…/detach`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GroupsBody {
@@ -300,8 +394,9 @@ pub mod routes {
     pub const GROUPS: &str = "/v1/groups";
     pub const GROUP: &str = "/v1/groups/{name}";
     pub const CLONE_GROUP: &str = "/v1/groups/{name}/clone";
+    pub const ASSIGN_GROUP: &str = "/v1/groups/{name}/assign";
     pub const RULES: &str = "/v1/groups/{name}/rules";
-    pub const RULE: &str = "/v1/groups/{name}/rules/{index}";
+    pub const RULE: &str = "/v1/groups/{name}/rules/{rule}";
     pub const PORTS: &str = "/v1/ports";
     pub const PORT: &str = "/v1/ports/{name}";
     pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
@@ -309,6 +404,10 @@ pub mod routes {
     pub const PLUG: &str = "/v1/ports/{name}/plug";
     pub const UNPLUG: &str = "/v1/ports/{name}/unplug";
     pub const FLOWS: &str = "/v1/ports/{name}/flows";
+    pub const PORT_STATS: &str = "/v1/ports/{name}/stats";
+    pub const PROTOCOLS: &str = "/v1/protocols";
+    pub const PRESETS: &str = "/v1/presets";
+    pub const WHOAMI: &str = "/v1/whoami";
     pub const SETTINGS: &str = "/v1/settings";
     pub const EXPORT: &str = "/v1/export";
     pub const APPLY: &str = "/v1/apply";
@@ -419,6 +518,13 @@ fn role_of(
             )
         }),
         None if peer.and_then(|p| p.uid) == Some(0) => Ok(Role::Owner),
+        // Over the network nobody is root, and nothing is public either:
+        // who may read is said by a token alone.
+        None if peer.is_some_and(http::Peer::is_remote) => Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "over TCP every request needs `Authorization: Bearer TOKEN`, with a token of \
+             `sg-ctl daemon token create --role viewer|owner`",
+        )),
         None => Ok(Role::Anonymous),
     }
 }
@@ -525,24 +631,30 @@ impl<S: Sync> FromRequestParts<S> for Named {
     }
 }
 
-/// The `{name}` and `{index}` of a rule's path.
-struct RuleAt(String, usize);
+/// The `{name}` and `{rule}` of a rule's path.
+struct RuleAt(String, RuleRef);
 
 impl<S: Sync> FromRequestParts<S> for RuleAt {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Named(name) = Named::from_request_parts(parts, state).await?;
-        let index = segments(parts).await?.remove("index").unwrap_or_default();
-        let index = index.parse().map_err(|_| {
-            ApiError::invalid(format!(
-                "index: {} is not a rule's index; use its position from 0 \
-                 (`sg-ctl rule list {name}` shows them)",
-                Quoted(&index)
-            ))
-        })?;
-        Ok(RuleAt(name, index))
+        let rule = segments(parts).await?.remove("rule").unwrap_or_default();
+        Ok(RuleAt(name, rule.parse().map_err(ApiError::invalid)?))
     }
+}
+
+/// What a change of a rule expects, from `If-Match`: a rule's ETag
+/// (`"rule-…"`, as `GET` gives it), or the group's revision.
+fn expected(headers: &HeaderMap) -> Result<Expected, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Expected::Anything);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text.trim_matches('"').starts_with("rule-") {
+        return Ok(Expected::Tag(format!("\"{}\"", text.trim_matches('"'))));
+    }
+    revision(headers).map(|revision| revision.map_or(Expected::Anything, Expected::Revision))
 }
 
 /// A query string as `T`; its errors name the field.
@@ -566,8 +678,12 @@ fn router(daemon: Shared) -> Router {
             get(show_group).put(update_group).delete(delete_group),
         )
         .route(routes::CLONE_GROUP, post(clone_group))
+        .route(routes::ASSIGN_GROUP, post(assign_group))
         .route(routes::RULES, post(add_rules))
-        .route(routes::RULE, put(update_rule).delete(delete_rule))
+        .route(
+            routes::RULE,
+            get(show_rule).put(update_rule).delete(delete_rule),
+        )
         .route(routes::PORTS, get(list_ports).post(create_port))
         .route(
             routes::PORT,
@@ -578,6 +694,10 @@ fn router(daemon: Shared) -> Router {
         .route(routes::PLUG, post(plug))
         .route(routes::UNPLUG, post(unplug))
         .route(routes::FLOWS, get(port_flows))
+        .route(routes::PORT_STATS, get(port_stats))
+        .route(routes::PROTOCOLS, get(protocols))
+        .route(routes::PRESETS, get(presets))
+        .route(routes::WHOAMI, get(whoami))
         .route(routes::SETTINGS, get(show_settings).put(update_settings))
         .route(routes::EXPORT, get(export))
         .route(routes::APPLY, post(apply))
@@ -651,6 +771,19 @@ async fn clone_group(
     Ok((StatusCode::CREATED, view))
 }
 
+async fn assign_group(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    Named(name): Named,
+    b: Bytes,
+) -> Reply<GroupView> {
+    let ports: PortsBody = body(&b, Subject::Body)?;
+    for port in &ports.ports {
+        check_name("ports", port).map_err(ApiError::invalid)?;
+    }
+    with(d, move |d| d.assign_group(role, &name, &ports.ports)).await
+}
+
 async fn add_rules(
     State(d): State<Shared>,
     Caller(role): Caller,
@@ -679,20 +812,40 @@ async fn add_rules(
     with(d, move |d| d.add_rules(role, &name, rules, revision)).await
 }
 
+async fn show_rule(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    RuleAt(name, at): RuleAt,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(rule) = read(d, move |v| v.rule(role, &name, &at)).await?;
+    Ok(([(header::ETAG, rule_etag(&rule))], Json(rule)))
+}
+
 async fn update_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    RuleAt(name, index): RuleAt,
+    RuleAt(name, at): RuleAt,
     headers: HeaderMap,
     b: Bytes,
 ) -> Reply<GroupView> {
+    let index = match &at {
+        RuleRef::Index(index) => *index,
+        // Its errors name it as its present position would.
+        RuleRef::Id(_) => {
+            let view = d.views.current();
+            let group = view.state.policy.group(&name);
+            group
+                .and_then(|g| super::find_rule(g, &at).ok())
+                .unwrap_or(0)
+        }
+    };
     let subject = Subject::Rule {
         group: &name,
         index,
     };
-    let (rule, revision) = (body(&b, subject)?, revision(&headers)?);
+    let (rule, expected) = (body(&b, subject)?, expected(&headers)?);
     with(d, move |d| {
-        d.set_rule(role, &name, index, Some(rule), revision)
+        d.set_rule(role, &name, &at, Some(rule), expected)
     })
     .await
 }
@@ -700,11 +853,11 @@ async fn update_rule(
 async fn delete_rule(
     State(d): State<Shared>,
     Caller(role): Caller,
-    RuleAt(name, index): RuleAt,
+    RuleAt(name, at): RuleAt,
     headers: HeaderMap,
 ) -> Reply<GroupView> {
-    let revision = revision(&headers)?;
-    with(d, move |d| d.set_rule(role, &name, index, None, revision)).await
+    let expected = expected(&headers)?;
+    with(d, move |d| d.set_rule(role, &name, &at, None, expected)).await
 }
 
 async fn list_ports(State(d): State<Shared>, Caller(role): Caller) -> Reply<Vec<PortView>> {
@@ -718,6 +871,40 @@ async fn port_flows(
     Queried(query): Queried<FlowQuery>,
 ) -> Reply<Vec<Flow>> {
     read(d, move |v| v.flows(role, &name, query)).await
+}
+
+async fn port_stats(
+    State(d): State<Shared>,
+    Caller(role): Caller,
+    Named(name): Named,
+) -> Reply<Vec<PortCounter>> {
+    read(d, move |v| v.port_stats(role, &name)).await
+}
+
+/// What rules may name; anyone may read it, as the CLI's `protocols`.
+async fn protocols() -> Json<Vec<sg_core::model::ProtocolInfo>> {
+    Json(sg_core::model::catalogue())
+}
+
+async fn presets() -> Json<Vec<PresetView>> {
+    let template = Rule::new(sg_core::model::Direction::Ingress);
+    Json(
+        sg_core::preset::PRESETS
+            .iter()
+            .map(|preset| PresetView {
+                name: preset.name.into(),
+                description: preset.description.into(),
+                rules: sg_core::preset::expand(preset.name, &template)
+                    .expect("every preset expands from an ingress rule from anywhere"),
+            })
+            .collect(),
+    )
+}
+
+/// The role the client's credentials give it, which the console shows
+/// and hides its controls by.
+async fn whoami(Caller(role): Caller) -> Json<RoleBody> {
+    Json(RoleBody { role })
 }
 
 async fn create_port(
@@ -866,6 +1053,7 @@ pub async fn serve(
     daemon: Daemon,
     socket: &Path,
     metrics: Option<TcpListener>,
+    console: Option<console::ConsoleListener>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::os::unix::fs::PermissionsExt as _;
@@ -935,6 +1123,10 @@ pub async fn serve(
             .layer(middleware::from_fn(http::json_errors));
         let limits = http::Limits::METRICS;
         tokio::spawn(http::serve(listener, app, limits, std::future::pending()));
+    }
+    if let Some(listener) = console {
+        let app = console::with_page(router(daemon.clone()));
+        tokio::spawn(listener.serve(app, std::future::pending()));
     }
     let limits = http::Limits::api(http::open_files());
     eprintln!(
@@ -1029,7 +1221,7 @@ mod tests {
         for (path, item) in paths {
             let uri = path
                 .replace("{name}", "default")
-                .replace("{index}", "0")
+                .replace("{rule}", "0")
                 .replace("{id}", "0");
             for method in ["get", "put", "post", "delete"] {
                 if item.get(method).is_none() {
@@ -1055,7 +1247,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 26);
+        assert_eq!(operations, 32);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
@@ -1089,12 +1281,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(web.spec.rules.len(), 3);
+        let at = RuleRef::Index(2);
+        let revision = Some(web.revision.to_string());
         let web = client
-            .set_rule("web", 2, Some(&rule), Some(web.revision))
+            .set_rule("web", &at, Some(&rule), revision)
             .await
             .unwrap();
-        let web = client.set_rule("web", 2, None, Some(web.revision)).await;
+        let (read, etag) = client.rule("web", &at).await.unwrap();
+        assert_eq!(read.id, web.spec.rules[2].id);
+        let at = RuleRef::Id(read.id.unwrap());
+        let web = client.set_rule("web", &at, None, Some(etag)).await;
         assert_eq!(web.unwrap().spec.rules.len(), 2);
+        let groups = ["vm".to_string()];
+        let assigned = client.assign_group("web", &groups).await;
+        assert!(
+            matches!(&assigned, Err(ClientError::Api { status, .. }) if *status == StatusCode::NOT_FOUND),
+            "{assigned:?}"
+        );
         assert_eq!(
             client.group("web").await.unwrap().spec.description,
             "web tier"
@@ -1184,7 +1387,7 @@ mod tests {
             request = request.header(*name, *value);
         }
         let mut request = request.body(body.into()).unwrap();
-        request.extensions_mut().insert(http::Peer { uid: peer });
+        request.extensions_mut().insert(http::Peer::local(peer));
         let response = app.clone().oneshot(request).await.unwrap();
         let (status, headers) = (response.status(), response.headers().clone());
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -1230,7 +1433,21 @@ mod tests {
                 "/v1/groups/web/rules/x",
                 "",
                 StatusCode::BAD_REQUEST,
-                "index: 'x' is not a rule's index; use its position from 0",
+                "rule: 'x' is neither a rule's id (r-…) nor its index (from 0)",
+            ),
+            (
+                "GET",
+                "/v1/groups/default/rules/r-XYZ",
+                "",
+                StatusCode::BAD_REQUEST,
+                "id: 'r-XYZ' is not a rule id; ids are r- and up to 16 hex digits",
+            ),
+            (
+                "GET",
+                "/v1/groups/default/rules/r-0",
+                "",
+                StatusCode::NOT_FOUND,
+                "group 'default' has no rule r-0 (deleted, or never there)",
             ),
             (
                 "GET",
@@ -1291,6 +1508,301 @@ mod tests {
                 .starts_with("the request's body is 65537 bytes, over the limit of 65536 (64 KiB)"),
             "{json}"
         );
+    }
+
+    /// Rules are named by ids that do not move: two clients that read a
+    /// group and both delete its second rule, at once, delete that rule
+    /// and nothing else (by index, the second would have deleted the rule
+    /// after it). Each refusal of the rule routes, then.
+    #[tokio::test]
+    async fn two_deletes_of_one_rule_delete_it_and_nothing_else() {
+        let dir = temp_dir();
+        let mut daemon = daemon(&dir);
+        let mut web = Group::new("web").unwrap();
+        for port in ["22", "80", "443"] {
+            let mut rule = Rule::new(Direction::Ingress);
+            rule.protocol = "tcp".parse().unwrap();
+            rule.ports = port.parse().unwrap();
+            web.rules.push(rule);
+        }
+        let read = daemon.create_group(Role::Owner, web).unwrap();
+        let ids: Vec<RuleId> = read
+            .spec
+            .rules
+            .iter()
+            .map(|r| r.id.clone().unwrap())
+            .collect();
+        assert_eq!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len(),
+            5
+        );
+        let socket = serving(&dir, daemon);
+        let (a, b) = (Client::new(&socket, None), Client::new(&socket, None));
+        // Both read rule 3 (tcp 80), then delete it.
+        let at = RuleRef::Index(3);
+        let ((rule_a, tag_a), (rule_b, tag_b)) = (
+            a.rule("web", &at).await.unwrap(),
+            b.rule("web", &at).await.unwrap(),
+        );
+        assert_eq!((&rule_a.id, &tag_a), (&rule_b.id, &tag_b));
+        let (id_a, id_b) = (
+            RuleRef::Id(rule_a.id.unwrap()),
+            RuleRef::Id(rule_b.id.unwrap()),
+        );
+        let (first, second) = tokio::join!(
+            a.set_rule("web", &id_a, None, Some(tag_a)),
+            b.set_rule("web", &id_b, None, None),
+        );
+        let (won, lost) = match (first, second) {
+            (Ok(view), Err(e)) | (Err(e), Ok(view)) => (view, e),
+            other => panic!("one delete deletes, the other finds nothing: {other:?}"),
+        };
+        assert!(
+            matches!(&lost, ClientError::Api { status, message }
+                if *status == StatusCode::NOT_FOUND && message.contains("(deleted, or never there)")),
+            "{lost:?}"
+        );
+        let left: Vec<&RuleId> = won
+            .spec
+            .rules
+            .iter()
+            .filter_map(|r| r.id.as_ref())
+            .collect();
+        assert_eq!(left, [&ids[0], &ids[1], &ids[2], &ids[4]]);
+        assert_eq!(a.group("web").await.unwrap().spec.rules.len(), 4);
+
+        // A stale ETag, an id changed in the body, a path that is neither.
+        let at = RuleRef::Id(ids[4].clone());
+        let (rule, tag) = a.rule("web", &at).await.unwrap();
+        let mut changed = rule.clone();
+        changed.ports = "8443".parse().unwrap();
+        a.set_rule("web", &at, Some(&changed), Some(tag.clone()))
+            .await
+            .unwrap();
+        let stale = a.set_rule("web", &at, None, Some(tag)).await;
+        assert!(
+            matches!(&stale, Err(ClientError::Api { status, message })
+                if *status == StatusCode::CONFLICT && message.contains("changed since it was read")),
+            "{stale:?}"
+        );
+        let (now, _) = a.rule("web", &at).await.unwrap();
+        assert_eq!(
+            (now.id.as_ref(), now.ports.to_string().as_str()),
+            (Some(&ids[4]), "8443")
+        );
+        changed.id = Some(RuleId::from_number(7));
+        let renamed = a.set_rule("web", &at, Some(&changed), None).await;
+        assert!(
+            matches!(&renamed, Err(ClientError::Api { status, message })
+                if *status == StatusCode::BAD_REQUEST && message.contains("id: a rule keeps its id")),
+            "{renamed:?}"
+        );
+        // A group applied without ids keeps them, and again changes nothing.
+        let mut document = a.export().await.unwrap();
+        for group in &mut document.groups {
+            for rule in &mut group.rules {
+                rule.id = None;
+            }
+        }
+        assert!(a.apply(&document, false).await.unwrap().changes.is_empty());
+        let web = a.group("web").await.unwrap();
+        assert_eq!(web.spec.rules[3].id.as_ref(), Some(&ids[4]));
+    }
+
+    /// Over TCP (the console's listener), only a token says who asks.
+    #[tokio::test]
+    async fn over_tcp_every_request_needs_a_token() {
+        let dir = temp_dir();
+        let daemon = daemon(&dir);
+        let (viewer, _) = daemon.create_token(Role::Owner, Role::Viewer).unwrap();
+        let app = router(Shared::new(daemon));
+        let ask_tcp = |uri: &'static str, token: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = Request::builder().uri(uri);
+                if let Some(token) = token {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let mut request = request.body(Body::empty()).unwrap();
+                let peer = http::Peer {
+                    uid: None,
+                    address: Some("127.0.0.1".parse().unwrap()),
+                };
+                request.extensions_mut().insert(peer);
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                )
+            }
+        };
+        // What the socket shows anyone (public groups, the protocols) is
+        // not shown over TCP without a token.
+        for uri in ["/v1/groups", "/v1/protocols", "/v1/whoami", "/v1/settings"] {
+            let (status, json) = ask_tcp(uri, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert!(
+                json["error"].as_str().unwrap().starts_with("over TCP"),
+                "{json}"
+            );
+            let (status, _) = ask_tcp(uri, Some("sgt_unknown".into())).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        let (status, json) = ask_tcp("/v1/whoami", Some(viewer.clone())).await;
+        assert_eq!(
+            (status, json),
+            (StatusCode::OK, serde_json::json!({"role": "viewer"}))
+        );
+        let (status, json) = ask_tcp("/v1/protocols", Some(viewer)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json.as_array().unwrap().len(), 256);
+        assert_eq!(json[6]["name"], "tcp");
+        assert_eq!(json[6]["ports"], true);
+        assert_eq!(json[58]["icmp"], true);
+        assert_eq!(json[58]["ethertype"], "ipv6");
+    }
+
+    /// One group to many ports in one change, or to none: each refusal
+    /// leaves every port as it was.
+    #[tokio::test]
+    async fn bulk_assign_is_whole_or_refused() {
+        let dir = temp_dir();
+        let _lock = LockRemoved(Pins::new(dir.path().join("pins")).lock_path());
+        let mut daemon = daemon(&dir);
+        let (viewer, _) = daemon.create_token(Role::Owner, Role::Viewer).unwrap();
+        for (i, name) in ["vm1", "vm2"].iter().enumerate() {
+            let port = Port::new(
+                *name,
+                format!("sg-no-if{i}"),
+                MacAddr([2, 0, 0, 0, 0, i as u8]),
+            );
+            daemon.create_port(Role::Owner, port).unwrap();
+        }
+        for g in ["web", "g1", "g2", "g3", "g4"] {
+            daemon
+                .create_group(Role::Owner, Group::new(g).unwrap())
+                .unwrap();
+        }
+        let app = router(Shared::new(daemon));
+        let bearer = format!("Bearer {viewer}");
+        // The group, the body, the headers, the answer and its message.
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            StatusCode,
+            &'a str,
+        );
+        let cases: [Case; 7] = [
+            (
+                "web",
+                r#"{"ports": []}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "ports: name at least one port",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1", "nope"]}"#,
+                &[],
+                StatusCode::NOT_FOUND,
+                "no port named 'nope'",
+            ),
+            (
+                "nope",
+                r#"{"ports": ["vm1"]}"#,
+                &[],
+                StatusCode::NOT_FOUND,
+                "no group named 'nope'",
+            ),
+            (
+                "web",
+                r#"{"ports": ["a b"]}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "ports: 'a b'",
+            ),
+            (
+                "web",
+                r#"{"port": ["vm1"]}"#,
+                &[],
+                StatusCode::BAD_REQUEST,
+                "unknown field `port`",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1"]}"#,
+                &[("authorization", &bearer)],
+                StatusCode::FORBIDDEN,
+                "a viewer token is read-only",
+            ),
+            (
+                "web",
+                r#"{"ports": ["vm1", "vm2"]}"#,
+                &[],
+                StatusCode::OK,
+                "",
+            ),
+        ];
+        for (group, body, headers, status, message) in cases {
+            let uri = format!("/v1/groups/{group}/assign");
+            let (got, _, json) = ask(&app, Some(0), "POST", &uri, headers, body.to_string()).await;
+            assert_eq!(got, status, "{body}: {json}");
+            if status != StatusCode::OK {
+                let error = json["error"].as_str().unwrap();
+                assert!(error.contains(message), "{body}: {error}");
+                let (_, _, ports) = ask(&app, Some(0), "GET", "/v1/ports", &[], "").await;
+                for port in ports.as_array().unwrap() {
+                    assert_eq!(
+                        port["spec"]["groups"],
+                        serde_json::json!(["default"]),
+                        "{body}"
+                    );
+                }
+            } else {
+                assert_eq!(json["ports"], serde_json::json!(["vm1", "vm2"]));
+                assert_eq!(json["port_status"][1]["port"], "vm2");
+            }
+        }
+        // vm1 has default and web; four more would be six, over the limit
+        // of five: refused for vm2 too.
+        for g in ["g1", "g2", "g3"] {
+            let uri = format!("/v1/groups/{g}/assign");
+            let (got, _, json) =
+                ask(&app, Some(0), "POST", &uri, &[], r#"{"ports": ["vm2"]}"#).await;
+            assert_eq!(got, StatusCode::OK, "{json}");
+        }
+        let body = r#"{"ports": ["vm2", "vm1"]}"#;
+        let (got, _, json) = ask(&app, Some(0), "POST", "/v1/groups/g4/assign", &[], body).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{json}");
+        assert!(json["error"].as_str().unwrap().contains("vm2"), "{json}");
+        let (_, _, vm1) = ask(&app, Some(0), "GET", "/v1/ports/vm1", &[], "").await;
+        assert_eq!(vm1["spec"]["groups"], serde_json::json!(["default", "web"]));
+    }
+
+    #[tokio::test]
+    async fn port_stats_and_presets_refuse_as_reads_do() {
+        let dir = temp_dir();
+        let app = router(Shared::new(daemon(&dir)));
+        let (status, _, json) = ask(&app, Some(0), "GET", "/v1/ports/nope/stats", &[], "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+        let (status, _, _) = ask(&app, Some(1000), "GET", "/v1/ports/nope/stats", &[], "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, presets) = ask(&app, Some(1000), "GET", "/v1/presets", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        let ping = presets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "ping")
+            .unwrap();
+        assert_eq!(ping["rules"].as_array().unwrap().len(), 2, "{ping}");
+        let (_, _, role) = ask(&app, Some(1000), "GET", "/v1/whoami", &[], "").await;
+        assert_eq!(role, serde_json::json!({"role": "anonymous"}));
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use serde::Serialize;
 
 use api::{
-    Action, ApiError, Applied, Change, Document, ErrorKind, GroupView, Kind, Phase, PortView,
+    Action, ApiError, Applied, Change, Document, ErrorKind, Expected, GroupView, Kind, Phase,
+    PortView, RuleRef,
 };
 
 use links::Links;
@@ -94,6 +95,13 @@ impl Daemon {
         // What the state takes; a state stored by another version that no
         // longer checks still gets its ports reconciled.
         daemon.planned = check(&daemon.state.policy, &daemon.state.settings).unwrap_or_default();
+        // Rules stored before rules had ids get theirs.
+        let mut rules = daemon.state.policy.groups.iter().flat_map(|g| &g.rules);
+        if rules.any(|rule| rule.id.is_none())
+            && let Err(e) = daemon.change(Role::Owner, |_, _| Ok(()))
+        {
+            eprintln!("sg-ctl daemon: giving the stored rules their ids: {e}");
+        }
         daemon.reconcile()?;
         Ok(daemon)
     }
@@ -158,6 +166,7 @@ impl Daemon {
         let mut policy = self.state.policy.clone();
         let mut settings = self.state.settings.clone();
         change(&mut policy, &mut settings)?;
+        give_rule_ids(&mut policy, &self.state.policy);
         let planned = check(&policy, &settings)?;
         self.check_room(&policy.effective(&settings), &planned)?;
         self.state = self.store.save(&self.state, &policy, &settings)?;
@@ -292,31 +301,47 @@ impl Daemon {
         self.views.current().group(role, name)
     }
 
-    /// Replaces (`Some`) or deletes (`None`) rule `index` of a group.
+    /// Replaces (`Some`) or deletes (`None`) rule `at` of a group, when
+    /// it is as `expected`. A replaced rule keeps its id.
     pub fn set_rule(
         &mut self,
         role: Role,
         name: &str,
-        index: usize,
+        at: &RuleRef,
         rule: Option<Rule>,
-        revision: Option<u64>,
+        expected: Expected,
     ) -> Result<GroupView> {
-        self.check_revision(Kind::Group, name, revision)?;
+        if let Expected::Revision(revision) = expected {
+            self.check_revision(Kind::Group, name, Some(revision))?;
+        }
         self.change(role, |policy, _| {
             let group = group_mut(policy, name)?;
-            let count = group.rules.len();
-            if index >= count {
+            let index = find_rule(group, at)?;
+            let old = &group.rules[index];
+            if let Expected::Tag(tag) = &expected
+                && *tag != api::rule_etag(old)
+            {
                 return Err(ApiError::new(
-                    ErrorKind::NotFound,
+                    ErrorKind::Conflict,
                     format!(
-                        "group '{name}' has no rule {index}; it has {count} (0-{}); \
-                         `sg-ctl rule list {name}` shows them",
-                        count.saturating_sub(1)
+                        "rule {at} of group '{name}' changed since it was read (ETag {tag}, now \
+                         {}); read it again",
+                        api::rule_etag(old)
                     ),
                 ));
             }
             match rule {
-                Some(rule) => group.rules[index] = rule,
+                Some(mut rule) => {
+                    if rule.id.is_some() && rule.id != old.id {
+                        return Err(ApiError::invalid(format!(
+                            "group '{name}': rules[{index}]: id: a rule keeps its id; leave it \
+                             out, or send {}",
+                            old.id.as_ref().map_or("none", |id| id.as_str())
+                        )));
+                    }
+                    rule.id = old.id.clone();
+                    group.rules[index] = rule;
+                }
                 None => {
                     group.rules.remove(index);
                 }
@@ -480,6 +505,30 @@ impl Daemon {
         self.views.current().port(role, name)
     }
 
+    /// Attaches one group to many ports (after their others), in one
+    /// change: every port gets it, or, when one is unknown or the result
+    /// does not check, none.
+    pub fn assign_group(&mut self, role: Role, name: &str, ports: &[String]) -> Result<GroupView> {
+        if ports.is_empty() {
+            return Err(ApiError::invalid(
+                "ports: name at least one port to attach the group to",
+            ));
+        }
+        self.change(role, |policy, _| {
+            if policy.group(name).is_none() {
+                return Err(no_group(name));
+            }
+            for port in ports {
+                let port = port_mut(policy, port)?;
+                if !port.groups.iter().any(|g| g == name) {
+                    port.groups.push(name.to_string());
+                }
+            }
+            Ok(())
+        })?;
+        self.views.current().group(role, name)
+    }
+
     /// Detaches groups from a port, live; a port keeps at least one.
     pub fn detach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
         self.change(role, |policy, _| {
@@ -526,10 +575,11 @@ impl Daemon {
         {
             groups.insert(0, default.clone());
         }
-        let policy = Policy {
+        let mut policy = Policy {
             groups,
             ports: document.ports,
         };
+        give_rule_ids(&mut policy, &self.state.policy);
         let settings = document
             .settings
             .unwrap_or_else(|| self.state.settings.clone());
@@ -625,6 +675,49 @@ fn no_port(name: &str) -> ApiError {
         ErrorKind::NotFound,
         format!("no port named '{name}'; `sg-ctl port list` shows the ports"),
     )
+}
+
+/// The position of rule `at` in `group`.
+fn find_rule(group: &Group, at: &RuleRef) -> Result<usize> {
+    let name = &group.name;
+    match at {
+        RuleRef::Index(index) if *index < group.rules.len() => Ok(*index),
+        RuleRef::Index(index) => {
+            let count = group.rules.len();
+            Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "group '{name}' has no rule {index}; it has {count} (0-{}); \
+                     `sg-ctl rule list {name}` shows them",
+                    count.saturating_sub(1)
+                ),
+            ))
+        }
+        RuleRef::Id(id) => group
+            .rules
+            .iter()
+            .position(|rule| rule.id.as_ref() == Some(id))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "group '{name}' has no rule {id} (deleted, or never there); \
+                         `sg-ctl rule list {name}` shows its rules"
+                    ),
+                )
+            }),
+    }
+}
+
+/// Gives every rule without an id one: the id of the same rule in the
+/// group's last state (so that a document without ids, applied again,
+/// changes nothing), else a new random one.
+fn give_rule_ids(policy: &mut Policy, old: &Policy) {
+    for group in &mut policy.groups {
+        group.give_rule_ids(old.group(&group.name), || {
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        });
+    }
 }
 
 fn group_mut<'a>(policy: &'a mut Policy, name: &str) -> Result<&'a mut Group> {
@@ -856,6 +949,30 @@ mod tests {
                 .revision,
             2
         );
+    }
+
+    /// Rules stored before rules had ids get theirs when the daemon starts.
+    #[test]
+    fn stored_rules_get_ids_at_start() {
+        let dir = temp_dir();
+        let path = dir.path().join("sg.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let state = store.load().unwrap();
+            let mut policy = state.policy.clone();
+            policy.groups.push(Group::new("web").unwrap());
+            store.save(&state, &policy, &state.settings).unwrap();
+            assert!(store.load().unwrap().policy.groups[1].rules[0].id.is_none());
+        }
+        let daemon = daemon(&dir);
+        let groups = daemon.state().policy.groups.clone();
+        assert!(
+            groups.iter().flat_map(|g| &g.rules).all(|r| r.id.is_some()),
+            "{groups:?}"
+        );
+        drop(daemon);
+        let again = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(again.policy.groups, groups, "the ids are stored");
     }
 
     #[test]

@@ -11,8 +11,11 @@ use std::{
 
 use super::{
     Hits, Result,
-    api::{ApiError, Document, ErrorKind, FlowQuery, GroupView, Phase, PortView, Status},
-    no_group, no_port, require,
+    api::{
+        ApiError, Document, ErrorKind, FlowQuery, GroupView, Phase, PortCounter, PortStatus,
+        PortView, RuleRef, Status,
+    },
+    find_rule, no_group, no_port, require,
 };
 use crate::{
     datapath::{
@@ -24,7 +27,7 @@ use crate::{
 use sg_core::{
     access::{Role, TokenInfo},
     flow::FlowState,
-    model::{Group, Port},
+    model::{Group, Port, Rule},
     settings::Settings,
 };
 
@@ -120,20 +123,29 @@ impl View {
             reason: String::new(),
         };
         let mut reasons = Vec::new();
+        let mut port_status = Vec::new();
         for port in &ports {
-            let phase = states
-                .get(&port.name)
-                .map_or(Phase::Pending, |s| s.phase.into());
+            let state = states.get(&port.name);
+            let phase = state.map_or(Phase::Pending, |s| s.phase.into());
             status.state = status.state.max(phase);
-            if let Some(state) = states.get(&port.name).filter(|s| !s.reason.is_empty()) {
-                reasons.push(format!("port {}: {}", port.name, state.reason));
+            let reason = state.map(|s| s.reason.clone()).unwrap_or_default();
+            if !reason.is_empty() {
+                reasons.push(format!("port {}: {reason}", port.name));
             }
+            port_status.push(PortStatus {
+                port: port.name.clone(),
+                status: Status {
+                    state: phase,
+                    reason,
+                },
+            });
         }
         status.reason = reasons.join("; ");
         let mut ports: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
         let mut hits = hits.get(&group.name).cloned().unwrap_or_default();
         if role < Role::Viewer {
             ports.clear();
+            port_status.clear();
             status.reason.clear();
             hits.clear();
         }
@@ -142,8 +154,16 @@ impl View {
             spec: group.clone(),
             ports,
             status,
+            port_status,
             hits,
         }
+    }
+
+    /// Rule `at` of a group, as readable as its group.
+    pub fn rule(&self, role: Role, name: &str, at: &RuleRef) -> Result<Rule> {
+        let view = self.group(role, name)?;
+        let index = find_rule(&view.spec, at)?;
+        Ok(view.spec.rules[index].clone())
     }
 
     pub fn ports(&self, role: Role) -> Result<Vec<PortView>> {
@@ -199,6 +219,34 @@ impl View {
         self.datapath
             .flows(&filter)
             .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))
+    }
+
+    /// What the datapath counted on a port, per direction and outcome;
+    /// none while it has no slot.
+    pub fn port_stats(&self, role: Role, name: &str) -> Result<Vec<PortCounter>> {
+        require(role, Role::Viewer)?;
+        self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        let Some(slot) = self.port_states.get(name).and_then(|s| s.slot) else {
+            return Ok(Vec::new());
+        };
+        let mut counters = Vec::new();
+        for direction in sg_common::Direction::ALL {
+            for outcome in sg_common::Outcome::ALL {
+                let counter = self
+                    .datapath
+                    .counter(slot, direction, outcome)
+                    .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))?;
+                if counter.packets > 0 {
+                    counters.push(PortCounter {
+                        direction: direction.name().into(),
+                        outcome: outcome.name().into(),
+                        packets: counter.packets,
+                        bytes: counter.bytes,
+                    });
+                }
+            }
+        }
+        Ok(counters)
     }
 
     fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {

@@ -16,6 +16,7 @@
 use std::{
     collections::HashMap,
     io,
+    net::IpAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -60,16 +61,27 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// RLIMIT_NOFILE.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
-/// The peer of a connection: its uid on a Unix socket (SO_PEERCRED); none
-/// over TCP.
+/// The peer of a connection: its uid on a Unix socket (SO_PEERCRED), or
+/// its address over TCP (where it has no uid, so it is never root).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub uid: Option<u32>,
+    pub address: Option<IpAddr>,
 }
 
 impl Peer {
+    /// A local client, by its uid.
+    pub fn local(uid: Option<u32>) -> Peer {
+        Peer { uid, address: None }
+    }
+
     fn is_root(self) -> bool {
         self.uid == Some(0)
+    }
+
+    /// Whether it came over the network, where only a token says who it is.
+    pub fn is_remote(self) -> bool {
+        self.address.is_some()
     }
 }
 
@@ -96,10 +108,16 @@ impl Limits {
         }
     }
 
-    /// The metrics listener's: one bucket for every TCP peer.
+    /// The metrics listener's.
     pub const METRICS: Limits = Limits {
         per_peer: 16,
         total: 16,
+    };
+
+    /// The console's: a browser opens a few connections at once, and polls.
+    pub const CONSOLE: Limits = Limits {
+        per_peer: 32,
+        total: 256,
     };
 }
 
@@ -127,28 +145,49 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// A listener the loop accepts from, with who connected.
+/// A listener the loop accepts from, with who connected; `open` makes the
+/// accepted connection one requests are read from (a TLS handshake), on
+/// the connection's own task and within its head's deadline.
 pub trait Listen {
+    type Accepted: Send + 'static;
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Peer)>> + Send;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Accepted, Peer)>> + Send;
+    fn open(
+        &self,
+        accepted: Self::Accepted,
+    ) -> impl Future<Output = io::Result<Self::Io>> + Send + 'static;
 }
 
 impl Listen for UnixListener {
+    type Accepted = tokio::net::UnixStream;
     type Io = tokio::net::UnixStream;
 
-    async fn accept(&self) -> io::Result<(Self::Io, Peer)> {
+    async fn accept(&self) -> io::Result<(Self::Accepted, Peer)> {
         let (stream, _) = UnixListener::accept(self).await?;
         let uid = stream.peer_cred().ok().map(|cred| cred.uid());
-        Ok((stream, Peer { uid }))
+        Ok((stream, Peer::local(uid)))
+    }
+
+    fn open(&self, stream: Self::Accepted) -> impl Future<Output = io::Result<Self::Io>> + 'static {
+        std::future::ready(Ok(stream))
     }
 }
 
 impl Listen for TcpListener {
+    type Accepted = tokio::net::TcpStream;
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&self) -> io::Result<(Self::Io, Peer)> {
-        let (stream, _) = TcpListener::accept(self).await?;
-        Ok((stream, Peer { uid: None }))
+    async fn accept(&self) -> io::Result<(Self::Accepted, Peer)> {
+        let (stream, from) = TcpListener::accept(self).await?;
+        let peer = Peer {
+            uid: None,
+            address: Some(from.ip()),
+        };
+        Ok((stream, peer))
+    }
+
+    fn open(&self, stream: Self::Accepted) -> impl Future<Output = io::Result<Self::Io>> + 'static {
+        std::future::ready(Ok(stream))
     }
 }
 
@@ -238,7 +277,7 @@ pub async fn serve<L: Listen>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
-        let (io, peer) = match accepted {
+        let (accepted, peer) = match accepted {
             Ok(accepted) => accepted,
             // Out of descriptors or memory, or an aborted connection: the
             // listener itself is fine; wait a little rather than spin.
@@ -251,16 +290,27 @@ pub async fn serve<L: Listen>(
         match admission.admit(peer) {
             Ok(ticket) => {
                 let app = app.clone();
+                let opening = listener.open(accepted);
                 connections.spawn(async move {
                     let _ticket = ticket;
-                    connection(io, peer, app).await;
+                    // The handshake counts against the head's deadline.
+                    let deadline = Instant::now() + HEAD_TIMEOUT;
+                    if let Ok(Ok(io)) = tokio::time::timeout_at(deadline, opening).await {
+                        connection(io, peer, app, deadline).await;
+                    }
                 });
             }
             // Refused at once: lingering would hold a descriptor that no
-            // limit counts.
+            // limit counts. Over TLS the handshake comes first, within the
+            // refusal's time.
             Err(message) => {
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                connections.spawn(refuse(io, status, message, Duration::ZERO));
+                let opening = listener.open(accepted);
+                connections.spawn(async move {
+                    if let Ok(Ok(io)) = tokio::time::timeout(REFUSAL_TIMEOUT, opening).await {
+                        refuse(io, status, message, Duration::ZERO).await;
+                    }
+                });
             }
         }
     }
@@ -275,8 +325,9 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut io: I,
     peer: Peer,
     app: Router,
+    deadline: Instant,
 ) {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io)).await {
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut io)).await {
         Ok(Ok(head)) => head,
         Ok(Err(Refused::Closed)) => return,
         Ok(Err(Refused::With(status, message))) => {
@@ -674,9 +725,9 @@ mod tests {
             },
             held: Mutex::default(),
         });
-        let nobody = Peer { uid: Some(65534) };
-        let other = Peer { uid: Some(1000) };
-        let root = Peer { uid: Some(0) };
+        let nobody = Peer::local(Some(65534));
+        let other = Peer::local(Some(1000));
+        let root = Peer::local(Some(0));
         let a = admission.admit(nobody).unwrap();
         let _b = admission.admit(nobody).unwrap();
         let error = admission.admit(nobody).err().unwrap();
