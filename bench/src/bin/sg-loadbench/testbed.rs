@@ -539,18 +539,33 @@ impl Testbed {
     /// Makes every flow of `flows` established in the filter on `port0`,
     /// sg's or netfilter's connection tracking: sends each flow's first
     /// packet (every flow in turn, twice over, so that a frame lost on the
-    /// way loses no flow), then hands the host one reply per flow through
-    /// `SINK`, which it forwards to `port0` and the workload. Fails unless
+    /// way loses no flow; paced, so that a busy machine loses none), then
+    /// hands the host one reply per flow through `SINK`, which it forwards
+    /// to `port0` and the workload. Fails unless
     /// every reply went through the host: the translations' chains toward
     /// the port let UDP through only as part of an established flow.
     pub fn establish(&self, flows: Flows) -> Result<()> {
+        /// Frames sent before waiting for `port0` to take them: fewer than
+        /// its ring holds, so that none is lost however slowly its receive
+        /// side runs (the generator's sequence goes on across runs).
+        const PACE: u64 = 128;
         let frames = 2 * flows.len();
         let generator = Generator::load(flows, Order::Sequential, 1)?;
         let before = self.counters()?;
-        inside(&self.link.workload, || {
-            generator.send_all(&self.template, self.eth0, u32::try_from(frames)?)
-        })?;
-        let sent = self.settled(before, frames, 0)?;
+        let mut sent = before;
+        let mut done = 0;
+        while done < frames {
+            let chunk = PACE.min(frames - done);
+            inside(&self.link.workload, || {
+                generator.send_all(&self.template, self.eth0, u32::try_from(chunk)?)
+            })?;
+            let took = self.settled(sent, chunk, 0)?;
+            let lost = took.received - sent.received < chunk;
+            (sent, done) = (took, done + chunk);
+            if lost {
+                break;
+            }
+        }
         ensure!(
             sent.received - before.received >= frames,
             "{PORT} received {} of the {frames} first packets",
