@@ -29,8 +29,12 @@ const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"]
 /// The reference CNI plugins (bridge, host-local, …) in /usr/lib/cni that
 /// sg-cni's tests chain it after.
 const CNI_PACKAGES: &[&str] = &["containernetworking-plugins"];
-/// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
-const BUILD_PACKAGES: &[&str] = &["gcc"];
+/// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled),
+/// and protoc with the well-known types, which etcd-client's build compiles
+/// etcd's API with.
+const BUILD_PACKAGES: &[&str] = &["gcc", "protobuf-compiler", "libprotobuf-dev"];
+/// The etcd that the tests of several hosts share a desired state in.
+const ETCD_PACKAGES: &[&str] = &["etcd-server", "etcd-client"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 
 /// The compiler that builds the eBPF object.
@@ -208,12 +212,16 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
-        apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
+        apt_install(
+            BUILD_PACKAGES,
+            "the SQLite and etcd client built into sg-ctl",
+        )?;
+        apt_install(ETCD_PACKAGES, "the tests of several hosts on etcd")?;
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
-             reference CNI plugins (bridge and host-local in /usr/lib/cni) and a C compiler (gcc) \
-             are installed"
+             reference CNI plugins (bridge and host-local in /usr/lib/cni), a C compiler (gcc), \
+             protoc with the protobuf well-known types, and etcd are installed"
         );
     }
 
