@@ -1,0 +1,544 @@
+//! Several hosts sharing their desired state in a real etcd, started here
+//! on loopback with a data directory of its own: a daemon per host (its
+//! own pins, socket and namespaces), workloads on each host's bridge, the
+//! hosts' bridges joined. A database on host C open only to group web,
+//! whose members are on A and B; a web port added on B let in on C, and
+//! blocked again once deleted; etcd stopped and started again under it;
+//! one host's daemon killed and started again; two hosts changing one
+//! group at once; how long a change takes to reach the other hosts.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use sg_tests::{Netns, TestDaemon, addr, eventually, mac_of, require_root};
+
+/// How long a change may take to be in force on every host.
+const SETTLED: Duration = Duration::from_secs(10);
+
+/// A single-member etcd on loopback, in a temporary data directory;
+/// stopped and removed when dropped.
+struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Etcd {
+    fn start() -> Result<Etcd> {
+        let dir =
+            std::env::temp_dir().join(format!("sg-etcd-{}-{}", std::process::id(), free_port()));
+        fs::create_dir_all(&dir)?;
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            client: free_port(),
+            peer: free_port(),
+        };
+        etcd.resume()?;
+        Ok(etcd)
+    }
+
+    /// `etcd://127.0.0.1:PORT`, for `--store`.
+    fn store(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts etcd (again) on its data directory and waits until it answers.
+    fn resume(&mut self) -> Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = fs::File::create(self.dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .args(["--name", "default", "--logger", "zap", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (`cargo xtask setup` installs etcd-server)")?;
+        self.child = Some(child);
+        eventually("etcd answers", Duration::from_secs(30), || {
+            Ok(Command::new("etcdctl")
+                .args(["--endpoints", &client, "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success())
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A daemon for host `name` on `etcd`.
+fn daemon(etcd: &Etcd, name: &str) -> TestDaemon {
+    TestDaemon::start_with(&["--store", &etcd.store(), "--host", name]).unwrap()
+}
+
+/// Hosts, each a namespace with a bridge, the bridges joined on
+/// `fabric`'s; workloads behind a veth on their host's bridge.
+struct Hosts {
+    /// Holds the bridge joining the hosts'.
+    _fabric: Netns,
+    hosts: Vec<Netns>,
+    workloads: Vec<(String, Netns, String)>,
+}
+
+impl Hosts {
+    fn new(count: usize) -> Result<Hosts> {
+        let fabric = Netns::new()?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut hosts = Vec::new();
+        for index in 0..count {
+            let host = Netns::new()?;
+            host.ip(&["link", "add", "br0", "type", "bridge"])?;
+            host.ip(&["link", "set", "br0", "up"])?;
+            let uplink = format!("up{index}");
+            host.ip(&[
+                "link",
+                "add",
+                "uplink",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &uplink,
+                "netns",
+                fabric.name(),
+            ])?;
+            host.ip(&["link", "set", "uplink", "master", "br0", "up"])?;
+            fabric.ip(&["link", "set", &uplink, "master", "br0", "up"])?;
+            hosts.push(host);
+        }
+        Ok(Hosts {
+            _fabric: fabric,
+            hosts,
+            workloads: Vec::new(),
+        })
+    }
+
+    /// A workload on host `host` with address `ip`, its port's interface
+    /// `h-NAME` there.
+    fn workload(&mut self, host: usize, name: &str, ip: &str) -> Result<()> {
+        let ns = Netns::new()?;
+        let port = format!("h-{name}");
+        self.hosts[host].add_veth(&port, &ns)?;
+        self.hosts[host].ip(&["link", "set", &port, "master", "br0", "up"])?;
+        ns.add_addr("eth0", &format!("{ip}/24"))?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        self.workloads.push((name.into(), ns, ip.into()));
+        Ok(())
+    }
+
+    fn ns(&self, name: &str) -> &Netns {
+        &self.workloads.iter().find(|w| w.0 == name).unwrap().1
+    }
+
+    fn pings(&self, from: &str, to: &str) -> Result<bool> {
+        let ip = &self.workloads.iter().find(|w| w.0 == to).unwrap().2;
+        self.ns(from).ping(addr(ip))
+    }
+
+    /// Makes `name`'s port on `host`'s daemon, in `groups`.
+    fn port(&self, d: &TestDaemon, host: usize, name: &str, groups: &str) -> Result<()> {
+        let ip = &self.workloads.iter().find(|w| w.0 == name).unwrap().2;
+        let mac = mac_of(self.ns(name), "eth0")?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let iface = format!("h-{name}");
+        d.ok(&[
+            "--netns",
+            self.hosts[host].name(),
+            "port",
+            "create",
+            name,
+            "--iface",
+            &iface,
+            "--mac",
+            &mac,
+            "--ip",
+            ip,
+            "--group",
+            groups,
+        ])?;
+        eventually(&format!("port {name} active"), SETTLED, || {
+            Ok(d.json(&["port", "show", name])?["status"]["state"] == "active")
+        })
+    }
+}
+
+const GROUPS: &str = "groups:
+  - name: web
+    rules:
+      - {direction: egress}
+  - name: db
+    rules:
+      - {direction: egress}
+      - {direction: ingress, protocol: icmp, remote: {group: web}}
+      - {direction: ingress, protocol: tcp, ports: 5432, remote: {group: web}}
+";
+
+/// A TCP connection between two workloads, kept open to tell whether its
+/// flow outlives what happens meanwhile.
+struct Flow {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Flow {
+    fn open(hosts: &Hosts, from: &str, to: &str, port: u16) -> Result<Flow> {
+        let ip = addr(&hosts.workloads.iter().find(|w| w.0 == to).unwrap().2);
+        let listener = hosts
+            .ns(to)
+            .within(move || Ok(std::net::TcpListener::bind((ip, port))?))?;
+        let client = hosts.ns(from).within(move || {
+            Ok(TcpStream::connect_timeout(
+                &(ip, port).into(),
+                Duration::from_secs(5),
+            )?)
+        })?;
+        let (server, _) = listener.accept()?;
+        for stream in [&client, &server] {
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        }
+        Ok(Flow { client, server })
+    }
+
+    /// Whether a request and its answer still cross.
+    fn exchanges(&mut self) -> bool {
+        let mut buf = [0u8; 4];
+        self.client.write_all(b"ping").is_ok()
+            && self.server.read_exact(&mut buf).is_ok()
+            && self.server.write_all(b"pong").is_ok()
+            && self.client.read_exact(&mut buf).is_ok()
+            && &buf == b"pong"
+    }
+}
+
+/// The store as a daemon's status tells it.
+fn status(d: &TestDaemon) -> serde_json::Value {
+    d.json(&["daemon", "status"]).unwrap()
+}
+
+fn host_up(d: &TestDaemon, host: &str) -> bool {
+    status(d)["hosts"]
+        .as_array()
+        .is_some_and(|hosts| hosts.iter().any(|h| h["name"] == host && h["up"] == true))
+}
+
+#[test]
+fn a_group_spans_hosts_and_outlives_etcd_and_a_daemon() {
+    require_root!();
+    let mut etcd = Etcd::start().unwrap();
+    let mut hosts = Hosts::new(3).unwrap();
+    hosts.workload(0, "web1", "198.18.0.11").unwrap();
+    hosts.workload(1, "web2", "198.18.0.12").unwrap();
+    hosts.workload(2, "db", "198.18.0.20").unwrap();
+    let mut a = daemon(&etcd, "a");
+    let b = daemon(&etcd, "b");
+    let c = daemon(&etcd, "c");
+    let file = a.dir().join("groups.yaml");
+    fs::write(&file, GROUPS).unwrap();
+    a.ok(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    hosts.port(&a, 0, "web1", "web").unwrap();
+    hosts.port(&c, 2, "db", "db").unwrap();
+
+    // Every host's API serves the cluster's state; each enforces its own.
+    for d in [&a, &b, &c] {
+        eventually("every port seen", SETTLED, || {
+            Ok(d.json(&["port", "list"])?.as_array().map(Vec::len) == Some(2))
+        })
+        .unwrap();
+    }
+    let db = b.json(&["port", "show", "db"]).unwrap();
+    assert_eq!(db["spec"]["host"], "c");
+    assert_eq!(db["status"]["state"], "remote");
+    assert!(status(&c)["reachable"] == true);
+
+    // The database on C lets in web1 of A; web2 of B, in no group yet, not.
+    eventually("web1 on A pings db on C", SETTLED, || {
+        hosts.pings("web1", "db")
+    })
+    .unwrap();
+    assert!(!hosts.pings("web2", "db").unwrap(), "web2 is no member yet");
+
+    // A web port made on B: C lets it in.
+    let made = Instant::now();
+    hosts.port(&b, 1, "web2", "web").unwrap();
+    eventually("web2 on B let in on C", SETTLED, || {
+        hosts.pings("web2", "db")
+    })
+    .unwrap();
+    eprintln!("web2 made on B, let in on C after {:?}", made.elapsed());
+    // Deleted: blocked again.
+    b.ok(&["port", "delete", "web2"]).unwrap();
+    eventually("web2 blocked on C once deleted", SETTLED, || {
+        Ok(!hosts.pings("web2", "db")?)
+    })
+    .unwrap();
+
+    // etcd stopped: enforcement goes on, changes are refused naming the
+    // store (exit 1), status and the metric say so; a tracked flow lives
+    // through it and through the resync.
+    let mut flow = Flow::open(&hosts, "web1", "db", 5432).unwrap();
+    assert!(flow.exchanges(), "the flow before");
+    etcd.stop();
+    let (code, message) = c.fails(&["group", "create", "cache"]).unwrap();
+    assert_eq!(code, 1, "{message}");
+    assert!(
+        message.contains(&etcd.store()) && message.contains("unreachable"),
+        "{message}"
+    );
+    eventually("C sees the store unreachable", SETTLED, || {
+        Ok(status(&c)["reachable"] == false)
+    })
+    .unwrap();
+    assert_eq!(
+        c.metric(&format!("sg_store_up{{store=\"{}\"}}", etcd.store()))
+            .unwrap(),
+        0
+    );
+    assert!(hosts.pings("web1", "db").unwrap(), "web1 still let in");
+    assert!(!hosts.pings("web2", "db").unwrap(), "web2 still blocked");
+    // Started again: changes are accepted, and seen on every host.
+    etcd.resume().unwrap();
+    eventually("a change accepted once etcd is back", SETTLED, || {
+        Ok(c.sg_ctl(&["group", "create", "cache"])?.status.success())
+    })
+    .unwrap();
+    for d in [&a, &b] {
+        eventually("the change seen on the other hosts", SETTLED, || {
+            Ok(d.sg_ctl(&["group", "show", "cache"])?.status.success())
+        })
+        .unwrap();
+    }
+    assert!(status(&a)["reachable"] == true);
+    assert!(hosts.pings("web1", "db").unwrap(), "web1 let in after");
+    assert!(flow.exchanges(), "the flow through etcd's restart");
+
+    // A's daemon killed: the others go on; A shows down once its lease
+    // expires, and its port stays a member (A's datapath still enforces
+    // its policy).
+    a.kill().unwrap();
+    eventually("A down", SETTLED, || Ok(!host_up(&c, "a"))).unwrap();
+    assert_eq!(
+        c.json(&["port", "show", "web1"]).unwrap()["status"]["state"],
+        "remote"
+    );
+    assert!(
+        hosts.pings("web1", "db").unwrap(),
+        "web1 let in while A is down"
+    );
+    b.ok(&["group", "create", "while-a-was-down"]).unwrap();
+    hosts.workload(1, "web3", "198.18.0.13").unwrap();
+    hosts.port(&b, 1, "web3", "web").unwrap();
+    eventually("web3 on B let in on C", SETTLED, || {
+        hosts.pings("web3", "db")
+    })
+    .unwrap();
+    // A restarted catches up.
+    a.spawn().unwrap();
+    eventually("A catches up", SETTLED, || {
+        Ok(a.sg_ctl(&["group", "show", "while-a-was-down"])?
+            .status
+            .success()
+            && a.json(&["port", "show", "web3"])?["status"]["state"] == "remote"
+            && host_up(&c, "a"))
+    })
+    .unwrap();
+    eventually("web1 active again on A", SETTLED, || {
+        Ok(a.json(&["port", "show", "web1"])?["status"]["state"] == "active")
+    })
+    .unwrap();
+    assert!(
+        hosts.pings("web1", "db").unwrap(),
+        "web1 let in after A's restart"
+    );
+}
+
+/// `PUT path` of `body` with `If-Match: revision` on a daemon's socket; the
+/// answer's status.
+fn put_if_match(socket: &Path, path: &str, body: &str, revision: u64) -> Result<u16> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: sg\r\nContent-Type: application/json\r\n\
+         If-Match: {revision}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .context("an HTTP status")?
+        .parse()?;
+    Ok(status)
+}
+
+#[test]
+fn two_hosts_changing_one_group_at_once() {
+    require_root!();
+    let etcd = Etcd::start().unwrap();
+    let a = daemon(&etcd, "a");
+    let b = daemon(&etcd, "b");
+    a.ok(&["group", "create", "web"]).unwrap();
+    eventually("web seen on B", SETTLED, || {
+        Ok(b.sg_ctl(&["group", "show", "web"])?.status.success())
+    })
+    .unwrap();
+    for round in 0..5 {
+        let revision = a.json(&["group", "show", "web"]).unwrap()["revision"]
+            .as_u64()
+            .unwrap();
+        eventually("B at the same revision", SETTLED, || {
+            Ok(b.json(&["group", "show", "web"])?["revision"] == revision)
+        })
+        .unwrap();
+        let answers: Vec<u16> = [(&a, "by-a"), (&b, "by-b")]
+            .map(|(d, who)| {
+                let socket = d.socket();
+                let body = format!(r#"{{"name": "web", "description": "{who} {round}"}}"#);
+                thread::spawn(move || put_if_match(&socket, "/v1/groups/web", &body, revision))
+            })
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        let mut sorted = answers.clone();
+        sorted.sort();
+        assert_eq!(sorted, [200, 409], "round {round}: one wins, one gets 409");
+        let winner = if answers[0] == 200 { "by-a" } else { "by-b" };
+        for d in [&a, &b] {
+            eventually("the winner's change everywhere", SETTLED, || {
+                let web = d.json(&["group", "show", "web"])?;
+                Ok(web["revision"] == revision + 1
+                    && web["spec"]["description"] == format!("{winner} {round}"))
+            })
+            .unwrap();
+        }
+    }
+    // Without If-Match, both changes land: nothing is lost (the group has
+    // no rules since the rounds replaced it).
+    let adds: Vec<bool> = [&a, &b]
+        .map(|d| {
+            let socket = d.socket();
+            thread::spawn(move || {
+                Command::new(sg_tests::sg_ctl_binary())
+                    .arg("--socket")
+                    .arg(socket)
+                    .args(["rule", "add", "web", "--proto", "tcp", "--port", "80"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+            })
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(adds, [true, true]);
+    eventually("both rules on both hosts", SETTLED, || {
+        let counts: Vec<usize> = [&a, &b]
+            .iter()
+            .map(|d| {
+                d.json(&["group", "show", "web"])
+                    .map(|web| web["spec"]["rules"].as_array().map_or(0, Vec::len))
+            })
+            .collect::<Result<_>>()?;
+        Ok(counts == [2, 2])
+    })
+    .unwrap();
+}
+
+/// `METHOD path` with `body` on a daemon's socket as root; fails unless
+/// the answer is a success.
+fn ask(socket: &Path, method: &str, path: &str, body: &str) -> Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: sg\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 2"),
+        "{method} {path}: {answer}"
+    );
+    Ok(())
+}
+
+/// How long a change made on one host takes to be served by two others:
+/// 100 groups made through A's API, each timed from the request until
+/// B's and C's APIs show it. Prints p50 and p99; asserts nothing of speed.
+#[test]
+fn changes_reach_the_other_hosts() {
+    require_root!();
+    let etcd = Etcd::start().unwrap();
+    let hosts: Vec<TestDaemon> = ["a", "b", "c"].iter().map(|h| daemon(&etcd, h)).collect();
+    let mut took = Vec::new();
+    for index in 0..100 {
+        let name = format!("g{index}");
+        let body = format!(r#"{{"name": "{name}"}}"#);
+        let started = Instant::now();
+        ask(&hosts[0].socket(), "POST", "/v1/groups", &body).unwrap();
+        for d in &hosts[1..] {
+            eventually("the group on the other hosts", SETTLED, || {
+                Ok(ask(&d.socket(), "GET", &format!("/v1/groups/{name}"), "").is_ok())
+            })
+            .unwrap();
+        }
+        took.push(started.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "a change asked of host a, served by hosts b and c after: p50 {:?}, p99 {:?}, \
+         max {:?} (100 changes)",
+        took[49], took[98], took[99]
+    );
+}
