@@ -542,3 +542,190 @@ fn changes_reach_the_other_hosts() {
         took[49], took[98], took[99]
     );
 }
+
+/// The store and compiler layer of 50 hosts of 20 ports each, in this
+/// process (no datapath): every port in the default group, whose rules
+/// admit its members from every host. 100 changes (`SG_CHANGES`), each a
+/// port made on the first host, timed until each host's store has it
+/// from its watch; then what a host does with it, recompiling its 20
+/// ports, timed. Prints p50 and p99; asserts nothing of speed.
+#[test]
+fn fifty_hosts_of_twenty_ports_see_a_change() {
+    use sg_core::{compile, model::Port};
+    use sg_ctl::store::Store;
+    use std::{
+        collections::HashMap,
+        sync::{
+            Arc, Condvar, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    require_root!();
+    const HOSTS: usize = 50;
+    const PORTS: usize = 20;
+    let changes: usize = std::env::var("SG_CHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile_dir();
+    let endpoints = vec![etcd.store().trim_start_matches("etcd://").to_string()];
+    let stores: Vec<Arc<Mutex<Store>>> = (0..HOSTS)
+        .map(|host| {
+            let db = dir.join(format!("h{host}.db"));
+            Arc::new(Mutex::new(
+                Store::with_etcd(&db, &endpoints, &format!("h{host}")).unwrap(),
+            ))
+        })
+        .collect();
+    let port = |host: usize, index: usize| Port {
+        ips: vec![addr(&format!("198.18.{}.{}", host, index + 1))],
+        host: Some(format!("h{host}")),
+        ..Port::new(
+            format!("p{host}-{index}"),
+            format!("tap{index}"),
+            format!("52:54:00:00:{host:02x}:{:02x}", index + 1)
+                .parse()
+                .unwrap(),
+        )
+    };
+    {
+        let mut store = stores[0].lock().unwrap();
+        let all: Vec<Port> = (0..HOSTS)
+            .flat_map(|host| (0..PORTS).map(move |index| (host, index)))
+            .map(|(host, index)| port(host, index))
+            .collect();
+        // One change is one transaction: etcd's --max-txn-ops (128 by
+        // default) bounds it, and says so.
+        let old = store.load().unwrap();
+        let policy = sg_core::model::Policy {
+            ports: all.clone(),
+            ..old.policy.clone()
+        };
+        let refused = store.save(&old, &policy, &old.settings).unwrap_err();
+        assert!(refused.to_string().contains("--max-txn-ops"), "{refused}");
+        for chunk in all.chunks(100) {
+            let old = store.load().unwrap();
+            let mut policy = old.policy.clone();
+            policy.ports.extend_from_slice(chunk);
+            store.save(&old, &policy, &old.settings).unwrap();
+        }
+    }
+    // Each host: when its store moves, record when it saw the revision.
+    let seen: Arc<Mutex<HashMap<u64, Vec<Instant>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = stores
+        .iter()
+        .map(|store| {
+            let woken = Arc::new((Mutex::new(false), Condvar::new()));
+            let waker = woken.clone();
+            store.lock().unwrap().on_change(Arc::new(move || {
+                *waker.0.lock().unwrap() = true;
+                waker.1.notify_one();
+            }));
+            let (store, seen, stop) = (store.clone(), seen.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut flag = woken.0.lock().unwrap();
+                    flag = woken
+                        .1
+                        .wait_timeout_while(flag, Duration::from_millis(100), |woken| !*woken)
+                        .unwrap()
+                        .0;
+                    *flag = false;
+                    drop(flag);
+                    let revision = store.lock().unwrap().revision();
+                    if revision != last {
+                        last = revision;
+                        let now = Instant::now();
+                        seen.lock().unwrap().entry(revision).or_default().push(now);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut first, mut all) = (Vec::new(), Vec::new());
+    for change in 0..changes {
+        let old = stores[0].lock().unwrap().load().unwrap();
+        let mut policy = old.policy.clone();
+        policy.ports.push(Port {
+            ips: vec![addr(&format!(
+                "198.19.{}.{}",
+                change / 200,
+                change % 200 + 1
+            ))],
+            ..port(0, 100 + change)
+        });
+        let started = Instant::now();
+        let state = stores[0]
+            .lock()
+            .unwrap()
+            .save(&old, &policy, &old.settings)
+            .unwrap();
+        eventually("every host saw the change", Duration::from_secs(60), || {
+            Ok(seen
+                .lock()
+                .unwrap()
+                .get(&state.revision)
+                .is_some_and(|hosts| hosts.len() == HOSTS))
+        })
+        .unwrap();
+        let mut times: Vec<Duration> = seen.lock().unwrap()[&state.revision]
+            .iter()
+            .map(|at| at.saturating_duration_since(started))
+            .collect();
+        times.sort();
+        first.push(times[0]);
+        all.push(times[HOSTS - 1]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // What a host then does: recompile its ports, each admitting the
+    // default group's members on every host (one host at a time, as each
+    // has its own CPUs).
+    let mut compiles: Vec<Duration> = stores[..5]
+        .iter()
+        .enumerate()
+        .map(|(host, store)| {
+            let state = store.lock().unwrap().load().unwrap();
+            let policy = state.policy.effective(&state.settings);
+            let started = Instant::now();
+            let counters = compile::counter_ids(&policy).unwrap();
+            let host = format!("h{host}");
+            let mine = policy
+                .ports
+                .iter()
+                .filter(|p| p.host.as_ref() == Some(&host));
+            for port in mine {
+                compile::compile(&policy, &port.name, 1, &counters).unwrap();
+            }
+            started.elapsed()
+        })
+        .collect();
+    compiles.sort();
+    first.sort();
+    all.sort();
+    let at = |times: &[Duration], share: usize| times[(times.len() * share).div_ceil(100) - 1];
+    eprintln!(
+        "{HOSTS} hosts × {PORTS} ports, {changes} changes: seen by the first host after p50 \
+         {:?} p99 {:?}, by all {HOSTS} after p50 {:?} p99 {:?}; a host recompiles its \
+         {PORTS} ports ({} members in the default group) in {:?} (median of 5)",
+        at(&first, 50),
+        at(&first, 99),
+        at(&all, 50),
+        at(&all, 99),
+        HOSTS * PORTS + changes,
+        compiles[2]
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A directory of this test's own under the temporary directory.
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sg-hosts-{}-{}", std::process::id(), free_port()));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -165,7 +165,13 @@ impl Daemon {
             return Ok(());
         }
         self.state = self.store.load()?;
-        self.planned = check(&self.state.policy, &self.state.settings).unwrap_or_default();
+        // The host that made the change checked the whole state; this one
+        // plans its own ports.
+        let host = self.host.clone();
+        self.planned = plan(&self.state.policy, &self.state.settings, |port| {
+            port.host == host
+        })
+        .unwrap_or_default();
         Ok(())
     }
 
@@ -710,10 +716,15 @@ fn check(policy: &Policy, settings: &Settings) -> Result<Planned> {
             .check_pairs(port)
             .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
     }
+    plan(policy, settings, |_| true)
+}
+
+/// What each port that `of` takes of `policy` takes of the maps, compiled.
+fn plan(policy: &Policy, settings: &Settings, of: impl Fn(&Port) -> bool) -> Result<Planned> {
     let effective = policy.effective(settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
     let mut usage = BTreeMap::new();
-    for port in &effective.ports {
+    for port in effective.ports.iter().filter(|port| of(port)) {
         let security = PortSecurity::from_port(port)
             .compile()
             .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
