@@ -306,14 +306,31 @@ fn a_group_spans_hosts_and_outlives_etcd_and_a_daemon() {
     .unwrap();
     assert!(!hosts.pings("web2", "db").unwrap(), "web2 is no member yet");
 
-    // A web port made on B: C lets it in.
+    // A web port made on B: C installs db's policy with it and lets it in.
+    let policy_id = |d: &TestDaemon| -> Result<serde_json::Value> {
+        Ok(d.json(&["port", "show", "db"])?["policy_id"].clone())
+    };
+    let before = policy_id(&c).unwrap();
+    let c_socket = c.socket();
     let made = Instant::now();
+    let watching = thread::spawn(move || {
+        eventually("db's policy on C recompiled", SETTLED, || {
+            let db: serde_json::Value = serde_json::from_str(&get(&c_socket, "/v1/ports/db")?)?;
+            Ok(db["policy_id"] != before)
+        })
+        .map(|()| made.elapsed())
+    });
     hosts.port(&b, 1, "web2", "web").unwrap();
+    let on_b = made.elapsed();
+    let on_c = watching.join().unwrap().unwrap();
+    eprintln!(
+        "web2 made on B: active there after {on_b:?}; db's policy with it in force on C after \
+         {on_c:?}"
+    );
     eventually("web2 on B let in on C", SETTLED, || {
         hosts.pings("web2", "db")
     })
     .unwrap();
-    eprintln!("web2 made on B, let in on C after {:?}", made.elapsed());
     // Deleted: blocked again.
     b.ok(&["port", "delete", "web2"]).unwrap();
     eventually("web2 blocked on C once deleted", SETTLED, || {
@@ -481,6 +498,32 @@ fn two_hosts_changing_one_group_at_once() {
         .map(|t| t.join().unwrap().unwrap())
         .collect();
     assert_eq!(adds, [true, true]);
+    // A token made on one host is good on the other; a port goes only to
+    // a host whose daemon is up.
+    let token = a
+        .ok(&["daemon", "token", "create", "--role", "viewer"])
+        .unwrap();
+    eventually("the token good on B", SETTLED, || {
+        Ok(
+            b.sg_ctl(&["--token", token.trim(), "group", "show", "web"])?
+                .status
+                .success(),
+        )
+    })
+    .unwrap();
+    let doc = a.dir().join("elsewhere.yaml");
+    fs::write(
+        &doc,
+        "ports:\n  - {name: vm, ifname: tap0, mac: '52:54:00:00:00:01', groups: [default], \
+         host: nowhere}\n",
+    )
+    .unwrap();
+    let (code, message) = a.fails(&["apply", "-f", doc.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 2, "{message}");
+    assert!(
+        message.contains("no daemon of host 'nowhere' is up"),
+        "{message}"
+    );
     eventually("both rules on both hosts", SETTLED, || {
         let counts: Vec<usize> = [&a, &b]
             .iter()
@@ -492,6 +535,20 @@ fn two_hosts_changing_one_group_at_once() {
         Ok(counts == [2, 2])
     })
     .unwrap();
+}
+
+/// `GET path` on a daemon's socket as root; the body of a success.
+fn get(socket: &Path, path: &str) -> Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: sg\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").context("an HTTP body")?;
+    Ok(body.to_string())
 }
 
 /// `METHOD path` with `body` on a daemon's socket as root; fails unless

@@ -208,7 +208,7 @@ impl Daemon {
             let mut policy = self.state.policy.clone();
             let mut settings = self.state.settings.clone();
             change(&mut policy, &mut settings)?;
-            self.place_ports(&mut policy);
+            self.place_ports(&mut policy)?;
             let planned = check(&policy, &settings)?;
             self.check_room(&policy.effective(&settings), &planned)?;
             match self.store.save(&self.state, &policy, &settings) {
@@ -231,14 +231,42 @@ impl Daemon {
     }
 
     /// Gives a port that names no host the one it had, or this daemon's.
-    fn place_ports(&self, policy: &mut Policy) {
+    /// A port may be put on another host only while that host's daemon is
+    /// up (holds its lease): on a host no daemon enforces, its interface
+    /// would pass everything.
+    fn place_ports(&self, policy: &mut Policy) -> Result<()> {
         let Some(host) = &self.host else {
-            return;
+            return match policy.ports.iter().find(|p| p.host.is_some()) {
+                Some(port) => Err(ApiError::invalid(format!(
+                    "port '{}': host: ports are placed on hosts only where several share an \
+                     etcd store (sg-ctl daemon --store etcd://… --host NAME); leave it out",
+                    port.name
+                ))),
+                None => Ok(()),
+            };
         };
-        for port in policy.ports.iter_mut().filter(|p| p.host.is_none()) {
-            let before = self.state.policy.port(&port.name);
-            port.host = Some(before.and_then(|p| p.host.clone()).unwrap_or(host.clone()));
+        let up = self.store.health().hosts;
+        for port in &mut policy.ports {
+            let before = self
+                .state
+                .policy
+                .port(&port.name)
+                .and_then(|p| p.host.clone());
+            let placed = port
+                .host
+                .get_or_insert_with(|| before.clone().unwrap_or(host.clone()));
+            let known = *placed == *host
+                || before.as_ref() == Some(placed)
+                || up.iter().any(|h| h.name == *placed && h.up);
+            if !known {
+                return Err(ApiError::invalid(format!(
+                    "port '{}': host: no daemon of host '{placed}' is up (none holds its \
+                     lease); start it first, or make the port through that host's daemon",
+                    port.name
+                )));
+            }
         }
+        Ok(())
     }
 
     // Groups.
