@@ -786,3 +786,56 @@ fn tempfile_dir() -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A daemon whose watch comes back only after etcd compacted away what it
+/// missed reads the whole state again: B is stopped (SIGSTOP) while etcd
+/// restarts, A makes changes and etcd compacts; B, continued, finds its
+/// watch gone, cannot resume it from its revision, and reads everything.
+#[test]
+fn a_daemon_behind_a_compaction_reads_the_whole_state() {
+    require_root!();
+    let mut etcd = Etcd::start().unwrap();
+    let a = daemon(&etcd, "a");
+    let b = daemon(&etcd, "b");
+    a.ok(&["group", "create", "before"]).unwrap();
+    eventually("B has the group", SETTLED, || {
+        Ok(b.sg_ctl(&["group", "show", "before"])?.status.success())
+    })
+    .unwrap();
+    let signal = |signal| {
+        // SAFETY: signalling a child the guard owns and has not reaped.
+        let done = unsafe { libc::kill(b.pid().unwrap() as libc::pid_t, signal) };
+        assert_eq!(done, 0);
+    };
+    signal(libc::SIGSTOP);
+    etcd.stop();
+    etcd.resume().unwrap();
+    eventually("A's change accepted once etcd is back", SETTLED, || {
+        Ok(a.sg_ctl(&["group", "create", "missed"])?.status.success())
+    })
+    .unwrap();
+    a.ok(&["group", "delete", "before"]).unwrap();
+    let endpoint = etcd.store().replace("etcd://", "http://");
+    let revision: serde_json::Value = serde_json::from_slice(
+        &Command::new("etcdctl")
+            .args(["--endpoints", &endpoint, "-w", "json", "get", "/sg/state"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let revision = revision["header"]["revision"].as_i64().unwrap().to_string();
+    let compacted = Command::new("etcdctl")
+        .args(["--endpoints", &endpoint, "compact", &revision])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(compacted.success());
+    signal(libc::SIGCONT);
+    eventually("B read the whole state again", SETTLED, || {
+        Ok(b.sg_ctl(&["group", "show", "missed"])?.status.success()
+            && !b.sg_ctl(&["group", "show", "before"])?.status.success())
+    })
+    .unwrap();
+    assert!(b.log().contains("compacted the revisions"), "{}", b.log());
+}

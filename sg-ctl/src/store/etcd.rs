@@ -131,6 +131,8 @@ fn entry(kv: &KeyValue) -> Option<(String, Entry)> {
 
 /// The cache with what waits on it.
 struct Shared {
+    /// The store, as `--store` names it.
+    name: String,
     cache: Mutex<Cache>,
     /// Notified as the cache moves to a newer revision.
     moved: Condvar,
@@ -156,6 +158,15 @@ impl Shared {
         let changed = {
             let mut cache = self.cache();
             let changed = cache.error.is_empty() != error.is_empty();
+            if changed && error.is_empty() {
+                eprintln!("sg-ctl daemon: the store {} answers again", self.name);
+            } else if changed {
+                eprintln!(
+                    "sg-ctl daemon: the store {} is unreachable ({error}); the policy in force \
+                     stays, changes are refused until it is back",
+                    self.name
+                );
+            }
             cache.error = error;
             changed
         };
@@ -223,10 +234,11 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         let cluster = Cluster {
-            name,
+            name: name.clone(),
             host: host.to_string(),
             client,
             shared: Arc::new(Shared {
+                name,
                 cache: Mutex::new(Cache::default()),
                 moved: Condvar::new(),
                 wake: Mutex::new(None),
@@ -610,7 +622,12 @@ async fn watch(mut client: Client, shared: Arc<Shared>) {
                     Ok(Some(response))
                         if response.canceled() || response.compact_revision() > 0 =>
                     {
-                        // Compacted: read the whole state again.
+                        eprintln!(
+                            "sg-ctl daemon: the store {} compacted the revisions from {from} \
+                             away (up to {}): reading the whole state again",
+                            shared.name,
+                            response.compact_revision()
+                        );
                         match client
                             .get(PREFIX, Some(GetOptions::new().with_prefix()))
                             .await
