@@ -661,6 +661,7 @@ fn fifty_hosts_of_twenty_ports_see_a_change() {
         };
         let refused = store.save(&old, &policy, &old.settings).unwrap_err();
         assert!(refused.to_string().contains("--max-txn-ops"), "{refused}");
+        assert!(store.health().reachable, "a refusal is an answer");
         for chunk in all.chunks(100) {
             let old = store.load().unwrap();
             let mut policy = old.policy.clone();

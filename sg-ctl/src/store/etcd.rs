@@ -279,10 +279,15 @@ impl Cluster {
     ) -> Result<T> {
         let mut client = self.client.clone();
         let runtime = self.runtime.as_ref().expect("running");
-        let result = runtime.block_on(f(&mut client));
-        self.shared
-            .reached(result.as_ref().map(drop).map_err(ToString::to_string));
-        result.map_err(|e| self.refusal(e))
+        let result = runtime
+            .block_on(f(&mut client))
+            .map_err(|e| self.refusal(e));
+        // A refusal is an answer: etcd is there.
+        self.shared.reached(match &result {
+            Err(StoreError::Unreachable { error, .. }) => Err(error.clone()),
+            _ => Ok(()),
+        });
+        result
     }
 
     fn refusal(&self, error: etcd_client::Error) -> StoreError {
