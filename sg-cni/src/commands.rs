@@ -39,12 +39,7 @@ pub async fn add(invocation: &Invocation, conf: &NetConf) -> Result<Value, Error
             e,
         )
     };
-    match client.port(&name).await {
-        Ok(_) => client.replace_port(&name, &port, None).await,
-        Err(e) if is_not_found(&e) => client.create_port(&port).await,
-        Err(e) => Err(e),
-    }
-    .map_err(refused)?;
+    client.put_port(&port).await.map_err(refused)?;
     client
         .plug(&name, &PlugBody::default())
         .await
@@ -94,7 +89,7 @@ pub async fn del(invocation: &Invocation, conf: &NetConf) -> Result<(), Error> {
     let socket = conf.socket();
     let name = port_name(&invocation.container_id, &invocation.ifname);
     match Client::new(&socket, None).delete_port(&name, None).await {
-        Err(e) if !is_not_found(&e) => Err(failure(
+        Err(e) if !e.is_not_found() => Err(failure(
             Code::Refused,
             &format!("cannot delete port {name}"),
             &socket,
@@ -146,11 +141,6 @@ async fn plugin_namespace(socket: &Path) -> Result<Option<String>, Error> {
             ),
         )
     })
-}
-
-/// Whether the daemon answered 404: no such port.
-fn is_not_found(error: &ClientError) -> bool {
-    matches!(error, ClientError::Api { status, .. } if status.as_u16() == 404)
 }
 
 fn unreachable(socket: &Path, error: &std::io::Error) -> Error {

@@ -28,6 +28,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use sg_common::{
     Class, DHCP_SERVER_KEY_POLICY_BITS, DhcpServerKey, FAMILY_IPV4, FAMILY_IPV6, L4Key, LocalKey,
     MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS, Scope, VerdictKey, candidate, ipv4_mapped,
@@ -381,7 +382,7 @@ fn l4_values(rule: &Rule, protocol: IpProtocol) -> Option<Option<Ranges>> {
 /// first seen.
 #[derive(Default)]
 struct Classes {
-    ids: HashMap<Vec<usize>, u32>,
+    ids: FxHashMap<Vec<usize>, u32>,
     members: Vec<Vec<usize>>,
 }
 
@@ -437,16 +438,21 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
         }
     }
     let mut remote_entries = Vec::new();
-    for prefix in by_prefix.keys() {
-        // Rules of this prefix and of every shorter one that covers it.
-        let mut members: Vec<usize> = (0..=prefix.prefix_len())
-            .filter_map(|len| IpNet::new(prefix.addr(), len).ok())
-            .filter_map(|net| by_prefix.get(&net.trunc()))
-            .flatten()
-            .copied()
-            .collect();
+    // Prefixes in order of address, then length: one that covers another
+    // comes before it, so the stack holds the chain of prefixes covering
+    // the current one, each with the rules of it and of all that cover it.
+    let mut covering: Vec<(IpNet, Vec<usize>)> = Vec::new();
+    for (prefix, own) in &by_prefix {
+        while covering.last().is_some_and(|(net, _)| !covers(net, prefix)) {
+            covering.pop();
+        }
+        let mut members = covering
+            .last()
+            .map_or_else(Vec::new, |(_, members)| members.clone());
+        members.extend(own);
         members.sort_unstable();
         members.dedup();
+        covering.push((*prefix, members.clone()));
         let best = best_of(&members, &|r| r.l4.is_none());
         let class = remote_classes.id(members);
         let (bits, _, addr) = trie_prefix(*prefix);
@@ -564,7 +570,7 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
             l4_of[i].push(class as u32);
         }
     }
-    let mut verdicts: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut verdicts: FxHashMap<(u32, u32), u64> = FxHashMap::default();
     for (i, rule) in rules.iter().enumerate() {
         if rule.remote.is_none() || rule.l4.is_none() {
             continue;

@@ -51,6 +51,13 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// Whether the daemon answered 404: no such object.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// A client of one daemon, with the token it presents, if any.
@@ -166,6 +173,16 @@ impl Client {
         self.send(Method::DELETE, path, NO_BODY, revision).await
     }
 
+    /// Creates the port, or replaces the one of its name: for hooks that
+    /// describe a workload's port afresh each time it starts.
+    pub async fn put_port(&self, port: &Port) -> Result<PortView> {
+        match self.port(&port.name).await {
+            Ok(_) => self.replace_port(&port.name, port, None).await,
+            Err(e) if e.is_not_found() => self.create_port(port).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Attaches groups to a port after its others.
     pub async fn attach_groups(&self, name: &str, groups: &[String]) -> Result<PortView> {
         self.post_groups(routes::ATTACH_GROUPS, name, groups).await
@@ -180,6 +197,13 @@ impl Client {
     pub async fn plug(&self, name: &str, at: &PlugBody) -> Result<PortView> {
         let path = path(routes::PLUG, &[name]);
         self.send(Method::POST, path, Some(at), None).await
+    }
+
+    /// Removes the port and detaches its filter; answers the port as it
+    /// was. A port that is not there is `is_not_found`.
+    pub async fn unplug(&self, name: &str) -> Result<Port> {
+        let path = path(routes::UNPLUG, &[name]);
+        self.send(Method::POST, path, NO_BODY, None).await
     }
 
     async fn post_groups(&self, route: &str, name: &str, groups: &[String]) -> Result<PortView> {

@@ -15,7 +15,7 @@ use sg_ctl::{
     netns,
 };
 
-use cli::{Cli, Command, Invalid, Session, apply, block_on, catalogue};
+use cli::{Cli, Command, HooksCommand, Invalid, Session, apply, block_on, catalogue};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -127,6 +127,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Trace(args) => args.run(&datapath, &session),
         Command::Protocols => catalogue::protocols(output),
         Command::Presets => catalogue::presets(output),
+        Command::Hooks(HooksCommand::Install(args)) => args.run(),
+        Command::Hooks(HooksCommand::Libvirt(hook)) => block_on(hook.run(&session)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -880,18 +880,62 @@ pub fn dns_ping_http_policy(with_http: bool) -> Policy {
 /// The kernel memory of the policy maps under `pins` (the sum of their
 /// fdinfo `memlock`).
 pub fn policy_memory(pins: &Pins) -> Result<u64> {
-    [
-        map_names::LOCAL,
-        map_names::REMOTE,
-        map_names::REMOTE_EXACT,
-        map_names::L4,
-        map_names::L4_EXACT,
-        map_names::VERDICT,
-        map_names::DHCP_SERVERS,
-    ]
-    .iter()
-    .map(|name| map_memory(pins, name))
-    .sum()
+    POLICY_MAPS.iter().map(|name| map_memory(pins, name)).sum()
+}
+
+/// The maps that hold the ports' compiled policies.
+pub const POLICY_MAPS: [&str; 7] = [
+    map_names::LOCAL,
+    map_names::REMOTE,
+    map_names::REMOTE_EXACT,
+    map_names::L4,
+    map_names::L4_EXACT,
+    map_names::VERDICT,
+    map_names::DHCP_SERVERS,
+];
+
+/// The entries of the pinned map `name`, counted key by key
+/// (`BPF_MAP_GET_NEXT_KEY`).
+pub fn map_entries(pins: &Pins, name: &str) -> Result<usize> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    #[repr(C)]
+    struct NextKey {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let map = MapData::from_pin(pins.root().join("maps").join(name))?;
+    let key_size = map.info()?.key_size() as usize;
+    let (mut key, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
+    let mut count = 0;
+    loop {
+        let attr = NextKey {
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: if count == 0 { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        // SAFETY: the attribute and both key buffers outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr,
+                size_of::<NextKey>(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            ensure!(
+                e.raw_os_error() == Some(libc::ENOENT),
+                "listing {name}: {e}"
+            );
+            return Ok(count);
+        }
+        std::mem::swap(&mut key, &mut next);
+        count += 1;
+    }
 }
 
 /// The kernel memory of the pinned map `name` (its fdinfo `memlock`).

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use sg_common::{Direction, Outcome};
+use sg_core::compile::{compile, counter_ids};
 use sg_ctl::{
     datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
@@ -496,4 +497,54 @@ fn truncated_ipv6_extension_headers_are_malformed() {
         Forward::Drop,
         Outcome::DropMalformed,
     );
+}
+
+/// A policy that replaces another leaves only its own entries in the
+/// shared maps, every kind of them (tries, exact hashes, pairs, local
+/// classes, DHCP servers); one taken away leaves none.
+#[test]
+fn a_replaced_policy_leaves_only_its_own_entries() {
+    require_root!();
+    let mut port = Port::new();
+    let rules: Vec<_> = (0..300)
+        .map(|i| {
+            serde_json::json!({
+                "direction": "ingress", "protocol": "tcp",
+                "ports": format!("{}-{}", 1000 + i * 4, 1003 + i * 4),
+                "remote": [format!("198.18.{}.{}/32", i / 250, i % 250 + 1),
+                           format!("2001:db8:{i:x}::/64")],
+                "local": ["198.18.0.2/32"],
+            })
+        })
+        .chain([serde_json::json!({"direction": "egress", "protocol": "udp", "ports": "53"})])
+        .collect();
+    let mut big = vm_policy(
+        serde_json::json!([{"name": "big", "rules": rules}]),
+        &["big"],
+    );
+    big.ports[0].dhcp_servers = vec!["198.18.0.1".parse().unwrap()];
+    let small = vm_policy(
+        serde_json::json!([{"name": "small", "rules": [
+            {"direction": "ingress", "protocol": "tcp", "ports": "22", "remote": ["198.18.1.1/32"]},
+        ]}]),
+        &["small"],
+    );
+    let maps = sg_tests::POLICY_MAPS;
+    let held = |port: &Port| maps.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap());
+    port.0.install(&big, "vm").unwrap();
+    port.0.install(&small, "vm").unwrap();
+    let counters = counter_ids(&small).unwrap();
+    let compiled = compile(&small, "vm", 1, &counters).unwrap();
+    let wanted = [
+        compiled.local.len(),
+        compiled.remote.len(),
+        compiled.remote_exact.len(),
+        compiled.l4.len(),
+        compiled.l4_exact.len(),
+        compiled.verdict.len(),
+        compiled.dhcp_servers.len(),
+    ];
+    assert_eq!(held(&port), wanted, "entries of {maps:?}");
+    port.0.datapath.clear_policy(SLOT).unwrap();
+    assert_eq!(held(&port), [0; 7], "entries of {maps:?}");
 }

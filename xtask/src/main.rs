@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, builds, the demo and the test suite of sg.
 
 mod demo;
+mod guest;
 mod hosts_demo;
 mod testrun;
 mod toolchain;

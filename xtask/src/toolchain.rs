@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Step, cmd_output, run, workspace_root};
+use crate::{Step, cmd_output, guest, run, workspace_root};
 
 /// The name the Debian compiler is linked into rustup under.
 const SYSTEM_TOOLCHAIN: &str = "sg-bpf";
@@ -29,6 +29,16 @@ const BENCH_PACKAGES: &[&str] = &["nftables", "iptables", "iperf3", "conntrack"]
 /// The reference CNI plugins (bridge, host-local, …) in /usr/lib/cni that
 /// sg-cni's tests chain it after.
 const CNI_PACKAGES: &[&str] = &["containernetworking-plugins"];
+/// What the VM test boots its guest with and serves it DHCP from:
+/// qemu, busybox for its initramfs (packed with cpio), dnsmasq, and kmod to
+/// order the guest kernel's modules.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "dnsmasq-base",
+    "cpio",
+    "kmod",
+];
 /// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled),
 /// and protoc with the well-known types, which etcd-client's build compiles
 /// etcd's API with.
@@ -205,13 +215,14 @@ fn ensure_bpf_linker(llvm: u32) -> Result<()> {
 /// Finds or installs everything the eBPF build needs, and the tools the
 /// tests and the demo run. Safe to run again: what is there is kept.
 pub fn setup() -> Result<EbpfToolchain> {
-    let mut step = Step::new("setting up", 4);
+    let mut step = Step::new("setting up", 5);
 
     step.next("tools the build, the tests and the demo use");
     if has_apt() {
         apt_install(RUNTIME_PACKAGES, "network namespaces and ping")?;
         apt_install(BENCH_PACKAGES, "the live-traffic benchmark")?;
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
+        apt_install(VM_PACKAGES, "the VM test")?;
         apt_install(
             BUILD_PACKAGES,
             "the SQLite and etcd client built into sg-ctl",
@@ -220,9 +231,17 @@ pub fn setup() -> Result<EbpfToolchain> {
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
-             reference CNI plugins (bridge and host-local in /usr/lib/cni), a C compiler (gcc), \
-             protoc with the protobuf well-known types, and etcd are installed"
+             reference CNI plugins (bridge and host-local in /usr/lib/cni), qemu-system-x86_64, \
+             busybox (static), dnsmasq, cpio, depmod, a C compiler (gcc), protoc with the \
+             protobuf well-known types, and etcd are installed"
         );
+    }
+
+    step.next("the VM test's guest kernel");
+    if has_apt() {
+        guest::ensure_kernel()?;
+    } else {
+        println!("    no apt-get: the VM test fails without Debian's kernel in target/vm-guest");
     }
 
     step.next("a compiler with the library sources for -Z build-std");

@@ -8,6 +8,7 @@ mod conntrack;
 mod daemon;
 pub mod datapath;
 mod groups;
+mod hooks;
 mod ports;
 mod print;
 mod rules;
@@ -171,10 +172,30 @@ pub enum Command {
     /// The connection table: tracked flows, its fill, flushing, expiry.
     #[command(subcommand)]
     Conntrack(conntrack::ConntrackCommand),
+    /// The qemu scripts and libvirt hook that plug a VM's tap before its
+    /// guest runs.
+    #[command(subcommand)]
+    Hooks(HooksCommand),
     /// Print a shell completion script.
     #[command(after_help = "Example:
   sg-ctl completions bash > /etc/bash_completion.d/sg-ctl")]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+pub enum HooksCommand {
+    /// Install them, naming this sg-ctl; installing again replaces them.
+    #[command(after_help = "Examples:
+  sg-ctl hooks install                     /etc/sg/qemu-ifup, /etc/sg/qemu-ifdown
+  sg-ctl hooks install --libvirt           and /etc/libvirt/hooks/qemu
+  sg-ctl hooks install --dir /usr/local/libexec/sg")]
+    Install(hooks::HooksInstall),
+    /// What libvirt's hook runs: the domain's XML on stdin; at "start
+    /// begin" its ports (its <metadata>'s sg:port elements) described and
+    /// plugged, or a failure that stops the VM; at "stopped end" unplugged.
+    #[command(after_help = "Example (as libvirt runs it):
+  sg-ctl hooks libvirt vm1 start begin - < vm1.xml")]
+    Libvirt(hooks::LibvirtHook),
 }
 
 /// An argument the daemon was not asked about because it is wrong on its
@@ -257,6 +278,31 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_plug_describes_a_port_with_a_mac_and_an_interface_only() {
+        let plug = |args: &[&str]| {
+            let mut all = vec!["sg-ctl", "port", "plug", "vm1"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(drop)
+        };
+        let mac = ["--mac", "52:54:00:12:34:56"];
+        assert!(plug(&[]).is_ok());
+        assert!(plug(&["--iface", "tap1"]).is_ok());
+        assert!(plug(&[&["--iface", "tap1"][..], &mac, &["--ip", "198.18.0.5"]].concat()).is_ok());
+        for wrong in [
+            &mac[..],
+            &["--iface", "tap1", "--ip", "198.18.0.5"],
+            &["--iface", "tap1", "--group", "web"],
+        ] {
+            let error = plug(wrong).err().unwrap();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{wrong:?}"
+            );
+        }
     }
 
     #[test]

@@ -62,15 +62,33 @@ pub enum PortCommand {
     /// Put the port's policy in force on its interface now, and fail
     /// unless it is: for a hypervisor's or container runtime's hook, before
     /// the workload starts. --iface (in --netns, if given) becomes its
-    /// interface.
+    /// interface. With --mac, the port is described afresh first (created,
+    /// or replaced whole): its interface, MAC, IPs and groups.
     #[command(after_help = "Examples:
   sg-ctl port plug vm1 --iface tap3
-  sg-ctl --netns c1 port plug web-1 --iface eth0")]
+  sg-ctl --netns c1 port plug web-1 --iface eth0
+  sg-ctl port plug vm1 --iface tap3 --mac 52:54:00:12:34:56 --ip 10.0.0.5 --group web")]
     Plug {
         name: String,
         #[arg(long)]
         iface: Option<String>,
+        /// Describe the port afresh with this MAC (needs --iface).
+        #[arg(long, requires = "iface")]
+        mac: Option<MacAddr>,
+        /// With --mac: a fixed IP of the workload (repeat for more).
+        #[arg(long = "ip", value_parser = parse_ip, requires = "mac")]
+        ips: Vec<IpAddr>,
+        /// With --mac: groups to attach, in order (repeat; default:
+        /// default).
+        #[arg(long = "group", requires = "mac")]
+        groups: Vec<String>,
     },
+    /// Remove a port as its workload stops, and answer once its filter is
+    /// off its interface; a port not there is unplugged already (exit 0).
+    /// For a hypervisor's or container runtime's hook.
+    #[command(after_help = "Examples:
+  sg-ctl port unplug vm1")]
+    Unplug { name: String },
     /// Change a port's interface, MAC, IPs, port security or DHCP servers.
     Update {
         name: String,
@@ -217,12 +235,44 @@ impl PortCommand {
                     .await?;
                 show(session, &view)
             }
-            PortCommand::Plug { name, iface } => {
+            PortCommand::Plug {
+                name,
+                iface,
+                mac,
+                ips,
+                groups,
+            } => {
+                if let (Some(mac), Some(iface)) = (mac, iface) {
+                    let mut port = Port::new(name.as_str(), iface.as_str(), *mac);
+                    port.ips = ips.clone();
+                    if !groups.is_empty() {
+                        port.groups = groups.clone();
+                    }
+                    port.netns = session.netns.clone();
+                    client.put_port(&port).await?;
+                }
                 let at = PlugBody {
                     ifname: iface.clone(),
                     netns: session.netns.clone(),
                 };
                 show(session, &client.plug(name, &at).await?)
+            }
+            PortCommand::Unplug { name } => {
+                let gone_already = match client.unplug(name).await {
+                    Err(e) if e.is_not_found() => true,
+                    unplugged => unplugged.map(|_| false)?,
+                };
+                let unplugged = serde_json::json!({
+                    "unplugged": { "name": name, "gone_already": gone_already }
+                });
+                session.output.print(&unplugged, |_| {
+                    if gone_already {
+                        println!("port {name} is not there: unplugged already");
+                    } else {
+                        println!("unplugged port {name}");
+                    }
+                    Ok(())
+                })
             }
             PortCommand::Delete { name } => {
                 client.delete_port(name, None).await?;

@@ -50,7 +50,7 @@ pub const DEFAULT_SOCKET: &str = "/run/sg/sg.sock";
 /// How often the daemon re-checks the datapath against the store, besides
 /// when an interface of a port comes or goes (what another sg-ctl did, a
 /// namespace that appears later).
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How often idle flows leave the connection table.
 const CONNTRACK_GC_EVERY: Duration = Duration::from_secs(10);
 
@@ -319,6 +319,7 @@ pub mod routes {
     pub const ATTACH_GROUPS: &str = "/v1/ports/{name}/attach";
     pub const DETACH_GROUPS: &str = "/v1/ports/{name}/detach";
     pub const PLUG: &str = "/v1/ports/{name}/plug";
+    pub const UNPLUG: &str = "/v1/ports/{name}/unplug";
     pub const FLOWS: &str = "/v1/ports/{name}/flows";
     pub const SETTINGS: &str = "/v1/settings";
     pub const EXPORT: &str = "/v1/export";
@@ -589,6 +590,7 @@ fn router(daemon: Shared) -> Router {
         .route(routes::ATTACH_GROUPS, post(attach_groups))
         .route(routes::DETACH_GROUPS, post(detach_groups))
         .route(routes::PLUG, post(plug))
+        .route(routes::UNPLUG, post(unplug))
         .route(routes::FLOWS, get(port_flows))
         .route(routes::SETTINGS, get(show_settings).put(update_settings))
         .route(routes::EXPORT, get(export))
@@ -793,6 +795,10 @@ async fn plug(
 ) -> Reply<PortView> {
     let at: PlugBody = body(&b, Subject::Body)?;
     with(d, move |d| d.plug(role, &name, at.ifname, at.netns)).await
+}
+
+async fn unplug(State(d): State<Shared>, Caller(role): Caller, Named(name): Named) -> Reply<Port> {
+    with(d, move |d| d.unplug(role, &name)).await
 }
 
 async fn detach_groups(
@@ -1147,6 +1153,16 @@ mod tests {
             other => panic!("the port has no flows: {other:?}"),
         }
         client.delete_port("vm", Some(vm.revision)).await.unwrap();
+        // What a hook does: describe the port afresh, then unplug it, twice.
+        client.put_port(&port).await.unwrap();
+        let moved = Port {
+            ifname: "sg-no-iface2".into(),
+            ..port.clone()
+        };
+        let vm = client.put_port(&moved).await.unwrap();
+        assert_eq!(vm.spec.ifname, "sg-no-iface2");
+        assert_eq!(client.unplug("vm").await.unwrap(), moved);
+        assert!(client.unplug("vm").await.unwrap_err().is_not_found());
 
         let settings = client.settings().await.unwrap();
         assert_eq!(client.set_settings(&settings).await.unwrap(), settings);

@@ -530,6 +530,49 @@ impl Daemon {
         Ok(view)
     }
 
+    /// Removes a port whose workload is gone, as a VM's tap goes away with
+    /// its VM: the port leaves the desired state (its addresses and slot
+    /// are free for others), and the answer, the port as it was, comes once
+    /// its filter is detached from its interface. For hypervisor scripts,
+    /// which call it as the VM stops. A port that is not there is
+    /// `NotFound`, which such a script takes as unplugged already; a filter
+    /// that cannot be detached is an error naming why, and the reconcile
+    /// tries again.
+    pub fn unplug(&mut self, role: Role, name: &str) -> Result<Port> {
+        require(role, Role::Owner)?;
+        let port = self.state.policy.port(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no port named '{name}': it is unplugged already, or was never made; \
+                     `sg-ctl port list` shows the ports"
+                ),
+            )
+        })?;
+        self.delete_port(role, name, None)?;
+        // The reconcile keeps a deleted port's record, with the reason,
+        // until its filter is gone.
+        if let Some(state) = self.store.port_states()?.get(name) {
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                format!(
+                    "port '{name}' is removed, but its filter is still on {}: {}; the daemon \
+                     tries again every {} s, or `sg-ctl {}detach {}` removes it",
+                    state.ifname,
+                    state.reason,
+                    api::RECONCILE_EVERY.as_secs(),
+                    state
+                        .netns
+                        .as_ref()
+                        .map(|netns| format!("--netns {netns} "))
+                        .unwrap_or_default(),
+                    state.ifname
+                ),
+            ));
+        }
+        Ok(port)
+    }
+
     /// Attaches groups to a port (after its others), live.
     pub fn attach_groups(&mut self, role: Role, name: &str, groups: &[String]) -> Result<PortView> {
         self.change(role, |policy, _| {
@@ -969,6 +1012,23 @@ mod tests {
             kind(Role::Viewer, "vm", FlowQuery::default()),
             ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn unplug_needs_an_owner_and_names_a_port_gone_already() {
+        let dir = temp_dir();
+        let mut d = daemon(&dir);
+        assert_eq!(
+            d.unplug(Role::Anonymous, "vm1").unwrap_err().kind,
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            d.unplug(Role::Viewer, "vm1").unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        let error = d.unplug(Role::Owner, "vm1").unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NotFound);
+        assert!(error.message.contains("unplugged already"), "{error}");
     }
 
     #[test]

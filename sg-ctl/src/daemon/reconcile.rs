@@ -253,7 +253,7 @@ impl Daemon {
             let port = policy.port(name).filter(|port| self.is_local(port));
             let moved =
                 port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
-            let mut detached = true;
+            let mut detached = Ok(());
             // Whatever its state: a port whose install failed may be
             // attached all the same, one awaiting its interface has a slot.
             if moved {
@@ -272,19 +272,29 @@ impl Daemon {
                         eprintln!("sg-ctl daemon: port {name}: detached {}", state.ifname);
                     }
                     Err(e) => {
-                        eprintln!(
-                            "sg-ctl daemon: port {name}: detaching {}: {e}",
-                            state.ifname
-                        );
-                        detached = false;
+                        let reason = format!("detaching {}: {e}", state.ifname);
+                        eprintln!("sg-ctl daemon: port {name}: {reason}");
+                        detached = Err(reason);
                     }
                 }
             }
-            // A deleted port's record stays until its filter is gone, so
-            // that the next pass tries again.
-            if port.is_none() && detached {
-                self.store.remove_port_state(name)?;
-                self.installed.remove(name);
+            // A deleted port's record stays until its filter is gone, with
+            // the reason, so that the next pass tries again and an unplug
+            // can say why.
+            match (port, detached) {
+                (None, Ok(())) => {
+                    self.store.remove_port_state(name)?;
+                    self.installed.remove(name);
+                }
+                (None, Err(reason)) => {
+                    let failed = PortState {
+                        phase: PortPhase::Error,
+                        reason,
+                        ..state.clone()
+                    };
+                    self.store.set_port_state(name, &failed)?;
+                }
+                (Some(_), _) => {}
             }
         }
 

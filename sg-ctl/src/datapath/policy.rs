@@ -3,8 +3,11 @@
 
 use std::{thread, time::Duration};
 
-use aya::maps::{
-    Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+use aya::{
+    Pod,
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    },
 };
 use sg_common::{
     Class, Counter, DhcpServerKey, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey,
@@ -12,11 +15,12 @@ use sg_common::{
 };
 
 use super::{
-    error::{Context as _, Result},
+    error::{Context as _, DatapathError, Result},
     pins::Pins,
     ports::sum_cpus,
+    sys,
 };
-use sg_core::compile::Compiled;
+use sg_core::compile::{Compiled, TrieEntry};
 
 /// How long old policy entries stay after the switch: longer than any
 /// program run that may still hold the old policy id.
@@ -99,64 +103,63 @@ impl PolicyMaps {
             thread::sleep(GRACE);
             self.remove_entries(old)?;
         }
-        remove_hash(&mut self.fragments, map_names::FRAGMENTS, |k| {
+        remove(&self.fragments, map_names::FRAGMENTS, |k: &FragmentKey| {
             k.slot == slot
         })
     }
 
+    /// Writes the entries of `compiled`, each map's in one call.
     fn write(&mut self, compiled: &Compiled) -> Result<()> {
-        let full = |map: &'static str| move || format!("writing {map} (is it full?)");
-        for &(bits, key, value) in &compiled.local {
-            self.local
-                .insert(&Key::new(bits, key), value, 0)
-                .context(full(map_names::LOCAL))?;
-        }
-        for &(bits, key, value) in &compiled.remote {
-            self.remote
-                .insert(&Key::new(bits, key), value, 0)
-                .context(full(map_names::REMOTE))?;
-        }
-        for &(bits, key, value) in &compiled.l4 {
-            self.l4
-                .insert(&Key::new(bits, key), value, 0)
-                .context(full(map_names::L4))?;
-        }
-        for (key, value) in &compiled.remote_exact {
-            self.remote_exact
-                .insert(key, value, 0)
-                .context(full(map_names::REMOTE_EXACT))?;
-        }
-        for (key, value) in &compiled.l4_exact {
-            self.l4_exact
-                .insert(key, value, 0)
-                .context(full(map_names::L4_EXACT))?;
-        }
-        for (key, value) in &compiled.verdict {
-            self.verdict
-                .insert(key, value, 0)
-                .context(full(map_names::VERDICT))?;
-        }
-        for &(bits, key, value) in &compiled.dhcp_servers {
-            self.dhcp_servers
-                .insert(&Key::new(bits, key), value, 0)
-                .context(full(map_names::DHCP_SERVERS))?;
-        }
-        Ok(())
+        write(&self.local, map_names::LOCAL, trie(&compiled.local))?;
+        write(&self.remote, map_names::REMOTE, trie(&compiled.remote))?;
+        write(&self.l4, map_names::L4, trie(&compiled.l4))?;
+        write(
+            &self.dhcp_servers,
+            map_names::DHCP_SERVERS,
+            trie(&compiled.dhcp_servers),
+        )?;
+        write(
+            &self.remote_exact,
+            map_names::REMOTE_EXACT,
+            compiled.remote_exact.iter().copied(),
+        )?;
+        write(
+            &self.l4_exact,
+            map_names::L4_EXACT,
+            compiled.l4_exact.iter().copied(),
+        )?;
+        write(
+            &self.verdict,
+            map_names::VERDICT,
+            compiled.verdict.iter().copied(),
+        )
     }
 
     /// Removes every entry of a policy id.
     fn remove_entries(&mut self, id: u32) -> Result<()> {
-        remove_trie(&mut self.local, |k| k.policy == id)?;
-        remove_trie(&mut self.remote, |k| k.scope.policy == id)?;
-        remove_trie(&mut self.l4, |k| k.scope.policy == id)?;
-        remove_trie(&mut self.dhcp_servers, |k| k.policy == id)?;
-        remove_hash(&mut self.remote_exact, map_names::REMOTE_EXACT, |k| {
+        remove(&self.local, map_names::LOCAL, |k: &Key<LocalKey>| {
+            k.data().policy == id
+        })?;
+        remove(&self.remote, map_names::REMOTE, |k: &Key<RemoteKey>| {
+            k.data().scope.policy == id
+        })?;
+        remove(&self.l4, map_names::L4, |k: &Key<L4Key>| {
+            k.data().scope.policy == id
+        })?;
+        remove(
+            &self.dhcp_servers,
+            map_names::DHCP_SERVERS,
+            |k: &Key<DhcpServerKey>| k.data().policy == id,
+        )?;
+        remove(
+            &self.remote_exact,
+            map_names::REMOTE_EXACT,
+            |k: &RemoteKey| k.scope.policy == id,
+        )?;
+        remove(&self.l4_exact, map_names::L4_EXACT, |k: &L4Key| {
             k.scope.policy == id
         })?;
-        remove_hash(&mut self.l4_exact, map_names::L4_EXACT, |k| {
-            k.scope.policy == id
-        })?;
-        remove_hash(&mut self.verdict, map_names::VERDICT, |k| {
+        remove(&self.verdict, map_names::VERDICT, |k: &VerdictKey| {
             k.scope.policy == id
         })
     }
@@ -202,40 +205,48 @@ impl PolicyMaps {
     }
 }
 
-fn remove_trie<K: aya::Pod, V: aya::Pod>(
-    trie: &mut LpmTrie<MapData, K, V>,
-    belongs: impl Fn(&K) -> bool,
-) -> Result<()> {
-    let keys: Vec<Key<K>> = trie
-        .keys()
-        .filter_map(std::result::Result::ok)
-        .filter(|k| belongs(&k.data()))
-        .collect();
-    for key in keys {
-        ignore_missing(trie.remove(&key)).context(|| "removing a policy entry".to_string())?;
-    }
-    Ok(())
+/// A trie's entries as the map takes them.
+fn trie<K: Pod, V: Pod>(entries: &[TrieEntry<K, V>]) -> impl Iterator<Item = (Key<K>, V)> + '_ {
+    entries
+        .iter()
+        .map(|&(bits, key, value)| (Key::new(bits, key), value))
 }
 
-fn remove_hash<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
+/// Writes `entries` into one of the policy maps, in one call.
+fn write<K: Pod, V: Pod>(
+    map: &impl IterableMap<K, V>,
+    name: &str,
+    entries: impl Iterator<Item = (K, V)>,
+) -> Result<()> {
+    sys::update_batch(map.map(), entries).map_err(|(written, source)| DatapathError::Kernel {
+        what: format!("writing {name} (is it full?) after {written} entries"),
+        source: source.into(),
+    })
+}
+
+/// Removes the entries of one of the policy maps that `belongs` takes,
+/// listing and deleting them a batch at a time.
+fn remove<K: Pod, V: Pod>(
+    map: &impl IterableMap<K, V>,
     name: &str,
     belongs: impl Fn(&K) -> bool,
 ) -> Result<()> {
-    let keys: Vec<K> = map
-        .keys()
-        .filter_map(std::result::Result::ok)
-        .filter(|k| belongs(k))
-        .collect();
-    for key in keys {
-        ignore_missing(map.remove(&key)).context(|| format!("removing from {name}"))?;
+    let mut keys = sys::keys_batch::<K, V>(map.map()).context(|| format!("listing {name}"))?;
+    keys.retain(|k| belongs(k));
+    let mut at = 0;
+    while at < keys.len() {
+        match sys::delete_batch(map.map(), &keys[at..]) {
+            Ok(()) => break,
+            // Gone meanwhile (the datapath forgets fragments itself): the
+            // rest still go.
+            Err((deleted, e)) if e.raw_os_error() == Some(libc::ENOENT) => at += deleted + 1,
+            Err((deleted, source)) => {
+                return Err(DatapathError::Kernel {
+                    what: format!("removing from {name} after {} entries", at + deleted),
+                    source: source.into(),
+                });
+            }
+        }
     }
     Ok(())
-}
-
-fn ignore_missing(result: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
-    }
 }

@@ -1,12 +1,16 @@
 //! The raw system calls the datapath needs that aya does not wrap:
 //! interface names and indexes, an interface's driver, a pinned link's
-//! interface.
+//! interface, and the batch map operations (`BPF_MAP_*_BATCH`), which
+//! write, list or delete thousands of entries in one call each.
 
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
+
+use aya::{Pod, maps::MapData};
 
 use sg_common::PortConfig;
 
@@ -141,6 +145,115 @@ fn link_ifindex(path: &Path) -> Option<u32> {
     }
     let bytes = info[IFINDEX_OFFSET..IFINDEX_OFFSET + 4].try_into().ok()?;
     Some(u32::from_ne_bytes(bytes))
+}
+
+/// `bpf_attr` for the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct Batch {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// One batch command; on failure the error and how many entries the
+/// kernel did before it.
+fn batch(command: libc::c_long, attr: &mut Batch) -> Result<(), (usize, io::Error)> {
+    // SAFETY: the attribute and the buffers it points to outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut Batch,
+            size_of::<Batch>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err((attr.count as usize, io::Error::last_os_error()))
+    }
+}
+
+/// Writes `entries` into `map` (each added or replaced) in one call. On
+/// failure, how many were written before the one that failed.
+pub(super) fn update_batch<K: Pod, V: Pod>(
+    map: &MapData,
+    entries: impl Iterator<Item = (K, V)>,
+) -> Result<(), (usize, io::Error)> {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = Batch {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Batch::default()
+    };
+    batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// Deletes `keys` from `map` in one call; a key that is not there fails
+/// it (ENOENT) after the ones before it.
+pub(super) fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), (usize, io::Error)> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = Batch {
+        keys: keys.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Batch::default()
+    };
+    batch(BPF_MAP_DELETE_BATCH, &mut attr)
+}
+
+/// Every key of `map` (whose values are `V`s), listed a few thousand per
+/// call.
+pub(super) fn keys_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<K>> {
+    /// Entries a call lists at most; more than a hash bucket ever holds.
+    const CHUNK: usize = 4096;
+    let mut keys: Vec<K> = Vec::new();
+    let mut chunk_keys: Vec<K> = Vec::with_capacity(CHUNK);
+    let mut chunk_values: Vec<V> = Vec::with_capacity(CHUNK);
+    // The position the kernel hands back to go on from: a bucket index
+    // for a hash, the last key listed for the others; room for a key.
+    let mut position = vec![0u64; size_of::<K>().div_ceil(8).max(1)];
+    let mut first = true;
+    loop {
+        let mut attr = Batch {
+            in_batch: if first { 0 } else { position.as_ptr() as u64 },
+            out_batch: position.as_mut_ptr() as u64,
+            keys: chunk_keys.as_mut_ptr() as u64,
+            values: chunk_values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Batch::default()
+        };
+        let done = match batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err((_, e)) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err((_, e)) => return Err(e),
+        };
+        // SAFETY: the kernel wrote `attr.count` keys, at most `CHUNK`.
+        unsafe { chunk_keys.set_len((attr.count as usize).min(CHUNK)) };
+        keys.append(&mut chunk_keys);
+        if done {
+            return Ok(keys);
+        }
+        first = false;
+    }
 }
 
 #[cfg(test)]
