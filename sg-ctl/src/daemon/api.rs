@@ -1074,7 +1074,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 26);
+        assert_eq!(operations, 27);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
