@@ -45,6 +45,9 @@ pub mod map_names {
     pub const CONNTRACK: &str = "SG_CONNTRACK";
     pub const CONNTRACK_TIMEOUTS: &str = "SG_CONNTRACK_TIMEOUTS";
     pub const CONNTRACK_EVENTS: &str = "SG_CONNTRACK_EVENTS";
+    pub const PORT_FLOWS: &str = "SG_PORT_FLOWS";
+    pub const CONNTRACK_RING: &str = "SG_CONNTRACK_RING";
+    pub const CONNTRACK_CLOCK: &str = "SG_CONNTRACK_CLOCK";
 }
 
 /// Names of the programs in the eBPF object.
@@ -68,6 +71,11 @@ pub const PORT_SLOT_GLOBAL: &str = "PORT_SLOT";
 /// what it decided to its own `SG_TRACE` map. Zero in the instances attached to ports, where
 /// the verifier removes the tracing code as dead.
 pub const TRACE_GLOBAL: &str = "TRACE";
+
+/// The global variable that holds the entries of `SG_CONNTRACK_RING` (the
+/// size the table was made with), set by the loader from the pinned ring
+/// or the size it makes it with.
+pub const CONNTRACK_RING_GLOBAL: &str = "CONNTRACK_RING";
 
 /// What a tracer decided on a frame, in `SG_TRACE[0]`. The candidates are
 /// `candidate::NONE` where the program did not look (or found nothing).
@@ -210,6 +218,10 @@ pub enum Outcome {
     /// request (UDP 68→67, 546→547), or a server's reply toward it (67→68,
     /// 547→546) from a server its policy accepts.
     PassDhcp = 28,
+    /// Dropped: a new flow the policy allows, but the port holds as many
+    /// flows as its limit (`PortFlows::limit`); other ports' flows, and
+    /// its own tracked ones, are untouched.
+    DropConntrackPortFull = 29,
 }
 
 /// Counter slots reserved per port and direction: room for outcomes to come.
@@ -219,7 +231,7 @@ pub const OUTCOME_SLOTS: u32 = 32;
 pub const STATS_ENTRIES: u32 = MAX_PORTS * 2 * OUTCOME_SLOTS;
 
 impl Outcome {
-    pub const ALL: [Outcome; 29] = [
+    pub const ALL: [Outcome; 30] = [
         Outcome::Pass,
         Outcome::PassNonIp,
         Outcome::DropBlocked,
@@ -249,6 +261,7 @@ impl Outcome {
         Outcome::DropInternal,
         Outcome::DropNoPolicy,
         Outcome::PassDhcp,
+        Outcome::DropConntrackPortFull,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -294,6 +307,7 @@ impl Outcome {
             Outcome::DropInternal => "drop-internal",
             Outcome::DropNoPolicy => "drop-no-policy",
             Outcome::PassDhcp => "pass-dhcp",
+            Outcome::DropConntrackPortFull => "drop-conntrack-port-full",
         }
     }
 
@@ -715,10 +729,58 @@ pub mod candidate {
     }
 }
 
-/// Flows the connection table holds, all ports together. A new flow that
-/// finds it full is dropped (`Outcome::DropConntrackFull`); tracked flows
-/// are never evicted for it.
+/// Flows the connection table holds, all ports together, unless sized
+/// otherwise. A new flow that finds it full takes the room of an expired
+/// or unreplied flow if it finds one, and is dropped otherwise
+/// (`Outcome::DropConntrackFull`); established flows are never evicted.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// The flows a port may hold when nothing set its limit: a quarter of the
+/// default table, so that it takes four ports to fill it.
+pub const DEFAULT_FLOWS_PER_PORT: u32 = 65_536;
+
+/// `SG_PORT_FLOWS[slot]`: the flows the port holds in the table, and how
+/// many it may hold. The map is mmapable: the datapath and `sg-ctl` add to
+/// and take from `flows` with atomic operations on the same memory, and
+/// `sg-ctl` writes `limit` there (a write through the map's update call
+/// would put back a `flows` read before it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortFlows {
+    /// One more for each flow the port started, one less for each of its
+    /// flows removed, by whoever removed it.
+    pub flows: u64,
+    /// Zero: `DEFAULT_FLOWS_PER_PORT`.
+    pub limit: u32,
+    pub _pad: u32,
+}
+
+impl PortFlows {
+    /// The flows the port may hold.
+    #[inline(always)]
+    pub const fn limit(&self) -> u32 {
+        if self.limit == 0 {
+            DEFAULT_FLOWS_PER_PORT
+        } else {
+            self.limit
+        }
+    }
+}
+
+/// `SG_CONNTRACK_CLOCK[0]`: where the next new flow's key goes in
+/// `SG_CONNTRACK_RING` (`head`), and the next entry of the ring a full
+/// table looks at for room (`hand`); both count up for ever and are taken
+/// modulo the ring's size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackClock {
+    pub head: u64,
+    pub hand: u64,
+}
+
+/// Entries of the ring a full table looks at per new flow for an expired
+/// or unreplied flow to take the room of.
+pub const CONNTRACK_RECLAIM_TRIES: u32 = 8;
 
 /// `SG_CONNTRACK` key: one flow through one port, seen from the workload.
 /// `local` is the workload's address and port (the source of what it
@@ -780,6 +842,15 @@ pub mod conntrack_state {
     pub const FIN_WAIT: u8 = 5;
     /// TCP: both sides sent a FIN.
     pub const TIME_WAIT: u8 = 6;
+
+    /// Whether a flow in `state` is unreplied: no answer yet (`NEW`), or a
+    /// TCP handshake that has not completed. Such flows make room for new
+    /// ones when the table is full, as Linux's early drop takes
+    /// connections that are not assured; established ones never do.
+    #[inline(always)]
+    pub const fn unreplied(state: u8) -> bool {
+        matches!(state, NEW | SYN_SENT | SYN_RECEIVED)
+    }
 }
 
 /// What happened to a flow, in `SG_CONNTRACK_EVENTS` (a ring buffer).
@@ -799,14 +870,18 @@ pub mod conntrack_event {
     pub const NEW: u32 = 0;
     /// An RST ended it, FINs went both ways, or the policy revoked it.
     pub const CLOSED: u32 = 1;
-    /// Its next packet found it idle past its timeout.
+    /// Its next packet found it idle past its timeout, or a new flow that
+    /// needed its room did.
     pub const EXPIRED: u32 = 2;
+    /// Unreplied, it gave its room to a new flow in a full table.
+    pub const EVICTED: u32 = 3;
 
     pub const fn name(kind: u32) -> &'static str {
         match kind {
             NEW => "new",
             CLOSED => "closed",
             EXPIRED => "expired",
+            EVICTED => "evicted",
             _ => "unknown",
         }
     }
@@ -838,15 +913,19 @@ pub enum Timeout {
     Icmp = 3,
     /// Every other protocol.
     Other = 4,
+    /// A flow of any protocol but TCP that has had no reply.
+    Unreplied = 5,
 }
 
 impl Timeout {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     /// Linux's defaults (`nf_conntrack_tcp_timeout_established`,
     /// `…_time_wait`, `nf_conntrack_udp_timeout`,
-    /// `nf_conntrack_icmp_timeout`, `nf_conntrack_generic_timeout`).
-    pub const DEFAULT_SECONDS: [u32; Timeout::COUNT] = [432_000, 120, 30, 30, 600];
+    /// `nf_conntrack_icmp_timeout`, `nf_conntrack_generic_timeout`), and
+    /// for unreplied flows its UDP one (which Linux applies to UDP until
+    /// it is a stream).
+    pub const DEFAULT_SECONDS: [u32; Timeout::COUNT] = [432_000, 120, 30, 30, 600, 30];
 
     /// The timeout that applies to a flow of `protocol` in `state`.
     #[inline(always)]
@@ -854,6 +933,7 @@ impl Timeout {
         match protocol {
             proto::IPPROTO_TCP if state == conntrack_state::ESTABLISHED => Timeout::TcpEstablished,
             proto::IPPROTO_TCP => Timeout::TcpClosing,
+            _ if state == conntrack_state::NEW => Timeout::Unreplied,
             proto::IPPROTO_UDP => Timeout::Udp,
             proto::IPPROTO_ICMP | proto::IPPROTO_ICMPV6 => Timeout::Icmp,
             _ => Timeout::Other,
@@ -873,6 +953,7 @@ impl ConntrackTimeouts {
             Timeout::Udp => (self.seconds[2], Timeout::DEFAULT_SECONDS[2]),
             Timeout::Icmp => (self.seconds[3], Timeout::DEFAULT_SECONDS[3]),
             Timeout::Other => (self.seconds[4], Timeout::DEFAULT_SECONDS[4]),
+            Timeout::Unreplied => (self.seconds[5], Timeout::DEFAULT_SECONDS[5]),
         };
         if seconds == 0 { default } else { seconds }
     }
@@ -902,7 +983,9 @@ const _: () = assert!(size_of::<PortSecurityConfig>() == 72);
 const _: () = assert!(size_of::<OwnedMacs>() == 32);
 const _: () = assert!(size_of::<ConntrackKey>() == 44);
 const _: () = assert!(size_of::<ConntrackEntry>() == 56);
-const _: () = assert!(size_of::<ConntrackTimeouts>() == 20);
+const _: () = assert!(size_of::<ConntrackTimeouts>() == 24);
+const _: () = assert!(size_of::<PortFlows>() == 16);
+const _: () = assert!(size_of::<ConntrackClock>() == 16);
 const _: () = assert!(size_of::<ConntrackEvent>() == 56);
 const _: () = assert!(OUTCOME_SLOTS as usize >= Outcome::ALL.len());
 // `ALL` lists the codes in order, without a gap: userspace names the
@@ -937,5 +1020,7 @@ mod user {
     unsafe impl aya::Pod for ConntrackKey {}
     unsafe impl aya::Pod for ConntrackEntry {}
     unsafe impl aya::Pod for ConntrackTimeouts {}
+    unsafe impl aya::Pod for PortFlows {}
+    unsafe impl aya::Pod for ConntrackClock {}
     unsafe impl aya::Pod for ConntrackEvent {}
 }

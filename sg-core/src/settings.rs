@@ -1,13 +1,14 @@
-//! The host's settings: its limits, the outbound SMTP block and the
-//! connection-tracking timeouts, with their defaults and validation; and
-//! the policy the datapath enforces under them.
+//! The host's settings: its limits, the outbound SMTP block, the
+//! connection-tracking timeouts and the flows a port may hold, with their
+//! defaults and validation; and the policy the datapath enforces under
+//! them.
 
 use serde::{Deserialize, Deserializer, Serialize};
-use sg_common::Timeout;
+use sg_common::{DEFAULT_FLOWS_PER_PORT, Timeout};
 
 use ipnet::IpNet;
 
-use crate::model::{FieldError, Policy, Port, number_field};
+use crate::model::{FieldError, Policy, Port, flows, number_field};
 
 /// Limits and defaults of this host, changed with `sg-ctl settings set`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +25,12 @@ pub struct Settings {
     pub block_outbound_smtp: bool,
     /// Connection-tracking timeouts in seconds, kept for the conntrack.
     pub conntrack: ConntrackTimeouts,
+    /// The flows a port may hold in the connection table unless it says
+    /// otherwise (`Port::max_flows`), as a cloud's per-interface allowance
+    /// of tracked connections: past it, the port's new flows are dropped
+    /// (`drop-conntrack-port-full`) and other ports are untouched.
+    #[serde(deserialize_with = "flows")]
+    pub max_flows_per_port: u32,
     /// The widest allowed address pair a port may have without saying it
     /// means it (`allow_wide`): a pair makes the port a member of every
     /// address in it, so a pair of 0.0.0.0/0 would let a `remote: {group}`
@@ -43,6 +50,7 @@ impl Default for Settings {
             max_groups_per_port: 5,
             block_outbound_smtp: true,
             conntrack: ConntrackTimeouts::default(),
+            max_flows_per_port: DEFAULT_FLOWS_PER_PORT,
             min_pair_prefix_ipv4: 8,
             min_pair_prefix_ipv6: 32,
         }
@@ -56,6 +64,7 @@ impl Settings {
         for (field, value) in [
             ("max_rules_per_group", self.max_rules_per_group),
             ("max_groups_per_port", self.max_groups_per_port),
+            ("max_flows_per_port", self.max_flows_per_port as usize),
         ] {
             if value == 0 {
                 return Err(FieldError::new(field, "0 leaves no room; use 1 or more"));
@@ -126,6 +135,10 @@ pub struct ConntrackTimeouts {
     /// Every other protocol.
     #[serde(deserialize_with = "seconds")]
     pub other: u32,
+    /// A flow of any protocol but TCP until it has a reply; the kind's
+    /// own timeout after.
+    #[serde(deserialize_with = "seconds")]
+    pub unreplied: u32,
 }
 
 /// A limit, as a number or its text (`settings set` sends either).
@@ -149,13 +162,14 @@ fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
 
 impl Default for ConntrackTimeouts {
     fn default() -> Self {
-        let [tcp_established, tcp_closing, udp, icmp, other] = Timeout::DEFAULT_SECONDS;
+        let [tcp_established, tcp_closing, udp, icmp, other, unreplied] = Timeout::DEFAULT_SECONDS;
         Self {
             tcp_established,
             tcp_closing,
             udp,
             icmp,
             other,
+            unreplied,
         }
     }
 }
@@ -178,6 +192,7 @@ impl ConntrackTimeouts {
             ("conntrack.udp", Timeout::Udp, self.udp),
             ("conntrack.icmp", Timeout::Icmp, self.icmp),
             ("conntrack.other", Timeout::Other, self.other),
+            ("conntrack.unreplied", Timeout::Unreplied, self.unreplied),
         ]
     }
 }
@@ -204,6 +219,12 @@ mod tests {
         assert_eq!(settings.validate(), Ok(()));
         settings.conntrack.udp = 0;
         assert_eq!(settings.validate().unwrap_err().field, "conntrack.udp");
+        settings.conntrack.udp = 30;
+        settings.max_flows_per_port = 0;
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            "max_flows_per_port: 0 leaves no room; use 1 or more"
+        );
         settings.max_groups_per_port = 0;
         assert_eq!(
             settings.validate().unwrap_err().to_string(),
@@ -235,9 +256,14 @@ mod tests {
     fn limits_are_whole_numbers_as_numbers_or_text() {
         let settings = |json: &str| crate::parse_json::<Settings>(json);
         assert_eq!(
-            settings(r#"{"max_rules_per_group": "30", "conntrack": {"udp": 60}}"#).unwrap(),
+            settings(
+                r#"{"max_rules_per_group": "30", "max_flows_per_port": "1000",
+                    "conntrack": {"udp": 60}}"#
+            )
+            .unwrap(),
             Settings {
                 max_rules_per_group: 30,
+                max_flows_per_port: 1000,
                 conntrack: ConntrackTimeouts {
                     udp: 60,
                     ..ConntrackTimeouts::default()
@@ -259,6 +285,10 @@ mod tests {
                 "conntrack.udp: 10000000000 is out of range; use seconds, 1 or more",
             ),
             (
+                r#"{"max_flows_per_port": 5000000000}"#,
+                "max_flows_per_port: 5000000000 is out of range; use a number of flows, 1 or more",
+            ),
+            (
                 r#"{"conntrack": {"tcp": 5}}"#,
                 "conntrack.tcp: unknown field `tcp`, expected one of",
             ),
@@ -275,7 +305,7 @@ mod tests {
             .map(|(_, kind, _)| kind as usize);
         let mut sorted = kinds;
         sorted.sort_unstable();
-        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        assert_eq!(sorted, [0, 1, 2, 3, 4, 5]);
         let defaults = ConntrackTimeouts::default().each().map(|(_, _, s)| s);
         for (kind, seconds) in kinds.into_iter().zip(defaults) {
             assert_eq!(Timeout::DEFAULT_SECONDS[kind], seconds);

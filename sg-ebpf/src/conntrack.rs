@@ -5,9 +5,15 @@
 //! way, pass on its entry; ICMP errors that quote one of its packets pass
 //! as related.
 //!
-//! The table is a plain hash, not an LRU: a full table fails new flows
-//! and never evicts tracked ones. Entries expire by their timeouts: the
-//! datapath treats an expired entry as absent, and `sg-ctl` deletes them.
+//! The table is a plain hash, not an LRU: an LRU would let a flood of
+//! new flows push established ones out. Each port holds at most its limit
+//! of flows (`SG_PORT_FLOWS`); a new flow past it is dropped. A new flow
+//! that finds the table full takes the room of an expired or unreplied
+//! flow among those started before it (`SG_CONNTRACK_RING`, looked at in
+//! turn by a clock hand), as Linux's early drop does, and is dropped when
+//! it finds none: established flows are never evicted. Entries expire by
+//! their timeouts: the datapath treats an expired entry as absent, takes
+//! its room when it needs it, and `sg-ctl` deletes the rest.
 
 #![expect(
     clippy::needless_borrows_for_generic_args,
@@ -15,14 +21,15 @@
 )]
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use sg_common::{
-    CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, ConntrackEntry, ConntrackEvent,
-    ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4, MAX_CONNTRACK_ENTRIES,
-    conntrack_event, conntrack_state, ipv4_mapped,
+    CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, CONNTRACK_RECLAIM_TRIES, ConntrackClock,
+    ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
+    MAX_CONNTRACK_ENTRIES, MAX_PORTS, PortFlows, conntrack_event, conntrack_state, ipv4_mapped,
     proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
 };
 
@@ -56,6 +63,27 @@ static SG_CONNTRACK_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_m
 #[map(name = "SG_CONNTRACK_TIMEOUTS")]
 static SG_CONNTRACK_TIMEOUTS: Array<ConntrackTimeouts> = Array::pinned(1, 0);
 
+/// Slot → the flows the port holds and its limit. Added to and taken from
+/// atomically, here and by `sg-ctl` through its mapping of the same
+/// memory, only when a flow starts or is removed: a packet of a tracked
+/// flow never touches it.
+#[map(name = "SG_PORT_FLOWS")]
+static SG_PORT_FLOWS: Array<PortFlows> = Array::pinned(MAX_PORTS, BPF_F_MMAPABLE);
+
+/// The keys of the flows in the order they started, as many as the table
+/// holds: where a full table looks for room.
+#[map(name = "SG_CONNTRACK_RING")]
+static SG_CONNTRACK_RING: Array<ConntrackKey> = Array::pinned(MAX_CONNTRACK_ENTRIES, 0);
+
+/// The ring's head and the clock hand that goes round it.
+#[map(name = "SG_CONNTRACK_CLOCK")]
+static SG_CONNTRACK_CLOCK: Array<ConntrackClock> = Array::pinned(1, 0);
+
+/// Entries of `SG_CONNTRACK_RING`; set by the loader
+/// (`CONNTRACK_RING_GLOBAL`).
+#[unsafe(no_mangle)]
+static CONNTRACK_RING: u32 = MAX_CONNTRACK_ENTRIES;
+
 /// Where a transport header the tracker reads may start.
 const MAX_L4: usize = 512;
 /// An ICMP header, in front of the quoted packet of an error.
@@ -70,6 +98,9 @@ pub struct Scratch {
     /// A new flow's entry, on its way into the table.
     pub entry: ConntrackEntry,
     pub quote: Quote,
+    /// The key of a flow a full table looks at, copied from the ring
+    /// (which another CPU may write meanwhile).
+    pub victim: ConntrackKey,
 }
 
 /// The packet an ICMP error quotes: its IP header (IPv4's without
@@ -194,7 +225,7 @@ pub fn lookup(
         if !restart && !expired {
             return Flow::Tracked(entry);
         }
-        let _ = SG_CONNTRACK.remove(&*key);
+        remove(key);
         if expired {
             emit(key, conntrack_event::EXPIRED, now);
         }
@@ -339,10 +370,22 @@ fn fill(
     }
 }
 
-/// Starts the flow of `key` with this packet. `false`: the table is full.
+/// What became of a new flow.
+pub enum Start {
+    /// It is in the table (or another CPU put it there first).
+    Started,
+    /// The port holds as many flows as its limit.
+    PortFull,
+    /// The table is full, of flows that are neither expired nor unreplied
+    /// among those the clock hand looked at.
+    TableFull,
+}
+
+/// Starts the flow of `scratch.key` with this packet, if its port is under
+/// its limit and the table has room or can make some.
 #[inline(always)]
-pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u64) -> bool {
-    let (key, entry) = (&scratch.key, &mut scratch.entry);
+pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u64) -> Start {
+    let (key, entry, victim) = (&scratch.key, &mut scratch.entry, &mut scratch.victim);
     let now = now();
     let d = direction as usize & 1;
     entry.first_seen = now;
@@ -360,15 +403,183 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
     entry.origin = direction as u8;
     entry.fins = 0;
     entry._pad = 0;
-    // Another CPU may have started the flow meanwhile: as good.
-    const EEXIST: i32 = 17;
-    match SG_CONNTRACK.insert(key, entry, aya_ebpf::bindings::BPF_NOEXIST as u64) {
-        Ok(()) => {
-            emit(key, conntrack_event::NEW, now);
-            true
-        }
-        Err(error) => error == -EEXIST,
+    let Some(port) = SG_PORT_FLOWS.get_ptr_mut(key.slot) else {
+        return Start::PortFull;
+    };
+    // The port's room is taken before the insert and given back if the
+    // insert fails. Expired flows (its own or others') may make room.
+    let room = reserve(port) || reclaim(victim, now, false) && reserve(port);
+    if !room {
+        return Start::PortFull;
     }
+    const EEXIST: i32 = 17;
+    const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
+    let mut inserted = SG_CONNTRACK.insert(key, &*entry, NOEXIST);
+    // Full: the room of an expired or unreplied flow, if the hand finds
+    // one.
+    if inserted.is_err_and(|error| error != -EEXIST) && reclaim(victim, now, true) {
+        inserted = SG_CONNTRACK.insert(key, &*entry, NOEXIST);
+    }
+    match inserted {
+        Ok(()) => {
+            remember(key);
+            emit(key, conntrack_event::NEW, now);
+            Start::Started
+        }
+        Err(error) => {
+            release(port);
+            // Another CPU may have started the flow meanwhile: as good.
+            if error == -EEXIST {
+                Start::Started
+            } else {
+                Start::TableFull
+            }
+        }
+    }
+}
+
+/// Takes room for one flow of the port: `false` when it has none. The
+/// count is read, then added to: new flows of one port started on other
+/// CPUs at the same instant may pass the limit, by one each at most.
+#[inline(always)]
+fn reserve(port: *mut PortFlows) -> bool {
+    // SAFETY: a map entry, valid for this run, whose flows are only
+    // written atomically.
+    let (flows, limit) = unsafe { ((*port).flows, (*port).limit()) };
+    if flows >= u64::from(limit) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { add(&raw mut (*port).flows, 1) };
+    true
+}
+
+/// Gives back the room of one flow of the port.
+#[inline(always)]
+fn release(port: *mut PortFlows) {
+    // SAFETY: as in `reserve`.
+    unsafe { add(&raw mut (*port).flows, u64::MAX) };
+}
+
+/// Adds `value` to `*at` atomically (wrapping: `u64::MAX` takes one
+/// away).
+///
+/// # Safety
+/// `at` is valid and aligned, and only written atomically meanwhile.
+#[inline(always)]
+unsafe fn add(at: *mut u64, value: u64) {
+    // The BPF target has no atomic types; the intrinsic, its result
+    // unused, becomes the atomic add every BPF CPU version has
+    // (BPF_ATOMIC | BPF_ADD; a fetch needs version 3).
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            at, value,
+        );
+    }
+    // On the host, where the programs are only checked.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(at)
+            .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Takes the next position of the clock's `head` or `hand` within `span`
+/// entries: read, then written one more. Two CPUs may take one position
+/// at once: then one key is lost from the ring (that flow is left to
+/// expiry), or one entry is looked at twice.
+///
+/// # Safety
+/// `at` is a field of the clock's entry, valid for this run.
+#[inline(always)]
+unsafe fn next(at: *mut u64, span: u64) -> u32 {
+    // SAFETY: as the caller promises.
+    let position = unsafe { core::ptr::read_volatile(at) };
+    unsafe { core::ptr::write_volatile(at, position.wrapping_add(1)) };
+    (position % span) as u32
+}
+
+/// Removes the flow of `key` from the table, and from its port's count if
+/// this was the removal that took it (`true`).
+#[inline(always)]
+fn remove(key: &ConntrackKey) -> bool {
+    if SG_CONNTRACK.remove(key).is_err() {
+        return false;
+    }
+    if let Some(port) = SG_PORT_FLOWS.get_ptr_mut(key.slot) {
+        release(port);
+    }
+    true
+}
+
+#[inline(always)]
+fn ring_entries() -> u64 {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    u64::from(unsafe { core::ptr::read_volatile(&CONNTRACK_RING) }).max(1)
+}
+
+/// Puts the key of a flow that just started at the ring's head.
+#[inline(always)]
+fn remember(key: &ConntrackKey) {
+    let Some(clock) = SG_CONNTRACK_CLOCK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the clock's entry, valid for this run.
+    let at = unsafe { next(&raw mut (*clock).head, ring_entries()) };
+    if let Some(slot) = SG_CONNTRACK_RING.get_ptr_mut(at) {
+        // SAFETY: the ring's entry; from the caller's slot, whole.
+        unsafe { core::ptr::copy_nonoverlapping(key, slot, 1) };
+    }
+}
+
+/// Looks at the next flows of the ring under the clock hand, up to
+/// `CONNTRACK_RECLAIM_TRIES`, and removes the first that has expired or,
+/// with `unreplied`, has had no reply (see `conntrack_state::unreplied`);
+/// `true` if it removed one. Established flows stay.
+#[inline(always)]
+fn reclaim(victim: &mut ConntrackKey, now: u64, unreplied: bool) -> bool {
+    let (Some(clock), Some(timeouts)) = (
+        SG_CONNTRACK_CLOCK.get_ptr_mut(0),
+        SG_CONNTRACK_TIMEOUTS.get(0),
+    ) else {
+        return false;
+    };
+    // The hand goes round the part of the ring written so far: all of it
+    // once as many flows started as it holds.
+    // SAFETY: the clock's entry, valid for this run.
+    let span = unsafe { core::ptr::read_volatile(&raw const (*clock).head) }.min(ring_entries());
+    if span == 0 {
+        return false;
+    }
+    for _ in 0..CONNTRACK_RECLAIM_TRIES {
+        // SAFETY: as above.
+        let at = unsafe { next(&raw mut (*clock).hand, span) };
+        let Some(slot) = SG_CONNTRACK_RING.get_ptr(at) else {
+            return false;
+        };
+        // SAFETY: the ring's entry, whole, into this CPU's slot.
+        unsafe { core::ptr::copy_nonoverlapping(slot, victim, 1) };
+        let key = &*victim;
+        // SAFETY: the entry stays valid for this run (RCU).
+        let Some(entry) = (unsafe { SG_CONNTRACK.get(key) }) else {
+            continue;
+        };
+        let (state, last_seen) = (entry.state, entry.last_seen);
+        let expired = timeouts.expired(key.protocol, state, last_seen, now);
+        if (expired || unreplied && conntrack_state::unreplied(state)) && remove(key) {
+            let kind = if expired {
+                conntrack_event::EXPIRED
+            } else {
+                conntrack_event::EVICTED
+            };
+            emit(key, kind, now);
+            return true;
+        }
+    }
+    false
 }
 
 /// Sends an event about the flow of `key`, unless this CPU sent its
@@ -407,7 +618,7 @@ fn emit(key: &ConntrackKey, kind: u32, now: u64) {
 /// revoked.
 #[inline(always)]
 pub fn forget(scratch: &Scratch) {
-    let _ = SG_CONNTRACK.remove(&scratch.key);
+    remove(&scratch.key);
     closed(scratch);
 }
 

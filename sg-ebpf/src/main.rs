@@ -19,6 +19,10 @@
 // Built for `bpfel-unknown-none`; on the host only checked by clippy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds (see `conntrack::fetch_add`): the BPF target has no atomic
+// types.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod buf;
 mod conntrack;
@@ -47,7 +51,7 @@ use sg_common::{
 
 use crate::{
     buf::Resizable,
-    conntrack::{Flow, Step},
+    conntrack::{Flow, Start, Step},
     instance::Instance,
     maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS},
     parse::{Frame, IpPacket, parse},
@@ -128,7 +132,8 @@ fn count(slot: u32, direction: Direction, outcome: Outcome, bytes: u64) {
 /// 3. A packet of a tracked flow that fits its state passes (established).
 /// 4. A packet that may start a flow (a TCP SYN alone, UDP, an echo
 ///    request, other protocols) is classified; if allowed, the flow starts
-///    (or the packet drops when the table is full).
+///    (or the packet drops when its port holds its limit of flows, or the
+///    table is full and has no expired or unreplied flow to make room).
 /// 5. TCP of no flow that is no SYN: what the policy says, but invalid
 ///    where the policy would allow it.
 /// 6. Everything else (untracked ICMP): the policy alone.
@@ -187,10 +192,10 @@ fn track(
         /* 4 */
         Flow::New => {
             let outcome = verdict?;
-            if conntrack::start(&mut keys.conntrack, direction, policy, bytes) {
-                Ok(outcome)
-            } else {
-                Err(Outcome::DropConntrackFull)
+            match conntrack::start(&mut keys.conntrack, direction, policy, bytes) {
+                Start::Started => Ok(outcome),
+                Start::PortFull => Err(Outcome::DropConntrackPortFull),
+                Start::TableFull => Err(Outcome::DropConntrackFull),
             }
         }
         /* 5 */

@@ -33,7 +33,7 @@ use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
-use sg_ctl::datapath::{Datapath, Forward, Pins, TestRun, WithoutPolicy, XdpModeArg};
+use sg_ctl::datapath::{Datapath, Forward, MapSizes, Pins, TestRun, WithoutPolicy, XdpModeArg};
 
 /// Whether the tests may create namespaces and load eBPF programs.
 pub fn is_root() -> bool {
@@ -692,8 +692,17 @@ pub struct TestPort {
 
 impl TestPort {
     pub fn new(slot: u32, without_policy: WithoutPolicy) -> Result<TestPort> {
+        TestPort::with_sizes(slot, without_policy, MapSizes::default())
+    }
+
+    /// A port whose maps are made with `sizes`.
+    pub fn with_sizes(
+        slot: u32,
+        without_policy: WithoutPolicy,
+        sizes: MapSizes,
+    ) -> Result<TestPort> {
         let pins = TestPins::new();
-        let datapath = pins.datapath();
+        let datapath = Datapath::with_sizes(pins.pins.clone(), sizes);
         let run = datapath.test_run(slot)?;
         let port = TestPort {
             run,
@@ -748,18 +757,29 @@ impl TestPort {
         assert_eq!(got, want, "{direction:?} {}: verdict", outcome.name());
     }
 
+    /// The programs of another slot on the same maps, active, with
+    /// `policy` for its port `port` in force: a neighbour of this port.
+    pub fn neighbour(&self, slot: u32, policy: &Policy, port: &str) -> Result<(TestRun, RuleIds)> {
+        let run = self.datapath.test_run(slot)?;
+        self.datapath.set_port(slot, &self.config(true))?;
+        Ok((run, install(&self.datapath, slot, policy, port)?))
+    }
+
     /// An inactive port's programs drop everything (`drop-no-policy`),
     /// as while a port is attached or detached.
     pub fn set_active(&self, active: bool) -> Result<()> {
-        let config = PortConfig {
+        Ok(self.datapath.set_port(self.slot, &self.config(active))?)
+    }
+
+    fn config(&self, active: bool) -> PortConfig {
+        PortConfig {
             ifname: *b"test0\0\0\0\0\0\0\0\0\0\0\0",
             netns: 0,
             ifindex: 1,
             flags: if active { PORT_ACTIVE } else { 0 } | self.without_policy.flag(),
             xdp_mode: 0,
             _pad: 0,
-        };
-        Ok(self.datapath.set_port(self.slot, &config)?)
+        }
     }
 }
 
@@ -982,6 +1002,50 @@ pub fn tcp_exchange(client: &Netns, server: &Netns, to: IpAddr, port: u16) -> Re
     Ok(stream.read_exact(&mut buf).is_ok() && &buf == b"200")
 }
 
+/// Workloads on one bridge: each in a namespace of its own, its veth's
+/// host side `h-<name>` on the bridge in `host`.
+pub struct Lan {
+    pub host: Netns,
+    pub workloads: Vec<(&'static str, Netns, &'static str)>,
+}
+
+impl Lan {
+    pub fn new(workloads: &[(&'static str, &'static str)]) -> Result<Lan> {
+        let host = Netns::new()?;
+        host.ip(&["link", "add", "br0", "type", "bridge"])?;
+        host.ip(&["link", "set", "br0", "up"])?;
+        let mut lan = Lan {
+            host,
+            workloads: Vec::new(),
+        };
+        for &(name, ip) in workloads {
+            let ns = Netns::new()?;
+            let port = format!("h-{name}");
+            lan.host.add_veth(&port, &ns)?;
+            lan.host
+                .ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.add_addr("eth0", &format!("{ip}/24"))?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            lan.workloads.push((name, ns, ip));
+        }
+        Ok(lan)
+    }
+
+    pub fn ns(&self, name: &str) -> &Netns {
+        &self.workloads.iter().find(|w| w.0 == name).unwrap().1
+    }
+
+    pub fn ip(&self, name: &str) -> IpAddr {
+        addr(self.workloads.iter().find(|w| w.0 == name).unwrap().2)
+    }
+
+    /// Whether `from` opens a TCP connection to `to`:`port` and exchanges
+    /// a request and a response.
+    pub fn tcp(&self, from: &str, to: &str, port: u16) -> Result<bool> {
+        tcp_exchange(self.ns(from), self.ns(to), self.ip(to), port)
+    }
+}
+
 /// A running `sg-ctl daemon` with a database, socket and pin directory of
 /// its own, stopped and removed (ports detached) when dropped.
 pub struct TestDaemon {
@@ -1112,6 +1176,17 @@ impl TestDaemon {
         };
         command.arg("--socket").arg(self.socket()).args(args);
         command.env_remove("SG_TOKEN");
+        // A process another test forks while the copy is written holds it
+        // open for writing until that process execs: the copy's own exec
+        // fails with ETXTBSY meanwhile. A moment later it runs.
+        for _ in 0..100 {
+            match command.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.context("running sg-ctl"),
+            }
+        }
         command.output().context("running sg-ctl")
     }
 

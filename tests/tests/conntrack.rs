@@ -1,7 +1,8 @@
 //! Connection tracking on crafted frames through BPF_PROG_TEST_RUN: the
 //! TCP state machine, replies that pass whatever the other direction's
 //! rules say, ICMP errors related to a flow, a policy change that revokes
-//! a flow, expiry, the tracer, a full table.
+//! a flow, expiry, the tracer, a full table, a port at its limit of flows,
+//! unreplied flows making room and expiring early.
 
 use std::{
     net::IpAddr,
@@ -15,7 +16,7 @@ use sg_common::{
 use sg_core::settings;
 use sg_ctl::{
     datapath::{
-        Forward, WithoutPolicy,
+        Forward, MapSizes, WithoutPolicy,
         conntrack::{Flow, FlowFilter},
     },
     frame::{Packet, TcpFlags, Transport},
@@ -34,9 +35,19 @@ struct Port(TestPort);
 
 impl Port {
     fn new() -> Port {
-        let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+        Port::with_sizes(MapSizes::default())
+    }
+
+    fn with_sizes(sizes: MapSizes) -> Port {
+        let mut port =
+            TestPort::with_sizes(SLOT, WithoutPolicy::Drop, sizes).expect("loading the programs");
         port.install(&policy(true), "vm").expect("installing");
         Port(port)
+    }
+
+    /// The flows the port holds, as its count says.
+    fn count(&self) -> u64 {
+        self.0.datapath.port_flows(SLOT).unwrap().flows
     }
 
     /// Runs the frame; checks the verdict and the outcome it was counted as.
@@ -477,8 +488,9 @@ fn idle_flows_expire_by_their_timeouts() {
     require_root!();
     let port = Port::new();
     let (i, e) = (Direction::Ingress, Direction::Egress);
+    // Unreplied, the UDP flows go by the unreplied timeout.
     let timeouts = settings::ConntrackTimeouts {
-        udp: 1,
+        unreplied: 1,
         ..Default::default()
     };
     port.0.datapath.set_conntrack_timeouts(&timeouts).unwrap();
@@ -634,4 +646,173 @@ fn a_full_table_drops_new_flows_and_keeps_the_tracked_ones() {
         Forward::Pass,
         Outcome::Pass,
     );
+}
+
+/// A flow of another IP protocol, without ports.
+fn raw(direction: Direction, protocol: u8) -> Packet {
+    let mut packet = udp(direction, false, (0, 0));
+    packet.transport = Transport::Other { protocol };
+    packet
+}
+
+#[test]
+fn a_port_at_its_limit_drops_its_own_new_flows_and_no_other_port_s() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    port.0.datapath.set_flow_limit(SLOT, 3).unwrap();
+    handshake(&port, false);
+    port.check(e, &udp(e, false, (40000, 53)), Forward::Pass, Outcome::Pass);
+    port.check(e, &udp(e, true, (40000, 53)), Forward::Pass, Outcome::Pass);
+    assert_eq!(port.count(), 3);
+    // Full: its new flows are dropped, whichever way they start.
+    let full = Outcome::DropConntrackPortFull;
+    port.check(e, &udp(e, false, (40001, 53)), Forward::Drop, full);
+    port.check(i, &tcp(i, false, (80, 40001), SYN), Forward::Drop, full);
+    // Its tracked flows go on, both ways.
+    let established = Outcome::PassEstablished;
+    port.check(i, &udp(i, false, (40000, 53)), Forward::Pass, established);
+    port.check(e, &tcp(e, false, HTTP, ACK), Forward::Pass, established);
+    assert_eq!(port.count(), 3);
+    assert_eq!(port.flows().len(), 3);
+    // Another port on the same table starts its flows.
+    let (other, _) = port.0.neighbour(SLOT + 1, &policy(true), "vm").unwrap();
+    let frame = udp(e, false, (40001, 53)).frame().unwrap();
+    assert_eq!(other.run(e, &frame).unwrap(), Forward::Pass);
+    assert_eq!(port.0.datapath.port_flows(SLOT + 1).unwrap().flows, 1);
+    // An RST ends the connection, which leaves room for one.
+    port.check(i, &tcp(i, false, HTTP, RST), Forward::Pass, established);
+    port.check(e, &udp(e, false, (40001, 53)), Forward::Pass, Outcome::Pass);
+    port.check(e, &udp(e, false, (40002, 53)), Forward::Drop, full);
+    let stats = port.0.datapath.conntrack_stats().unwrap();
+    assert_eq!((stats.entries, stats.port_full, stats.full), (4, 3, 0));
+    // Flushed, the port has its room again; the other's flow stays.
+    let flushed = port
+        .0
+        .datapath
+        .flush_flows(&FlowFilter {
+            slot: Some(SLOT),
+            ..FlowFilter::default()
+        })
+        .unwrap();
+    assert_eq!((flushed, port.count()), (3, 0));
+    assert_eq!(port.0.datapath.port_flows(SLOT + 1).unwrap().flows, 1);
+    // Back to the default limit.
+    port.0.datapath.set_flow_limit(SLOT, 0).unwrap();
+    let limit = port.0.datapath.port_flows(SLOT).unwrap().limit();
+    assert_eq!(limit, sg_common::DEFAULT_FLOWS_PER_PORT);
+}
+
+#[test]
+fn a_port_at_its_limit_takes_the_room_of_its_expired_flows_itself() {
+    require_root!();
+    let port = Port::new();
+    let e = Direction::Egress;
+    let timeouts = settings::ConntrackTimeouts {
+        unreplied: 1,
+        ..Default::default()
+    };
+    port.0.datapath.set_conntrack_timeouts(&timeouts).unwrap();
+    port.0.datapath.set_flow_limit(SLOT, 2).unwrap();
+    for local in [40000, 40001] {
+        port.check(e, &udp(e, false, (local, 53)), Forward::Pass, Outcome::Pass);
+    }
+    let third = udp(e, false, (40002, 53));
+    let full = Outcome::DropConntrackPortFull;
+    port.check(e, &third, Forward::Drop, full);
+    // Expired, with nothing removing them (no daemon, no `gc`): the next
+    // new flow takes the room of one.
+    std::thread::sleep(Duration::from_millis(2100));
+    port.check(e, &third, Forward::Pass, Outcome::Pass);
+    port.check(e, &udp(e, false, (40003, 53)), Forward::Pass, Outcome::Pass);
+    assert_eq!(port.count(), 2);
+    let mut locals: Vec<_> = port.flows().iter().map(|f| f.ends.local_port).collect();
+    locals.sort();
+    assert_eq!(locals, [Some(40002), Some(40003)]);
+}
+
+#[test]
+fn a_full_table_gives_the_room_of_an_unreplied_flow_never_an_established_one() {
+    require_root!();
+    const ENTRIES: u32 = 64;
+    let sizes = MapSizes::parse([format!("SG_CONNTRACK={ENTRIES}").as_str()]).unwrap();
+    let port = Port::with_sizes(sizes);
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    handshake(&port, false);
+    // One flow without a reply, then replied ones to fill the table.
+    let unreplied = udp(e, false, (41000, 53));
+    port.check(e, &unreplied, Forward::Pass, Outcome::Pass);
+    for n in 0..ENTRIES as u16 - 2 {
+        let ports = (40000 + n, 53);
+        port.check(e, &udp(e, false, ports), Forward::Pass, Outcome::Pass);
+        let reply = udp(i, false, ports);
+        port.check(i, &reply, Forward::Pass, Outcome::PassEstablished);
+    }
+    let stats = port.0.datapath.conntrack_stats().unwrap();
+    assert_eq!((stats.entries, stats.capacity), (64, ENTRIES));
+    // A new flow takes the unreplied one's room.
+    let newcomer = (42000, 53);
+    port.check(e, &udp(e, false, newcomer), Forward::Pass, Outcome::Pass);
+    let flows = port.flows();
+    assert_eq!(flows.len(), ENTRIES as usize);
+    assert!(!flows.iter().any(|f| f.ends.local_port == Some(41000)));
+    // Replied to, every flow is established: the next new one is dropped,
+    // and the established ones pass.
+    port.check(
+        i,
+        &udp(i, false, newcomer),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    let late = udp(e, false, (43000, 53));
+    port.check(e, &late, Forward::Drop, Outcome::DropConntrackFull);
+    port.check(
+        e,
+        &tcp(e, false, HTTP, ACK),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    port.check(
+        i,
+        &udp(i, false, (40000, 53)),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    assert_eq!(port.count(), u64::from(ENTRIES));
+}
+
+#[test]
+fn unreplied_flows_expire_on_their_own_timeout_and_replied_ones_keep_theirs() {
+    require_root!();
+    let mut port = Port::new();
+    let open = vm_policy(
+        serde_json::json!([{"name": "out", "rules": [{"direction": "egress"}]}]),
+        &["out"],
+    );
+    port.0.install(&open, "vm").unwrap();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    let timeouts = settings::ConntrackTimeouts {
+        unreplied: 1,
+        ..Default::default()
+    };
+    port.0.datapath.set_conntrack_timeouts(&timeouts).unwrap();
+    let established = Outcome::PassEstablished;
+    // UDP and protocol 253, each once replied and once not.
+    port.check(e, &udp(e, false, (40000, 53)), Forward::Pass, Outcome::Pass);
+    port.check(i, &udp(i, false, (40000, 53)), Forward::Pass, established);
+    port.check(e, &udp(e, false, (40001, 53)), Forward::Pass, Outcome::Pass);
+    port.check(e, &raw(e, 253), Forward::Pass, Outcome::Pass);
+    port.check(i, &raw(i, 253), Forward::Pass, established);
+    port.check(e, &raw(e, 254), Forward::Pass, Outcome::Pass);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(port.0.datapath.expire_flows().unwrap(), 2);
+    let mut left: Vec<_> = port
+        .flows()
+        .iter()
+        .map(|f| (f.ends.protocol.clone(), f.state.name()))
+        .collect();
+    left.sort();
+    let replied = |protocol: &str| (protocol.to_string(), "replied");
+    assert_eq!(left, [replied("253"), replied("udp")]);
+    assert_eq!(port.count(), 2);
 }

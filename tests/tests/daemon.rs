@@ -7,14 +7,18 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     thread,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use sg_tests::{
-    HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, guest_mac,
-    require_root, tcp_exchange,
+    HOST_V4, Netns, PORT, TestDaemon, VethPort, WORKLOAD_V4, WORKLOAD_V6, addr, eventually,
+    guest_mac, require_root, tcp_exchange,
 };
+
+/// How long a change may take to reach the datapath.
+const SETTLED: Duration = Duration::from_secs(10);
 
 /// The `nobody` user: a local client with neither root nor a token.
 const NOBODY: u32 = 65534;
@@ -552,6 +556,65 @@ fn a_membership_change_recompiles_only_the_ports_it_affects() {
     assert_eq!(after[0], before[0], "w1's rules name no group");
     assert_ne!(after[1], before[1], "db1's rule admits members of web");
     assert_eq!(after[2], before[2], "o1 has nothing to do with web");
+}
+
+#[test]
+fn a_port_s_flow_limit_is_its_own_or_the_host_s_and_shows_in_the_metrics() {
+    require_root!();
+    let d = TestDaemon::start().unwrap();
+    let ns = Netns::with_interfaces(2).unwrap();
+    let port = |name: &str, iface: &str, more: &[&str]| {
+        let mut args = vec![
+            "--netns",
+            ns.name(),
+            "port",
+            "create",
+            name,
+            "--iface",
+            iface,
+            "--mac",
+            "52:54:00:12:34:56",
+        ];
+        args.extend_from_slice(more);
+        d.ok(&args)
+    };
+    port("p1", "d0", &["--max-flows", "100"]).unwrap();
+    port("p2", "d1", &[]).unwrap();
+    let limits = |want: [u64; 2]| {
+        eventually(&format!("the flow limits {want:?}"), SETTLED, || {
+            let got = ["p1", "p2"].map(|port| {
+                d.metric(&format!("sg_port_flow_limit{{port=\"{port}\"}}"))
+                    .unwrap_or_default()
+            });
+            Ok(got == want)
+        })
+        .unwrap();
+    };
+    limits([100, 65_536]);
+    assert_eq!(d.metric("sg_port_flows{port=\"p1\"}").unwrap(), 0);
+    d.ok(&["settings", "set", "max_flows_per_port", "500"])
+        .unwrap();
+    limits([100, 500]);
+    d.ok(&["port", "update", "p1", "--host-max-flows"]).unwrap();
+    limits([500, 500]);
+    assert_eq!(
+        d.json(&["port", "show", "p1"]).unwrap()["spec"]["max_flows"],
+        Value::Null
+    );
+    d.ok(&["port", "update", "p1", "--max-flows", "7"]).unwrap();
+    limits([7, 500]);
+    let (code, err) = d
+        .fails(&["settings", "set", "max_flows_per_port", "0"])
+        .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("max_flows_per_port: 0 leaves no room"),
+        "{err}"
+    );
+    let (code, _) = d
+        .fails(&["port", "update", "p2", "--max-flows", "0"])
+        .unwrap();
+    assert_eq!(code, 2);
 }
 
 #[test]

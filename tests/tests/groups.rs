@@ -6,60 +6,16 @@
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use sg_tests::{Netns, TestDaemon, addr, eventually, require_root, tcp_exchange};
+use anyhow::Context as _;
+use sg_tests::{Lan, TestDaemon, eventually, require_root};
 
 /// How long a change may take to be in force: the daemon reconciles once
 /// it committed.
 const SETTLED: Duration = Duration::from_secs(10);
-
-/// Workloads on one bridge: each in a namespace of its own, its veth's
-/// host side `h-<name>` on the bridge in `host`.
-struct Lan {
-    host: Netns,
-    workloads: Vec<(&'static str, Netns, &'static str)>,
-}
-
-impl Lan {
-    fn new(workloads: &[(&'static str, &'static str)]) -> Result<Lan> {
-        let host = Netns::new()?;
-        host.ip(&["link", "add", "br0", "type", "bridge"])?;
-        host.ip(&["link", "set", "br0", "up"])?;
-        let mut lan = Lan {
-            host,
-            workloads: Vec::new(),
-        };
-        for &(name, ip) in workloads {
-            let ns = Netns::new()?;
-            let port = format!("h-{name}");
-            lan.host.add_veth(&port, &ns)?;
-            lan.host
-                .ip(&["link", "set", &port, "master", "br0", "up"])?;
-            ns.add_addr("eth0", &format!("{ip}/24"))?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            lan.workloads.push((name, ns, ip));
-        }
-        Ok(lan)
-    }
-
-    fn ns(&self, name: &str) -> &Netns {
-        &self.workloads.iter().find(|w| w.0 == name).unwrap().1
-    }
-
-    fn ip(&self, name: &str) -> IpAddr {
-        addr(self.workloads.iter().find(|w| w.0 == name).unwrap().2)
-    }
-
-    /// Whether `from` opens a TCP connection to `to`:`port` and exchanges
-    /// a request and a response.
-    fn tcp(&self, from: &str, to: &str, port: u16) -> Result<bool> {
-        tcp_exchange(self.ns(from), self.ns(to), self.ip(to), port)
-    }
-}
 
 const POLICY: &str = "groups:
   - name: web

@@ -457,6 +457,11 @@ impl Datapath {
                 let counters = [Some(Counter::Outcome(Outcome::DropInvalid)), rule];
                 (Forward::Drop, counters.into_iter().flatten().collect())
             }
+            Tracked::PortFull(verdict) => {
+                let rule = policy_counter(verdict);
+                let counters = [Some(Counter::Outcome(Outcome::DropConntrackPortFull)), rule];
+                (Forward::Drop, counters.into_iter().flatten().collect())
+            }
             Tracked::Policy(verdict) => {
                 let forward = match verdict.action {
                     Action::Allow => Forward::Pass,
@@ -564,6 +569,7 @@ fn the_datapath_tracks_connections_like_the_reference_tracker() {
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let mut datapath = Datapath::new();
+    let mut full = 0;
     for n in 0..policies {
         let policy = random_policy(&mut rng);
         let ids = datapath.install(&policy);
@@ -574,7 +580,13 @@ fn the_datapath_tracks_connections_like_the_reference_tracker() {
             .datapath
             .flush_flows(&FlowFilter::default())
             .unwrap();
-        let mut tracker = Tracker::new();
+        // A port that may hold a few flows, or as many as it likes.
+        let mut tracker = match rng.random_range(0..4) {
+            0 => Tracker::new(),
+            _ => Tracker::with_limit(rng.random_range(1..=6)),
+        };
+        let limit = tracker.limit().map_or(0, |limit| limit as u32);
+        datapath.0.datapath.set_flow_limit(SLOT, limit).unwrap();
         let conversations: Vec<Conversation> = (0..CONVERSATIONS)
             .map(|_| Conversation::random(&mut rng))
             .collect();
@@ -586,6 +598,15 @@ fn the_datapath_tracks_connections_like_the_reference_tracker() {
             let what = || describe(seed, n, k, &case, &policy);
             let port = policy.port(PORT).unwrap();
             datapath.check((port, &ids), &case, &tracked, &what);
+            full += usize::from(matches!(tracked, Tracked::PortFull(_)));
+            // The port's count of flows is exact.
+            let flows = datapath.0.datapath.port_flows(SLOT).unwrap().flows;
+            assert_eq!(flows, tracker.flows() as u64, "{}: flows", what());
         }
     }
+    eprintln!("{full} packets found their port at its limit of flows");
+    assert!(
+        policies < 20 || full > 0,
+        "seed {seed}: no port reached its limit"
+    );
 }

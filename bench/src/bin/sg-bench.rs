@@ -198,9 +198,10 @@ fn conntrack_cost(port: &mut TestPort) -> Result<()> {
     println!("  new flow (SYN, classified and entered): {new:.1} ns");
     println!("  established flow: {single:.1} ns");
     println!(
-        "  the table's kernel memory ({} entries): {:.1} MB",
+        "  the table's kernel memory ({} entries): {:.1} MB, and its ring of started flows {:.1} MB",
         sg_common::MAX_CONNTRACK_ENTRIES,
-        sg_tests::map_memory(port.pins(), map_names::CONNTRACK)? as f64 / 1e6
+        sg_tests::map_memory(port.pins(), map_names::CONNTRACK)? as f64 / 1e6,
+        sg_tests::map_memory(port.pins(), map_names::CONNTRACK_RING)? as f64 / 1e6
     );
     println!("best of {ROUNDS} × {REPEAT} runs:");
     println!("  established flow, toward the workload (TC): {tracked:.1} ns/packet");

@@ -23,5 +23,5 @@ pub use rule::{
     Action, DEFAULT_PRIORITY, Direction, EtherType, IcmpMatch, MAX_DESCRIPTION, PRIORITIES,
     PortRange, PortSpec, Remote, Rule,
 };
-pub(crate) use syntax::number_field;
 pub use syntax::{check_cidr, check_name, parse_cidr, parse_cidrs, parse_ip};
+pub(crate) use syntax::{flows, number_field};

@@ -155,6 +155,18 @@ pub struct Port {
     /// daemon a port is made through fills in its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The flows the port may hold in the connection table; `None`, the
+    /// host's `max_flows_per_port`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "max_flows"
+    )]
+    pub max_flows: Option<u32>,
+}
+
+fn max_flows<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    syntax::flows(deserializer).map(Some)
 }
 
 fn port_security_default() -> bool {
@@ -186,6 +198,7 @@ impl Port {
             dhcp_servers: Vec::new(),
             netns: None,
             host: None,
+            max_flows: None,
         }
     }
 
@@ -255,6 +268,13 @@ impl Port {
                 .map_err(|message| FieldError::new("allowed_address_pairs", message))?;
         }
         self.check_dhcp_servers()?;
+        if self.max_flows == Some(0) {
+            return Err(FieldError::new(
+                "max_flows",
+                "0 leaves the port no flow; use 1 or more, or leave it out for the \
+                 host's max_flows_per_port",
+            ));
+        }
         if self.groups.is_empty() {
             return Err(FieldError::new(
                 "groups",
@@ -829,6 +849,33 @@ mod tests {
         assert!(
             err.starts_with("ips: 'web' is not an IP address; use one such as"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_port_s_flow_limit_is_a_number_of_flows_1_or_more() {
+        let parsed = |max_flows: &str| {
+            crate::parse_json::<Port>(&format!(
+                r#"{{"name": "vm1", "ifname": "tap1", "mac": "52:54:00:12:34:56",
+                     "groups": ["default"], "max_flows": {max_flows}}}"#
+            ))
+            .map(|port| port.max_flows)
+        };
+        assert_eq!(parsed("1000"), Ok(Some(1000)));
+        assert_eq!(parsed(r#""1000""#), Ok(Some(1000)));
+        let err = parsed("-1").unwrap_err();
+        assert!(
+            err.starts_with("max_flows: -1 is out of range; use a number of flows, 1 or more"),
+            "{err}"
+        );
+        let none = Port {
+            max_flows: Some(0),
+            ..port("vm1", "tap1", &["10.0.0.5"], &["web"])
+        };
+        assert_eq!(
+            none.validate().unwrap_err().to_string(),
+            "port 'vm1': max_flows: 0 leaves the port no flow; use 1 or more, or leave it out \
+             for the host's max_flows_per_port"
         );
     }
 

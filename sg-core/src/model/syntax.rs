@@ -287,6 +287,15 @@ pub(crate) fn number_field<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         .map_err(|_| D::Error::custom(format!("{number} is out of range; use {form}")))
 }
 
+/// What a number of flows is written as.
+pub(crate) const FLOWS_FORM: &str = "a number of flows, 1 or more";
+
+/// Serde `deserialize_with` for a number of flows (a port's limit, the
+/// host's default of it), as a number or its text.
+pub(crate) fn flows<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    number_field(deserializer, u32::MAX.into(), FLOWS_FORM)
+}
+
 /// Serde `deserialize_with` for one address or CIDR.
 pub(super) fn cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
     parse_cidr(&String::deserialize(deserializer)?).map_err(D::Error::custom)

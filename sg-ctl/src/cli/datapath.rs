@@ -11,11 +11,11 @@ use sg_core::{
     port_security::PortSecurity,
 };
 use sg_ctl::{
-    datapath::{Attached, Datapath, WithoutPolicy, XdpModeArg},
+    datapath::{Attached, Datapath, MapSizes, WithoutPolicy, XdpModeArg},
     netns,
 };
 
-use super::{Output, print};
+use super::{Invalid, Output, print};
 
 #[derive(Args)]
 pub struct Attach {
@@ -24,6 +24,11 @@ pub struct Attach {
     /// Where the XDP program runs.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     xdp_mode: XdpMode,
+    /// The entries a shared map holds, NAME=ENTRIES (repeat for more), as
+    /// `sg-ctl daemon --map-size` takes them: taken when the maps are made,
+    /// by the first attach.
+    #[arg(long = "map-size", value_name = "NAME=ENTRIES")]
+    map_sizes: Vec<String>,
 }
 
 /// The values of `--xdp-mode`, each the [`XdpModeArg`] of its name.
@@ -108,6 +113,8 @@ fn parse_mac(text: &str) -> Result<MacAddr, String> {
 impl Attach {
     pub fn run(&self, datapath: &Datapath) -> Result<()> {
         let iface = &self.iface;
+        let sizes = MapSizes::parse(self.map_sizes.iter().map(String::as_str)).map_err(Invalid)?;
+        let datapath = Datapath::with_sizes(datapath.pins().clone(), sizes);
         match datapath.attach(iface, self.xdp_mode.into(), WithoutPolicy::Pass)? {
             Attached::New { slot } => println!("attached to {iface} (slot {slot})"),
             Attached::Already { slot } => {

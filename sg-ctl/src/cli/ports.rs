@@ -16,7 +16,8 @@ pub enum PortCommand {
     #[command(after_help = "Examples:
   sg-ctl port create vm1 --iface tap1 --mac 52:54:00:12:34:56 --ip 10.0.0.5 --ip 2001:db8::5
   sg-ctl --netns host1 port create web1 --iface veth-web --mac 02:00:00:00:00:01 --group web
-  sg-ctl port create vm2 --iface tap2 --mac 52:54:00:12:34:57 --dhcp-server 10.0.0.1")]
+  sg-ctl port create vm2 --iface tap2 --mac 52:54:00:12:34:57 --dhcp-server 10.0.0.1
+  sg-ctl port create vm3 --iface tap3 --mac 52:54:00:12:34:58 --max-flows 100000")]
     Create {
         name: String,
         /// The host-side interface (in --netns, if given).
@@ -54,6 +55,11 @@ pub enum PortCommand {
         /// address.
         #[arg(long = "dhcp-server")]
         dhcp_servers: Vec<IpAddr>,
+        /// The flows the port may hold in the connection table (default:
+        /// the host's setting max_flows_per_port); its new flows beyond are
+        /// dropped.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_flows: Option<u32>,
     },
     /// List the ports with their status.
     List,
@@ -89,7 +95,8 @@ pub enum PortCommand {
     #[command(after_help = "Examples:
   sg-ctl port unplug vm1")]
     Unplug { name: String },
-    /// Change a port's interface, MAC, IPs, port security or DHCP servers.
+    /// Change a port's interface, MAC, IPs, port security, DHCP servers or
+    /// flow limit.
     Update {
         name: String,
         #[arg(long)]
@@ -114,6 +121,13 @@ pub enum PortCommand {
         /// Accept DHCP replies from any server again.
         #[arg(long)]
         any_dhcp_server: bool,
+        /// The flows the port may hold in the connection table.
+        #[arg(long, conflicts_with = "host_max_flows", value_parser = clap::value_parser!(u32).range(1..))]
+        max_flows: Option<u32>,
+        /// The port may hold as many flows as the host's setting
+        /// max_flows_per_port again.
+        #[arg(long)]
+        host_max_flows: bool,
     },
     /// Delete a port; its interface stops being filtered.
     Delete { name: String },
@@ -163,9 +177,11 @@ impl PortCommand {
                 allow_vlan,
                 allow_multicast,
                 dhcp_servers,
+                max_flows,
             } => {
                 let mut port = Port::new(name.as_str(), iface.as_str(), *mac);
                 port.dhcp_servers = dhcp_servers.clone();
+                port.max_flows = *max_flows;
                 port.ips = ips.clone();
                 port.allowed_address_pairs = address_pairs
                     .iter()
@@ -201,6 +217,8 @@ impl PortCommand {
                 allow_multicast,
                 dhcp_servers,
                 any_dhcp_server,
+                max_flows,
+                host_max_flows,
             } => {
                 let view = client.port(name).await?;
                 let mut port = view.spec;
@@ -217,6 +235,11 @@ impl PortCommand {
                     port.dhcp_servers.clear();
                 } else if !dhcp_servers.is_empty() {
                     port.dhcp_servers = dhcp_servers.clone();
+                }
+                if *host_max_flows {
+                    port.max_flows = None;
+                } else if max_flows.is_some() {
+                    port.max_flows = *max_flows;
                 }
                 for (field, value) in [
                     (&mut port.port_security, port_security),

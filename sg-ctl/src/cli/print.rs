@@ -191,8 +191,14 @@ pub fn conntrack_stats(stats: &ConntrackStats) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "new {}  established {}  related {}  invalid {}  full {}  revoked {}",
-        stats.new, stats.established, stats.related, stats.invalid, stats.full, stats.revoked
+        "new {}  established {}  related {}  invalid {}  full {}  port-full {}  revoked {}",
+        stats.new,
+        stats.established,
+        stats.related,
+        stats.invalid,
+        stats.full,
+        stats.port_full,
+        stats.revoked
     )
 }
 

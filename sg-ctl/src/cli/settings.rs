@@ -1,5 +1,5 @@
-//! `sg-ctl settings`: the host's limits, outbound SMTP and conntrack
-//! timeouts.
+//! `sg-ctl settings`: the host's limits, outbound SMTP, the flows a port
+//! may hold and conntrack timeouts.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -14,11 +14,13 @@ pub enum SettingsCommand {
     /// Show the limits and defaults.
     Show,
     /// Set one: max_rules_per_group, max_groups_per_port,
-    /// block_outbound_smtp, min_pair_prefix_ipv4, min_pair_prefix_ipv6,
-    /// conntrack.tcp_established, conntrack.udp, ...
+    /// max_flows_per_port, block_outbound_smtp, min_pair_prefix_ipv4,
+    /// min_pair_prefix_ipv6, conntrack.tcp_established, conntrack.udp,
+    /// conntrack.unreplied, ...
     #[command(after_help = "Examples:
   sg-ctl settings set max_rules_per_group 30
   sg-ctl settings set block_outbound_smtp false
+  sg-ctl settings set max_flows_per_port 100000
   sg-ctl settings set conntrack.udp 60")]
     Set { key: String, value: String },
 }

@@ -89,6 +89,22 @@ impl View {
                 }
             }
         }
+        out += "# HELP sg_port_flows Flows the port holds in the connection table.\n\
+                # TYPE sg_port_flows gauge\n\
+                # HELP sg_port_flow_limit Flows the port may hold; its new flows beyond are \
+                dropped (outcome drop-conntrack-port-full).\n\
+                # TYPE sg_port_flow_limit gauge\n";
+        for (port, state) in states {
+            let Some(Ok(flows)) = state.slot.map(|slot| self.datapath.port_flows(slot)) else {
+                continue;
+            };
+            let _ = writeln!(out, "sg_port_flows{{port=\"{port}\"}} {}", flows.flows);
+            let _ = writeln!(
+                out,
+                "sg_port_flow_limit{{port=\"{port}\"}} {}",
+                flows.limit()
+            );
+        }
         out += "# HELP sg_rule_packets_total Packets decided by a rule (group, index in the group).\n\
                 # TYPE sg_rule_packets_total counter\n\
                 # HELP sg_rule_bytes_total Bytes decided by a rule.\n\

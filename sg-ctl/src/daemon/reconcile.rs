@@ -319,14 +319,17 @@ impl Daemon {
                 .filter(|state| state.ifname == port.ifname && state.netns == port.netns);
             let input = input_of(&policy, port, &counters);
             let awaited = self.links.awaited().clone();
+            let flow_limit = port
+                .max_flows
+                .unwrap_or(self.state.settings.max_flows_per_port);
             let state = match install(
                 &self.datapath,
                 &awaited,
-                &policy,
-                port,
+                (&policy, port),
                 &counters,
                 prior,
                 input,
+                flow_limit,
             ) {
                 Ok(state) => {
                     if let Some(usage) = self.planned.get(&port.name) {
@@ -422,16 +425,17 @@ fn attach(datapath: &Datapath, awaited: &Awaited, port: &Port) -> Result<Slot, D
     })
 }
 
-/// Attaches or prepares the port (see `attach`) and installs its policy
-/// unless the one in force was compiled from the same input.
+/// Attaches or prepares the port (see `attach`), sets the flows it may
+/// hold, and installs its policy unless the one in force was compiled from
+/// the same input.
 fn install(
     datapath: &Datapath,
     awaited: &Awaited,
-    policy: &Policy,
-    port: &Port,
+    (policy, port): (&Policy, &Port),
     counters: &HashMap<(String, usize), u32>,
     prior: Option<&PortState>,
     input: String,
+    flow_limit: u32,
 ) -> Result<PortState, String> {
     let text = |e: DatapathError| e.to_string();
     let (slot, phase, reason) = match attach(datapath, awaited, port).map_err(text)? {
@@ -445,6 +449,7 @@ fn install(
             ),
         ),
     };
+    datapath.set_flow_limit(slot, flow_limit).map_err(text)?;
     let current = datapath.policy_of(slot).map_err(text)?;
     let done = |policy_id| PortState {
         netns: port.netns.clone(),

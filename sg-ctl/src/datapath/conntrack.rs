@@ -1,8 +1,12 @@
-//! The connection table from userspace: its timeouts, listing, flushing,
-//! and the expiry of idle flows (the datapath only ignores them).
+//! The connection table from userspace: its timeouts, the ports' flow
+//! counts and limits, listing, flushing, and the expiry of idle flows (the
+//! datapath ignores them, and takes their room when it needs it).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -11,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sg_common::{
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
-    Outcome, Timeout, conntrack_event, map_names,
+    Outcome, PortFlows, Timeout, conntrack_event, map_names,
 };
 
 use super::{
@@ -22,10 +26,111 @@ use super::{
 };
 use sg_core::{flow::FlowState, model::IpProtocol, settings};
 
-/// The table and its timeouts, opened from their pins.
+/// The table, its timeouts and the ports' flows, opened from their pins.
 pub(super) struct ConntrackMaps {
     table: HashMap<MapData, ConntrackKey, ConntrackEntry>,
     timeouts: Array<MapData, ConntrackTimeouts>,
+    ports: PortFlowCounts,
+}
+
+/// `SG_PORT_FLOWS`, mapped into this process: the datapath adds to and
+/// takes from a port's `flows` with atomic instructions on this same
+/// memory, so this side does too (a map update would write back a count
+/// read before it).
+struct PortFlowCounts {
+    entries: NonNull<PortFlows>,
+    len: usize,
+    bytes: usize,
+    /// Holds the map while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory that both sides use only through
+// atomic operations.
+unsafe impl Send for PortFlowCounts {}
+unsafe impl Sync for PortFlowCounts {}
+
+impl PortFlowCounts {
+    fn open(pins: &Pins) -> Result<PortFlowCounts> {
+        let path = pins.map(map_names::PORT_FLOWS);
+        let what = || format!("mapping {}", path.display());
+        let map = MapData::from_pin(&path).context(what)?;
+        let info = map.info().context(what)?;
+        let len = info.max_entries() as usize;
+        // SAFETY: a plain query.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (len * size_of::<PortFlows>()).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's own memory, of its size.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context(what);
+        }
+        Ok(PortFlowCounts {
+            entries: NonNull::new(at.cast()).expect("mmap gives no null mapping"),
+            len,
+            bytes,
+            _map: map,
+        })
+    }
+
+    /// The slot's entry, if the map has it.
+    fn entry(&self, slot: u32) -> Option<*mut PortFlows> {
+        let slot = slot as usize;
+        // SAFETY: within the mapping.
+        (slot < self.len).then(|| unsafe { self.entries.as_ptr().add(slot) })
+    }
+
+    fn flows(&self, slot: u32) -> Option<&AtomicU64> {
+        // SAFETY: an aligned u64 of the mapping, only used atomically.
+        self.entry(slot)
+            .map(|entry| unsafe { AtomicU64::from_ptr(&raw mut (*entry).flows) })
+    }
+
+    fn limit(&self, slot: u32) -> Option<&AtomicU32> {
+        // SAFETY: an aligned u32 of the mapping, only used atomically.
+        self.entry(slot)
+            .map(|entry| unsafe { AtomicU32::from_ptr(&raw mut (*entry).limit) })
+    }
+
+    fn get(&self, slot: u32) -> PortFlows {
+        PortFlows {
+            flows: self.flows(slot).map_or(0, |f| f.load(Ordering::Relaxed)),
+            limit: self.limit(slot).map_or(0, |l| l.load(Ordering::Relaxed)),
+            _pad: 0,
+        }
+    }
+
+    /// One flow of the slot less (none below zero: a flow some other
+    /// writer put in the table was never counted).
+    fn release(&self, slot: u32) {
+        if let Some(flows) = self.flows(slot) {
+            let _ = flows.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// The slot with no flows and the default limit, for its next port.
+    fn reset(&self, slot: u32) {
+        if let (Some(flows), Some(limit)) = (self.flows(slot), self.limit(slot)) {
+            flows.store(0, Ordering::Relaxed);
+            limit.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for PortFlowCounts {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, of that size.
+        unsafe { libc::munmap(self.entries.as_ptr().cast(), self.bytes) };
+    }
 }
 
 impl ConntrackMaps {
@@ -33,7 +138,26 @@ impl ConntrackMaps {
         Ok(ConntrackMaps {
             table: pins.open(map_names::CONNTRACK)?,
             timeouts: pins.open(map_names::CONNTRACK_TIMEOUTS)?,
+            ports: PortFlowCounts::open(pins)?,
         })
+    }
+
+    /// The flows a port holds and its limit (`PortFlows::limit()`).
+    pub(super) fn port_flows(&self, slot: u32) -> PortFlows {
+        self.ports.get(slot)
+    }
+
+    /// Sets the flows a port may hold; those it holds beyond stay.
+    pub(super) fn set_flow_limit(&self, slot: u32, limit: u32) -> Result<()> {
+        let entry = self
+            .ports
+            .limit(slot)
+            .ok_or_else(|| DatapathError::Kernel {
+                what: format!("setting the flow limit of slot {slot}"),
+                source: format!("{} has no such slot", map_names::PORT_FLOWS).into(),
+            })?;
+        entry.store(limit, Ordering::Relaxed);
+        Ok(())
     }
 
     fn timeouts(&self) -> Result<ConntrackTimeouts> {
@@ -70,7 +194,10 @@ impl ConntrackMaps {
                 continue;
             }
             match self.table.remove(&key) {
-                Ok(()) => removed += 1,
+                Ok(()) => {
+                    self.ports.release(key.slot);
+                    removed += 1;
+                }
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context(|| "removing a flow".to_string()),
             }
@@ -78,9 +205,11 @@ impl ConntrackMaps {
         Ok(removed)
     }
 
-    /// Forgets every flow of a port's slot.
+    /// Forgets every flow of a port's slot, and its limit.
     pub(super) fn forget_slot(&mut self, slot: u32) -> Result<()> {
-        self.remove_where(|key, _| key.slot == slot).map(drop)
+        self.remove_where(|key, _| key.slot == slot)?;
+        self.ports.reset(slot);
+        Ok(())
     }
 
     /// Writes the timeouts the datapath applies.
@@ -256,6 +385,7 @@ pub(super) fn stats(
         related: total(Outcome::PassRelated)?,
         invalid: total(Outcome::DropInvalid)?,
         full: total(Outcome::DropConntrackFull)?,
+        port_full: total(Outcome::DropConntrackPortFull)?,
         revoked: total(Outcome::DropRevoked)?,
     })
 }
@@ -403,6 +533,8 @@ pub struct ConntrackStats {
     pub related: u64,
     pub invalid: u64,
     pub full: u64,
+    /// New flows of ports that held their limit of flows.
+    pub port_full: u64,
     pub revoked: u64,
 }
 
@@ -418,6 +550,7 @@ impl ConntrackStats {
             related: 0,
             invalid: 0,
             full: 0,
+            port_full: 0,
             revoked: 0,
         }
     }
@@ -528,6 +661,14 @@ mod tests {
         assert!(timeouts.expired(6, conntrack_state::SYN_SENT, 0, hour));
         // A clock read before the entry was written is no age.
         assert!(!timeouts.expired(17, conntrack_state::NEW, 2 * hour, hour));
+        // Unreplied, UDP and other protocols go by the unreplied timeout
+        // (30 s), then by their own: protocol 253 600 s.
+        assert!(timeouts.expired(253, conntrack_state::NEW, 0, 31 * second));
+        assert!(!timeouts.expired(253, conntrack_state::REPLIED, 0, 599 * second));
+        assert!(!timeouts.expired(17, conntrack_state::NEW, 0, 29 * second));
+        assert!(timeouts.expired(17, conntrack_state::NEW, 0, 31 * second));
+        // TCP's opening has its own.
+        assert!(!timeouts.expired(6, conntrack_state::SYN_SENT, 0, 31 * second));
     }
 
     #[test]

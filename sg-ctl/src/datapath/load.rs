@@ -4,11 +4,12 @@
 
 use std::fs;
 
+use aya::maps::MapInfo;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use sg_common::{PORT_SLOT_GLOBAL, TRACE_GLOBAL, program_names};
+use sg_common::{CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL, TRACE_GLOBAL, map_names, program_names};
 
 use super::{
     error::{Context as _, DatapathError, Result},
@@ -31,9 +32,12 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     for (name, entries) in sizes.iter() {
         loader.map_max_entries(name, entries);
     }
+    let ring = ring_entries(pins, sizes);
+    loader.map_max_entries(map_names::CONNTRACK_RING, ring);
     let ebpf = loader
         .default_map_pin_directory(&maps)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
+        .override_global(CONNTRACK_RING_GLOBAL, &ring, true)
         .override_global(TRACE_GLOBAL, &u32::from(trace), true)
         .load(EBPF_OBJECT)
         .map_err(|source| match source {
@@ -47,6 +51,21 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
             },
         })?;
     Ok(ebpf)
+}
+
+/// The entries of the ring of started flows, which the programs must know:
+/// the pinned ring's; when there is none, as many as the table holds (the
+/// pinned one's, or the size it will be made with).
+fn ring_entries(pins: &Pins, sizes: &MapSizes) -> u32 {
+    let pinned = |name| {
+        MapInfo::from_pin(pins.map(name))
+            .ok()
+            .map(|i| i.max_entries())
+    };
+    pinned(map_names::CONNTRACK_RING)
+        .or_else(|| pinned(map_names::CONNTRACK))
+        .or_else(|| sizes.get(map_names::CONNTRACK))
+        .unwrap_or(sg_common::MAX_CONNTRACK_ENTRIES)
 }
 
 /// The XDP program of an object from `instance`, loaded (through the

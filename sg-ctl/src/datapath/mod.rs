@@ -33,7 +33,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::MapInfo;
 use ipnet::IpNet;
-use sg_common::{Counter, Direction, Outcome, PortConfig, map_names};
+use sg_common::{Counter, Direction, Outcome, PortConfig, PortFlows, map_names};
 use sg_core::{
     capacity::{Table, Usage},
     compile::Compiled,
@@ -367,6 +367,21 @@ impl Datapath {
     pub fn set_conntrack_timeouts(&self, timeouts: &ConntrackTimeouts) -> Result<()> {
         self.with_maps(|maps| maps.conntrack.set_timeouts(timeouts))
             .map(drop)
+    }
+
+    /// The flows the port of a slot holds in the table, and its limit
+    /// (`PortFlows::limit()`); zeros while nothing is attached.
+    pub fn port_flows(&self, slot: u32) -> Result<PortFlows> {
+        Ok(self
+            .with_maps(|maps| Ok(maps.conntrack.port_flows(slot)))?
+            .unwrap_or_default())
+    }
+
+    /// Sets the flows the port of a slot may hold (0: the datapath's
+    /// default, `DEFAULT_FLOWS_PER_PORT`). A port holding more keeps them,
+    /// and starts no flow until it holds fewer.
+    pub fn set_flow_limit(&self, slot: u32, limit: u32) -> Result<()> {
+        self.on_maps(|maps| maps.conntrack.set_flow_limit(slot, limit))
     }
 
     /// Removes the flows idle longer than their timeout; how many. The

@@ -1,7 +1,9 @@
 //! How many entries the shared maps that grow with policies, addresses and
 //! flows hold. A size is set when the maps are created, by the first attach
 //! while none are pinned; maps already pinned keep theirs (the capacities a
-//! change is checked against are read from them).
+//! change is checked against are read from them). The ring of started
+//! flows, `SG_CONNTRACK_RING`, takes the size of `SG_CONNTRACK` (see
+//! `load`).
 
 use std::collections::BTreeMap;
 

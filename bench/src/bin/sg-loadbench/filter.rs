@@ -107,6 +107,9 @@ impl<'a> Attached<'a> {
                 let (Slot::New { slot } | Slot::Already { slot }) = inside(&bed.link.host, || {
                     Ok(datapath.attach(PORT, XdpModeArg::Native, WithoutPolicy::Drop)?)
                 })?;
+                // The one port may take the whole table: its rounds of new
+                // flows are sized to it.
+                datapath.set_flow_limit(slot, sg_common::MAX_CONNTRACK_ENTRIES)?;
                 State::Sg {
                     datapath,
                     slot,
@@ -154,8 +157,10 @@ impl<'a> Attached<'a> {
         Ok(Some(FlowCounters {
             new: packets(Direction::Egress, Outcome::Pass)?,
             established: packets(Direction::Egress, Outcome::PassEstablished)?,
-            full: packets(Direction::Egress, Outcome::DropConntrackFull)?
-                + packets(Direction::Ingress, Outcome::DropConntrackFull)?,
+            full: [Outcome::DropConntrackFull, Outcome::DropConntrackPortFull]
+                .into_iter()
+                .flat_map(|outcome| Direction::ALL.map(|direction| packets(direction, outcome)))
+                .sum::<Result<u64>>()?,
         }))
     }
 

@@ -512,7 +512,8 @@ fn new_flows(
         let counted = after - before;
         ensure!(
             counted.full == 0,
-            "sg's connection table filled up: {} packets dropped as drop-conntrack-full, {} \
+            "sg's connection table filled up: {} packets dropped as drop-conntrack-full or \
+             drop-conntrack-port-full, {} \
              passed as new flows; rounds of {frames} frames send too much",
             counted.full,
             counted.new

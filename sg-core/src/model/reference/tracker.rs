@@ -24,6 +24,10 @@ pub enum Tracked {
     /// What the policy says ([`evaluate`]); allowed, a packet that may
     /// start a flow started one.
     Policy(Verdict),
+    /// Dropped: a packet that would start a flow the policy allows (the
+    /// rule that allows it, or the default), but the port holds as many
+    /// flows as its limit.
+    PortFull(Verdict),
 }
 
 /// The flows one port's connection table holds under one policy (the
@@ -59,10 +63,16 @@ pub enum Tracked {
 /// other end's SYN-ACK. A FIN that fits is remembered by its end; once
 /// both ends sent one the flow is closed, and then a SYN alone from the
 /// opener forgets it (the SYN is of no flow). An RST fits any state and
-/// forgets the flow. Timeouts and a full table are not modelled.
+/// forgets the flow.
+///
+/// The port's limit: a packet that would start a flow while the port
+/// holds as many flows as its limit starts none and is dropped. Timeouts
+/// and a full table are not modelled.
 #[derive(Debug, Default)]
 pub struct Tracker {
     flows: HashMap<FlowId, Flow>,
+    /// The flows the port may hold; `None`, no limit.
+    limit: Option<usize>,
 }
 
 /// What identifies a flow.
@@ -158,6 +168,24 @@ impl Tracker {
         Tracker::default()
     }
 
+    /// A tracker of a port that may hold `limit` flows.
+    pub fn with_limit(limit: usize) -> Tracker {
+        Tracker {
+            limit: Some(limit),
+            ..Tracker::default()
+        }
+    }
+
+    /// The flows the port holds.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The flows the port may hold, if it has a limit.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
     /// What the packet going `direction` through `port` is, and what it
     /// does to the flows.
     pub fn decide(
@@ -193,6 +221,9 @@ impl Tracker {
         let starts = may_start && (!tcp || flags & (SYN | ACK | RST | FIN) == SYN);
         let allowed = verdict.action == Action::Allow;
         if starts && allowed {
+            if self.limit.is_some_and(|limit| self.flows.len() >= limit) {
+                return Ok(Tracked::PortFull(verdict));
+            }
             self.flows.insert(
                 id,
                 Flow {
@@ -309,10 +340,14 @@ mod tests {
     }
 
     /// Runs the packets in turn; what each was, `E` established, `I`
-    /// invalid, `P` allowed by the policy, `D` not.
+    /// invalid, `P` allowed by the policy, `D` not, `F` allowed but the
+    /// port full.
     fn run(packets: &[(Direction, Packet)]) -> String {
+        run_with(Tracker::new(), packets)
+    }
+
+    fn run_with(mut tracker: Tracker, packets: &[(Direction, Packet)]) -> String {
         let policy = policy();
-        let mut tracker = Tracker::new();
         packets
             .iter()
             .map(
@@ -321,6 +356,7 @@ mod tests {
                     Ok(Tracked::Invalid(_)) => 'I',
                     Ok(Tracked::Policy(v)) if v.action == Action::Allow => 'P',
                     Ok(Tracked::Policy(_)) => 'D',
+                    Ok(Tracked::PortFull(_)) => 'F',
                     Err(e) => panic!("{e}"),
                 },
             )
@@ -370,5 +406,31 @@ mod tests {
             (IN, tcp(IN, ACK)),         // no flow, no rule in
         ]);
         assert_eq!(got, "IDPEIEEIEEPED");
+    }
+
+    #[test]
+    fn a_port_at_its_limit_starts_no_flow_and_keeps_its_own() {
+        let udp = |direction, port: u16| {
+            let mut packet = ports(direction, 17, 0);
+            match direction {
+                Direction::Egress => packet.src_port = Some(port),
+                Direction::Ingress => packet.dst_port = Some(port),
+            }
+            packet
+        };
+        let tcp = |direction, flags| ports(direction, 6, flags);
+        let got = run_with(
+            Tracker::with_limit(2),
+            &[
+                (OUT, udp(OUT, 1)),   // one flow
+                (OUT, tcp(OUT, SYN)), // two
+                (OUT, udp(OUT, 2)),   // a third: full
+                (IN, udp(IN, 1)),     // the first's reply still passes
+                (IN, tcp(IN, RST)),   // an RST ends the second
+                (OUT, udp(OUT, 2)),   // room again
+                (IN, udp(IN, 3)),     // no rule in: the policy's drop
+            ],
+        );
+        assert_eq!(got, "PPFEEPD");
     }
 }
