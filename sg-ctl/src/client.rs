@@ -307,6 +307,11 @@ impl Client {
         self.send(Method::DELETE, path, NO_BODY, None).await
     }
 
+    /// The store of the desired state, and the hosts sharing it.
+    pub async fn status(&self) -> Result<crate::store::StoreHealth> {
+        self.get(routes::STATUS.into()).await
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: String) -> Result<T> {
         self.send(Method::GET, path, NO_BODY, None).await
     }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod guest;
+mod hosts_demo;
 mod testrun;
 mod toolchain;
 
@@ -33,7 +34,12 @@ enum Task {
         release: bool,
     },
     /// Build, then show the filter at work between network namespaces.
-    Demo,
+    Demo {
+        /// Show instead a group spanning this many hosts, each with a
+        /// daemon of its own, sharing the desired state in etcd.
+        #[arg(long, value_name = "N")]
+        hosts: Option<usize>,
+    },
     /// Build, then measure the cost per packet of growing policies, then
     /// live traffic through sg, nftables and iptables (root).
     Bench {
@@ -60,7 +66,10 @@ fn main() {
             .and_then(|t| toolchain::build_ebpf(&t))
             .map(drop),
         Task::Build { release } => build(release).map(drop),
-        Task::Demo => build(false).and_then(|sg_ctl| demo::run_demo(&sg_ctl)),
+        Task::Demo { hosts: None } => build(false).and_then(|sg_ctl| demo::run_demo(&sg_ctl)),
+        Task::Demo { hosts: Some(hosts) } => {
+            build(false).and_then(|sg_ctl| hosts_demo::run_demo(&sg_ctl, hosts))
+        }
         Task::Test { args } => test(&args),
         Task::Bench { quick } => bench(quick),
     };

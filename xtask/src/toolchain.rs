@@ -47,8 +47,12 @@ const VM_PACKAGES: &[&str] = &[
     "cpio",
     "kmod",
 ];
-/// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled).
-const BUILD_PACKAGES: &[&str] = &["gcc"];
+/// The C compiler that builds the SQLite sg-ctl embeds (rusqlite, bundled),
+/// and protoc with the well-known types, which etcd-client's build compiles
+/// etcd's API with.
+const BUILD_PACKAGES: &[&str] = &["gcc", "protobuf-compiler", "libprotobuf-dev"];
+/// The etcd that the tests of several hosts share a desired state in.
+const ETCD_PACKAGES: &[&str] = &["etcd-server", "etcd-client"];
 const SYSTEM_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 
 /// The compiler that builds the eBPF object.
@@ -228,13 +232,17 @@ pub fn setup() -> Result<EbpfToolchain> {
         apt_install(CNI_PACKAGES, "the CNI plugin's tests")?;
         apt_install(BROWSER_PACKAGES, "the web console's tests")?;
         apt_install(VM_PACKAGES, "the VM test")?;
-        apt_install(BUILD_PACKAGES, "the SQLite built into sg-ctl")?;
+        apt_install(
+            BUILD_PACKAGES,
+            "the SQLite and etcd client built into sg-ctl",
+        )?;
+        apt_install(ETCD_PACKAGES, "the tests of several hosts on etcd")?;
     } else {
         println!(
             "    no apt-get: make sure `ip` (iproute2), `ping`, nft, iptables, iperf3, conntrack, the \
              reference CNI plugins (bridge and host-local in /usr/lib/cni), qemu-system-x86_64, \
-             busybox (static), dnsmasq, cpio, depmod, chromium with its chromedriver and a C \
-             compiler (gcc) are installed"
+             busybox (static), dnsmasq, cpio, depmod, chromium with its chromedriver, a C \
+             compiler (gcc), protoc with the protobuf well-known types, and etcd are installed"
         );
     }
 

@@ -150,6 +150,11 @@ pub struct Port {
     /// `None` is the control plane's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The host whose daemon enforces the port, where several share the
+    /// desired state (`sg-ctl daemon --store etcd://… --host NAME`); the
+    /// daemon a port is made through fills in its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The flows the port may hold in the connection table; `None`, the
     /// host's `max_flows_per_port`.
     #[serde(
@@ -192,6 +197,7 @@ impl Port {
             allow_multicast: false,
             dhcp_servers: Vec::new(),
             netns: None,
+            host: None,
             max_flows: None,
         }
     }
@@ -239,6 +245,9 @@ impl Port {
                     Quoted(netns)
                 ),
             ));
+        }
+        if let Some(host) = &self.host {
+            check_name("host", host)?;
         }
         let macs = std::iter::once(("mac", self.mac)).chain(
             self.allowed_address_pairs
@@ -399,7 +408,7 @@ impl Policy {
             }
             if let Some(other) = self.ports[..index]
                 .iter()
-                .find(|other| other.ifname == port.ifname)
+                .find(|other| other.ifname == port.ifname && other.host == port.host)
             {
                 return Err(at_port(FieldError::new(
                     "ifname",

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use sg_ctl::{
     daemon::{Daemon, api},
     datapath::{Datapath, MapSizes, Pins},
-    store::Store,
+    store::{Location, Store},
 };
 
 use super::{Invalid, Session, block_on, tokens::TokenCommand};
@@ -19,9 +19,19 @@ use super::{Invalid, Session, block_on, tokens::TokenCommand};
 pub struct DaemonArgs {
     #[command(subcommand)]
     command: Option<DaemonCommand>,
-    /// The database holding the desired state.
+    /// The database holding the desired state (and, with an etcd --store,
+    /// what this host's datapath was given).
     #[arg(long, env = "SG_DB", default_value = "/var/lib/sg/sg.db")]
     db: PathBuf,
+    /// Where the desired state is: sqlite:PATH (as --db), or
+    /// etcd://HOST:PORT[,HOST:PORT…], shared by the daemons of several
+    /// hosts (with --host).
+    #[arg(long, env = "SG_STORE", value_name = "STORE")]
+    store: Option<Location>,
+    /// This host's name among those sharing an etcd store: the daemon
+    /// enforces the ports of this host (a port made through it is on it).
+    #[arg(long, env = "SG_HOST", value_name = "NAME")]
+    host: Option<String>,
     /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -52,6 +62,9 @@ enum DaemonCommand {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The store of the desired state, whether it answers, and the hosts
+    /// sharing it.
+    Status,
 }
 
 impl DaemonArgs {
@@ -63,16 +76,45 @@ impl DaemonArgs {
     /// Serves the API on `socket` until told to stop; a token command goes
     /// to the daemon of `session` instead.
     pub fn run(&self, pins: Pins, socket: &Path, session: &Session) -> Result<()> {
-        if let Some(DaemonCommand::Token(command)) = &self.command {
-            return block_on(command.run(session));
+        match &self.command {
+            Some(DaemonCommand::Token(command)) => return block_on(command.run(session)),
+            Some(DaemonCommand::Status) => return block_on(status(session)),
+            None => {}
         }
         // Before the datapath and the listener open theirs.
         api::http::raise_open_files()?;
-        if let Some(dir) = self.db.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let sizes = MapSizes::parse(self.map_sizes.iter().map(String::as_str)).map_err(Invalid)?;
-        let daemon = Daemon::start(Store::open(&self.db)?, Datapath::with_sizes(pins, sizes))?;
+        let store = match (&self.store, &self.host) {
+            (None | Some(Location::Sqlite(_)), Some(_)) => {
+                return Err(Invalid(
+                    "--host: names this host among those sharing an etcd store; give \
+                     --store etcd://HOST:PORT too, or leave --host out"
+                        .into(),
+                )
+                .into());
+            }
+            (Some(Location::Etcd(_)), None) => {
+                return Err(Invalid(
+                    "--host: an etcd store is shared by several hosts; name this one \
+                     (--host NAME)"
+                        .into(),
+                )
+                .into());
+            }
+            (Some(Location::Etcd(endpoints)), Some(host)) => {
+                create_parent(&self.db)?;
+                Store::with_etcd(&self.db, endpoints, host)?
+            }
+            (Some(Location::Sqlite(path)), None) => {
+                create_parent(path)?;
+                Store::open(path)?
+            }
+            (None, None) => {
+                create_parent(&self.db)?;
+                Store::open(&self.db)?
+            }
+        };
+        let daemon = Daemon::start(store, Datapath::with_sizes(pins, sizes))?;
         block_on(async {
             let metrics = match self.metrics {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -97,4 +139,32 @@ impl DaemonArgs {
             api::serve(daemon, socket, metrics, console).await
         })
     }
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+async fn status(session: &Session) -> Result<()> {
+    let health = session.client.status().await?;
+    session.output.print(&health, |health| {
+        let state = if health.reachable {
+            "reachable".to_string()
+        } else {
+            format!("UNREACHABLE: {}", health.error)
+        };
+        println!("store     {} ({state})", health.store);
+        println!("revision  {}", health.revision);
+        if let Some(host) = &health.host {
+            println!("host      {host}");
+        }
+        for host in &health.hosts {
+            let up = if host.up { "up" } else { "down" };
+            println!("  {:<24} {up}", host.name);
+        }
+        Ok(())
+    })
 }

@@ -124,12 +124,16 @@ pub enum Command {
     PortSecurity(datapath::PortSecurityArgs),
     /// Attached ports, their blocked prefixes, port security and counters.
     Status,
-    /// Run the daemon (or, with `token create`, make an API token).
+    /// Run the daemon (or, with `token create`, make an API token; with
+    /// `status`, ask it about its store).
     #[command(
         args_conflicts_with_subcommands = true,
         after_help = "Examples:
   sg-ctl daemon                                  /var/lib/sg/sg.db, /run/sg/sg.sock
   sg-ctl daemon --db /tmp/sg.db --socket /tmp/sg.sock --metrics 127.0.0.1:9400
+  sg-ctl daemon --store etcd://10.0.0.1:2379,10.0.0.2:2379 --host hv1
+                                                 several hosts sharing the desired state
+  sg-ctl daemon status                           the store, and the hosts up
   sg-ctl daemon token create --role viewer       prints a read-only token
   sg-ctl daemon token list                       ids and roles
   sg-ctl daemon token revoke 3f2a9c01b7de"

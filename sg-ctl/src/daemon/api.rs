@@ -33,7 +33,7 @@ use super::{Daemon, Hits, View, Views};
 use crate::{
     datapath::conntrack::Flow,
     fields::{self, Subject},
-    store::StoreError,
+    store::{StoreError, StoreHealth},
 };
 use sg_core::{
     access::{Role, TokenInfo},
@@ -65,6 +65,8 @@ pub enum ErrorKind {
     Unauthenticated,
     Forbidden,
     Conflict,
+    /// The store holding the desired state cannot be reached.
+    Unavailable,
     Internal,
 }
 
@@ -90,7 +92,13 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        Self::new(ErrorKind::Internal, error.to_string())
+        let kind = match error {
+            StoreError::Unreachable { .. } => ErrorKind::Unavailable,
+            StoreError::Refused { .. } => ErrorKind::Invalid,
+            StoreError::Stale => ErrorKind::Conflict,
+            _ => ErrorKind::Internal,
+        };
+        Self::new(kind, error.to_string())
     }
 }
 
@@ -101,6 +109,9 @@ impl From<StoreError> for ApiError {
 pub enum Phase {
     /// A group no port attaches.
     Na,
+    /// A port another host's daemon enforces (its phase is that host's to
+    /// tell).
+    Remote,
     Active,
     Pending,
     Error,
@@ -120,6 +131,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Na => "na",
+            Self::Remote => "remote",
             Self::Active => "active",
             Self::Pending => "pending",
             Self::Error => "error",
@@ -413,6 +425,7 @@ pub mod routes {
     pub const APPLY: &str = "/v1/apply";
     pub const TOKENS: &str = "/v1/tokens";
     pub const TOKEN: &str = "/v1/tokens/{id}";
+    pub const STATUS: &str = "/v1/status";
 }
 
 /// What the handlers share: the daemon, which changes take in turn, and
@@ -451,6 +464,7 @@ impl axum::response::IntoResponse for ApiError {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         http::json_error(status, self.message)
@@ -703,6 +717,7 @@ fn router(daemon: Shared) -> Router {
         .route(routes::APPLY, post(apply))
         .route(routes::TOKENS, get(list_tokens).post(create_token))
         .route(routes::TOKEN, delete(revoke_token))
+        .route(routes::STATUS, get(status))
         .layer(middleware::from_fn_with_state(daemon.clone(), admit))
         // `admit` read the body within its own limit already.
         .layer(DefaultBodyLimit::disable())
@@ -999,6 +1014,10 @@ async fn update_settings(
     with(d, move |d| d.set_settings(role, settings)).await
 }
 
+async fn status(State(d): State<Shared>, Caller(role): Caller) -> Reply<StoreHealth> {
+    read(d, move |v| v.status(role)).await
+}
+
 async fn export(State(d): State<Shared>, Caller(role): Caller) -> Reply<Document> {
     read(d, move |v| v.export(role)).await
 }
@@ -1247,7 +1266,7 @@ mod tests {
             }
         }
         // As many as `router` has: none is left undocumented.
-        assert_eq!(operations, 32);
+        assert_eq!(operations, 33);
     }
     /// Each method of the client asks a route and method the router
     /// serves, with a body and query its handler reads: one call per
@@ -1371,6 +1390,11 @@ mod tests {
         let viewer = client.create_token(Role::Viewer).await.unwrap();
         assert_eq!(client.tokens().await.unwrap().len(), 2);
         client.revoke_token(&viewer.info.id).await.unwrap();
+        let status = client.status().await.unwrap();
+        assert!(
+            status.reachable && status.store.starts_with("sqlite:"),
+            "{status:?}"
+        );
     }
 
     /// Asks `app` as `peer` (root when `Some(0)`), with these headers.

@@ -52,6 +52,14 @@ impl View {
     pub fn metrics(&self) -> String {
         let mut out = String::new();
         let states = &self.port_states;
+        out += "# HELP sg_store_up Whether the store of the desired state answers (1) or not (0).\n\
+                # TYPE sg_store_up gauge\n";
+        let _ = writeln!(
+            out,
+            "sg_store_up{{store=\"{}\"}} {}",
+            self.store.store.replace(['\\', '"', '\n'], "_"),
+            u8::from(self.store.reachable)
+        );
         out += "# HELP sg_port_up Whether the port's policy is in force (1) or pending or failed (0).\n\
                 # TYPE sg_port_up gauge\n";
         for (port, state) in states {

@@ -30,7 +30,7 @@ use links::Links;
 
 use crate::{
     datapath::Datapath,
-    store::{State, Store},
+    store::{State, Store, StoreError},
 };
 use sg_core::{
     access::{Role, TokenInfo},
@@ -63,7 +63,14 @@ pub struct Daemon {
     wake: Arc<Notify>,
     /// What reads are served from, published after each change.
     views: Views,
+    /// The host whose ports this daemon enforces, where several share the
+    /// store; `None` enforces every port.
+    host: Option<String>,
 }
+
+/// How often a change is redone on a state another host changed meanwhile
+/// before it is refused.
+const STALE_RETRIES: usize = 10;
 
 impl Daemon {
     /// Opens the store and brings the datapath in line with it, adopting
@@ -74,12 +81,16 @@ impl Daemon {
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
         let links = Links::new(datapath.clone(), Arc::new(move || waker.notify_one()));
+        let waker = wake.clone();
+        store.on_change(Arc::new(move || waker.notify_one()));
+        let host = store.host().map(str::to_string);
         let views = Views::new(View {
             state: state.clone(),
             port_states: BTreeMap::new(),
             tokens: Vec::new(),
             roles: HashMap::new(),
             datapath: datapath.clone(),
+            store: store.health(),
         });
         let mut daemon = Daemon {
             store,
@@ -91,6 +102,7 @@ impl Daemon {
             counted: HashMap::new(),
             installed: HashMap::new(),
             planned: Planned::new(),
+            host,
         };
         // What the state takes; a state stored by another version that no
         // longer checks still gets its ports reconciled.
@@ -117,7 +129,7 @@ impl Daemon {
     }
 
     /// Notified when the datapath wants a reconcile now: an interface of a
-    /// port came or went.
+    /// port came or went, or the state in the store changed.
     pub fn wakes(&self) -> Arc<Notify> {
         self.wake.clone()
     }
@@ -131,7 +143,7 @@ impl Daemon {
     /// the store stays as the last view had it.
     fn publish(&self) {
         let last = self.views.current();
-        let or_last = |what: &str, e: crate::store::StoreError| {
+        let or_last = |what: &str, e: StoreError| {
             eprintln!("sg-ctl daemon: reading the {what} to publish: {e}");
         };
         let port_states = self.store.port_states().unwrap_or_else(|e| {
@@ -151,7 +163,29 @@ impl Daemon {
             tokens,
             roles,
             datapath: self.datapath.clone(),
+            store: self.store.health(),
         });
+    }
+
+    /// Takes the state in the store when another host changed it.
+    fn refresh(&mut self) -> Result<()> {
+        if self.store.revision() == self.state.revision {
+            return Ok(());
+        }
+        self.state = self.store.load()?;
+        // The host that made the change checked the whole state; this one
+        // plans its own ports.
+        let host = self.host.clone();
+        self.planned = plan(&self.state.policy, &self.state.settings, |port| {
+            port.host == host
+        })
+        .unwrap_or_default();
+        Ok(())
+    }
+
+    /// Whether this daemon enforces `port`.
+    fn is_local(&self, port: &Port) -> bool {
+        port.host == self.host
     }
 
     /// Checks `change` applied to a copy of the desired state, then commits
@@ -160,18 +194,88 @@ impl Daemon {
     fn change(
         &mut self,
         role: Role,
-        change: impl FnOnce(&mut Policy, &mut Settings) -> Result<()>,
+        change: impl FnMut(&mut Policy, &mut Settings) -> Result<()>,
+    ) -> Result<()> {
+        self.change_at(role, None, change)
+    }
+
+    /// [`Daemon::change`], of an object that must still be at a revision
+    /// (`If-Match`) when given one. A change that another host's overtook
+    /// in the store is checked and made again on the state as it is now.
+    fn change_at(
+        &mut self,
+        role: Role,
+        expect: Option<(Kind, &str, Option<u64>)>,
+        mut change: impl FnMut(&mut Policy, &mut Settings) -> Result<()>,
     ) -> Result<()> {
         require(role, Role::Owner)?;
-        let mut policy = self.state.policy.clone();
-        let mut settings = self.state.settings.clone();
-        change(&mut policy, &mut settings)?;
-        give_rule_ids(&mut policy, &self.state.policy);
-        let planned = check(&policy, &settings)?;
-        self.check_room(&policy.effective(&settings), &planned)?;
-        self.state = self.store.save(&self.state, &policy, &settings)?;
-        self.planned = planned;
-        self.reconcile()
+        for _ in 0..STALE_RETRIES {
+            if let Some((kind, name, revision)) = expect {
+                self.check_revision(kind, name, revision)?;
+            }
+            let mut policy = self.state.policy.clone();
+            let mut settings = self.state.settings.clone();
+            change(&mut policy, &mut settings)?;
+            give_rule_ids(&mut policy, &self.state.policy);
+            self.place_ports(&mut policy)?;
+            let planned = check(&policy, &settings)?;
+            self.check_room(&policy.effective(&settings), &planned)?;
+            match self.store.save(&self.state, &policy, &settings) {
+                Ok(state) => {
+                    self.state = state;
+                    self.planned = planned;
+                    return self.reconcile();
+                }
+                Err(StoreError::Stale) => self.refresh()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the desired state changed on other hosts {STALE_RETRIES} times while this \
+                 change was made; try again"
+            ),
+        ))
+    }
+
+    /// Gives a port that names no host the one it had, or this daemon's.
+    /// A port may be put on another host only while that host's daemon is
+    /// up (holds its lease): on a host no daemon enforces, its interface
+    /// would pass everything.
+    fn place_ports(&self, policy: &mut Policy) -> Result<()> {
+        let Some(host) = &self.host else {
+            return match policy.ports.iter().find(|p| p.host.is_some()) {
+                Some(port) => Err(ApiError::invalid(format!(
+                    "port '{}': host: ports are placed on hosts only where several share an \
+                     etcd store (sg-ctl daemon --store etcd://… --host NAME); leave it out",
+                    port.name
+                ))),
+                None => Ok(()),
+            };
+        };
+        let up = self.store.health().hosts;
+        for port in &mut policy.ports {
+            let before = self
+                .state
+                .policy
+                .port(&port.name)
+                .and_then(|p| p.host.clone());
+            let placed = port
+                .host
+                .get_or_insert_with(|| before.clone().unwrap_or(host.clone()));
+            let known = *placed == *host
+                || before.as_ref() == Some(placed)
+                || up.iter().any(|h| h.name == *placed && h.up);
+            if !known {
+                return Err(ApiError::invalid(format!(
+                    "port '{}': host: no daemon of host '{placed}' is up (none holds its \
+                     lease); start it first, or make the port through that host's daemon",
+                    port.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     // Groups.
@@ -188,7 +292,7 @@ impl Daemon {
                     ),
                 ));
             }
-            policy.groups.push(group);
+            policy.groups.push(group.clone());
             Ok(())
         })?;
         self.views.current().group(role, &name)
@@ -210,17 +314,15 @@ impl Daemon {
                 group.name
             )));
         }
-        self.check_revision(Kind::Group, name, revision)?;
-        self.change(role, |policy, _| {
-            *group_mut(policy, name)? = group;
+        self.change_at(role, Some((Kind::Group, name, revision)), |policy, _| {
+            *group_mut(policy, name)? = group.clone();
             Ok(())
         })?;
         self.views.current().group(role, name)
     }
 
     pub fn delete_group(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
-        self.check_revision(Kind::Group, name, revision)?;
-        self.change(role, |policy, _| {
+        self.change_at(role, Some((Kind::Group, name, revision)), |policy, _| {
             group_mut(policy, name)?;
             if name == DEFAULT_GROUP {
                 return Err(ApiError::new(
@@ -293,9 +395,8 @@ impl Daemon {
         rules: Vec<Rule>,
         revision: Option<u64>,
     ) -> Result<GroupView> {
-        self.check_revision(Kind::Group, name, revision)?;
-        self.change(role, |policy, _| {
-            group_mut(policy, name)?.rules.extend(rules);
+        self.change_at(role, Some((Kind::Group, name, revision)), |policy, _| {
+            group_mut(policy, name)?.rules.extend(rules.iter().cloned());
             Ok(())
         })?;
         self.views.current().group(role, name)
@@ -311,10 +412,11 @@ impl Daemon {
         rule: Option<Rule>,
         expected: Expected,
     ) -> Result<GroupView> {
-        if let Expected::Revision(revision) = expected {
-            self.check_revision(Kind::Group, name, Some(revision))?;
-        }
-        self.change(role, |policy, _| {
+        let revision = match &expected {
+            Expected::Revision(revision) => Some((Kind::Group, name, Some(*revision))),
+            _ => None,
+        };
+        self.change_at(role, revision, |policy, _| {
             let group = group_mut(policy, name)?;
             let index = find_rule(group, at)?;
             let old = &group.rules[index];
@@ -330,7 +432,7 @@ impl Daemon {
                     ),
                 ));
             }
-            match rule {
+            match rule.clone() {
                 Some(mut rule) => {
                     if rule.id.is_some() && rule.id != old.id {
                         return Err(ApiError::invalid(format!(
@@ -365,7 +467,7 @@ impl Daemon {
                     ),
                 ));
             }
-            policy.ports.push(port);
+            policy.ports.push(port.clone());
             Ok(())
         })?;
         self.views.current().port(role, &name)
@@ -385,17 +487,15 @@ impl Daemon {
                 port.name
             )));
         }
-        self.check_revision(Kind::Port, name, revision)?;
-        self.change(role, |policy, _| {
-            *port_mut(policy, name)? = port;
+        self.change_at(role, Some((Kind::Port, name, revision)), |policy, _| {
+            *port_mut(policy, name)? = port.clone();
             Ok(())
         })?;
         self.views.current().port(role, name)
     }
 
     pub fn delete_port(&mut self, role: Role, name: &str, revision: Option<u64>) -> Result<()> {
-        self.check_revision(Kind::Port, name, revision)?;
-        self.change(role, |policy, _| {
+        self.change_at(role, Some((Kind::Port, name, revision)), |policy, _| {
             port_mut(policy, name)?;
             policy.ports.retain(|port| port.name != name);
             Ok(())
@@ -417,6 +517,15 @@ impl Daemon {
     ) -> Result<PortView> {
         require(role, Role::Owner)?;
         let port = self.state.policy.port(name).ok_or_else(|| no_port(name))?;
+        if !self.is_local(port) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "port '{name}' is on host {}; plug it through that host's daemon",
+                    port.host.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
         let moved = iface.as_ref().is_some_and(|iface| *iface != port.ifname)
             || netns
                 .as_ref()
@@ -424,11 +533,11 @@ impl Daemon {
         if moved {
             self.change(role, |policy, _| {
                 let port = port_mut(policy, name)?;
-                if let Some(iface) = iface {
-                    port.ifname = iface;
+                if let Some(iface) = &iface {
+                    port.ifname = iface.clone();
                 }
                 if netns.is_some() {
-                    port.netns = netns;
+                    port.netns = netns.clone();
                 }
                 Ok(())
             })?;
@@ -558,7 +667,7 @@ impl Daemon {
 
     pub fn set_settings(&mut self, role: Role, settings: Settings) -> Result<Settings> {
         self.change(role, |_, current| {
-            *current = settings;
+            *current = settings.clone();
             Ok(())
         })?;
         Ok(self.state.settings.clone())
@@ -590,8 +699,8 @@ impl Daemon {
             self.check_room(&policy.effective(&settings), &planned)?;
         } else if !changes.is_empty() {
             self.change(role, |current, current_settings| {
-                *current = policy;
-                *current_settings = settings;
+                *current = policy.clone();
+                *current_settings = settings.clone();
                 Ok(())
             })?;
         } else {
@@ -773,10 +882,15 @@ fn check(policy: &Policy, settings: &Settings) -> Result<Planned> {
             .check_pairs(port)
             .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;
     }
+    plan(policy, settings, |_| true)
+}
+
+/// What each port that `of` takes of `policy` takes of the maps, compiled.
+fn plan(policy: &Policy, settings: &Settings, of: impl Fn(&Port) -> bool) -> Result<Planned> {
     let effective = policy.effective(settings);
     let counters = compile::counter_ids(&effective).map_err(ApiError::invalid)?;
     let mut usage = BTreeMap::new();
-    for port in &effective.ports {
+    for port in effective.ports.iter().filter(|port| of(port)) {
         let security = PortSecurity::from_port(port)
             .compile()
             .map_err(|e| ApiError::invalid(format!("port '{}': {e}", port.name)))?;

@@ -184,6 +184,7 @@ impl Daemon {
         policy
             .ports
             .iter()
+            .filter(|port| self.is_local(port))
             .filter_map(|port| {
                 let after = *planned.get(&port.name)?;
                 let state = states
@@ -235,8 +236,9 @@ impl Daemon {
     /// records each port's status. A port that fails (interface missing,
     /// maps full) is marked `error` with the reason and keeps what it had;
     /// the others go on. Reads see the outcome once it is whole.
+    /// Another host's change in the store is taken first.
     pub(super) fn reconcile(&mut self) -> Result<()> {
-        let result = self.reconcile_ports();
+        let result = self.refresh().and_then(|()| self.reconcile_ports());
         self.publish();
         result
     }
@@ -248,7 +250,7 @@ impl Daemon {
         let states = self.store.port_states()?;
 
         for (name, state) in &states {
-            let port = policy.port(name);
+            let port = policy.port(name).filter(|port| self.is_local(port));
             let moved =
                 port.is_none_or(|port| port.ifname != state.ifname || port.netns != state.netns);
             let mut detached = Ok(());
@@ -306,6 +308,7 @@ impl Daemon {
         let unchanged: Vec<&str> = policy
             .ports
             .iter()
+            .filter(|port| self.is_local(port))
             .map(|port| port.name.as_str())
             .filter(|name| !order.contains(name))
             .collect();
@@ -360,7 +363,12 @@ impl Daemon {
             }
             self.store.set_port_state(&port.name, &state)?;
         }
-        let namespaces = policy.ports.iter().map(|p| p.netns.clone()).collect();
+        let namespaces = policy
+            .ports
+            .iter()
+            .filter(|port| self.is_local(port))
+            .map(|p| p.netns.clone())
+            .collect();
         self.links.follow(&namespaces);
         // After the ports: attaching the first creates the maps.
         if let Err(e) = self

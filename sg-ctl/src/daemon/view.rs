@@ -22,7 +22,7 @@ use crate::{
         Datapath,
         conntrack::{Flow, FlowFilter},
     },
-    store::{PortState, State, token_digest},
+    store::{PortState, State, StoreHealth, token_digest},
 };
 use sg_core::{
     access::{Role, TokenInfo},
@@ -39,6 +39,7 @@ pub struct View {
     /// Each token's role, by its digest.
     pub(super) roles: HashMap<String, Role>,
     pub(super) datapath: Arc<Datapath>,
+    pub(super) store: StoreHealth,
 }
 
 /// The view in force, swapped whole by the daemon.
@@ -125,19 +126,14 @@ impl View {
         let mut reasons = Vec::new();
         let mut port_status = Vec::new();
         for port in &ports {
-            let state = states.get(&port.name);
-            let phase = state.map_or(Phase::Pending, |s| s.phase.into());
-            status.state = status.state.max(phase);
-            let reason = state.map(|s| s.reason.clone()).unwrap_or_default();
-            if !reason.is_empty() {
-                reasons.push(format!("port {}: {reason}", port.name));
+            let one = self.port_status(port, states);
+            status.state = status.state.max(one.state);
+            if !one.reason.is_empty() && one.state != Phase::Remote {
+                reasons.push(format!("port {}: {}", port.name, one.reason));
             }
             port_status.push(PortStatus {
                 port: port.name.clone(),
-                status: Status {
-                    state: phase,
-                    reason,
-                },
+                status: one,
             });
         }
         status.reason = reasons.join("; ");
@@ -250,16 +246,48 @@ impl View {
     }
 
     fn port_view(&self, port: &Port, states: &BTreeMap<String, PortState>) -> PortView {
-        let state = states.get(&port.name);
+        let state = states.get(&port.name).filter(|_| self.is_local(port));
         PortView {
             revision: self.state.port_revisions[&port.name],
             spec: port.clone(),
-            status: Status {
-                state: state.map_or(Phase::Pending, |s| s.phase.into()),
-                reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
-            },
+            status: self.port_status(port, states),
             policy_id: state.and_then(|s| s.policy_id),
         }
+    }
+
+    /// Whether this host's daemon enforces `port`.
+    fn is_local(&self, port: &Port) -> bool {
+        port.host == self.store.host
+    }
+
+    /// A port's phase here, or where it is enforced.
+    fn port_status(&self, port: &Port, states: &BTreeMap<String, PortState>) -> Status {
+        if !self.is_local(port) {
+            let host = port.host.as_deref().unwrap_or_default();
+            let up = self.store.hosts.iter().any(|h| h.name == host && h.up);
+            return Status {
+                state: Phase::Remote,
+                reason: if up {
+                    format!("enforced on host {host}")
+                } else {
+                    format!(
+                        "on host {host}, which is down (its daemon holds no lease); its \
+                         datapath keeps the last policy until the port is deleted"
+                    )
+                },
+            };
+        }
+        let state = states.get(&port.name);
+        Status {
+            state: state.map_or(Phase::Pending, |s| s.phase.into()),
+            reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The store and the hosts sharing it.
+    pub fn status(&self, role: Role) -> Result<StoreHealth> {
+        require(role, Role::Viewer)?;
+        Ok(self.store.clone())
     }
 
     pub fn settings(&self, role: Role) -> Result<Settings> {

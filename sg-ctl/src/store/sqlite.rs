@@ -1,5 +1,5 @@
-//! The daemon's desired state in SQLite: groups, ports (with the groups
-//! they attach), settings, API tokens, and what the datapath was last given
+//! The desired state in SQLite: groups, ports (with the groups they
+//! attach), settings, API tokens, and what the datapath was last given
 //! per port.
 //!
 //! Groups and ports are stored one row each, their model form as JSON, in
@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use super::{Row, rows};
 use crate::lock::{self, LockError, LockFile};
 
 use rusqlite::{Connection, Transaction, params};
@@ -102,12 +103,22 @@ pub enum StoreError {
         what: String,
         source: serde_json::Error,
     },
+    #[error(
+        "the store {store} is unreachable ({error}); the policy in force stays as it is, and \
+         changes are refused until the store is back"
+    )]
+    Unreachable { store: String, error: String },
+    #[error("the store {store}: {error}")]
+    Refused { store: String, error: String },
+    /// Another host changed the desired state since it was read.
+    #[error("the desired state changed in the store while this change was prepared")]
+    Stale,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How many hex digits of a token's digest name it in lists.
-const TOKEN_ID_LEN: usize = 12;
+pub(super) const TOKEN_ID_LEN: usize = 12;
 
 /// The desired state with the revision of every group and port.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +127,10 @@ pub struct State {
     pub settings: Settings,
     pub group_revisions: HashMap<String, u64>,
     pub port_revisions: HashMap<String, u64>,
+    /// The store's revision of the state as a whole when it was read: a
+    /// change is written only while it still is (etcd's; 0 in SQLite,
+    /// which one daemon holds alone).
+    pub revision: u64,
 }
 
 /// What the datapath of one port was last given.
@@ -134,7 +149,7 @@ pub struct PortState {
 }
 
 /// The open database, held by one daemon at a time.
-pub struct Store {
+pub struct Database {
     conn: Connection,
     _lock: LockFile,
 }
@@ -150,10 +165,10 @@ pub fn lock_dir(path: &Path) -> PathBuf {
     PathBuf::from(dir)
 }
 
-impl Store {
+impl Database {
     /// Opens (creating if needed) the database, brings its schema up to
     /// date, and gives a new one the `default` group and default settings.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Database> {
         let shown = path.display().to_string();
         let file_error = |source| StoreError::File {
             path: shown.clone(),
@@ -216,7 +231,7 @@ impl Store {
             [json(&Settings::default())],
         )?;
         tx.commit()?;
-        Ok(Store { conn, _lock: lock })
+        Ok(Database { conn, _lock: lock })
     }
 
     /// The desired state as stored.
@@ -233,6 +248,7 @@ impl Store {
             settings: parse("settings", &settings)?,
             group_revisions,
             port_revisions,
+            revision: 0,
         })
     }
 
@@ -418,8 +434,8 @@ impl Store {
     }
 }
 
-/// Writes the rows of `new` objects that differ from `old`, deletes the
-/// rows of objects gone, and calls `changed` for each object written.
+/// Writes the rows of `new` objects that differ from `old` (see
+/// [`rows`]), and calls `changed` for each object written.
 fn sync<T: Serialize + PartialEq>(
     tx: &Transaction,
     table: &str,
@@ -429,30 +445,24 @@ fn sync<T: Serialize + PartialEq>(
     revisions: &HashMap<String, u64>,
     mut changed: impl FnMut(&T),
 ) -> Result<()> {
-    for object in old {
-        if !new.iter().any(|n| name(n) == name(object)) {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE name = ?1"),
-                [name(object)],
-            )?;
-        }
-    }
-    for (position, object) in new.iter().enumerate() {
-        let before = old
-            .iter()
-            .position(|o| name(o) == name(object))
-            .map(|at| (at, &old[at]));
-        match before {
-            Some((at, before)) if before == object && at == position => {}
-            Some((_, before)) if before == object => {
+    for row in rows(old, new, name, revisions) {
+        match row {
+            Row::Delete(name) => {
+                tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), [name])?;
+            }
+            Row::Move { name, position, .. } => {
                 tx.execute(
                     &format!("UPDATE {table} SET position = ?1 WHERE name = ?2"),
-                    params![position, name(object)],
+                    params![position, name],
                 )?;
             }
-            _ => {
-                let revision = revisions.get(name(object)).map_or(1, |r| r + 1);
-                put(tx, table, name(object), position, revision, object)?;
+            Row::Put {
+                name,
+                position,
+                revision,
+                object,
+            } => {
+                put(tx, table, name, position, revision, object)?;
                 changed(object);
             }
         }
@@ -478,11 +488,11 @@ fn put<T: Serialize>(
     Ok(())
 }
 
-fn json<T: Serialize>(value: &T) -> String {
+pub(super) fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("model types serialize")
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T> {
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
         what: what.to_string(),
         source,
@@ -527,14 +537,17 @@ mod tests {
     fn a_new_store_holds_the_default_group_and_reopens() {
         let dir = temp_dir();
         let path = dir.path().join("sg.db");
-        let store = Store::open(&path).unwrap();
+        let store = Database::open(&path).unwrap();
         let state = store.load().unwrap();
         assert_eq!(state.policy, Policy::new());
         assert_eq!(state.settings, Settings::default());
         assert_eq!(state.group_revisions["default"], 1);
-        assert!(matches!(Store::open(&path), Err(StoreError::InUse { .. })));
+        assert!(matches!(
+            Database::open(&path),
+            Err(StoreError::InUse { .. })
+        ));
         drop(store);
-        let store = Store::open(&path).unwrap();
+        let store = Database::open(&path).unwrap();
         assert_eq!(store.load().unwrap().policy, Policy::new());
         let version: usize = store
             .conn
@@ -546,7 +559,7 @@ mod tests {
     #[test]
     fn saves_write_what_changed_with_new_revisions() {
         let dir = temp_dir();
-        let mut store = Store::open(&dir.path().join("sg.db")).unwrap();
+        let mut store = Database::open(&dir.path().join("sg.db")).unwrap();
         let old = store.load().unwrap();
         let mut policy = old.policy.clone();
         policy.groups.push(Group::new("web").unwrap());
@@ -584,7 +597,7 @@ mod tests {
     #[test]
     fn tokens_have_roles_and_are_stored_as_digests() {
         let dir = temp_dir();
-        let store = Store::open(&dir.path().join("sg.db")).unwrap();
+        let store = Database::open(&dir.path().join("sg.db")).unwrap();
         let (viewer, viewer_info) = store.create_token(Role::Viewer).unwrap();
         let (owner, _) = store.create_token(Role::Owner).unwrap();
         assert_eq!(viewer.len(), 64);
