@@ -234,6 +234,37 @@ async fn rule_row(driver: &WebDriver, ports: &str) -> Result<WebElement> {
     bail!("no rule for ports {ports} on the page")
 }
 
+/// Submits the rule form with `field` set to `bad`: the page shows, on
+/// that field, marked, the message the CLI gives for `cli`.
+async fn refused_on_field(
+    driver: &WebDriver,
+    d: &TestDaemon,
+    (field, bad): (&str, &str),
+    cli: &[&str],
+) -> Result<()> {
+    type_into(driver, &format!("#rule-form input[name={field}]"), bad).await?;
+    click(driver, "#rule-submit").await?;
+    let inline = text_of(driver, &format!("[data-error-for={field}]"), field).await?;
+    let cli = cli_refusal(d, cli);
+    let on_field = |m: &str| {
+        let from = m.find(&format!("{field}: ")).unwrap_or(0);
+        m[from..].to_string()
+    };
+    assert_eq!(
+        on_field(&inline),
+        on_field(&cli),
+        "page: {inline}; CLI: {cli}"
+    );
+    assert!(
+        driver
+            .find(By::Css(format!("#rule-form input[name={field}].invalid")))
+            .await
+            .is_ok(),
+        "the field at fault, {field}, is marked"
+    );
+    Ok(())
+}
+
 /// The message of what `sg-ctl ARGS` refused, without its `error: `.
 fn cli_refusal(d: &TestDaemon, args: &[&str]) -> String {
     let (code, stderr) = d.fails(args).unwrap();
@@ -351,42 +382,23 @@ async fn owner_then_viewer(
     // CLI names it.
     click(driver, "#add-rule").await?;
     type_into(driver, "#rule-form input[name=protocol]", "tcp").await?;
-    type_into(driver, "#rule-form input[name=ports]", "70000").await?;
     type_into(driver, "#rule-form input[name=description]", "app").await?;
-    click(driver, "#rule-submit").await?;
-    let inline = text_of(driver, "[data-error-for=ports]", "ports").await?;
-    let cli = cli_refusal(
+    refused_on_field(
+        driver,
         d,
+        ("ports", "70000"),
         &["rule", "add", "web", "--proto", "tcp", "--port", "70000"],
-    );
-    let field_message = |m: &str| m[m.find("ports: ").map_or(0, |at| at)..].to_string();
-    assert_eq!(
-        field_message(&inline),
-        field_message(&cli),
-        "page: {inline}; CLI: {cli}"
-    );
-    assert!(
-        driver
-            .find(By::Css("#rule-form input[name=ports].invalid"))
-            .await
-            .is_ok(),
-        "the field at fault is marked"
-    );
+    )
+    .await?;
     // A priority out of range, likewise.
     type_into(driver, "#rule-form input[name=ports]", "8080").await?;
-    type_into(driver, "#rule-form input[name=priority]", "0").await?;
-    click(driver, "#rule-submit").await?;
-    let inline = text_of(driver, "[data-error-for=priority]", "priority").await?;
-    let cli = cli_refusal(
+    refused_on_field(
+        driver,
         d,
+        ("priority", "0"),
         &["rule", "add", "web", "--proto", "tcp", "--priority", "0"],
-    );
-    let priority = |m: &str| m[m.find("priority: ").map_or(0, |at| at)..].to_string();
-    assert_eq!(
-        priority(&inline),
-        priority(&cli),
-        "page: {inline}; CLI: {cli}"
-    );
+    )
+    .await?;
     type_into(driver, "#rule-form input[name=priority]", "900").await?;
     click(driver, "#rule-submit").await?;
     text_of(driver, "#rules", "8080").await?;
