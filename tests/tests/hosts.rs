@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use sg_tests::{Netns, TestDaemon, addr, eventually, mac_of, require_root};
 
 /// How long a change may take to be in force on every host.
@@ -44,15 +44,29 @@ impl Etcd {
     fn start() -> Result<Etcd> {
         let dir =
             std::env::temp_dir().join(format!("sg-etcd-{}-{}", std::process::id(), free_port()));
-        fs::create_dir_all(&dir)?;
-        let mut etcd = Etcd {
-            child: None,
-            dir,
-            client: free_port(),
-            peer: free_port(),
-        };
-        etcd.resume()?;
-        Ok(etcd)
+        // A port found free may be another test's by the time etcd binds
+        // it, and etcd exits: then it starts on others.
+        let mut tries = 0;
+        loop {
+            fs::create_dir_all(&dir)?;
+            let client = free_port();
+            let mut etcd = Etcd {
+                child: None,
+                dir: dir.clone(),
+                client,
+                peer: std::iter::repeat_with(free_port)
+                    .find(|&peer| peer != client)
+                    .expect("a second free port"),
+            };
+            match etcd.resume() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if tries < 4 => {
+                    eprintln!("etcd did not start ({e:#}); on other ports");
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `etcd://127.0.0.1:PORT`, for `--store`.
@@ -86,7 +100,13 @@ impl Etcd {
             .spawn()
             .context("starting etcd (`cargo xtask setup` installs etcd-server)")?;
         self.child = Some(child);
+        let (child, log) = (&mut self.child, self.dir.join("etcd.log"));
         eventually("etcd answers", Duration::from_secs(30), || {
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                bail!("etcd exited ({status}): {}", tail.join(" | "));
+            }
             Ok(Command::new("etcdctl")
                 .args(["--endpoints", &client, "endpoint", "health"])
                 .stdout(Stdio::null())
