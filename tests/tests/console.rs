@@ -234,6 +234,17 @@ async fn rule_row(driver: &WebDriver, ports: &str) -> Result<WebElement> {
     bail!("no rule for ports {ports} on the page")
 }
 
+/// Fails, saying `what`, if the page shows any control that changes
+/// something.
+async fn offers_no_change(driver: &WebDriver, what: &str) -> Result<()> {
+    const CHANGES: &str = "#create-group, [data-action], #add-rule, #presets, #rule-form, \
+                           #assign-form, button[type=submit]";
+    ensure!(
+        driver.find_all(By::Css(CHANGES)).await?.is_empty(),
+        "{what}"
+    );
+    Ok(())
+}
 /// Submits the rule form with `field` set to `bad`: the page shows, on
 /// that field, marked, the message the CLI gives for `cli`.
 async fn refused_on_field(
@@ -501,30 +512,16 @@ async fn owner_then_viewer(
             .to_lowercase(),
         "viewer"
     );
-    let changes = "#create-group, [data-action], #add-rule, #presets, #rule-form, #assign-form, \
-                   button[type=submit]";
-    ensure!(
-        driver.find_all(By::Css(changes)).await?.is_empty(),
-        "the groups page offers no change"
-    );
+    offers_no_change(driver, "the groups page offers no change").await?;
     driver.goto(format!("{base}/#/groups/web")).await?;
     text_of(driver, "#rules", "8443").await?;
-    ensure!(
-        driver.find_all(By::Css(changes)).await?.is_empty(),
-        "a group offers no change"
-    );
+    offers_no_change(driver, "a group offers no change").await?;
     click(driver, "#tab-members").await?;
     text_of(driver, "#members", "vm1").await?;
-    ensure!(
-        driver.find_all(By::Css(changes)).await?.is_empty(),
-        "its ports offer no change"
-    );
+    offers_no_change(driver, "its ports offer no change").await?;
     driver.goto(format!("{base}/#/ports/vm1")).await?;
     text_of(driver, "#port-groups", "web").await?;
-    ensure!(
-        driver.find_all(By::Css(changes)).await?.is_empty(),
-        "a port offers no change"
-    );
+    offers_no_change(driver, "a port offers no change").await?;
     screenshot(driver, "console-port-viewer").await?;
 
     // What the page would have sent, forged with the viewer's token: 403.
