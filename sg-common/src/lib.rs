@@ -48,6 +48,7 @@ pub mod map_names {
     pub const PORT_FLOWS: &str = "SG_PORT_FLOWS";
     pub const CONNTRACK_RING: &str = "SG_CONNTRACK_RING";
     pub const CONNTRACK_CLOCK: &str = "SG_CONNTRACK_CLOCK";
+    pub const CONNTRACK_PRESENCE: &str = "SG_CONNTRACK_PRESENCE";
 }
 
 /// Names of the programs in the eBPF object.
@@ -76,6 +77,11 @@ pub const TRACE_GLOBAL: &str = "TRACE";
 /// size the table was made with), set by the loader from the pinned ring
 /// or the size it makes it with.
 pub const CONNTRACK_RING_GLOBAL: &str = "CONNTRACK_RING";
+
+/// The global variable that holds the counters of `SG_CONNTRACK_PRESENCE`,
+/// set by the loader from the pinned map or the size it makes it with
+/// (`presence_counters`).
+pub const CONNTRACK_PRESENCE_GLOBAL: &str = "CONNTRACK_PRESENCE";
 
 /// What a tracer decided on a frame, in `SG_TRACE[0]`. The candidates are
 /// `candidate::NONE` where the program did not look (or found nothing).
@@ -767,6 +773,20 @@ impl PortFlows {
     }
 }
 
+/// The counters of `SG_CONNTRACK_PRESENCE` beside a table of `entries`
+/// flows: a power of two, about a quarter as many (at least 1,024). Small
+/// enough to stay in a CPU's cache, where the table's own buckets do not:
+/// a packet of no flow costs a read of its counter rather than a miss in
+/// the table.
+pub const fn presence_counters(entries: u32) -> u32 {
+    let quarter = entries / 4;
+    if quarter <= 1024 {
+        1024
+    } else {
+        quarter.next_power_of_two()
+    }
+}
+
 /// `SG_CONNTRACK_CLOCK[0]`: where the next new flow's key goes in
 /// `SG_CONNTRACK_RING` (`head`), and the next entry of the ring a full
 /// table looks at for room (`hand`); both count up for ever and are taken
@@ -802,6 +822,27 @@ pub struct ConntrackKey {
     pub _pad: [u8; 2],
     pub local: [u8; 16],
     pub remote: [u8; 16],
+}
+
+impl ConntrackKey {
+    /// The key's counter in `SG_CONNTRACK_PRESENCE`, of `counters` (a power
+    /// of two): the flows in the table whose keys share it. Zero says no
+    /// flow of this key is there. The datapath adds one before it inserts
+    /// a flow and takes one after it removes one; so does `sg-ctl` after
+    /// its own removals. Keys a workload chooses to collide only make the
+    /// table be looked up.
+    #[inline(always)]
+    pub fn presence_index(&self, counters: u32) -> u32 {
+        const { assert!(size_of::<ConntrackKey>() == 44 && align_of::<ConntrackKey>() == 4) };
+        // SAFETY: 44 bytes of integers and no padding, 4-aligned
+        // (asserted above).
+        let words = unsafe { &*(self as *const Self).cast::<[u32; 11]>() };
+        let mut hash: u64 = 0;
+        for &word in words {
+            hash = (hash.rotate_left(5) ^ u64::from(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        (hash >> 32) as u32 & counters.wrapping_sub(1)
+    }
 }
 
 /// `SG_CONNTRACK` value. Times are `bpf_ktime_get_coarse_ns`

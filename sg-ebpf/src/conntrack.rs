@@ -30,6 +30,7 @@ use sg_common::{
     CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, CONNTRACK_RECLAIM_TRIES, ConntrackClock,
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
     MAX_CONNTRACK_ENTRIES, MAX_PORTS, PortFlows, conntrack_event, conntrack_state, ipv4_mapped,
+    presence_counters,
     proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
 };
 
@@ -83,6 +84,19 @@ static SG_CONNTRACK_CLOCK: Array<ConntrackClock> = Array::pinned(1, 0);
 /// (`CONNTRACK_RING_GLOBAL`).
 #[unsafe(no_mangle)]
 static CONNTRACK_RING: u32 = MAX_CONNTRACK_ENTRIES;
+
+/// How many flows of the table have keys of each counter's share (see
+/// `ConntrackKey::presence_index`): a packet whose counter is zero is of
+/// no flow, known without a lookup in the table. Mapped by `sg-ctl`, which
+/// takes from it atomically after its own removals.
+#[map(name = "SG_CONNTRACK_PRESENCE")]
+static SG_CONNTRACK_PRESENCE: Array<u64> =
+    Array::pinned(presence_counters(MAX_CONNTRACK_ENTRIES), BPF_F_MMAPABLE);
+
+/// Entries of `SG_CONNTRACK_PRESENCE`; set by the loader
+/// (`CONNTRACK_PRESENCE_GLOBAL`).
+#[unsafe(no_mangle)]
+static CONNTRACK_PRESENCE: u32 = presence_counters(MAX_CONNTRACK_ENTRIES);
 
 /// Where a transport header the tracker reads may start.
 const MAX_L4: usize = 512;
@@ -210,7 +224,10 @@ pub fn lookup(
         (&ip.src, src_port),
         (&ip.dst, dst_port),
     );
-    if let Some(entry) = SG_CONNTRACK.get_ptr_mut(&*key) {
+    if let Some(entry) = present(key)
+        .then(|| SG_CONNTRACK.get_ptr_mut(&*key))
+        .flatten()
+    {
         let now = now();
         // SAFETY: the entry stays valid for this program run (RCU).
         let (state, last_seen, origin) =
@@ -327,9 +344,10 @@ fn related(
         (&scratch.quote.src, src_port),
         (&scratch.quote.dst, dst_port),
     );
-    match SG_CONNTRACK.get_ptr_mut(&scratch.key) {
-        Some(_) => Flow::Related,
-        None => Flow::Untracked,
+    if present(&scratch.key) && SG_CONNTRACK.get_ptr_mut(&scratch.key).is_some() {
+        Flow::Related
+    } else {
+        Flow::Untracked
     }
 }
 
@@ -412,6 +430,13 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
     if !room {
         return Start::PortFull;
     }
+    // Counted present before it is, so that no CPU finds the flow's
+    // counter at zero while it is in the table.
+    let presence = presence(key);
+    if let Some(counter) = presence {
+        // SAFETY: a map entry, valid for this run, only written atomically.
+        unsafe { add(counter, 1) };
+    }
     const EEXIST: i32 = 17;
     const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
     let mut inserted = SG_CONNTRACK.insert(key, &*entry, NOEXIST);
@@ -428,6 +453,10 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
         }
         Err(error) => {
             release(port);
+            if let Some(counter) = presence {
+                // SAFETY: as above.
+                unsafe { add(counter, u64::MAX) };
+            }
             // Another CPU may have started the flow meanwhile: as good.
             if error == -EEXIST {
                 Start::Started
@@ -512,7 +541,27 @@ fn remove(key: &ConntrackKey) -> bool {
     if let Some(port) = SG_PORT_FLOWS.get_ptr_mut(key.slot) {
         release(port);
     }
+    if let Some(counter) = presence(key) {
+        // SAFETY: a map entry, valid for this run, only written atomically.
+        unsafe { add(counter, u64::MAX) };
+    }
     true
+}
+
+/// The presence counter of `key`'s share (see `SG_CONNTRACK_PRESENCE`).
+#[inline(always)]
+fn presence(key: &ConntrackKey) -> Option<*mut u64> {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let counters = unsafe { core::ptr::read_volatile(&CONNTRACK_PRESENCE) };
+    SG_CONNTRACK_PRESENCE.get_ptr_mut(key.presence_index(counters))
+}
+
+/// Whether a flow of `key` may be in the table: not when its presence
+/// counter is zero.
+#[inline(always)]
+fn present(key: &ConntrackKey) -> bool {
+    // SAFETY: a map entry, valid for this run.
+    presence(key).is_none_or(|counter| unsafe { core::ptr::read_volatile(counter) } != 0)
 }
 
 #[inline(always)]

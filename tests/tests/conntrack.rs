@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use sg_common::{
     ConntrackEntry, ConntrackKey, Direction, MAX_CONNTRACK_ENTRIES, Outcome, map_names,
 };
@@ -815,4 +815,83 @@ fn unreplied_flows_expire_on_their_own_timeout_and_replied_ones_keep_theirs() {
     let replied = |protocol: &str| (protocol.to_string(), "replied");
     assert_eq!(left, [replied("253"), replied("udp")]);
     assert_eq!(port.count(), 2);
+}
+
+/// Checks that the presence counters count the table's flows exactly:
+/// each counter as many as the flows whose keys share it.
+fn assert_presence_counts(port: &Port, when: &str) {
+    let maps = port.0.pins().root().join("maps");
+    let open = |name| MapData::from_pin(maps.join(name)).unwrap();
+    let table: HashMap<MapData, ConntrackKey, ConntrackEntry> =
+        Map::HashMap(open(map_names::CONNTRACK)).try_into().unwrap();
+    let presence: Array<MapData, u64> = Map::Array(open(map_names::CONNTRACK_PRESENCE))
+        .try_into()
+        .unwrap();
+    let counters: Vec<u64> = presence.iter().map(|c| c.unwrap()).collect();
+    let mut want = vec![0; counters.len()];
+    for key in table.keys() {
+        want[key.unwrap().presence_index(counters.len() as u32) as usize] += 1;
+    }
+    let wrong: Vec<_> = (0..want.len())
+        .filter(|&i| counters[i] != want[i])
+        .map(|i| (i, counters[i], want[i]))
+        .collect();
+    assert!(wrong.is_empty(), "{when}: (counter, is, flows) {wrong:?}");
+}
+
+#[test]
+fn presence_counters_count_the_flows_through_every_start_and_removal() {
+    require_root!();
+    let port = Port::new();
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    assert_presence_counts(&port, "before any flow");
+    for v6 in [false, true] {
+        for sport in 40000..40016 {
+            port.check(e, &udp(e, v6, (sport, 53)), Forward::Pass, Outcome::Pass);
+        }
+        handshake(&port, v6);
+    }
+    assert_eq!(port.flows().len(), 34);
+    assert_presence_counts(&port, "after 34 flows started");
+    // The replies find their flows.
+    port.check(
+        i,
+        &udp(i, true, (40015, 53)),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    // Removed by the datapath (an RST), by a flush, by expiry.
+    port.check(
+        e,
+        &tcp(e, false, HTTP, RST),
+        Forward::Pass,
+        Outcome::PassEstablished,
+    );
+    assert_presence_counts(&port, "after an RST");
+    let v6_flows = FlowFilter {
+        address: Some(format!("{PEER6}/128").parse().unwrap()),
+        ..FlowFilter::default()
+    };
+    assert_eq!(port.0.datapath.flush_flows(&v6_flows).unwrap(), 17);
+    assert_presence_counts(&port, "after a flush");
+    // The flushed flow is gone: its reply is a new flow, which no rule
+    // allows.
+    port.check(
+        i,
+        &udp(i, true, (40015, 53)),
+        Forward::Drop,
+        Outcome::DropDefault,
+    );
+    let timeouts = settings::ConntrackTimeouts {
+        unreplied: 1,
+        ..Default::default()
+    };
+    port.0.datapath.set_conntrack_timeouts(&timeouts).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    // One expired flow's room taken by its own next packet, the others
+    // removed by expiry.
+    port.check(e, &udp(e, false, (40000, 53)), Forward::Pass, Outcome::Pass);
+    assert_eq!(port.0.datapath.expire_flows().unwrap(), 15);
+    assert_presence_counts(&port, "after expiry");
+    assert_eq!(port.flows().len(), 1);
 }

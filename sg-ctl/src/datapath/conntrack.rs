@@ -1,6 +1,8 @@
 //! The connection table from userspace: its timeouts, the ports' flow
 //! counts and limits, listing, flushing, and the expiry of idle flows (the
-//! datapath ignores them, and takes their room when it needs it).
+//! datapath ignores them, and takes their room when it needs it). Every
+//! removal here takes its flow from its port's count and its presence
+//! counter, as the datapath's own removals do.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -26,19 +28,21 @@ use super::{
 };
 use sg_core::{flow::FlowState, model::IpProtocol, settings};
 
-/// The table, its timeouts and the ports' flows, opened from their pins.
+/// The table, its timeouts, the ports' flows and the presence counters,
+/// opened from their pins.
 pub(super) struct ConntrackMaps {
     table: HashMap<MapData, ConntrackKey, ConntrackEntry>,
     timeouts: Array<MapData, ConntrackTimeouts>,
-    ports: PortFlowCounts,
+    ports: Shared<PortFlows>,
+    presence: Shared<u64>,
 }
 
-/// `SG_PORT_FLOWS`, mapped into this process: the datapath adds to and
-/// takes from a port's `flows` with atomic instructions on this same
-/// memory, so this side does too (a map update would write back a count
-/// read before it).
-struct PortFlowCounts {
-    entries: NonNull<PortFlows>,
+/// A map mapped into this process whose entries the datapath adds to and
+/// takes from with atomic instructions on this same memory, so that this
+/// side does too (a map update would write back a value read before it):
+/// `SG_PORT_FLOWS` and `SG_CONNTRACK_PRESENCE`.
+struct Shared<T> {
+    entries: NonNull<T>,
     len: usize,
     bytes: usize,
     /// Holds the map while it is mapped.
@@ -47,19 +51,22 @@ struct PortFlowCounts {
 
 // SAFETY: the mapping is shared memory that both sides use only through
 // atomic operations.
-unsafe impl Send for PortFlowCounts {}
-unsafe impl Sync for PortFlowCounts {}
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-impl PortFlowCounts {
-    fn open(pins: &Pins) -> Result<PortFlowCounts> {
-        let path = pins.map(map_names::PORT_FLOWS);
+impl<T> Shared<T> {
+    fn open(pins: &Pins, name: &str) -> Result<Shared<T>> {
+        // An array's entries are 8-aligned in its memory: a `T` of another
+        // size would be read at the wrong places.
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
+        let path = pins.map(name);
         let what = || format!("mapping {}", path.display());
         let map = MapData::from_pin(&path).context(what)?;
         let info = map.info().context(what)?;
         let len = info.max_entries() as usize;
         // SAFETY: a plain query.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (len * size_of::<PortFlows>()).div_ceil(page) * page;
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
         // SAFETY: a shared mapping of the map's own memory, of its size.
         let at = unsafe {
             libc::mmap(
@@ -74,7 +81,7 @@ impl PortFlowCounts {
         if at == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context(what);
         }
-        Ok(PortFlowCounts {
+        Ok(Shared {
             entries: NonNull::new(at.cast()).expect("mmap gives no null mapping"),
             len,
             bytes,
@@ -82,13 +89,22 @@ impl PortFlowCounts {
         })
     }
 
-    /// The slot's entry, if the map has it.
-    fn entry(&self, slot: u32) -> Option<*mut PortFlows> {
-        let slot = slot as usize;
+    /// The entry at `index`, if the map has it.
+    fn entry(&self, index: u32) -> Option<*mut T> {
+        let index = index as usize;
         // SAFETY: within the mapping.
-        (slot < self.len).then(|| unsafe { self.entries.as_ptr().add(slot) })
+        (index < self.len).then(|| unsafe { self.entries.as_ptr().add(index) })
     }
+}
 
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, of that size.
+        unsafe { libc::munmap(self.entries.as_ptr().cast(), self.bytes) };
+    }
+}
+
+impl Shared<PortFlows> {
     fn flows(&self, slot: u32) -> Option<&AtomicU64> {
         // SAFETY: an aligned u64 of the mapping, only used atomically.
         self.entry(slot)
@@ -126,10 +142,15 @@ impl PortFlowCounts {
     }
 }
 
-impl Drop for PortFlowCounts {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, of that size.
-        unsafe { libc::munmap(self.entries.as_ptr().cast(), self.bytes) };
+impl Shared<u64> {
+    /// One flow less of the share of `key` (see `SG_CONNTRACK_PRESENCE`),
+    /// none below zero.
+    fn release(&self, key: &ConntrackKey) {
+        if let Some(entry) = self.entry(key.presence_index(self.len as u32)) {
+            // SAFETY: an aligned u64 of the mapping, only used atomically.
+            let count = unsafe { AtomicU64::from_ptr(entry) };
+            let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -138,7 +159,8 @@ impl ConntrackMaps {
         Ok(ConntrackMaps {
             table: pins.open(map_names::CONNTRACK)?,
             timeouts: pins.open(map_names::CONNTRACK_TIMEOUTS)?,
-            ports: PortFlowCounts::open(pins)?,
+            ports: Shared::open(pins, map_names::PORT_FLOWS)?,
+            presence: Shared::open(pins, map_names::CONNTRACK_PRESENCE)?,
         })
     }
 
@@ -196,6 +218,7 @@ impl ConntrackMaps {
             match self.table.remove(&key) {
                 Ok(()) => {
                     self.ports.release(key.slot);
+                    self.presence.release(&key);
                     removed += 1;
                 }
                 Err(aya::maps::MapError::KeyNotFound) => {}

@@ -55,7 +55,7 @@ pub enum DatapathError {
     )]
     IncompatiblePins {
         dir: PathBuf,
-        source: Box<aya::EbpfError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{what}: {source}")]
     Kernel {

@@ -9,7 +9,10 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use sg_common::{CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL, TRACE_GLOBAL, map_names, program_names};
+use sg_common::{
+    CONNTRACK_PRESENCE_GLOBAL, CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL, TRACE_GLOBAL, map_names,
+    presence_counters, program_names,
+};
 
 use super::{
     error::{Context as _, DatapathError, Result},
@@ -32,18 +35,36 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     for (name, entries) in sizes.iter() {
         loader.map_max_entries(name, entries);
     }
+    // A table of flows that no presence counter counts (pinned by a
+    // version without them) would have its flows taken as absent.
+    if pins.map(map_names::CONNTRACK).exists() && !pins.map(map_names::CONNTRACK_PRESENCE).exists()
+    {
+        return Err(DatapathError::IncompatiblePins {
+            dir: maps,
+            source: format!(
+                "{} without {}",
+                map_names::CONNTRACK,
+                map_names::CONNTRACK_PRESENCE
+            )
+            .into(),
+        });
+    }
     let ring = ring_entries(pins, sizes);
     loader.map_max_entries(map_names::CONNTRACK_RING, ring);
+    let presence = pinned_entries(pins, map_names::CONNTRACK_PRESENCE)
+        .unwrap_or_else(|| presence_counters(ring));
+    loader.map_max_entries(map_names::CONNTRACK_PRESENCE, presence);
     let ebpf = loader
         .default_map_pin_directory(&maps)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
         .override_global(CONNTRACK_RING_GLOBAL, &ring, true)
+        .override_global(CONNTRACK_PRESENCE_GLOBAL, &presence, true)
         .override_global(TRACE_GLOBAL, &u32::from(trace), true)
         .load(EBPF_OBJECT)
         .map_err(|source| match source {
             aya::EbpfError::MapError(_) => DatapathError::IncompatiblePins {
                 dir: maps,
-                source: Box::new(source),
+                source: source.into(),
             },
             source => DatapathError::Kernel {
                 what: "loading the eBPF object".to_string(),
@@ -55,17 +76,20 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
 
 /// The entries of the ring of started flows, which the programs must know:
 /// the pinned ring's; when there is none, as many as the table holds (the
-/// pinned one's, or the size it will be made with).
+/// pinned one's, or the size it will be made with). The presence counters
+/// are as many as `presence_counters` gives for it.
 fn ring_entries(pins: &Pins, sizes: &MapSizes) -> u32 {
-    let pinned = |name| {
-        MapInfo::from_pin(pins.map(name))
-            .ok()
-            .map(|i| i.max_entries())
-    };
-    pinned(map_names::CONNTRACK_RING)
-        .or_else(|| pinned(map_names::CONNTRACK))
+    pinned_entries(pins, map_names::CONNTRACK_RING)
+        .or_else(|| pinned_entries(pins, map_names::CONNTRACK))
         .or_else(|| sizes.get(map_names::CONNTRACK))
         .unwrap_or(sg_common::MAX_CONNTRACK_ENTRIES)
+}
+
+/// The entries of a pinned map, if it is pinned.
+fn pinned_entries(pins: &Pins, name: &str) -> Option<u32> {
+    MapInfo::from_pin(pins.map(name))
+        .ok()
+        .map(|i| i.max_entries())
 }
 
 /// The XDP program of an object from `instance`, loaded (through the
