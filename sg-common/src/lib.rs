@@ -666,13 +666,38 @@ pub const L4_VALUE_OFFSET_BITS: u32 = SCOPE_BITS + 16;
 
 /// Value of the remote and L4 tries: the equivalence class of the address
 /// or protocol/port (rules that match exactly the same packets share one),
-/// and the best candidate among the rules that need nothing else to match.
+/// the best candidate among the rules that need nothing else to match,
+/// and the class's pairs with the other dimension's classes (rules that
+/// need both) when it has one or none: then the datapath needs no
+/// `SG_VERDICT` lookup, which holds only the pairs of two classes that
+/// both have more.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Class {
     pub best: u64,
     pub class: u32,
-    pub _pad: u32,
+    /// The other dimension's class of this one's only pair, or
+    /// `Class::NO_PAIR`, or `Class::PAIRS`: look in `SG_VERDICT`.
+    pub pair: u32,
+    /// The only pair's best candidate.
+    pub pair_best: u64,
+}
+
+impl Class {
+    /// A class of `best` whose pairs are not known yet: none.
+    pub const fn new(best: u64, class: u32) -> Class {
+        Class {
+            best,
+            class,
+            pair: Class::NO_PAIR,
+            pair_best: candidate::NONE,
+        }
+    }
+
+    /// `Class::pair` of a class in no pair: no class is this one.
+    pub const NO_PAIR: u32 = u32::MAX - 1;
+    /// `Class::pair` of a class in more than one pair.
+    pub const PAIRS: u32 = u32::MAX;
 }
 
 /// `SG_VERDICT` key: the best candidate among the rules that match both a
@@ -1012,7 +1037,7 @@ const _: () = assert!(size_of::<Scope>() == 8);
 const _: () = assert!(size_of::<LocalKey>() == 24);
 const _: () = assert!(size_of::<RemoteKey>() == 24);
 const _: () = assert!(size_of::<L4Key>() == 12);
-const _: () = assert!(size_of::<Class>() == 16);
+const _: () = assert!(size_of::<Class>() == 24);
 const _: () = assert!(size_of::<VerdictKey>() == 16);
 const _: () = assert!(size_of::<FragmentKey>() == 44);
 const _: () = assert!(size_of::<TraceRecord>() == 48);

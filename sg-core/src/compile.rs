@@ -456,29 +456,20 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
         let best = best_of(&members, &|r| r.l4.is_none());
         let class = remote_classes.id(members);
         let (bits, _, addr) = trie_prefix(*prefix);
-        let value = Class {
-            best,
-            class,
-            _pad: 0,
-        };
+        let value = Class::new(best, class);
         remote_entries.push((SCOPE_BITS + bits, RemoteKey { scope, addr }, value));
     }
-    out.remote.extend(remote_entries);
 
     // Protocols and ports.
     let mut l4_classes = Classes::default();
-    let root = Class {
-        best: unconditional,
-        class: l4_classes.id(Vec::new()),
-        _pad: 0,
-    };
+    let root = Class::new(unconditional, l4_classes.id(Vec::new()));
     let key = |protocol: u8, value: u16| L4Key {
         scope,
         protocol,
         _pad: 0,
         value: value.to_be_bytes(),
     };
-    out.l4.push((SCOPE_BITS, key(0, 0), root));
+    let mut l4_entries = vec![(SCOPE_BITS, key(0, 0), root)];
     let mut per_protocol: BTreeMap<u8, Vec<(usize, Option<&Ranges>)>> = BTreeMap::new();
     for (i, rule) in rules.iter().enumerate() {
         for (protocol, values) in rule.l4.iter().flatten() {
@@ -496,15 +487,7 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
             .collect();
         let best = best_of(&whole, &|r| r.remote.is_none());
         let class = l4_classes.id(whole.clone());
-        out.l4.push((
-            SCOPE_BITS + 16,
-            key(*protocol, 0),
-            Class {
-                best,
-                class,
-                _pad: 0,
-            },
-        ));
+        l4_entries.push((SCOPE_BITS + 16, key(*protocol, 0), Class::new(best, class)));
         // Elementary intervals between the range boundaries, swept in
         // order: at each boundary the rules whose ranges start there join
         // the active ones, those whose ranges ended leave.
@@ -544,14 +527,10 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
             let best = best_of(&members, &|r| r.remote.is_none());
             let class = l4_classes.id(members);
             for (value, bits) in range_prefixes(start as u16, end as u16) {
-                out.l4.push((
+                l4_entries.push((
                     SCOPE_BITS + 16 + bits,
                     key(*protocol, value),
-                    Class {
-                        best,
-                        class,
-                        _pad: 0,
-                    },
+                    Class::new(best, class),
                 ));
             }
         }
@@ -583,9 +562,41 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
             }
         }
     }
+    // A class in one pair or none carries it (see `Class::pair`); only
+    // the pairs of two classes with more go to `SG_VERDICT`.
+    let pairs = |count, other_of: fn((u32, u32)) -> (u32, u32)| {
+        let mut only = vec![(Class::NO_PAIR, candidate::NONE); count];
+        for (&classes, &best) in &verdicts {
+            let (class, other) = other_of(classes);
+            let slot = &mut only[class as usize];
+            *slot = match slot.0 {
+                Class::NO_PAIR => (other, best),
+                _ => (Class::PAIRS, candidate::NONE),
+            };
+        }
+        only
+    };
+    let remote_pairs = pairs(remote_classes.members.len(), |(r, l)| (r, l));
+    let l4_pairs = pairs(l4_classes.members.len(), |(r, l)| (l, r));
+    let values = remote_entries
+        .iter_mut()
+        .map(|(_, _, value)| (value, &remote_pairs))
+        .chain(
+            l4_entries
+                .iter_mut()
+                .map(|(_, _, value)| (value, &l4_pairs)),
+        );
+    for (value, pairs) in values {
+        (value.pair, value.pair_best) = pairs[value.class as usize];
+    }
+    out.remote.extend(remote_entries);
+    out.l4.extend(l4_entries);
     out.verdict.extend(
         verdicts
             .into_iter()
+            .filter(|&((r, l), _)| {
+                remote_pairs[r as usize].0 == Class::PAIRS && l4_pairs[l as usize].0 == Class::PAIRS
+            })
             .map(|((remote_class, l4_class), best)| {
                 (
                     VerdictKey {
@@ -659,6 +670,77 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_class_in_one_pair_carries_it_and_only_pairs_of_two_busier_classes_are_looked_up() {
+        // 10.0.0.0/8 pairs with ports 22 and 80; port 22 with 10.0.0.0/8
+        // and 192.0.2.0/24; those two with one class each.
+        let rule = |ports: &str, remote: &str| Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: ports.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            ..Rule::new(Direction::Ingress)
+        };
+        let mut group = crate::model::Group::empty("g").unwrap();
+        group.rules = vec![
+            rule("22", "10.0.0.0/8"),
+            rule("22", "192.0.2.0/24"),
+            rule("80", "10.0.0.0/8"),
+        ];
+        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
+        port.groups = vec!["g".into()];
+        let policy = Policy {
+            groups: vec![group],
+            ports: vec![port],
+        };
+        let compiled = compile(&policy, "vm", 1, &counter_ids(&policy).unwrap()).unwrap();
+        let ingress_v4 = |scope: &Scope| {
+            scope.direction == sg_common::Direction::Ingress as u8 && scope.family == FAMILY_IPV4
+        };
+        let remote = |net: &str| {
+            let (bits, _, addr) = trie_prefix(net.parse().unwrap());
+            compiled
+                .remote
+                .iter()
+                .find(|(b, key, _)| {
+                    *b == SCOPE_BITS + bits && key.addr == addr && ingress_v4(&key.scope)
+                })
+                .map(|(.., value)| *value)
+                .unwrap()
+        };
+        // Single ports: in the exact hash.
+        let port = |number: u16| {
+            compiled
+                .l4_exact
+                .iter()
+                .find(|(key, _)| {
+                    key.protocol == 6 && key.value == number.to_be_bytes() && ingress_v4(&key.scope)
+                })
+                .map(|(_, value)| *value)
+                .unwrap()
+        };
+        let (ten, documentation, ssh, http) = (
+            remote("10.0.0.0/8"),
+            remote("192.0.2.0/24"),
+            port(22),
+            port(80),
+        );
+        assert_eq!((ten.pair, ssh.pair), (Class::PAIRS, Class::PAIRS));
+        assert_eq!(documentation.pair, ssh.class);
+        assert_eq!(candidate::order(documentation.pair_best), 1);
+        assert_eq!(http.pair, ten.class);
+        assert_eq!(candidate::order(http.pair_best), 2);
+        assert_eq!(remote("0.0.0.0/0").pair, Class::NO_PAIR);
+        let verdicts: Vec<_> = compiled
+            .verdict
+            .iter()
+            .filter(|(key, _)| ingress_v4(&key.scope))
+            .collect();
+        assert_eq!(verdicts.len(), 1);
+        let (key, best) = verdicts[0];
+        assert_eq!((key.remote_class, key.l4_class), (ten.class, ssh.class));
+        assert_eq!(candidate::order(*best), 0);
     }
 
     #[test]

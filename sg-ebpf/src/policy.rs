@@ -15,8 +15,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use sg_common::{
-    Direction, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope, VerdictKey,
-    candidate,
+    Class, Direction, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope,
+    VerdictKey, candidate,
 };
 
 use crate::{
@@ -174,7 +174,7 @@ pub fn pass_later_fragments(keys: &mut Keys, slot: u32, direction: Direction, ip
 /// The best candidate of the port's policy for the packet. A few lookups
 /// whatever the number of rules: the local address's class, then the
 /// remote address's and the protocol/port's (each an exact hash, then a
-/// trie on a miss), then the pair's.
+/// trie on a miss), then the pair's when neither class carries it.
 #[inline(always)]
 fn lookup<I: Instance>(
     keys: &mut Keys,
@@ -232,13 +232,21 @@ fn lookup<I: Instance>(
     } else {
         l4.best
     };
-    keys.pair = VerdictKey {
-        scope,
-        remote_class: remote.class,
-        l4_class: l4.class,
+    // The pair's best: carried by a class in one pair or none, else in
+    // `SG_VERDICT` (see `Class::pair`).
+    let both = if remote.pair != Class::PAIRS {
+        (remote.pair == l4.class).then_some(remote.pair_best)
+    } else if l4.pair != Class::PAIRS {
+        (l4.pair == remote.class).then_some(l4.pair_best)
+    } else {
+        keys.pair = VerdictKey {
+            scope,
+            remote_class: remote.class,
+            l4_class: l4.class,
+        };
+        // SAFETY: a plain read of a hash map value.
+        unsafe { SG_VERDICT.get(&keys.pair) }.copied()
     };
-    // SAFETY: a plain read of a hash map value.
-    let both = unsafe { SG_VERDICT.get(&keys.pair) }.copied();
     if let Some(record) = I::trace() {
         // SAFETY: the tracer's own record, field by field (a whole record
         // would take stack the port's programs cannot spare).

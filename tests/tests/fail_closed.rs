@@ -124,7 +124,8 @@ fn fill_remote_exact(d: &TestDaemon) {
     let class = Class {
         best: 0,
         class: 0,
-        _pad: 0,
+        pair: Class::NO_PAIR,
+        pair_best: 0,
     };
     for i in 0u32.. {
         let key = RemoteKey {
