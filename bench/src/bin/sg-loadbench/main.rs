@@ -3,8 +3,10 @@
 //! sg, by nftables (a rule per rule, and verdict maps) and by iptables, all
 //! loaded with the same policies of 0 to 50k rules, against the ceiling of
 //! an empty XDP program; TCP bulk throughput through each; how long a
-//! policy update takes to be enforced; the memory of sg's maps. Writes
-//! `docs/bench/loadbench.{json,md,png}` (`--out`). `--quick` runs every
+//! policy update takes to be enforced; the memory of sg's maps. Runs it
+//! all three times (`--runs`), writes the first run to
+//! `docs/bench/loadbench.{json,md,png}` (`--out`) and the spread of the
+//! three, with the goals each met, to `spread.md`. `--quick` runs every
 //! scenario briefly, to check the harness, and writes into
 //! `target/loadbench-quick/` unless told otherwise.
 //!
@@ -21,6 +23,7 @@
 mod filter;
 mod plot;
 mod report;
+mod spread;
 mod testbed;
 mod translate;
 
@@ -71,6 +74,10 @@ struct Args {
     /// benchmark holds at any rate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     throttle: u32,
+    /// Runs of the whole configuration, to see their spread (`spread.md`)
+    /// [default: 3, quick: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10))]
+    runs: Option<u32>,
 }
 
 /// How long and how big.
@@ -86,6 +93,8 @@ struct Plan {
     /// The frames of a round of new flows, nearly each a flow of its own:
     /// fewer than sg's connection table holds, whatever the rate.
     new_flows: u32,
+    /// Runs of the whole configuration.
+    runs: u32,
 }
 
 const FULL: Plan = Plan {
@@ -95,6 +104,7 @@ const FULL: Plan = Plan {
     at: 10_000,
     iperf_seconds: 3,
     new_flows: NEW_FLOWS,
+    runs: 3,
 };
 const QUICK: Plan = Plan {
     sizes: Cow::Borrowed(&[0, 10, 1_000]),
@@ -103,6 +113,7 @@ const QUICK: Plan = Plan {
     at: 1_000,
     iperf_seconds: 1,
     new_flows: NEW_FLOWS / 4,
+    runs: 1,
 };
 const PROBES: u32 = 32;
 /// A round of new flows: 70% of sg's connection table, so that it never
@@ -299,6 +310,9 @@ fn main() -> Result<()> {
     if !args.rules.is_empty() {
         plan.sizes = args.rules.into();
     }
+    if let Some(runs) = args.runs {
+        plan.runs = runs;
+    }
     let plan = &plan;
     let filters = if args.filter.is_empty() {
         Filter::ALL.to_vec()
@@ -315,40 +329,17 @@ fn main() -> Result<()> {
         }
     );
     println!("generator: {generator}");
-    let mut report = Report::new(generator, args.quick, plan.window, plan.rounds)?;
-    report.new_flows = plan.new_flows;
-    report.throttle = args.throttle;
-
-    ceilings(&mut bed, plan, &mut report)?;
-    report.established_flows = u64::from(ESTABLISHED_FLOWS);
-    report.iperf.push(Iperf {
-        filter: None,
-        rules: 0,
-        gbits: {
-            let link = bed.attach_empty("sg_bench_pass")?;
-            let gbits = iperf(&bed, plan.iperf_seconds);
-            bed.detach_empty("sg_bench_pass", link)?;
-            gbits?
-        },
-    });
-
-    for &filter in &filters {
-        if filter != filters[0] {
-            ceilings(&mut bed, plan, &mut report)?;
-        }
-        let mut attached = Attached::new(&mut bed, filter)?;
-        let sample = sample_policy();
-        attached.install(&sample)?;
-        check_verdicts(attached.bed(), &sample, &SAMPLE_FLOWS)
-            .with_context(|| format!("{} with the sample policy", filter.label()))?;
-        for &n in plan.sizes.iter() {
-            measure(&mut attached, plan, n, &mut report)
-                .with_context(|| format!("{} with {n} rules", filter.label()))?;
-        }
+    let mut runs = Vec::new();
+    for run in 1..=plan.runs {
+        println!("==> run {run} of {}", plan.runs);
+        let mut report = Report::new(generator.clone(), args.quick, plan.window, plan.rounds)?;
+        report.new_flows = plan.new_flows;
+        report.throttle = args.throttle;
+        measure_all(&mut bed, plan, &filters, &mut report)?;
+        report.finish();
+        runs.push(report);
     }
-    ceilings(&mut bed, plan, &mut report)?;
     drop(bed);
-    report.finish();
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = args.out.unwrap_or_else(|| {
         workspace.join(if args.quick {
@@ -357,11 +348,52 @@ fn main() -> Result<()> {
             "docs/bench"
         })
     });
-    report.write(&out)?;
+    let first = &runs[0];
+    first.write(&out)?;
     let plot = out.join("loadbench.png");
-    plot::cost(&report, &plot)?;
+    plot::cost(first, &plot)?;
     println!("written: {}", plot.display());
+    if runs.len() > 1 {
+        spread::write(&runs, &out)?;
+    }
     Ok(())
+}
+
+/// One run of every filter at every size, with the ceilings before each
+/// filter and at the end.
+fn measure_all(
+    bed: &mut Testbed,
+    plan: &Plan,
+    filters: &[Filter],
+    report: &mut Report,
+) -> Result<()> {
+    ceilings(bed, plan, report)?;
+    report.established_flows = u64::from(ESTABLISHED_FLOWS);
+    report.iperf.push(Iperf {
+        filter: None,
+        rules: 0,
+        gbits: {
+            let link = bed.attach_empty("sg_bench_pass")?;
+            let gbits = iperf(bed, plan.iperf_seconds);
+            bed.detach_empty("sg_bench_pass", link)?;
+            gbits?
+        },
+    });
+    for &filter in filters {
+        if filter != filters[0] {
+            ceilings(bed, plan, report)?;
+        }
+        let mut attached = Attached::new(bed, filter)?;
+        let sample = sample_policy();
+        attached.install(&sample)?;
+        check_verdicts(attached.bed(), &sample, &SAMPLE_FLOWS)
+            .with_context(|| format!("{} with the sample policy", filter.label()))?;
+        for &n in plan.sizes.iter() {
+            measure(&mut attached, plan, n, report)
+                .with_context(|| format!("{} with {n} rules", filter.label()))?;
+        }
+    }
+    ceilings(bed, plan, report)
 }
 
 /// Measures the ceilings, the empty programs' rates, again: before each
