@@ -100,24 +100,12 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<GroupView> {
         let path = path(routes::GROUP, &[name]);
-        self.send(
-            Method::PUT,
-            path,
-            Some(group),
-            revision.map(|r| r.to_string()),
-        )
-        .await
+        self.send_at(Method::PUT, path, Some(group), revision).await
     }
 
     pub async fn delete_group(&self, name: &str, revision: Option<u64>) -> Result<()> {
         let path = path(routes::GROUP, &[name]);
-        self.send(
-            Method::DELETE,
-            path,
-            NO_BODY,
-            revision.map(|r| r.to_string()),
-        )
-        .await
+        self.send_at(Method::DELETE, path, NO_BODY, revision).await
     }
 
     /// Copies group `from` and its rules as `name`.
@@ -135,13 +123,8 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<GroupView> {
         let path = path(routes::RULES, &[group]);
-        self.send(
-            Method::POST,
-            path,
-            Some(rules),
-            revision.map(|r| r.to_string()),
-        )
-        .await
+        self.send_at(Method::POST, path, Some(rules), revision)
+            .await
     }
 
     /// Rule `at` (its id, or its index) of a group, with its ETag.
@@ -201,24 +184,12 @@ impl Client {
         revision: Option<u64>,
     ) -> Result<PortView> {
         let path = path(routes::PORT, &[name]);
-        self.send(
-            Method::PUT,
-            path,
-            Some(port),
-            revision.map(|r| r.to_string()),
-        )
-        .await
+        self.send_at(Method::PUT, path, Some(port), revision).await
     }
 
     pub async fn delete_port(&self, name: &str, revision: Option<u64>) -> Result<()> {
         let path = path(routes::PORT, &[name]);
-        self.send(
-            Method::DELETE,
-            path,
-            NO_BODY,
-            revision.map(|r| r.to_string()),
-        )
-        .await
+        self.send_at(Method::DELETE, path, NO_BODY, revision).await
     }
 
     /// Creates the port, or replaces the one of its name: for hooks that
@@ -326,6 +297,19 @@ impl Client {
         if_match: Option<String>,
     ) -> Result<T> {
         Ok(self.exchange(method, path, body, if_match).await?.0)
+    }
+
+    /// [`Self::send`], if what it changes is still at `revision`, when
+    /// given.
+    async fn send_at<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<&(impl Serialize + ?Sized)>,
+        revision: Option<u64>,
+    ) -> Result<T> {
+        self.send(method, path, body, revision.map(|r| r.to_string()))
+            .await
     }
 
     /// [`Self::send`], with the answer's ETag.
