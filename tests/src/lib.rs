@@ -1208,6 +1208,12 @@ impl TestDaemon {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// A new API token of `role` (`owner` or `viewer`).
+    pub fn token(&self, role: &str) -> Result<String> {
+        let token = self.ok(&["daemon", "token", "create", "--role", role])?;
+        Ok(token.trim().to_string())
+    }
+
     /// `sg-ctl -o json ARGS`, parsed.
     pub fn json(&self, args: &[&str]) -> Result<Value> {
         let mut all = vec!["-o", "json"];

@@ -310,13 +310,9 @@ async fn an_owner_and_a_viewer_in_a_real_browser() {
     ])
     .unwrap();
     let base = format!("https://{console}");
-    let owner = d
-        .ok(&["daemon", "token", "create", "--role", "owner"])
-        .unwrap();
-    let viewer = d
-        .ok(&["daemon", "token", "create", "--role", "viewer"])
-        .unwrap();
-    let (owner, viewer) = (owner.trim(), viewer.trim());
+    let owner = d.token("owner").unwrap();
+    let viewer = d.token("viewer").unwrap();
+    let (owner, viewer) = (owner.as_str(), viewer.as_str());
     d.ok(&[
         "--netns",
         veth.host.name(),

@@ -411,13 +411,9 @@ fn concurrent_changes_never_corrupt_a_group() {
 fn viewers_read_owners_change_anyone_reads_public_groups() {
     require_root!();
     let d = TestDaemon::start().unwrap();
-    let viewer = d
-        .ok(&["daemon", "token", "create", "--role", "viewer"])
-        .unwrap();
-    let owner = d
-        .ok(&["daemon", "token", "create", "--role", "owner"])
-        .unwrap();
-    let (viewer, owner) = (viewer.trim(), owner.trim());
+    let viewer = d.token("viewer").unwrap();
+    let owner = d.token("owner").unwrap();
+    let (viewer, owner) = (viewer.as_str(), owner.as_str());
     d.ok(&["group", "create", "shared", "--public"]).unwrap();
 
     assert_eq!(
@@ -788,13 +784,11 @@ ports:
     );
 
     // The port's tracked flows, through the API: a viewer needs no root.
-    let viewer = d
-        .ok(&["daemon", "token", "create", "--role", "viewer"])
-        .unwrap();
+    let viewer = d.token("viewer").unwrap();
     let flows = |args: &[&str]| -> Result<Value> {
         let mut all = vec![
             "--token",
-            viewer.trim(),
+            viewer.as_str(),
             "-o",
             "json",
             "port",

@@ -520,12 +520,10 @@ fn two_hosts_changing_one_group_at_once() {
     assert_eq!(adds, [true, true]);
     // A token made on one host is good on the other; a port goes only to
     // a host whose daemon is up.
-    let token = a
-        .ok(&["daemon", "token", "create", "--role", "viewer"])
-        .unwrap();
+    let token = a.token("viewer").unwrap();
     eventually("the token good on B", SETTLED, || {
         Ok(
-            b.sg_ctl(&["--token", token.trim(), "group", "show", "web"])?
+            b.sg_ctl(&["--token", token.as_str(), "group", "show", "web"])?
                 .status
                 .success(),
         )

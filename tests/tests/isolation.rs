@@ -571,16 +571,14 @@ fn every_error_names_its_field() {
     assert!(error_of(&answer).starts_with("the request target is over 8 KiB"));
 
     // The scheme of Authorization in any case (RFC 7235).
-    let token = d
-        .ok(&["daemon", "token", "create", "--role", "viewer"])
-        .unwrap();
+    let token = d.token("viewer").unwrap();
     for scheme in ["bearer", "BEARER"] {
         let (status, answer) = request(
             &d,
             &format!(
                 "GET /v1/settings HTTP/1.1\r\nHost: sg\r\nConnection: close\r\n\
                  Authorization: {scheme} {}\r\n\r\n",
-                token.trim()
+                token
             ),
         );
         assert_eq!(status, 200, "{scheme}: {answer}");
