@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 
 use sg_common::{Direction, Outcome};
-use sg_core::compile::{compile, counter_ids};
+use sg_core::{
+    compile::{compile, counter_ids},
+    model::Policy,
+};
 use sg_ctl::{
     datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
@@ -501,7 +504,9 @@ fn truncated_ipv6_extension_headers_are_malformed() {
 
 /// A policy that replaces another leaves only its own entries in the
 /// shared maps, every kind of them (tries, exact hashes, pairs, local
-/// classes, DHCP servers); one taken away leaves none.
+/// classes, DHCP servers), once the one it replaced is removed: at the next
+/// install, before anything is written, or when asked. One taken away
+/// leaves none.
 #[test]
 fn a_replaced_policy_leaves_only_its_own_entries() {
     require_root!();
@@ -531,20 +536,29 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
     );
     let maps = sg_tests::POLICY_MAPS;
     let held = |port: &Port| maps.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap());
+    let entries = |policy: &Policy| {
+        let compiled = compile(policy, "vm", 1, &counter_ids(policy).unwrap()).unwrap();
+        [
+            compiled.local.len(),
+            compiled.remote.len(),
+            compiled.remote_exact.len(),
+            compiled.l4.len(),
+            compiled.l4_exact.len(),
+            compiled.verdict.len(),
+            compiled.dhcp_servers.len(),
+        ]
+    };
+    let (big_entries, small_entries) = (entries(&big), entries(&small));
+    let sum = |a: [usize; 7], b: [usize; 7]| std::array::from_fn::<_, 7, _>(|i| a[i] + b[i]);
     port.0.install(&big, "vm").unwrap();
     port.0.install(&small, "vm").unwrap();
-    let counters = counter_ids(&small).unwrap();
-    let compiled = compile(&small, "vm", 1, &counters).unwrap();
-    let wanted = [
-        compiled.local.len(),
-        compiled.remote.len(),
-        compiled.remote_exact.len(),
-        compiled.l4.len(),
-        compiled.l4_exact.len(),
-        compiled.verdict.len(),
-        compiled.dhcp_servers.len(),
-    ];
-    assert_eq!(held(&port), wanted, "entries of {maps:?}");
+    // The replaced one stays until removed.
+    assert_eq!(held(&port), sum(big_entries, small_entries));
+    port.0.install(&small, "vm").unwrap();
+    assert_eq!(held(&port), sum(small_entries, small_entries));
+    port.0.datapath.remove_retired().unwrap();
+    assert_eq!(held(&port), small_entries, "entries of {maps:?}");
+    port.0.install(&big, "vm").unwrap();
     port.0.datapath.clear_policy(SLOT).unwrap();
     assert_eq!(held(&port), [0; 7], "entries of {maps:?}");
 }

@@ -370,6 +370,11 @@ impl Daemon {
             .map(|p| p.netns.clone())
             .collect();
         self.links.follow(&namespaces);
+        // The last port's previous policy; each install removed those
+        // before it.
+        if let Err(e) = self.datapath.remove_retired() {
+            eprintln!("sg-ctl daemon: removing replaced policies: {e}");
+        }
         // After the ports: attaching the first creates the maps.
         if let Err(e) = self
             .datapath

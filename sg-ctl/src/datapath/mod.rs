@@ -335,11 +335,21 @@ impl Datapath {
         self.on_maps(|maps| maps.policy.next_policy_id())
     }
 
-    /// Writes `compiled` (built for `id`) beside the slot's policy, switches
-    /// the slot to it, then removes the previous one. When a write fails,
-    /// what was written is removed and the previous policy stays in force.
+    /// Writes `compiled` (built for `id`) beside the slot's policy and
+    /// switches the slot to it: the port enforces it when this returns. The
+    /// previous policy is retired: its entries go at the next install, at
+    /// `remove_retired`, or when the handle is dropped, whichever is first.
+    /// When a write fails, what was written is removed and the previous
+    /// policy stays in force.
     pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
         self.on_maps(|maps| maps.policy.install(slot, id, compiled))
+    }
+
+    /// Removes the entries of the policies installs replaced, once no
+    /// program run can still hold them (an RCU grace period).
+    pub fn remove_retired(&self) -> Result<()> {
+        self.with_maps(|maps| maps.policy.remove_retired())
+            .map(drop)
     }
 
     /// Takes the slot's policy away: the port drops everything after,

@@ -1,7 +1,8 @@
 //! The policy maps: installing a port's compiled policy beside the one in
-//! force and switching to it with one write.
+//! force and switching to it with one write; the policy it replaced is
+//! retired, its entries removed once no program run can still hold it.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use aya::{
     Pod,
@@ -22,8 +23,9 @@ use super::{
 };
 use sg_core::compile::{Compiled, TrieEntry};
 
-/// How long old policy entries stay after the switch: longer than any
-/// program run that may still hold the old policy id.
+/// How long retired entries stay where the kernel cannot say when the
+/// program runs under way have ended (see `sys::wait_for_program_runs`):
+/// far longer than any run that may still hold a retired policy id.
 const GRACE: Duration = Duration::from_millis(20);
 
 /// The pinned policy maps.
@@ -38,6 +40,8 @@ pub(super) struct PolicyMaps {
     dhcp_servers: LpmTrie<MapData, DhcpServerKey, u32>,
     fragments: HashMap<MapData, FragmentKey, u64>,
     rule_stats: PerCpuArray<MapData, Counter>,
+    /// Ids switched away from whose entries are still in the maps.
+    retired: Vec<u32>,
 }
 
 impl PolicyMaps {
@@ -53,6 +57,7 @@ impl PolicyMaps {
             dhcp_servers: pins.open(map_names::DHCP_SERVERS)?,
             fragments: pins.open(map_names::FRAGMENTS)?,
             rule_stats: pins.open(map_names::RULE_STATS)?,
+            retired: Vec::new(),
         })
     }
 
@@ -63,21 +68,26 @@ impl PolicyMaps {
             .context(|| format!("reading the policy of slot {slot}"))
     }
 
-    /// An id no port uses.
+    /// An id no port uses and none retired has.
     pub(super) fn next_policy_id(&self) -> Result<u32> {
-        let mut max = NO_POLICY;
+        let mut max = self.retired.iter().copied().max().unwrap_or(NO_POLICY);
         for slot in 0..self.port_policy.len() {
             max = max.max(self.policy_of(slot)?);
         }
         Ok(max.wrapping_add(1).max(NO_POLICY + 1))
     }
 
-    /// Writes `compiled` (built for `id`), switches the slot to it, then
-    /// removes the slot's previous policy. When a write fails, what was
-    /// written is removed and the previous policy stays in force.
+    /// Removes what earlier changes retired, then writes `compiled` (built
+    /// for `id`) and switches the slot to it: the port enforces it from
+    /// then on. The slot's previous policy is retired. So the maps hold no
+    /// more than the policies in force and the one being written, and a
+    /// policy is in force as soon as its entries are in. When a write
+    /// fails, what was written is removed and the previous policy stays in
+    /// force.
     pub(super) fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+        self.remove_retired()?;
         if let Err(e) = self.write(compiled) {
-            self.remove_entries(id)?;
+            self.remove_entries(&[id])?;
             return Err(e);
         }
         let old = self.policy_of(slot)?;
@@ -85,27 +95,39 @@ impl PolicyMaps {
             .set(slot, id, 0)
             .context(|| format!("switching slot {slot} to policy {id}"))?;
         if old != NO_POLICY && old != id {
-            thread::sleep(GRACE);
-            self.remove_entries(old)?;
+            self.retired.push(old);
         }
         Ok(())
     }
 
     /// Takes the slot's policy away (see `Datapath::clear_policy` for what
-    /// the port does after). The fragmented datagrams it decided are
-    /// forgotten.
+    /// the port does after) and removes its entries. The fragmented
+    /// datagrams it decided are forgotten.
     pub(super) fn clear(&mut self, slot: u32) -> Result<()> {
         let old = self.policy_of(slot)?;
         self.port_policy
             .set(slot, NO_POLICY, 0)
             .context(|| format!("clearing the policy of slot {slot}"))?;
         if old != NO_POLICY {
-            thread::sleep(GRACE);
-            self.remove_entries(old)?;
+            self.retired.push(old);
         }
+        self.remove_retired()?;
         remove(&self.fragments, map_names::FRAGMENTS, |k: &FragmentKey| {
             k.slot == slot
         })
+    }
+
+    /// Removes the entries of the retired policies, once the program runs
+    /// that may hold one have ended.
+    pub(super) fn remove_retired(&mut self) -> Result<()> {
+        if self.retired.is_empty() {
+            return Ok(());
+        }
+        sys::wait_for_program_runs(GRACE);
+        let retired = self.retired.clone();
+        self.remove_entries(&retired)?;
+        self.retired.clear();
+        Ok(())
     }
 
     /// Writes the entries of `compiled`, each map's in one call.
@@ -135,32 +157,32 @@ impl PolicyMaps {
         )
     }
 
-    /// Removes every entry of a policy id.
-    fn remove_entries(&mut self, id: u32) -> Result<()> {
+    /// Removes every entry of the policies `ids`.
+    fn remove_entries(&mut self, ids: &[u32]) -> Result<()> {
         remove(&self.local, map_names::LOCAL, |k: &Key<LocalKey>| {
-            k.data().policy == id
+            ids.contains(&k.data().policy)
         })?;
         remove(&self.remote, map_names::REMOTE, |k: &Key<RemoteKey>| {
-            k.data().scope.policy == id
+            ids.contains(&k.data().scope.policy)
         })?;
         remove(&self.l4, map_names::L4, |k: &Key<L4Key>| {
-            k.data().scope.policy == id
+            ids.contains(&k.data().scope.policy)
         })?;
         remove(
             &self.dhcp_servers,
             map_names::DHCP_SERVERS,
-            |k: &Key<DhcpServerKey>| k.data().policy == id,
+            |k: &Key<DhcpServerKey>| ids.contains(&k.data().policy),
         )?;
         remove(
             &self.remote_exact,
             map_names::REMOTE_EXACT,
-            |k: &RemoteKey| k.scope.policy == id,
+            |k: &RemoteKey| ids.contains(&k.scope.policy),
         )?;
         remove(&self.l4_exact, map_names::L4_EXACT, |k: &L4Key| {
-            k.scope.policy == id
+            ids.contains(&k.scope.policy)
         })?;
         remove(&self.verdict, map_names::VERDICT, |k: &VerdictKey| {
-            k.scope.policy == id
+            ids.contains(&k.scope.policy)
         })
     }
 
@@ -202,6 +224,14 @@ impl PolicyMaps {
             .get(&counter, 0)
             .context(|| format!("reading rule counter {counter}"))?;
         Ok(sum_cpus(&values))
+    }
+}
+
+impl Drop for PolicyMaps {
+    /// What is retired goes with the handle: the next handle does not know
+    /// of it. A failure here leaves the entries of an id no slot uses.
+    fn drop(&mut self) {
+        let _ = self.remove_retired();
     }
 }
 

@@ -1,13 +1,16 @@
 //! The raw system calls the datapath needs that aya does not wrap:
 //! interface names and indexes, an interface's driver, a pinned link's
-//! interface, and the batch map operations (`BPF_MAP_*_BATCH`), which
-//! write, list or delete thousands of entries in one call each.
+//! interface, the batch map operations (`BPF_MAP_*_BATCH`), which write,
+//! list or delete thousands of entries in one call each, and the wait for
+//! the program runs under way to end.
 
 use std::{
     ffi::CString,
     io,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
+    thread,
+    time::Duration,
 };
 
 use aya::{Pod, maps::MapData};
@@ -253,6 +256,26 @@ pub(super) fn keys_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<K>> {
             return Ok(keys);
         }
         first = false;
+    }
+}
+
+/// Returns once every program run that began before the call has ended.
+/// XDP and TC programs run under RCU's read lock, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is the kernel's `synchronize_rcu`;
+/// where the kernel refuses it (`nohz_full`), `fallback` is slept instead,
+/// far longer than a program runs.
+pub(super) fn wait_for_program_runs(fallback: Duration) {
+    // SAFETY: a command and flags, no pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            libc::MEMBARRIER_CMD_GLOBAL,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    };
+    if rc != 0 {
+        thread::sleep(fallback);
     }
 }
 
