@@ -146,6 +146,16 @@ impl<'a> Attached<'a> {
             .context("flushing netfilter's flows: `cargo xtask setup` installs conntrack")
     }
 
+    /// Removes what sg's last install left of the policy it replaced, as
+    /// its daemon does once every port is in line; netfilter's installs
+    /// leave nothing.
+    pub fn remove_replaced(&self) -> Result<()> {
+        if let State::Sg { datapath, .. } = &self.state {
+            datapath.remove_retired()?;
+        }
+        Ok(())
+    }
+
     /// sg's counters of the port (`None` for the other filters).
     pub fn flow_counters(&self) -> Result<Option<FlowCounters>> {
         let State::Sg { datapath, slot, .. } = &self.state else {

@@ -429,6 +429,7 @@ fn measure(attached: &mut Attached, plan: &Plan, n: usize, report: &mut Report) 
     let started = Instant::now();
     let installed = attached.install(&policy)?;
     let install = started.elapsed();
+    attached.remove_replaced()?;
     // The first allowed and dropped flows, if any, and one no rule matches.
     let mut probes = vec![(remote(n + 1), FIRST_PORT + PORTS)];
     probes.extend((0..n.min(2)).map(|i| (remote(i), FIRST_PORT + PORTS - 1)));
@@ -612,25 +613,30 @@ fn check_verdicts(bed: &Testbed, policy: &Policy, flows: &[(Ipv4Addr, u16)]) -> 
 }
 
 /// Turns rule 0 from allow into drop; the time from the start of the
-/// install to the first probe dropped. Every probe is a new flow (a source
-/// port of its own): the filter's policy decides it. A flow already
-/// tracked would tell the tracking instead: sg revokes the flows a new
-/// policy no longer allows, netfilter keeps them established.
+/// install to the end of the first probe dropped. Every probe is a new
+/// flow (a source port of its own): the filter's policy decides it. A flow
+/// already tracked would tell the tracking instead: sg revokes the flows a
+/// new policy no longer allows, netfilter keeps them established. The
+/// first probe is ready (its generator loaded) before the clock starts.
 fn update(attached: &mut Attached, policy: &Policy) -> Result<Duration> {
     const LIMIT: Duration = Duration::from_secs(30);
     let (to, port) = (remote(0), FIRST_PORT);
     ensure!(attached.bed().probe(to, port, PROBES)? == u64::from(PROBES));
     let mut changed = policy.clone();
     changed.groups[0].rules[0].action = Action::Drop;
+    let mut probe = attached.bed().prepare_probe(to, port)?;
     let started = Instant::now();
     attached.install(&changed)?;
-    while attached.bed().probe(to, port, PROBES)? != 0 {
+    while attached.bed().send_probe(&mut probe, PROBES)? != 0 {
         ensure!(
             started.elapsed() < LIMIT,
             "the update was not enforced in {LIMIT:?}"
         );
+        probe = attached.bed().prepare_probe(to, port)?;
     }
-    Ok(started.elapsed())
+    let enforced = started.elapsed();
+    attached.remove_replaced()?;
+    Ok(enforced)
 }
 
 /// A child process killed when dropped.

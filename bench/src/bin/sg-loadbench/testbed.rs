@@ -22,7 +22,7 @@ use aya::{
     },
 };
 use sg_ctl::frame::Packet;
-use sg_tests::{Netns, PORT, VethPort, WORKLOAD_V4, mac_of};
+use sg_tests::{FrameFile, Netns, PORT, VethPort, WORKLOAD_V4, mac_of};
 
 /// Where forwarded traffic leaves the host: a tun device nobody reads,
 /// without carrier, so what is routed to it is freed at once. (Forwarded
@@ -220,6 +220,8 @@ pub struct Testbed {
     pub link: VethPort,
     /// `eth0`'s index in the workload namespace.
     eth0: u32,
+    /// The frames the generator sends are this one's, flow by flow.
+    packet: Packet,
     template: Vec<u8>,
     ceiling: Ebpf,
     /// The source port of the next probe: each probe is a new flow.
@@ -263,9 +265,7 @@ impl Testbed {
         );
         packet.src_mac = workload_mac;
         packet.dst_mac = mac_of(host, PORT)?;
-        let mut template = packet.frame()?;
-        // 64 bytes on the wire with the FCS: the usual small-packet test.
-        template.resize(60, 0);
+        let template = small_frame(&packet)?;
         let mut ceiling = EbpfLoader::new().load(&object()?)?;
         for name in ["sg_bench_pass", "sg_bench_drop"] {
             let program: &mut Xdp = ceiling
@@ -277,6 +277,7 @@ impl Testbed {
         Ok(Testbed {
             link,
             eth0,
+            packet,
             template,
             ceiling,
             probe_sport: AtomicU16::new(FIRST_PROBE_SPORT),
@@ -481,27 +482,33 @@ impl Testbed {
     /// the filter's policy decides it and not a tracked flow's state;
     /// returns how many the host forwarded (the filter passed).
     pub fn probe(&self, to: Ipv4Addr, port: u16, count: u32) -> Result<u64> {
+        self.send_probe(&mut self.prepare_probe(to, port)?, count)
+    }
+
+    /// A probe's flow ready to be sent (see `send_probe`): its frame, and
+    /// a packet socket on `eth0`.
+    pub fn prepare_probe(&self, to: Ipv4Addr, port: u16) -> Result<Probe> {
         let sport = self
             .probe_sport
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
                 Some(p.checked_add(1).unwrap_or(FIRST_PROBE_SPORT))
             })
             .unwrap_or(FIRST_PROBE_SPORT);
-        let flows = Flows {
-            sources: 1,
-            first_sport: sport,
-            sports: 1,
-            base: to,
-            stride: 1,
-            count: 1,
-            first_port: port,
-            ports: 1,
-        };
-        let generator = Generator::load(flows, Order::Random, 1)?;
+        let mut packet = Packet::udp(FIRST_SOURCE.into(), to.into(), sport, port);
+        (packet.src_mac, packet.dst_mac) = (self.packet.src_mac, self.packet.dst_mac);
+        Ok(Probe {
+            frame: small_frame(&packet)?,
+            socket: FrameFile::packet_socket(&self.link.workload, "eth0", false)?,
+        })
+    }
+
+    /// Sends `count` frames of `probe`'s flow (see `probe`); how many the
+    /// host forwarded.
+    pub fn send_probe(&self, probe: &mut Probe, count: u32) -> Result<u64> {
         let before = self.counters()?;
-        inside(&self.link.workload, || {
-            generator.send_all(&self.template, self.eth0, count)
-        })?;
+        for _ in 0..count {
+            probe.socket.send(&probe.frame)?;
+        }
         self.settled(before, u64::from(count), 0)?;
         Ok(self.counters()?.forwarded - before.forwarded)
     }
@@ -635,6 +642,23 @@ enum Order {
 }
 
 /// The generator program, loaded with its flows.
+/// One flow ready to be sent (see `Testbed::prepare_probe`). Sent through
+/// a socket rather than the generator: a generator's run ends with an RCU
+/// grace period, milliseconds that would count in the time a policy update
+/// takes.
+pub struct Probe {
+    frame: Vec<u8>,
+    socket: FrameFile,
+}
+
+/// `packet`'s frame, 64 bytes on the wire with the FCS: the usual
+/// small-packet test.
+fn small_frame(packet: &Packet) -> Result<Vec<u8>> {
+    let mut frame = packet.frame()?;
+    frame.resize(60, 0);
+    Ok(frame)
+}
+
 struct Generator {
     ebpf: Ebpf,
 }
