@@ -9,7 +9,7 @@ use sg_core::{
     model::Policy,
 };
 use sg_ctl::{
-    datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
+    datapath::{Datapath, Forward, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
 };
 use sg_tests::{TestPort, addr, require_root, vm_policy};
@@ -534,22 +534,7 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
         ]}]),
         &["small"],
     );
-    let maps = sg_tests::POLICY_MAPS;
-    let held = |port: &Port| maps.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap());
-    let entries = |policy: &Policy| {
-        let compiled = compile(policy, "vm", 1, &counter_ids(policy).unwrap()).unwrap();
-        [
-            compiled.local.len(),
-            compiled.remote.len(),
-            compiled.remote_exact.len(),
-            compiled.l4.len(),
-            compiled.l4_exact.len(),
-            compiled.verdict.len(),
-            compiled.dhcp_servers.len(),
-        ]
-    };
-    let (big_entries, small_entries) = (entries(&big), entries(&small));
-    let sum = |a: [usize; 7], b: [usize; 7]| std::array::from_fn::<_, 7, _>(|i| a[i] + b[i]);
+    let (big_entries, small_entries) = (entries_of(&big), entries_of(&small));
     port.0.install(&big, "vm").unwrap();
     port.0.install(&small, "vm").unwrap();
     // The replaced one stays until removed.
@@ -557,8 +542,64 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
     port.0.install(&small, "vm").unwrap();
     assert_eq!(held(&port), sum(small_entries, small_entries));
     port.0.datapath.remove_retired().unwrap();
-    assert_eq!(held(&port), small_entries, "entries of {maps:?}");
+    assert_eq!(held(&port), small_entries);
     port.0.install(&big, "vm").unwrap();
     port.0.datapath.clear_policy(SLOT).unwrap();
-    assert_eq!(held(&port), [0; 7], "entries of {maps:?}");
+    assert_eq!(held(&port), [0; 7]);
+}
+
+/// What an sg-ctl killed between a switch and its removal left, the
+/// replaced policy's entries under an id no slot has, goes with
+/// `remove_orphans` (the daemon's start): a later install given that id
+/// would otherwise enforce them with its own.
+#[test]
+fn entries_a_killed_process_left_are_removed_as_orphans() {
+    require_root!();
+    let port = Port::new();
+    let policy = |name: &str, port: u16| {
+        vm_policy(
+            serde_json::json!([{"name": name, "rules": [
+                {"direction": "ingress", "protocol": "tcp", "ports": port.to_string(),
+                 "remote": ["198.18.1.1/32"]},
+            ]}]),
+            &[name],
+        )
+    };
+    let (first, second) = (policy("first", 22), policy("second", 80));
+    let killed = Datapath::new(port.0.pins().clone());
+    for policy in [&first, &second] {
+        let id = killed.next_policy_id().unwrap();
+        let compiled = compile(policy, "vm", id, &counter_ids(policy).unwrap()).unwrap();
+        killed.install_policy(SLOT, id, &compiled).unwrap();
+    }
+    // Killed: nothing of it runs after the switch.
+    std::mem::forget(killed);
+    assert_eq!(held(&port), sum(entries_of(&first), entries_of(&second)));
+    port.0.datapath.remove_orphans().unwrap();
+    assert_eq!(held(&port), entries_of(&second));
+    port.0.datapath.clear_policy(SLOT).unwrap();
+    assert_eq!(held(&port), [0; 7]);
+}
+
+/// The entries the port's pins hold in each of `sg_tests::POLICY_MAPS`.
+fn held(port: &Port) -> [usize; 7] {
+    sg_tests::POLICY_MAPS.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap())
+}
+
+/// The entries `policy` compiles to, in the order of `held`.
+fn entries_of(policy: &Policy) -> [usize; 7] {
+    let compiled = compile(policy, "vm", 1, &counter_ids(policy).unwrap()).unwrap();
+    [
+        compiled.local.len(),
+        compiled.remote.len(),
+        compiled.remote_exact.len(),
+        compiled.l4.len(),
+        compiled.l4_exact.len(),
+        compiled.verdict.len(),
+        compiled.dhcp_servers.len(),
+    ]
+}
+
+fn sum(a: [usize; 7], b: [usize; 7]) -> [usize; 7] {
+    std::array::from_fn(|i| a[i] + b[i])
 }

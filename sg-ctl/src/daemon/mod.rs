@@ -114,6 +114,10 @@ impl Daemon {
         {
             eprintln!("sg-ctl daemon: giving the stored rules their ids: {e}");
         }
+        // What a daemon killed mid-change left.
+        if let Err(e) = daemon.datapath.remove_orphans() {
+            eprintln!("sg-ctl daemon: removing the entries of policies no port has: {e}");
+        }
         daemon.reconcile()?;
         Ok(daemon)
     }

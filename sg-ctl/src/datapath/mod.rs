@@ -342,13 +342,24 @@ impl Datapath {
     /// When a write fails, what was written is removed and the previous
     /// policy stays in force.
     pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+        let _lock = self.pins.lock()?;
         self.on_maps(|maps| maps.policy.install(slot, id, compiled))
     }
 
     /// Removes the entries of the policies installs replaced, once no
     /// program run can still hold them (an RCU grace period).
     pub fn remove_retired(&self) -> Result<()> {
+        let _lock = self.pins.lock()?;
         self.with_maps(|maps| maps.policy.remove_retired())
+            .map(drop)
+    }
+
+    /// Removes the entries of every policy id no slot has, as they are
+    /// when an sg-ctl that installed a policy was killed before it removed
+    /// the one it replaced (the daemon does this as it starts).
+    pub fn remove_orphans(&self) -> Result<()> {
+        let _lock = self.pins.lock()?;
+        self.with_maps(|maps| maps.policy.remove_orphans())
             .map(drop)
     }
 
@@ -356,6 +367,7 @@ impl Datapath {
     /// unless it was attached with `WithoutPolicy::Pass` (then only its
     /// blocklist and port security apply).
     pub fn clear_policy(&self, slot: u32) -> Result<()> {
+        let _lock = self.pins.lock()?;
         self.on_maps(|maps| maps.policy.clear(slot))
     }
 

@@ -2,7 +2,7 @@
 //! force and switching to it with one write; the policy it replaced is
 //! retired, its entries removed once no program run can still hold it.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use aya::{
     Pod,
@@ -87,7 +87,7 @@ impl PolicyMaps {
     pub(super) fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
         self.remove_retired()?;
         if let Err(e) = self.write(compiled) {
-            self.remove_entries(&[id])?;
+            self.remove_entries(|policy| policy == id)?;
             return Err(e);
         }
         let old = self.policy_of(slot)?;
@@ -124,8 +124,24 @@ impl PolicyMaps {
             return Ok(());
         }
         sys::wait_for_program_runs(GRACE);
-        let retired = self.retired.clone();
-        self.remove_entries(&retired)?;
+        let retired = std::mem::take(&mut self.retired);
+        if let Err(e) = self.remove_entries(|policy| retired.contains(&policy)) {
+            self.retired = retired;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes the entries of every policy id no slot has: those of a
+    /// process killed between switching a slot and removing what it
+    /// replaced, which a later install could otherwise find under the id
+    /// it was given. Only while no other process writes a policy.
+    pub(super) fn remove_orphans(&mut self) -> Result<()> {
+        let in_force = (0..self.port_policy.len())
+            .map(|slot| self.policy_of(slot))
+            .collect::<Result<HashSet<u32>>>()?;
+        sys::wait_for_program_runs(GRACE);
+        self.remove_entries(|policy| !in_force.contains(&policy))?;
         self.retired.clear();
         Ok(())
     }
@@ -157,32 +173,32 @@ impl PolicyMaps {
         )
     }
 
-    /// Removes every entry of the policies `ids`.
-    fn remove_entries(&mut self, ids: &[u32]) -> Result<()> {
+    /// Removes every entry of the policy ids that `gone` takes.
+    fn remove_entries(&mut self, gone: impl Fn(u32) -> bool) -> Result<()> {
         remove(&self.local, map_names::LOCAL, |k: &Key<LocalKey>| {
-            ids.contains(&k.data().policy)
+            gone(k.data().policy)
         })?;
         remove(&self.remote, map_names::REMOTE, |k: &Key<RemoteKey>| {
-            ids.contains(&k.data().scope.policy)
+            gone(k.data().scope.policy)
         })?;
         remove(&self.l4, map_names::L4, |k: &Key<L4Key>| {
-            ids.contains(&k.data().scope.policy)
+            gone(k.data().scope.policy)
         })?;
         remove(
             &self.dhcp_servers,
             map_names::DHCP_SERVERS,
-            |k: &Key<DhcpServerKey>| ids.contains(&k.data().policy),
+            |k: &Key<DhcpServerKey>| gone(k.data().policy),
         )?;
         remove(
             &self.remote_exact,
             map_names::REMOTE_EXACT,
-            |k: &RemoteKey| ids.contains(&k.scope.policy),
+            |k: &RemoteKey| gone(k.scope.policy),
         )?;
         remove(&self.l4_exact, map_names::L4_EXACT, |k: &L4Key| {
-            ids.contains(&k.scope.policy)
+            gone(k.scope.policy)
         })?;
         remove(&self.verdict, map_names::VERDICT, |k: &VerdictKey| {
-            ids.contains(&k.scope.policy)
+            gone(k.scope.policy)
         })
     }
 
