@@ -342,9 +342,17 @@ fn path_mtu_discovery_works_through_the_filter() {
             accepted.read_to_end(&mut received)?;
             Ok(received.len())
         });
+        // Long enough for the kernel's SYN retransmits (at 1 s and 3 s):
+        // the test is of the transfer, not of how soon a loaded host
+        // routes a first SYN.
         let mut client = port
             .workload
-            .within(move || Ok(TcpStream::connect_timeout(&target, Duration::from_secs(3))?))
+            .within(move || {
+                Ok(TcpStream::connect_timeout(
+                    &target,
+                    Duration::from_secs(10),
+                )?)
+            })
             .unwrap();
         client
             .set_write_timeout(Some(Duration::from_secs(5)))
