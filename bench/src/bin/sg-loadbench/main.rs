@@ -617,7 +617,8 @@ fn check_verdicts(bed: &Testbed, policy: &Policy, flows: &[(Ipv4Addr, u16)]) -> 
 /// flow (a source port of its own): the filter's policy decides it. A flow
 /// already tracked would tell the tracking instead: sg revokes the flows a
 /// new policy no longer allows, netfilter keeps them established. The
-/// first probe is ready (its generator loaded) before the clock starts.
+/// first probe is ready (its frame built, its socket open) before the
+/// clock starts.
 fn update(attached: &mut Attached, policy: &Policy) -> Result<Duration> {
     const LIMIT: Duration = Duration::from_secs(30);
     let (to, port) = (remote(0), FIRST_PORT);

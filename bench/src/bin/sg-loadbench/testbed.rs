@@ -641,7 +641,6 @@ enum Order {
     Sequential,
 }
 
-/// The generator program, loaded with its flows.
 /// One flow ready to be sent (see `Testbed::prepare_probe`). Sent through
 /// a socket rather than the generator: a generator's run ends with an RCU
 /// grace period, milliseconds that would count in the time a policy update
@@ -659,6 +658,7 @@ fn small_frame(packet: &Packet) -> Result<Vec<u8>> {
     Ok(frame)
 }
 
+/// The generator program, loaded with its flows.
 struct Generator {
     ebpf: Ebpf,
 }
