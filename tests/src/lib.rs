@@ -972,7 +972,9 @@ pub fn map_memory(pins: &Pins, name: &str) -> Result<u64> {
 /// Counter ids of a policy's rules, by group name and rule position.
 pub type RuleIds = HashMap<(String, usize), u32>;
 
-fn install(datapath: &Datapath, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
+/// Compiles `policy` for its port `port` under the next policy id and
+/// installs it on `slot` through `datapath`.
+pub fn install(datapath: &Datapath, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
     let counters = counter_ids(policy)?;
     let id = datapath.next_policy_id()?;
     let compiled = compile(policy, port, id, &counters)?;

@@ -568,9 +568,7 @@ fn entries_a_killed_process_left_are_removed_as_orphans() {
     let (first, second) = (policy("first", 22), policy("second", 80));
     let killed = Datapath::new(port.0.pins().clone());
     for policy in [&first, &second] {
-        let id = killed.next_policy_id().unwrap();
-        let compiled = compile(policy, "vm", id, &counter_ids(policy).unwrap()).unwrap();
-        killed.install_policy(SLOT, id, &compiled).unwrap();
+        sg_tests::install(&killed, SLOT, policy, "vm").unwrap();
     }
     // Killed: nothing of it runs after the switch.
     std::mem::forget(killed);

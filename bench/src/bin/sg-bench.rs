@@ -146,11 +146,7 @@ const NEW_FLOWS: u16 = 5_000;
 /// a flow (classified, then entered in the table) and a packet of a
 /// tracked flow (found in the table, its state and counters updated).
 fn conntrack_cost(port: &mut TestPort) -> Result<()> {
-    let policy = Shape::Hosts.policy(SIZES[0]);
-    let counters = counter_ids(&policy)?;
-    let id = port.datapath.next_policy_id()?;
-    port.datapath
-        .install_policy(SLOT, id, &compile(&policy, PORT, id, &counters)?)?;
+    port.install(&Shape::Hosts.policy(SIZES[0]), PORT)?;
     // Rule 0 allows its remote to its port.
     let (_, peer, service) = Shape::Hosts.target(0);
     let mut total = Duration::ZERO;
