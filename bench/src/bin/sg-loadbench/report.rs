@@ -404,7 +404,11 @@ impl Report {
                 ratio(r.to_nft_sets)
             );
         }
-        out.push_str("\n| TCP bulk (iperf3), filter | rules | Gbit/s |\n|---|---:|---:|\n");
+        let _ = write!(
+            out,
+            "\nTCP bulk: each filter's the best of {} iperf3 runs; the empty program's, the best of those before each filter and at the end.\n\n| TCP bulk (iperf3), filter | rules | Gbit/s |\n|---|---:|---:|\n",
+            self.rounds
+        );
         for i in &self.iperf {
             let label = i.filter.map_or("none (empty XDP program)", Filter::label);
             let _ = writeln!(out, "| {label} | {} | {:.2} |", i.rules, i.gbits);
