@@ -3,13 +3,13 @@
 
 use std::net::IpAddr;
 
-use sg_common::{Direction, Outcome};
+use sg_common::{Direction, Outcome, map_names};
 use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
 };
 use sg_ctl::{
-    datapath::{Datapath, Forward, WithoutPolicy, conntrack::FlowFilter},
+    datapath::{Datapath, Forward, MapSizes, WithoutPolicy, conntrack::FlowFilter},
     frame::{Packet, TcpFlags, Transport},
 };
 use sg_tests::{TestPort, addr, require_root, vm_policy};
@@ -502,16 +502,11 @@ fn truncated_ipv6_extension_headers_are_malformed() {
     );
 }
 
-/// A policy that replaces another leaves only its own entries in the
-/// shared maps, every kind of them (tries, exact hashes, pairs, local
-/// classes, DHCP servers), once the one it replaced is removed: at the next
-/// install, before anything is written, or when asked. One taken away
-/// leaves none.
-#[test]
-fn a_replaced_policy_leaves_only_its_own_entries() {
-    require_root!();
-    let mut port = Port::new();
-    let rules: Vec<_> = (0..300)
+/// A policy of `rules` rules, each with a port range, a single IPv4
+/// remote, an IPv6 /64 and a local address, and a DHCP server: entries in
+/// every policy map.
+fn every_map_policy(rules: usize) -> Policy {
+    let rules: Vec<_> = (0..rules)
         .map(|i| {
             serde_json::json!({
                 "direction": "ingress", "protocol": "tcp",
@@ -523,11 +518,23 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
         })
         .chain([serde_json::json!({"direction": "egress", "protocol": "udp", "ports": "53"})])
         .collect();
-    let mut big = vm_policy(
+    let mut policy = vm_policy(
         serde_json::json!([{"name": "big", "rules": rules}]),
         &["big"],
     );
-    big.ports[0].dhcp_servers = vec!["198.18.0.1".parse().unwrap()];
+    policy.ports[0].dhcp_servers = vec!["198.18.0.1".parse().unwrap()];
+    policy
+}
+
+/// A policy that replaces another leaves only its own entries in the
+/// shared maps, every kind of them (tries, exact hashes, pairs, local
+/// classes, DHCP servers), once the ones replaced are removed, all at once
+/// when asked. One taken away leaves none.
+#[test]
+fn a_replaced_policy_leaves_only_its_own_entries() {
+    require_root!();
+    let mut port = Port::new();
+    let big = every_map_policy(300);
     let small = vm_policy(
         serde_json::json!([{"name": "small", "rules": [
             {"direction": "ingress", "protocol": "tcp", "ports": "22", "remote": ["198.18.1.1/32"]},
@@ -537,15 +544,45 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
     let (big_entries, small_entries) = (entries_of(&big), entries_of(&small));
     port.0.install(&big, "vm").unwrap();
     port.0.install(&small, "vm").unwrap();
-    // The replaced one stays until removed.
+    // The replaced ones stay until removed.
     assert_eq!(held(&port), sum(big_entries, small_entries));
     port.0.install(&small, "vm").unwrap();
-    assert_eq!(held(&port), sum(small_entries, small_entries));
+    assert_eq!(
+        held(&port),
+        sum(big_entries, sum(small_entries, small_entries))
+    );
     port.0.datapath.remove_retired().unwrap();
     assert_eq!(held(&port), small_entries);
     port.0.install(&big, "vm").unwrap();
     port.0.datapath.clear_policy(SLOT).unwrap();
     assert_eq!(held(&port), [0; 7]);
+}
+
+/// An install whose policy the maps cannot hold beside the retired ones
+/// removes those first: it fits whenever the policy in force and the new
+/// one do.
+#[test]
+fn an_install_makes_room_by_removing_what_was_retired() {
+    require_root!();
+    let policy = every_map_policy(100);
+    let entries = entries_of(&policy);
+    // Room for two policies in every map that may be sized, not three.
+    let sizes = sg_tests::POLICY_MAPS
+        .iter()
+        .zip(entries)
+        .filter(|(name, _)| **name != map_names::DHCP_SERVERS)
+        .map(|(name, n)| format!("{name}={}", 2 * n.max(1)))
+        .collect::<Vec<_>>();
+    let sizes = MapSizes::parse(sizes.iter().map(String::as_str)).unwrap();
+    let mut port = Port(TestPort::with_sizes(SLOT, WithoutPolicy::Pass, sizes).unwrap());
+    port.0.install(&policy, "vm").unwrap();
+    port.0.install(&policy, "vm").unwrap();
+    assert_eq!(held(&port), sum(entries, entries));
+    // The third does not fit beside both: the retired one goes first.
+    port.0.install(&policy, "vm").unwrap();
+    assert_eq!(held(&port), sum(entries, entries));
+    port.0.datapath.remove_retired().unwrap();
+    assert_eq!(held(&port), entries);
 }
 
 /// What an sg-ctl killed between a switch and its removal left, the

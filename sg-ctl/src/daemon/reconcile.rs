@@ -370,8 +370,9 @@ impl Daemon {
             .map(|p| p.netns.clone())
             .collect();
         self.links.follow(&namespaces);
-        // The last port's previous policy; each install removed those
-        // before it.
+        // The policies the ports' installs replaced, after one grace period
+        // for them all (an install removes them earlier only when the maps
+        // have no room for its policy beside them).
         if let Err(e) = self.datapath.remove_retired() {
             eprintln!("sg-ctl daemon: removing replaced policies: {e}");
         }

@@ -337,8 +337,9 @@ impl Datapath {
 
     /// Writes `compiled` (built for `id`) beside the slot's policy and
     /// switches the slot to it: the port enforces it when this returns. The
-    /// previous policy is retired: its entries go at the next install, at
-    /// `remove_retired`, or when the handle is dropped, whichever is first.
+    /// previous policy is retired: its entries go at `remove_retired`, at
+    /// an install the maps have no room for beside them, or when the
+    /// handle is dropped, whichever is first.
     /// When a write fails, what was written is removed and the previous
     /// policy stays in force.
     pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {

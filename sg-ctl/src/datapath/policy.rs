@@ -77,19 +77,23 @@ impl PolicyMaps {
         Ok(max.wrapping_add(1).max(NO_POLICY + 1))
     }
 
-    /// Removes what earlier changes retired, then writes `compiled` (built
-    /// for `id`) and switches the slot to it: the port enforces it from
-    /// then on. The slot's previous policy is retired. So the maps hold no
-    /// more than the policies in force and the one being written, and a
-    /// policy is in force as soon as its entries are in. When a write
+    /// Writes `compiled` (built for `id`) and switches the slot to it: the
+    /// port enforces it from then on, as soon as its entries are in. The
+    /// slot's previous policy is retired. Retired entries stay beside the
+    /// new ones, so that installs on many ports wait for one grace period
+    /// between them all, not one each; when the maps cannot take the new
+    /// policy beside them, what was written is removed, the retired
+    /// entries go, and the write is tried again. So an install fits when
+    /// the policies in force and the one being written do. When the write
     /// fails, what was written is removed and the previous policy stays in
     /// force.
     pub(super) fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
-        self.remove_retired()?;
-        if let Err(e) = self.write(compiled) {
-            self.remove_entries(|policy| policy == id)?;
-            return Err(e);
+        let mut written = self.write_or_remove(id, compiled);
+        if written.is_err() && !self.retired.is_empty() {
+            self.remove_retired()?;
+            written = self.write_or_remove(id, compiled);
         }
+        written?;
         let old = self.policy_of(slot)?;
         self.port_policy
             .set(slot, id, 0)
@@ -144,6 +148,16 @@ impl PolicyMaps {
         self.remove_entries(|policy| !in_force.contains(&policy))?;
         self.retired.clear();
         Ok(())
+    }
+
+    /// Writes the entries of `compiled` (built for `id`); when a write
+    /// fails, removes what was written.
+    fn write_or_remove(&mut self, id: u32, compiled: &Compiled) -> Result<()> {
+        let written = self.write(compiled);
+        if written.is_err() {
+            self.remove_entries(|policy| policy == id)?;
+        }
+        written
     }
 
     /// Writes the entries of `compiled`, each map's in one call.
