@@ -28,6 +28,7 @@ pub mod map_names {
     pub const PORTS: &str = "SG_PORTS";
     pub const STATS: &str = "SG_STATS";
     pub const BLOCKED: &str = "SG_BLOCKED";
+    pub const PORT_BLOCKS: &str = "SG_PORT_BLOCKS";
     pub const PORT_POLICY: &str = "SG_PORT_POLICY";
     pub const LOCAL: &str = "SG_LOCAL";
     pub const REMOTE: &str = "SG_REMOTE";

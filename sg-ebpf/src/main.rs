@@ -53,7 +53,7 @@ use crate::{
     buf::Resizable,
     conntrack::{Flow, Start, Step},
     instance::Instance,
-    maps::{SG_BLOCKED, SG_PORT_POLICY, SG_PORTS, SG_STATS},
+    maps::{SG_BLOCKED, SG_PORT_BLOCKS, SG_PORT_POLICY, SG_PORTS, SG_STATS},
     parse::{Frame, IpPacket, parse},
 };
 
@@ -95,6 +95,26 @@ fn enforcing(slot: u32) -> bool {
             || SG_PORT_POLICY
                 .get(slot)
                 .is_some_and(|&policy| policy != NO_POLICY))
+}
+
+/// Whether the port at `slot` has prefixes in `SG_BLOCKED`, as its count
+/// tells (see `SG_PORT_BLOCKS`); a count that cannot be read says yes.
+#[inline(always)]
+fn blocks_anything(slot: u32) -> bool {
+    SG_PORT_BLOCKS.get(slot).is_none_or(|&blocks| blocks != 0)
+}
+
+/// Whether the workload's side of the packet, the source of what it sends
+/// and the destination of what it receives, is in a prefix the port
+/// blocks; a port that blocks nothing skips the trie.
+#[inline(always)]
+fn is_blocked(slot: u32, direction: Direction, ip: &IpPacket) -> bool {
+    let addr = match direction {
+        Direction::Egress => ip.src,
+        Direction::Ingress => ip.dst,
+    };
+    let key = Key::new(BLOCK_KEY_SLOT_BITS + 128, BlockKey { slot, addr });
+    blocks_anything(slot) && SG_BLOCKED.get(&key).is_some()
 }
 
 /// This instance, as its globals tell.
@@ -207,11 +227,9 @@ fn track(
     }
 }
 
-/// Decides on an IP packet, in this order: the blocklist, neighbour
-/// discovery, an open port without a policy, DHCP (`link`), then the
-/// policy through the connection table. The address checked against the
-/// blocklist is the workload's side of the conversation: the source of
-/// what it sends, the destination of what it receives.
+/// Decides on an IP packet, in this order: the blocklist (`is_blocked`),
+/// neighbour discovery, an open port without a policy, DHCP (`link`), then
+/// the policy through the connection table.
 #[inline(always)]
 fn decide_ip(
     slot: u32,
@@ -220,12 +238,7 @@ fn decide_ip(
     frame: (usize, usize),
     bytes: u64,
 ) -> Outcome {
-    let addr = match direction {
-        Direction::Egress => ip.src,
-        Direction::Ingress => ip.dst,
-    };
-    let key = Key::new(BLOCK_KEY_SLOT_BITS + 128, BlockKey { slot, addr });
-    if SG_BLOCKED.get(&key).is_some() {
+    if is_blocked(slot, direction, ip) {
         return Outcome::DropBlocked;
     }
     if link::is_neighbour_discovery(ip) {

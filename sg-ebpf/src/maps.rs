@@ -30,6 +30,11 @@ pub static SG_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0
 #[map(name = "SG_BLOCKED")]
 pub static SG_BLOCKED: LpmTrie<BlockKey, u32> = LpmTrie::pinned(MAX_BLOCKED_PREFIXES, 0);
 
+/// Slot → how many prefixes the port has in `SG_BLOCKED`, or more (never
+/// fewer): a port with none skips the trie.
+#[map(name = "SG_PORT_BLOCKS")]
+pub static SG_PORT_BLOCKS: Array<u32> = Array::pinned(MAX_PORTS, 0);
+
 /// Slot → the port's current policy (`NO_POLICY`: none).
 #[map(name = "SG_PORT_POLICY")]
 pub static SG_PORT_POLICY: Array<u32> = Array::pinned(MAX_PORTS, 0);

@@ -36,6 +36,13 @@ impl Port {
             .unwrap();
     }
 
+    fn unblock(&mut self, prefix: &str) -> bool {
+        self.0
+            .datapath
+            .unblock_slot(SLOT, prefix.parse().unwrap())
+            .unwrap()
+    }
+
     fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
         self.0.check(direction, frame, want, outcome);
     }
@@ -101,6 +108,32 @@ fn drops_the_blocked_prefixes_source_when_sent_destination_when_received() {
             .unwrap();
         port.check(Direction::Egress, &frame, Forward::Pass, Outcome::Pass);
     }
+}
+
+/// A port that blocks nothing skips the blocklist, by a count of its
+/// prefixes that follows them: one blocked twice counts once, and when one
+/// of two goes the other still drops.
+#[test]
+fn the_blocklist_is_looked_up_while_the_port_blocks_anything() {
+    require_root!();
+    let mut port = Port::new();
+    let ping = |workload: &str, peer: &str| {
+        packet(Direction::Egress, workload, peer, icmp_echo(addr(peer)))
+            .frame()
+            .unwrap()
+    };
+    let (v4, v6) = (ping(WORKLOAD, PEER), ping(WORKLOAD6, PEER6));
+    port.block("198.18.0.0/24");
+    port.block("198.18.0.0/24");
+    port.block("2001:db8::/64");
+    assert!(port.unblock("198.18.0.0/24"));
+    assert!(!port.unblock("198.18.0.0/24"));
+    port.check(Direction::Egress, &v4, Forward::Pass, Outcome::Pass);
+    port.check(Direction::Egress, &v6, Forward::Drop, Outcome::DropBlocked);
+    assert!(port.unblock("2001:db8::/64"));
+    port.check(Direction::Egress, &v6, Forward::Pass, Outcome::Pass);
+    port.block("2001:db8::/64");
+    port.check(Direction::Egress, &v6, Forward::Drop, Outcome::DropBlocked);
 }
 
 #[test]

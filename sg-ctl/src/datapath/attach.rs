@@ -248,9 +248,7 @@ pub(super) fn release(pins: &Pins, maps: &mut Option<Box<MapSet>>, slot: u32) ->
     if dir.exists() {
         fs::remove_dir(&dir).context(|| format!("removing {}", dir.display()))?;
     }
-    for prefix in set.ports.blocked(slot)? {
-        set.ports.unblock(slot, prefix)?;
-    }
+    set.ports.unblock_all(slot)?;
     set.policy.clear(slot)?;
     set.security.install(slot, &PortSecurity::OFF)?;
     // The slot's next port starts with no flows.

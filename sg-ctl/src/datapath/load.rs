@@ -35,19 +35,19 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     for (name, entries) in sizes.iter() {
         loader.map_max_entries(name, entries);
     }
-    // A table of flows that no presence counter counts (pinned by a
-    // version without them) would have its flows taken as absent.
-    if pins.map(map_names::CONNTRACK).exists() && !pins.map(map_names::CONNTRACK_PRESENCE).exists()
-    {
-        return Err(DatapathError::IncompatiblePins {
-            dir: maps,
-            source: format!(
-                "{} without {}",
-                map_names::CONNTRACK,
-                map_names::CONNTRACK_PRESENCE
-            )
-            .into(),
-        });
+    // Maps pinned by a version without the counts beside them: a table of
+    // flows with no presence counters would have its flows taken as
+    // absent, a blocklist with no counts its prefixes skipped.
+    for (map, counted_by) in [
+        (map_names::CONNTRACK, map_names::CONNTRACK_PRESENCE),
+        (map_names::BLOCKED, map_names::PORT_BLOCKS),
+    ] {
+        if pins.map(map).exists() && !pins.map(counted_by).exists() {
+            return Err(DatapathError::IncompatiblePins {
+                dir: maps,
+                source: format!("{map} without {counted_by}").into(),
+            });
+        }
     }
     let ring = ring_entries(pins, sizes);
     loader.map_max_entries(map_names::CONNTRACK_RING, ring);

@@ -287,7 +287,15 @@ impl Datapath {
     /// Drops, on the port at `slot`, packets from or to `prefix` (for a
     /// slot no interface has; `block` is the one for ports).
     pub fn block_slot(&self, slot: u32, prefix: IpNet) -> Result<()> {
+        let _lock = self.pins.lock()?;
         self.on_maps(|maps| maps.ports.block(slot, prefix))
+    }
+
+    /// Stops dropping, on the port at `slot`, packets from or to `prefix`;
+    /// whether it was blocked (`unblock` is the one for ports).
+    pub fn unblock_slot(&self, slot: u32, prefix: IpNet) -> Result<bool> {
+        let _lock = self.pins.lock()?;
+        self.on_maps(|maps| maps.ports.unblock(slot, prefix))
     }
 
     /// Removes blocked prefixes; returns the ones that were not blocked.

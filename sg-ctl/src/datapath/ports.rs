@@ -1,6 +1,8 @@
 //! The maps of the ports themselves, shared by every port's programs:
 //! `SG_PORTS` (slot → the port's record), `SG_STATS` (its counters per
-//! direction and outcome) and `SG_BLOCKED` (its blocked prefixes).
+//! direction and outcome), `SG_BLOCKED` (its blocked prefixes) and
+//! `SG_PORT_BLOCKS` (how many it has, so that a port with none skips the
+//! trie).
 
 use std::net::IpAddr;
 
@@ -34,6 +36,9 @@ pub struct PortMaps {
     ports: Array<MapData, PortConfig>,
     stats: PerCpuArray<MapData, Counter>,
     blocked: LpmTrie<MapData, BlockKey, u32>,
+    /// Never fewer than the slot's prefixes in `blocked`: counted before an
+    /// insert, after a removal.
+    block_counts: Array<MapData, u32>,
 }
 
 impl PortMaps {
@@ -42,6 +47,7 @@ impl PortMaps {
             ports: pins.open(map_names::PORTS)?,
             stats: pins.open(map_names::STATS)?,
             blocked: pins.open(map_names::BLOCKED)?,
+            block_counts: pins.open(map_names::PORT_BLOCKS)?,
         })
     }
 
@@ -150,18 +156,65 @@ impl PortMaps {
         Ok(out)
     }
 
+    /// Blocks `prefix` on the slot (already blocked: nothing changes).
     pub fn block(&mut self, slot: u32, prefix: IpNet) -> Result<()> {
-        self.blocked
-            .insert(&block_key(slot, prefix), 1, 0)
-            .context(|| format!("blocking {prefix}"))
+        let key = block_key(slot, prefix);
+        if self.blocked.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        // Counted first, so that the programs look the prefix up from the
+        // moment it is in.
+        let count = self.block_count(slot)?;
+        self.set_block_count(slot, count.saturating_add(1))?;
+        let inserted = self
+            .blocked
+            .insert(&key, 1, 0)
+            .context(|| format!("blocking {prefix}"));
+        if inserted.is_err() {
+            self.set_block_count(slot, count)?;
+        }
+        inserted
     }
 
     pub fn unblock(&mut self, slot: u32, prefix: IpNet) -> Result<bool> {
         match self.blocked.remove(&block_key(slot, prefix)) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                let count = self.block_count(slot)?;
+                self.set_block_count(slot, count.saturating_sub(1))?;
+                Ok(true)
+            }
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            // An LPM trie's removal reports a missing key as the kernel's
+            // ENOENT.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e).context(|| format!("unblocking {prefix}")),
         }
+    }
+
+    /// Removes every prefix the slot blocks; its count starts again from
+    /// zero (a process killed between counting and writing leaves it
+    /// higher than the prefixes).
+    pub fn unblock_all(&mut self, slot: u32) -> Result<()> {
+        for prefix in self.blocked(slot)? {
+            self.unblock(slot, prefix)?;
+        }
+        self.set_block_count(slot, 0)
+    }
+
+    fn block_count(&self, slot: u32) -> Result<u32> {
+        self.block_counts
+            .get(&slot, 0)
+            .context(|| format!("reading the blocklist count of slot {slot}"))
+    }
+
+    fn set_block_count(&mut self, slot: u32, count: u32) -> Result<()> {
+        self.block_counts
+            .set(slot, count, 0)
+            .context(|| format!("writing the blocklist count of slot {slot}"))
     }
 }
 
