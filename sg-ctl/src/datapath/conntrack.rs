@@ -21,7 +21,7 @@ use sg_common::{
 };
 
 use super::{
-    error::{Context as _, DatapathError, Result},
+    error::{self, Context as _, DatapathError, Result},
     pins::Pins,
     ports::PortMaps,
     sys::ifname_of,
@@ -215,14 +215,11 @@ impl ConntrackMaps {
             if !remove(&key, &entry) {
                 continue;
             }
-            match self.table.remove(&key) {
-                Ok(()) => {
-                    self.ports.release(key.slot);
-                    self.presence.release(&key);
-                    removed += 1;
-                }
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context(|| "removing a flow".to_string()),
+            // A flow the datapath removed meanwhile is its to count.
+            if error::removed(self.table.remove(&key)).context(|| "removing a flow".to_string())? {
+                self.ports.release(key.slot);
+                self.presence.release(&key);
+                removed += 1;
             }
         }
         Ok(removed)

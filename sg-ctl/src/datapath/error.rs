@@ -88,6 +88,23 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result
     }
 }
 
+/// A map removal's outcome: whether the key was there. aya gives the
+/// kernel's ENOENT for a key that is not (never there, or removed by the
+/// datapath meanwhile) as a failed system call.
+pub(super) fn removed(
+    removal: std::result::Result<(), aya::maps::MapError>,
+) -> std::result::Result<bool, aya::maps::MapError> {
+    match removal {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) fn require_root(action: &'static str) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
@@ -100,5 +117,26 @@ pub(super) fn not_attached(iface: &str, netns: u64) -> DatapathError {
     DatapathError::NotAttached {
         name: iface.to_string(),
         netns: netns::describe(netns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::{maps::MapError, sys::SyscallError};
+    use nix::errno::Errno;
+
+    use super::removed;
+
+    #[test]
+    fn a_removal_of_a_missing_key_says_it_was_not_there() {
+        let failed = |errno| {
+            Err(MapError::SyscallError(SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(removed(Ok(())).unwrap());
+        assert!(!removed(failed(Errno::ENOENT as i32)).unwrap());
+        assert!(removed(failed(Errno::EPERM as i32)).is_err());
     }
 }

@@ -15,7 +15,7 @@ use sg_common::{
 };
 
 use super::{
-    error::{Context as _, DatapathError, Result},
+    error::{self, Context as _, DatapathError, Result},
     pins::Pins,
     sys::ifname_bytes,
 };
@@ -177,22 +177,13 @@ impl PortMaps {
     }
 
     pub fn unblock(&mut self, slot: u32, prefix: IpNet) -> Result<bool> {
-        match self.blocked.remove(&block_key(slot, prefix)) {
-            Ok(()) => {
-                let count = self.block_count(slot)?;
-                self.set_block_count(slot, count.saturating_sub(1))?;
-                Ok(true)
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            // An LPM trie's removal reports a missing key as the kernel's
-            // ENOENT.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).context(|| format!("unblocking {prefix}")),
+        let removed = error::removed(self.blocked.remove(&block_key(slot, prefix)))
+            .context(|| format!("unblocking {prefix}"))?;
+        if removed {
+            let count = self.block_count(slot)?;
+            self.set_block_count(slot, count.saturating_sub(1))?;
         }
+        Ok(removed)
     }
 
     /// Removes every prefix the slot blocks; its count starts again from
