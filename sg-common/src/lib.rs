@@ -30,6 +30,7 @@ pub mod map_names {
     pub const BLOCKED: &str = "SG_BLOCKED";
     pub const PORT_BLOCKS: &str = "SG_PORT_BLOCKS";
     pub const PORT_POLICY: &str = "SG_PORT_POLICY";
+    pub const PORT_SKIPS: &str = "SG_PORT_SKIPS";
     pub const LOCAL: &str = "SG_LOCAL";
     pub const REMOTE: &str = "SG_REMOTE";
     pub const L4: &str = "SG_L4";
@@ -479,6 +480,39 @@ pub struct OwnedMacs {
 /// unless it has `PORT_OPEN_WITHOUT_POLICY` (then only its blocklist and
 /// port security apply).
 pub const NO_POLICY: u32 = 0;
+
+/// `SG_PORT_SKIPS` value: the lookups a port's policy cannot need, and
+/// the id of the policy that says so. Written before the port is switched
+/// to that policy (`SG_PORT_POLICY`), in one 32-bit word with the id, so
+/// that the datapath skips a lookup only for the policy whose tables it
+/// describes: a word of another id (a switch under way) skips nothing.
+pub mod skip {
+    /// No local classes: every address of the port is in class 0, and
+    /// `SG_LOCAL` is not looked up.
+    pub const LOCAL: u32 = 1 << 31;
+    /// No entries in `SG_REMOTE_EXACT`: the remote trie alone answers.
+    pub const REMOTE_EXACT: u32 = 1 << 30;
+    /// No entries in `SG_L4_EXACT`: the L4 trie alone answers.
+    pub const L4_EXACT: u32 = 1 << 29;
+    /// The bits of the word that hold the policy id. A policy id wider
+    /// than them matches no word, and its port skips nothing.
+    pub const ID: u32 = L4_EXACT - 1;
+
+    /// The word for `policy` skipping `lookups`.
+    pub const fn word(policy: u32, lookups: u32) -> u32 {
+        if policy & !ID == 0 {
+            policy | lookups
+        } else {
+            0
+        }
+    }
+
+    /// Whether `word` lets `policy` skip `lookup`.
+    #[inline(always)]
+    pub const fn skips(word: u32, policy: u32, lookup: u32) -> bool {
+        word & ID == policy && word & lookup != 0
+    }
+}
 
 /// Entries of the policy maps, all ports and both generations of a policy
 /// update together.

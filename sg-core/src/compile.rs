@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 use sg_common::{
     Class, DHCP_SERVER_KEY_POLICY_BITS, DhcpServerKey, FAMILY_IPV4, FAMILY_IPV6, L4Key, LocalKey,
-    MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS, Scope, VerdictKey, candidate, ipv4_mapped,
+    MAX_RULE_COUNTERS, RemoteKey, SCOPE_BITS, Scope, VerdictKey, candidate, ipv4_mapped, skip,
 };
 
 use crate::model::{
@@ -66,6 +66,23 @@ impl Compiled {
             + self.l4_exact.len()
             + self.verdict.len()
             + self.dhcp_servers.len()
+    }
+
+    /// The lookups the datapath may skip for this policy (`sg_common::skip`
+    /// bits): the local trie when no address of the port is in a class of
+    /// its own, an exact hash that holds nothing.
+    pub fn skips(&self) -> u32 {
+        let mut skips = 0;
+        if self.local.iter().all(|&(_, _, class)| class == 0) {
+            skips |= skip::LOCAL;
+        }
+        if self.remote_exact.is_empty() {
+            skips |= skip::REMOTE_EXACT;
+        }
+        if self.l4_exact.is_empty() {
+            skips |= skip::L4_EXACT;
+        }
+        skips
     }
 
     /// Moves the full-length trie entries to the exact hashes. The longest
@@ -741,6 +758,50 @@ mod tests {
         let (key, best) = verdicts[0];
         assert_eq!((key.remote_class, key.l4_class), (ten.class, ssh.class));
         assert_eq!(candidate::order(*best), 0);
+    }
+
+    #[test]
+    fn a_policy_skips_the_lookups_whose_tables_it_leaves_empty() {
+        let rule = |ports: &str, remote: &str, local: &[&str]| Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: ports.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            local: local.iter().map(|net| net.parse().unwrap()).collect(),
+            ..Rule::new(Direction::Ingress)
+        };
+        let skips = |rules: Vec<Rule>| {
+            let mut group = crate::model::Group::empty("g").unwrap();
+            group.rules = rules;
+            let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
+            port.groups = vec!["g".into()];
+            let policy = Policy {
+                groups: vec![group],
+                ports: vec![port],
+            };
+            compile(&policy, "vm", 1, &counter_ids(&policy).unwrap())
+                .unwrap()
+                .skips()
+        };
+        let ranges = rule("1000-1015", "10.0.0.0/8", &[]);
+        assert_eq!(
+            skips(vec![ranges.clone()]),
+            skip::LOCAL | skip::REMOTE_EXACT | skip::L4_EXACT
+        );
+        assert_eq!(
+            skips(vec![ranges.clone(), rule("22", "10.0.0.0/8", &[])]),
+            skip::LOCAL | skip::REMOTE_EXACT
+        );
+        assert_eq!(
+            skips(vec![ranges.clone(), rule("1000-1015", "192.0.2.1", &[])]),
+            skip::LOCAL | skip::L4_EXACT
+        );
+        assert_eq!(
+            skips(vec![
+                ranges,
+                rule("1000-1015", "10.0.0.0/8", &["198.18.0.0/24"])
+            ]),
+            skip::REMOTE_EXACT | skip::L4_EXACT
+        );
     }
 
     #[test]

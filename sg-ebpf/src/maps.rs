@@ -39,6 +39,11 @@ pub static SG_PORT_BLOCKS: Array<u32> = Array::pinned(MAX_PORTS, 0);
 #[map(name = "SG_PORT_POLICY")]
 pub static SG_PORT_POLICY: Array<u32> = Array::pinned(MAX_PORTS, 0);
 
+/// Slot → the lookups the port's policy cannot need, with that policy's
+/// id (see `sg_common::skip`).
+#[map(name = "SG_PORT_SKIPS")]
+pub static SG_PORT_SKIPS: Array<u32> = Array::pinned(MAX_PORTS, 0);
+
 /// The port's own address → its local class.
 #[map(name = "SG_LOCAL")]
 pub static SG_LOCAL: LpmTrie<LocalKey, u32> = LpmTrie::pinned(MAX_LOCAL_ENTRIES, 0);

@@ -16,15 +16,15 @@ use aya_ebpf::{
 };
 use sg_common::{
     Class, Direction, FragmentKey, L4Key, LocalKey, Outcome, RemoteKey, SCOPE_BITS, Scope,
-    VerdictKey, candidate,
+    VerdictKey, candidate, skip,
 };
 
 use crate::{
     conntrack,
     instance::Instance,
     maps::{
-        SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_REMOTE, SG_REMOTE_EXACT, SG_RULE_STATS,
-        SG_VERDICT,
+        SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_PORT_SKIPS, SG_REMOTE, SG_REMOTE_EXACT,
+        SG_RULE_STATS, SG_VERDICT,
     },
     parse::IpPacket,
 };
@@ -121,11 +121,11 @@ pub fn classify<I: Instance>(
     bytes: u64,
 ) -> Result<Outcome, Outcome> {
     if !ip.fragmented {
-        return decide::<I>(lookup::<I>(keys, policy, direction, ip)?, bytes);
+        return decide::<I>(lookup::<I>(keys, slot, policy, direction, ip)?, bytes);
     }
     set_fragment_key(keys, slot, direction, ip);
     let best = if ip.first_fragment {
-        let best = lookup::<I>(keys, policy, direction, ip)?;
+        let best = lookup::<I>(keys, slot, policy, direction, ip)?;
         if !I::tracing() {
             remember_fragment(keys, best);
         }
@@ -171,13 +171,26 @@ pub fn pass_later_fragments(keys: &mut Keys, slot: u32, direction: Direction, ip
     }
 }
 
+/// Whether the port at `slot`, deciding by `policy`, may skip `lookup`
+/// (see `sg_common::skip`). Read again at each use, rather than kept: a
+/// register known to hold a bit on one path and not on the other would
+/// have the verifier go through what follows twice.
+#[inline(always)]
+fn skips(slot: u32, policy: u32, lookup: u32) -> bool {
+    SG_PORT_SKIPS
+        .get(slot)
+        .is_some_and(|&word| skip::skips(word, policy, lookup))
+}
+
 /// The best candidate of the port's policy for the packet. A few lookups
 /// whatever the number of rules: the local address's class, then the
 /// remote address's and the protocol/port's (each an exact hash, then a
-/// trie on a miss), then the pair's when neither class carries it.
+/// trie on a miss), then the pair's when neither class carries it. The
+/// lookups the policy cannot need are skipped.
 #[inline(always)]
 fn lookup<I: Instance>(
     keys: &mut Keys,
+    slot: u32,
     policy: u32,
     direction: Direction,
     ip: &IpPacket,
@@ -186,24 +199,33 @@ fn lookup<I: Instance>(
         Direction::Egress => (&ip.src, &ip.dst),
         Direction::Ingress => (&ip.dst, &ip.src),
     };
-    keys.local.prefix_len = SCOPE_BITS + 128;
-    keys.local.data.policy = policy;
-    keys.local.data.family = ip.family as u32;
-    copy_addr(&mut keys.local.data.addr, local);
-    let local_class = SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0);
+    let local_class = if skips(slot, policy, skip::LOCAL) {
+        0
+    } else {
+        keys.local.prefix_len = SCOPE_BITS + 128;
+        keys.local.data.policy = policy;
+        keys.local.data.family = ip.family as u32;
+        copy_addr(&mut keys.local.data.addr, local);
+        SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0)
+    };
     let scope = Scope {
         policy,
         local_class: local_class as u16,
         direction: direction as u8,
         family: ip.family,
     };
-    keys.remote_exact.scope = scope;
-    copy_addr(&mut keys.remote_exact.addr, remote);
     keys.remote.prefix_len = SCOPE_BITS + 128;
     keys.remote.data.scope = scope;
     copy_addr(&mut keys.remote.data.addr, remote);
-    // SAFETY: a plain read of a hash map value.
-    let remote = match unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) } {
+    let exact = if skips(slot, policy, skip::REMOTE_EXACT) {
+        None
+    } else {
+        keys.remote_exact.scope = scope;
+        copy_addr(&mut keys.remote_exact.addr, remote);
+        // SAFETY: a plain read of a hash map value.
+        unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) }
+    };
+    let remote = match exact {
         Some(class) => Some(class),
         None => SG_REMOTE.get(keys.remote.as_key()),
     };
@@ -217,8 +239,13 @@ fn lookup<I: Instance>(
         prefix_len: SCOPE_BITS + 32,
         data: keys.l4_exact,
     };
-    // SAFETY: a plain read of a hash map value.
-    let l4 = match unsafe { SG_L4_EXACT.get(&keys.l4_exact) } {
+    let exact = if skips(slot, policy, skip::L4_EXACT) {
+        None
+    } else {
+        // SAFETY: a plain read of a hash map value.
+        unsafe { SG_L4_EXACT.get(&keys.l4_exact) }
+    };
+    let l4 = match exact {
         Some(class) => Some(class),
         None => SG_L4.get(keys.l4.as_key()),
     };

@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use sg_common::{Direction, Outcome, map_names};
+use aya::maps::{Array, Map, MapData};
+use sg_common::{Direction, Outcome, map_names, skip};
 use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
@@ -46,6 +47,53 @@ impl Port {
     fn check(&self, direction: Direction, frame: &[u8], want: Forward, outcome: Outcome) {
         self.0.check(direction, frame, want, outcome);
     }
+}
+
+/// A port skips a lookup only as its skip word says for the policy in
+/// force: a word of another id (a switch under way) skips nothing, and one
+/// that wrongly skipped the local classes would let a rule of the
+/// workload's address go unmatched.
+#[test]
+fn lookups_are_skipped_only_for_the_policy_the_word_names() {
+    require_root!();
+    let mut port = Port::new();
+    let policy = vm_policy(
+        serde_json::json!([{"name": "dns", "rules": [
+            {"direction": "egress", "protocol": "udp", "ports": "53", "action": "drop",
+             "local": [format!("{WORKLOAD}/32")]},
+            {"direction": "egress", "protocol": "udp", "ports": "53"},
+        ]}]),
+        &["dns"],
+    );
+    port.0.install(&policy, "vm").unwrap();
+    let dns = packet(Direction::Egress, WORKLOAD, PEER, transports()[1])
+        .frame()
+        .unwrap();
+    port.check(Direction::Egress, &dns, Forward::Drop, Outcome::DropRule);
+    let id = port.0.datapath.policy_of(SLOT).unwrap();
+    let mut skips: Array<MapData, u32> = Array::try_from(Map::Array(
+        MapData::from_pin(
+            port.0
+                .pins()
+                .root()
+                .join("maps")
+                .join(map_names::PORT_SKIPS),
+        )
+        .unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(
+        skips.get(&SLOT, 0).unwrap(),
+        skip::word(id, skip::REMOTE_EXACT)
+    );
+    skips.set(SLOT, skip::word(id + 1, skip::LOCAL), 0).unwrap();
+    port.check(Direction::Egress, &dns, Forward::Drop, Outcome::DropRule);
+    // The word is what the datapath goes by.
+    skips.set(SLOT, skip::word(id, skip::LOCAL), 0).unwrap();
+    port.check(Direction::Egress, &dns, Forward::Pass, Outcome::Pass);
+    // An install writes its own: the flow the skip let start ends.
+    port.0.install(&policy, "vm").unwrap();
+    port.check(Direction::Egress, &dns, Forward::Drop, Outcome::DropRevoked);
 }
 
 /// What the workload sends (`Egress`) or receives (`Ingress`).

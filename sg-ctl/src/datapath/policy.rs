@@ -12,7 +12,7 @@ use aya::{
 };
 use sg_common::{
     Class, Counter, DhcpServerKey, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey,
-    map_names,
+    map_names, skip,
 };
 
 use super::{
@@ -31,6 +31,7 @@ const GRACE: Duration = Duration::from_millis(20);
 /// The pinned policy maps.
 pub(super) struct PolicyMaps {
     port_policy: Array<MapData, u32>,
+    port_skips: Array<MapData, u32>,
     local: LpmTrie<MapData, LocalKey, u32>,
     remote: LpmTrie<MapData, RemoteKey, Class>,
     remote_exact: HashMap<MapData, RemoteKey, Class>,
@@ -48,6 +49,7 @@ impl PolicyMaps {
     pub(super) fn open(pins: &Pins) -> Result<PolicyMaps> {
         Ok(PolicyMaps {
             port_policy: pins.open(map_names::PORT_POLICY)?,
+            port_skips: pins.open(map_names::PORT_SKIPS)?,
             local: pins.open(map_names::LOCAL)?,
             remote: pins.open(map_names::REMOTE)?,
             remote_exact: pins.open(map_names::REMOTE_EXACT)?,
@@ -86,7 +88,8 @@ impl PolicyMaps {
     /// entries go, and the write is tried again. So an install fits when
     /// the policies in force and the one being written do. When the write
     /// fails, what was written is removed and the previous policy stays in
-    /// force.
+    /// force. The lookups the policy cannot need (`Compiled::skips`) are
+    /// written for the slot before it is switched.
     pub(super) fn install(&mut self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
         let mut written = self.write_or_remove(id, compiled);
         if written.is_err() && !self.retired.is_empty() {
@@ -94,6 +97,9 @@ impl PolicyMaps {
             written = self.write_or_remove(id, compiled);
         }
         written?;
+        self.port_skips
+            .set(slot, skip::word(id, compiled.skips()), 0)
+            .context(|| format!("writing the lookups slot {slot} may skip"))?;
         let old = self.policy_of(slot)?;
         self.port_policy
             .set(slot, id, 0)
