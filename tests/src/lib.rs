@@ -976,9 +976,9 @@ pub type RuleIds = HashMap<(String, usize), u32>;
 /// installs it on `slot` through `datapath`.
 pub fn install(datapath: &Datapath, slot: u32, policy: &Policy, port: &str) -> Result<RuleIds> {
     let counters = counter_ids(policy)?;
-    let id = datapath.next_policy_id()?;
-    let compiled = compile(policy, port, id, &counters)?;
-    datapath.install_policy(slot, id, &compiled)?;
+    datapath.install_policy(slot, |id| -> Result<_> {
+        Ok(compile(policy, port, id, &counters)?)
+    })?;
     Ok(counters)
 }
 

@@ -697,6 +697,54 @@ fn entries_a_killed_process_left_are_removed_as_orphans() {
     assert_eq!(held(&port), [0; 7]);
 }
 
+/// Two processes installing at once never write under one id: each
+/// picks its id and writes its policy under the pins' lock. Under one id,
+/// the two policies' entries would mix, and the removal of one's replaced
+/// entries would take the other's in force.
+#[test]
+fn two_writers_at_once_never_share_a_policy_id() {
+    require_root!();
+    let port = Port::new();
+    let policy = |name: &str, port: u16| {
+        vm_policy(
+            serde_json::json!([{"name": name, "rules": [
+                {"direction": "ingress", "protocol": "tcp", "ports": port.to_string(),
+                 "remote": ["198.18.1.1/32"]},
+            ]}]),
+            &[name],
+        )
+    };
+    let policies = [policy("first", 22), policy("second", 80)];
+    let ids: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = policies
+            .iter()
+            .zip([SLOT, SLOT + 1])
+            .map(|(policy, slot)| {
+                let datapath = Datapath::new(port.0.pins().clone());
+                scope.spawn(move || {
+                    (0..40)
+                        .map(|_| {
+                            sg_tests::install(&datapath, slot, policy, "vm").unwrap();
+                            let id = datapath.policy_of(slot).unwrap();
+                            datapath.remove_retired().unwrap();
+                            id
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(
+        ids[0].iter().all(|id| !ids[1].contains(id)),
+        "ids written by both: {ids:?}"
+    );
+    assert_eq!(
+        held(&port),
+        sum(entries_of(&policies[0]), entries_of(&policies[1]))
+    );
+}
+
 /// The entries the port's pins hold in each of `sg_tests::POLICY_MAPS`.
 fn held(port: &Port) -> [usize; 7] {
     sg_tests::POLICY_MAPS.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap())

@@ -321,9 +321,9 @@ fn run(port: &mut TestPort, shape: Shape) -> Result<()> {
         let policy = shape.policy(n);
         let started = Instant::now();
         let counters = counter_ids(&policy)?;
-        let id = port.datapath.next_policy_id()?;
-        let compiled = compile(&policy, PORT, id, &counters)?;
-        port.datapath.install_policy(SLOT, id, &compiled)?;
+        let (_, compiled) = port.datapath.install_policy(SLOT, |id| -> Result<_> {
+            Ok(compile(&policy, PORT, id, &counters)?)
+        })?;
         let took = started.elapsed();
         let memory = sg_tests::policy_memory(port.pins())?;
         let last = ns_per_packet(&port.run, Dir::Ingress, &shape.last(n)?)?;

@@ -478,9 +478,11 @@ fn install(
     datapath
         .install_port_security(slot, &PortSecurity::from_port(port))
         .map_err(text)?;
-    let id = datapath.next_policy_id().map_err(text)?;
-    let compiled = compile::compile(policy, &port.name, id, counters).map_err(|e| e.to_string())?;
-    datapath.install_policy(slot, id, &compiled).map_err(text)?;
+    let (id, _) = datapath
+        .install_policy(slot, |id| {
+            compile::compile(policy, &port.name, id, counters).map_err(anyhow::Error::from)
+        })
+        .map_err(|e| e.to_string())?;
     Ok(done(id))
 }
 

@@ -338,21 +338,26 @@ impl Datapath {
         self.on_maps(|maps| maps.policy.policy_of(slot))
     }
 
-    /// An id no port uses, for the next policy to install.
-    pub fn next_policy_id(&self) -> Result<u32> {
-        self.on_maps(|maps| maps.policy.next_policy_id())
-    }
-
-    /// Writes `compiled` (built for `id`) beside the slot's policy and
-    /// switches the slot to it: the port enforces it when this returns. The
+    /// Compiles a policy for the slot under an id no port uses nor any
+    /// retired policy has (`compile` is given the id), writes it beside
+    /// the slot's policy and switches the slot to it: the port enforces it
+    /// when this returns. The id is picked and the policy written under
+    /// the pins' lock, so that two processes never write under one id. The
     /// previous policy is retired: its entries go at `remove_retired`, at
     /// an install the maps have no room for beside them, or when the
     /// handle is dropped, whichever is first.
-    /// When a write fails, what was written is removed and the previous
-    /// policy stays in force.
-    pub fn install_policy(&self, slot: u32, id: u32, compiled: &Compiled) -> Result<()> {
+    /// When the compiler or a write fails, what was written is removed and
+    /// the previous policy stays in force.
+    pub fn install_policy<E: From<DatapathError>>(
+        &self,
+        slot: u32,
+        compile: impl FnOnce(u32) -> std::result::Result<Compiled, E>,
+    ) -> std::result::Result<(u32, Compiled), E> {
         let _lock = self.pins.lock()?;
-        self.on_maps(|maps| maps.policy.install(slot, id, compiled))
+        let id = self.on_maps(|maps| maps.policy.next_policy_id())?;
+        let compiled = compile(id)?;
+        self.on_maps(|maps| maps.policy.install(slot, id, &compiled))?;
+        Ok((id, compiled))
     }
 
     /// Removes the entries of the policies installs replaced, once no

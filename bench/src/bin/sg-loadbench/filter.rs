@@ -187,9 +187,9 @@ impl<'a> Attached<'a> {
                 _,
             ) => {
                 let counters = counter_ids(policy)?;
-                let id = datapath.next_policy_id()?;
-                let compiled = compile(policy, BENCH_PORT, id, &counters)?;
-                datapath.install_policy(*slot, id, &compiled)?;
+                let (_, compiled) = datapath.install_policy(*slot, |id| -> Result<_> {
+                    Ok(compile(policy, BENCH_PORT, id, &counters)?)
+                })?;
                 Ok(Installed {
                     map_entries: Some(compiled.entries()),
                     map_bytes: Some(sg_tests::policy_memory(&pins.pins)?),
