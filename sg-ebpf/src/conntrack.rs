@@ -115,6 +115,9 @@ pub struct Scratch {
     /// The key of a flow a full table looks at, copied from the ring
     /// (which another CPU may write meanwhile).
     pub victim: ConntrackKey,
+    /// The clock when `lookup` found the packet's flow (`Flow::Tracked`),
+    /// read once for the timeout and the flow's last seen.
+    pub now: u64,
 }
 
 /// The packet an ICMP error quotes: its IP header (IPv4's without
@@ -240,6 +243,7 @@ pub fn lookup(
             .get(0)
             .is_some_and(|timeouts| timeouts.expired(ip.protocol, state, last_seen, now));
         if !restart && !expired {
+            scratch.now = now;
             return Flow::Tracked(entry);
         }
         remove(key);
@@ -717,13 +721,14 @@ pub fn advance(entry: &mut ConntrackEntry, direction: Direction, protocol: u8, f
     Step::Pass
 }
 
-/// Counts a packet of `bytes` in `direction` on the flow.
+/// Counts a packet of `bytes` in `direction` on the flow `lookup` found,
+/// seen at the time it read (`Scratch::now`).
 #[inline(always)]
-pub fn account(entry: &mut ConntrackEntry, direction: Direction, bytes: u64) {
+pub fn account(entry: &mut ConntrackEntry, scratch: &Scratch, direction: Direction, bytes: u64) {
     let d = direction as usize & 1;
     entry.packets[d] += 1;
     entry.bytes[d] += bytes;
-    entry.last_seen = now();
+    entry.last_seen = scratch.now;
 }
 
 #[inline(always)]

@@ -201,10 +201,10 @@ fn track(
                 Step::Invalid => return Err(Outcome::DropInvalid),
                 Step::Close => conntrack::forget(&keys.conntrack),
                 Step::Closing => {
-                    conntrack::account(entry, direction, bytes);
+                    conntrack::account(entry, &keys.conntrack, direction, bytes);
                     conntrack::closed(&keys.conntrack);
                 }
-                Step::Pass => conntrack::account(entry, direction, bytes),
+                Step::Pass => conntrack::account(entry, &keys.conntrack, direction, bytes),
             }
             policy::pass_later_fragments(keys, slot, direction, ip);
             Ok(Outcome::PassEstablished)
