@@ -666,6 +666,18 @@ fn an_install_makes_room_by_removing_what_was_retired() {
     assert_eq!(held(&port), entries);
 }
 
+/// The group `name` letting TCP to `port` in from one peer, as the
+/// port's policy.
+fn tcp_policy(name: &str, port: u16) -> Policy {
+    vm_policy(
+        serde_json::json!([{"name": name, "rules": [
+            {"direction": "ingress", "protocol": "tcp", "ports": port.to_string(),
+             "remote": ["198.18.1.1/32"]},
+        ]}]),
+        &[name],
+    )
+}
+
 /// What an sg-ctl killed between a switch and its removal left, the
 /// replaced policy's entries under an id no slot has, goes with
 /// `remove_orphans` (the daemon's start): a later install given that id
@@ -674,16 +686,7 @@ fn an_install_makes_room_by_removing_what_was_retired() {
 fn entries_a_killed_process_left_are_removed_as_orphans() {
     require_root!();
     let port = Port::new();
-    let policy = |name: &str, port: u16| {
-        vm_policy(
-            serde_json::json!([{"name": name, "rules": [
-                {"direction": "ingress", "protocol": "tcp", "ports": port.to_string(),
-                 "remote": ["198.18.1.1/32"]},
-            ]}]),
-            &[name],
-        )
-    };
-    let (first, second) = (policy("first", 22), policy("second", 80));
+    let (first, second) = (tcp_policy("first", 22), tcp_policy("second", 80));
     let killed = Datapath::new(port.0.pins().clone());
     for policy in [&first, &second] {
         sg_tests::install(&killed, SLOT, policy, "vm").unwrap();
@@ -705,16 +708,7 @@ fn entries_a_killed_process_left_are_removed_as_orphans() {
 fn two_writers_at_once_never_share_a_policy_id() {
     require_root!();
     let port = Port::new();
-    let policy = |name: &str, port: u16| {
-        vm_policy(
-            serde_json::json!([{"name": name, "rules": [
-                {"direction": "ingress", "protocol": "tcp", "ports": port.to_string(),
-                 "remote": ["198.18.1.1/32"]},
-            ]}]),
-            &[name],
-        )
-    };
-    let policies = [policy("first", 22), policy("second", 80)];
+    let policies = [tcp_policy("first", 22), tcp_policy("second", 80)];
     let ids: Vec<Vec<u32>> = std::thread::scope(|scope| {
         let writers: Vec<_> = policies
             .iter()
