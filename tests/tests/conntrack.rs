@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use sg_common::{
     ConntrackEntry, ConntrackKey, Direction, MAX_CONNTRACK_ENTRIES, Outcome, map_names,
 };
@@ -571,11 +571,8 @@ fn a_full_table_drops_new_flows_and_keeps_the_tracked_ones() {
     let (i, e) = (Direction::Ingress, Direction::Egress);
     handshake(&port, false);
     // The rest of the table taken by flows of another slot.
-    let path = port.0.pins().root().join("maps").join(map_names::CONNTRACK);
     let mut table: HashMap<MapData, ConntrackKey, ConntrackEntry> =
-        Map::HashMap(MapData::from_pin(&path).unwrap())
-            .try_into()
-            .unwrap();
+        port.0.pins().open(map_names::CONNTRACK).unwrap();
     let entry = ConntrackEntry {
         first_seen: 0,
         last_seen: u64::MAX / 2,
@@ -820,13 +817,10 @@ fn unreplied_flows_expire_on_their_own_timeout_and_replied_ones_keep_theirs() {
 /// Checks that the presence counters count the table's flows exactly:
 /// each counter as many as the flows whose keys share it.
 fn assert_presence_counts(port: &Port, when: &str) {
-    let maps = port.0.pins().root().join("maps");
-    let open = |name| MapData::from_pin(maps.join(name)).unwrap();
+    let pins = port.0.pins();
     let table: HashMap<MapData, ConntrackKey, ConntrackEntry> =
-        Map::HashMap(open(map_names::CONNTRACK)).try_into().unwrap();
-    let presence: Array<MapData, u64> = Map::Array(open(map_names::CONNTRACK_PRESENCE))
-        .try_into()
-        .unwrap();
+        pins.open(map_names::CONNTRACK).unwrap();
+    let presence: Array<MapData, u64> = pins.open(map_names::CONNTRACK_PRESENCE).unwrap();
     let counters: Vec<u64> = presence.iter().map(|c| c.unwrap()).collect();
     let mut want = vec![0; counters.len()];
     for key in table.keys() {

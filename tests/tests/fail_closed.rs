@@ -9,7 +9,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use serde_json::{Value, json};
 use sg_common::{Class, RemoteKey, Scope, map_names};
 use sg_tests::{Netns, TestDaemon, require_root};
@@ -113,14 +113,8 @@ fn a_policy_that_does_not_fit_is_refused_whole_and_every_port_keeps_its_own() {
 /// Fills the pinned `SG_REMOTE_EXACT` of the daemon with entries of a
 /// policy id no port has, as if the kernel had no room left.
 fn fill_remote_exact(d: &TestDaemon) {
-    let path = d
-        .pins
-        .pins
-        .root()
-        .join("maps")
-        .join(map_names::REMOTE_EXACT);
-    let map = Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap();
-    let mut map: HashMap<MapData, RemoteKey, Class> = map.try_into().unwrap();
+    let mut map: HashMap<MapData, RemoteKey, Class> =
+        d.pins.pins.open(map_names::REMOTE_EXACT).unwrap();
     let class = Class {
         best: 0,
         class: 0,

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, MapData};
 use sg_common::{Direction, Outcome, map_names, skip};
 use sg_core::{
     compile::{compile, counter_ids},
@@ -71,17 +71,7 @@ fn lookups_are_skipped_only_for_the_policy_the_word_names() {
         .unwrap();
     port.check(Direction::Egress, &dns, Forward::Drop, Outcome::DropRule);
     let id = port.0.datapath.policy_of(SLOT).unwrap();
-    let mut skips: Array<MapData, u32> = Array::try_from(Map::Array(
-        MapData::from_pin(
-            port.0
-                .pins()
-                .root()
-                .join("maps")
-                .join(map_names::PORT_SKIPS),
-        )
-        .unwrap(),
-    ))
-    .unwrap();
+    let mut skips: Array<MapData, u32> = port.0.pins().open(map_names::PORT_SKIPS).unwrap();
     assert_eq!(
         skips.get(&SLOT, 0).unwrap(),
         skip::word(id, skip::REMOTE_EXACT)

@@ -74,7 +74,7 @@ impl Pins {
     }
 
     /// Opens a pinned map as the type it must have.
-    pub(super) fn open<T: TryFrom<Map, Error = MapError>>(&self, name: &str) -> Result<T> {
+    pub fn open<T: TryFrom<Map, Error = MapError>>(&self, name: &str) -> Result<T> {
         let path = self.map(name);
         let what = || format!("opening {}", path.display());
         let data = MapData::from_pin(&path).context(what)?;
