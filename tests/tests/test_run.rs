@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{Array, MapData};
-use sg_common::{Direction, Outcome, map_names, skip};
+use aya::maps::{Array, MapData, MapInfo};
+use sg_common::{Direction, MAX_PORTS, Outcome, map_names, skip};
 use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
@@ -280,6 +280,49 @@ fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
     for (direction, frame) in every_frame() {
         port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
     }
+}
+
+/// Pins of maps laid out otherwise (another version's) are refused, the map
+/// and both layouts named, and neither the pins nor the programs loaded on
+/// them change.
+#[test]
+fn pins_laid_out_otherwise_are_refused_by_name() {
+    require_root!();
+    let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
+    let open = vm_policy(
+        serde_json::json!([{"name": "all", "rules": [
+            {"direction": "egress"},
+            {"direction": "ingress"},
+        ]}]),
+        &["all"],
+    );
+    port.install(&open, "vm").unwrap();
+    // The skip words as 8 bytes rather than 4.
+    let path = port.pins().map(map_names::PORT_SKIPS);
+    std::fs::remove_file(&path).unwrap();
+    let other: Array<MapData, u64> = Array::create(MAX_PORTS, 0).unwrap();
+    other.pin(&path).unwrap();
+    let other = MapInfo::from_pin(&path).unwrap().id();
+    let Err(error) = port.datapath.test_run(SLOT + 1) else {
+        panic!("programs loaded on a map laid out otherwise");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains(
+            "SG_PORT_SKIPS is pinned with type 2, 4-byte keys, 8-byte values, flags 0x0, \
+             where this version has type 2, 4-byte keys, 4-byte values, flags 0x0"
+        ) && error.contains("`sg-ctl detach --all` removes them"),
+        "{error}"
+    );
+    let pinned = MapInfo::from_pin(&path).unwrap();
+    assert_eq!((pinned.id(), pinned.value_size()), (other, 8));
+    for (direction, frame) in every_frame() {
+        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+    // As the error says, `detach --all` takes them away.
+    assert_eq!(port.datapath.detach_all().unwrap(), 1);
+    assert!(!port.pins().root().exists());
 }
 
 /// UDP between two ports, from `src_mac` to `dst_mac`.

@@ -2,7 +2,10 @@
 //! loaded for it, its links made and pinned, the port marked active last;
 //! and its release, in the reverse order. The callers hold the pins' lock.
 
-use std::fs;
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
@@ -258,20 +261,50 @@ pub(super) fn release(pins: &Pins, maps: &mut Option<Box<MapSet>>, slot: u32) ->
 
     if set.ports.ports()?.is_empty() {
         *maps = None;
-        let maps_dir = pins.maps();
-        let pinned =
-            fs::read_dir(&maps_dir).context(|| format!("listing {}", maps_dir.display()))?;
-        for entry in pinned {
-            let entry = entry.context(|| format!("listing {}", maps_dir.display()))?;
-            remove_if_exists(&entry.path())?;
+        remove_dirs(pins)?;
+    }
+    Ok(())
+}
+
+/// Takes away every port's links, which detaches its programs, and every
+/// map, without opening them as this version's: how the pins of another
+/// version go. The ports whose links went.
+pub(super) fn remove_all(pins: &Pins) -> Result<usize> {
+    let dirs = list(&pins.ports())?;
+    for dir in &dirs {
+        for link in list(dir)? {
+            remove_if_exists(&link)?;
         }
-        for dir in [pins.maps(), pins.ports(), pins.root().to_path_buf()] {
-            if dir.exists() {
-                fs::remove_dir(&dir).context(|| format!("removing {}", dir.display()))?;
-            }
+        fs::remove_dir(dir).context(|| format!("removing {}", dir.display()))?;
+    }
+    remove_dirs(pins)?;
+    Ok(dirs.len())
+}
+
+/// Removes the pinned maps and the directories under `pins`, once no port
+/// is left.
+fn remove_dirs(pins: &Pins) -> Result<()> {
+    for map in list(&pins.maps())? {
+        remove_if_exists(&map)?;
+    }
+    for dir in [pins.maps(), pins.ports(), pins.root().to_path_buf()] {
+        if dir.exists() {
+            fs::remove_dir(&dir).context(|| format!("removing {}", dir.display()))?;
         }
     }
     Ok(())
+}
+
+/// The paths in `dir`; none when it is not there.
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = || format!("listing {}", dir.display());
+    match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        entries => entries
+            .context(listing)?
+            .map(|entry| Ok(entry.context(listing)?.path()))
+            .collect(),
+    }
 }
 
 /// Whether the pins of every link a port needs are there.

@@ -38,6 +38,7 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     // Maps pinned by a version without the counts beside them: a table of
     // flows with no presence counters would have its flows taken as
     // absent, a blocklist with no counts its prefixes skipped.
+    check_layouts(pins)?;
     for (map, counted_by) in [
         (map_names::CONNTRACK, map_names::CONNTRACK_PRESENCE),
         (map_names::BLOCKED, map_names::PORT_BLOCKS),
@@ -83,6 +84,52 @@ fn ring_entries(pins: &Pins, sizes: &MapSizes) -> u32 {
         .or_else(|| pinned_entries(pins, map_names::CONNTRACK))
         .or_else(|| sizes.get(map_names::CONNTRACK))
         .unwrap_or(sg_common::MAX_CONNTRACK_ENTRIES)
+}
+
+/// Refuses pins of maps whose keys or values are not laid out as this
+/// version's: the programs would read them as their own and take them to
+/// mean something else (a flow absent, a count off). Their sizes may
+/// differ; they are set when the maps are made.
+fn check_layouts(pins: &Pins) -> Result<()> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(|source| DatapathError::Kernel {
+        what: "reading the eBPF object".to_string(),
+        source: Box::new(source),
+    })?;
+    let incompatible = |source: String| DatapathError::IncompatiblePins {
+        dir: pins.maps(),
+        source: source.into(),
+    };
+    for (name, map) in &object.maps {
+        let Ok(pinned) = MapInfo::from_pin(pins.map(name)) else {
+            continue;
+        };
+        let pinned_type = pinned
+            .map_type()
+            .map_err(|e| incompatible(format!("{name} is of a map type unknown here: {e}")))?;
+        let pinned = (
+            pinned_type as u32,
+            pinned.key_size(),
+            pinned.value_size(),
+            pinned.map_flags(),
+        );
+        let wanted = (
+            map.map_type(),
+            map.key_size(),
+            map.value_size(),
+            map.map_flags(),
+        );
+        if pinned != wanted {
+            let layout = |(kind, key, value, flags): (u32, u32, u32, u32)| {
+                format!("type {kind}, {key}-byte keys, {value}-byte values, flags {flags:#x}")
+            };
+            return Err(incompatible(format!(
+                "{name} is pinned with {}, where this version has {}",
+                layout(pinned),
+                layout(wanted)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The entries of a pinned map, if it is pinned.

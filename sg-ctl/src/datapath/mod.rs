@@ -196,7 +196,12 @@ impl Datapath {
     pub fn detach_all(&self) -> Result<usize> {
         require_root("detaching filters")?;
         let _lock = self.pins.lock()?;
-        let mut maps = self.maps()?;
+        let mut maps = match self.maps() {
+            Ok(maps) => maps,
+            // Pins this version cannot open (another version's) go whole.
+            Err(_) if self.pins.maps().exists() => return attach::remove_all(&self.pins),
+            Err(e) => return Err(e),
+        };
         let Some(set) = maps.as_deref() else {
             return Ok(0);
         };

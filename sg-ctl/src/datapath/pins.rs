@@ -49,7 +49,7 @@ impl Pins {
         self.root.join("maps")
     }
 
-    pub(super) fn map(&self, name: &str) -> PathBuf {
+    pub fn map(&self, name: &str) -> PathBuf {
         self.maps().join(name)
     }
 
