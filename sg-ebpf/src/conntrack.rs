@@ -29,8 +29,8 @@ use aya_ebpf::{
 use sg_common::{
     CONNTRACK_EVENTS_BYTES, CONNTRACK_EVENTS_PER_SECOND, CONNTRACK_RECLAIM_TRIES, ConntrackClock,
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
-    MAX_CONNTRACK_ENTRIES, MAX_PORTS, PortFlows, conntrack_event, conntrack_state, ipv4_mapped,
-    presence_counters,
+    MAX_CONNTRACK_ENTRIES, MAX_PORTS, PRESENCE_COUNTERS_PER_ENTRY, PortFlows, PresenceCounters,
+    conntrack_event, conntrack_state, ipv4_mapped, presence_counters,
     proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, icmp, icmpv6, tcp},
 };
 
@@ -90,10 +90,12 @@ static CONNTRACK_RING: u32 = MAX_CONNTRACK_ENTRIES;
 /// no flow, known without a lookup in the table. Mapped by `sg-ctl`, which
 /// takes from it atomically after its own removals.
 #[map(name = "SG_CONNTRACK_PRESENCE")]
-static SG_CONNTRACK_PRESENCE: Array<u64> =
-    Array::pinned(presence_counters(MAX_CONNTRACK_ENTRIES), BPF_F_MMAPABLE);
+static SG_CONNTRACK_PRESENCE: Array<PresenceCounters> = Array::pinned(
+    presence_counters(MAX_CONNTRACK_ENTRIES) / PRESENCE_COUNTERS_PER_ENTRY,
+    BPF_F_MMAPABLE,
+);
 
-/// Entries of `SG_CONNTRACK_PRESENCE`; set by the loader
+/// Counters of `SG_CONNTRACK_PRESENCE`; set by the loader
 /// (`CONNTRACK_PRESENCE_GLOBAL`).
 #[unsafe(no_mangle)]
 static CONNTRACK_PRESENCE: u32 = presence_counters(MAX_CONNTRACK_ENTRIES);
@@ -459,7 +461,7 @@ pub fn start(scratch: &mut Scratch, direction: Direction, policy: u32, bytes: u6
             release(port);
             if let Some(counter) = presence {
                 // SAFETY: as above.
-                unsafe { add(counter, u64::MAX) };
+                unsafe { add(counter, u32::MAX) };
             }
             // Another CPU may have started the flow meanwhile: as good.
             if error == -EEXIST {
@@ -494,30 +496,56 @@ fn release(port: *mut PortFlows) {
     unsafe { add(&raw mut (*port).flows, u64::MAX) };
 }
 
-/// Adds `value` to `*at` atomically (wrapping: `u64::MAX` takes one
-/// away).
+/// The integers the programs add to atomically: a port's flows (`u64`)
+/// and the presence counters (`u32`).
+trait Atomic: Copy {
+    /// Adds atomically on the host, where the programs are only checked.
+    ///
+    /// # Safety
+    /// As for `add`.
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn host_add(at: *mut Self, value: Self);
+}
+
+impl Atomic for u32 {
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn host_add(at: *mut u32, value: u32) {
+        use core::sync::atomic::{AtomicU32, Ordering};
+        // SAFETY: as the caller promises.
+        unsafe { AtomicU32::from_ptr(at).fetch_add(value, Ordering::Relaxed) };
+    }
+}
+
+impl Atomic for u64 {
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn host_add(at: *mut u64, value: u64) {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: as the caller promises.
+        unsafe { AtomicU64::from_ptr(at).fetch_add(value, Ordering::Relaxed) };
+    }
+}
+
+/// Adds `value` to `*at` atomically (wrapping: `MAX` takes one away).
 ///
 /// # Safety
 /// `at` is valid and aligned, and only written atomically meanwhile.
 #[inline(always)]
-unsafe fn add(at: *mut u64, value: u64) {
+unsafe fn add<T: Atomic>(at: *mut T, value: T) {
     // The BPF target has no atomic types; the intrinsic, its result
     // unused, becomes the atomic add every BPF CPU version has
-    // (BPF_ATOMIC | BPF_ADD; a fetch needs version 3).
+    // (BPF_ATOMIC | BPF_ADD, of 32 or 64 bits; a fetch needs version 3).
     #[cfg(target_arch = "bpf")]
     // SAFETY: as the caller promises.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+        core::intrinsics::atomic_xadd::<T, T, { core::intrinsics::AtomicOrdering::Relaxed }>(
             at, value,
         );
     }
-    // On the host, where the programs are only checked.
-    #[cfg(not(target_arch = "bpf"))]
     // SAFETY: as the caller promises.
+    #[cfg(not(target_arch = "bpf"))]
     unsafe {
-        core::sync::atomic::AtomicU64::from_ptr(at)
-            .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
-    }
+        T::host_add(at, value)
+    };
 }
 
 /// Takes the next position of the clock's `head` or `hand` within `span`
@@ -547,17 +575,21 @@ fn remove(key: &ConntrackKey) -> bool {
     }
     if let Some(counter) = presence(key) {
         // SAFETY: a map entry, valid for this run, only written atomically.
-        unsafe { add(counter, u64::MAX) };
+        unsafe { add(counter, u32::MAX) };
     }
     true
 }
 
 /// The presence counter of `key`'s share (see `SG_CONNTRACK_PRESENCE`).
 #[inline(always)]
-fn presence(key: &ConntrackKey) -> Option<*mut u64> {
+fn presence(key: &ConntrackKey) -> Option<*mut u32> {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let counters = unsafe { core::ptr::read_volatile(&CONNTRACK_PRESENCE) };
-    SG_CONNTRACK_PRESENCE.get_ptr_mut(key.presence_index(counters))
+    let index = key.presence_index(counters);
+    let entry = SG_CONNTRACK_PRESENCE.get_ptr_mut(index / PRESENCE_COUNTERS_PER_ENTRY)?;
+    let lane = (index % PRESENCE_COUNTERS_PER_ENTRY) as usize;
+    // SAFETY: a lane of the entry.
+    Some(unsafe { entry.cast::<u32>().add(lane) })
 }
 
 /// Whether a flow of `key` may be in the table: not when its presence

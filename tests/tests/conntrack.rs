@@ -11,7 +11,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use sg_common::{
-    ConntrackEntry, ConntrackKey, Direction, MAX_CONNTRACK_ENTRIES, Outcome, map_names,
+    ConntrackEntry, ConntrackKey, Direction, MAX_CONNTRACK_ENTRIES, Outcome, PresenceCounters,
+    map_names,
 };
 use sg_core::settings;
 use sg_ctl::{
@@ -820,8 +821,9 @@ fn assert_presence_counts(port: &Port, when: &str) {
     let pins = port.0.pins();
     let table: HashMap<MapData, ConntrackKey, ConntrackEntry> =
         pins.open(map_names::CONNTRACK).unwrap();
-    let presence: Array<MapData, u64> = pins.open(map_names::CONNTRACK_PRESENCE).unwrap();
-    let counters: Vec<u64> = presence.iter().map(|c| c.unwrap()).collect();
+    let presence: Array<MapData, PresenceCounters> =
+        pins.open(map_names::CONNTRACK_PRESENCE).unwrap();
+    let counters: Vec<u32> = presence.iter().flat_map(|c| c.unwrap()).collect();
     let mut want = vec![0; counters.len()];
     for key in table.keys() {
         want[key.unwrap().presence_index(counters.len() as u32) as usize] += 1;

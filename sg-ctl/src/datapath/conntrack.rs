@@ -17,7 +17,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sg_common::{
     ConntrackEntry, ConntrackEvent, ConntrackKey, ConntrackTimeouts, Direction, FAMILY_IPV4,
-    Outcome, PortFlows, Timeout, conntrack_event, map_names,
+    Outcome, PRESENCE_COUNTERS_PER_ENTRY, PortFlows, PresenceCounters, Timeout, conntrack_event,
+    map_names,
 };
 
 use super::{
@@ -34,7 +35,7 @@ pub(super) struct ConntrackMaps {
     table: HashMap<MapData, ConntrackKey, ConntrackEntry>,
     timeouts: Array<MapData, ConntrackTimeouts>,
     ports: Shared<PortFlows>,
-    presence: Shared<u64>,
+    presence: Shared<PresenceCounters>,
 }
 
 /// A map mapped into this process whose entries the datapath adds to and
@@ -142,13 +143,15 @@ impl Shared<PortFlows> {
     }
 }
 
-impl Shared<u64> {
+impl Shared<PresenceCounters> {
     /// One flow less of the share of `key` (see `SG_CONNTRACK_PRESENCE`),
     /// none below zero.
     fn release(&self, key: &ConntrackKey) {
-        if let Some(entry) = self.entry(key.presence_index(self.len as u32)) {
-            // SAFETY: an aligned u64 of the mapping, only used atomically.
-            let count = unsafe { AtomicU64::from_ptr(entry) };
+        let index = key.presence_index(self.len as u32 * PRESENCE_COUNTERS_PER_ENTRY);
+        if let Some(entry) = self.entry(index / PRESENCE_COUNTERS_PER_ENTRY) {
+            let lane = (index % PRESENCE_COUNTERS_PER_ENTRY) as usize;
+            // SAFETY: an aligned u32 of the mapping, only used atomically.
+            let count = unsafe { AtomicU32::from_ptr(&raw mut (*entry)[lane]) };
             let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }

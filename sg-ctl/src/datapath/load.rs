@@ -10,8 +10,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use sg_common::{
-    CONNTRACK_PRESENCE_GLOBAL, CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL, TRACE_GLOBAL, map_names,
-    presence_counters, program_names,
+    CONNTRACK_PRESENCE_GLOBAL, CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL,
+    PRESENCE_COUNTERS_PER_ENTRY, TRACE_GLOBAL, map_names, presence_counters, program_names,
 };
 
 use super::{
@@ -52,9 +52,14 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     }
     let ring = ring_entries(pins, sizes);
     loader.map_max_entries(map_names::CONNTRACK_RING, ring);
-    let presence = pinned_entries(pins, map_names::CONNTRACK_PRESENCE)
-        .unwrap_or_else(|| presence_counters(ring));
-    loader.map_max_entries(map_names::CONNTRACK_PRESENCE, presence);
+    let presence = pinned_entries(pins, map_names::CONNTRACK_PRESENCE).map_or_else(
+        || presence_counters(ring),
+        |e| e * PRESENCE_COUNTERS_PER_ENTRY,
+    );
+    loader.map_max_entries(
+        map_names::CONNTRACK_PRESENCE,
+        presence / PRESENCE_COUNTERS_PER_ENTRY,
+    );
     let ebpf = loader
         .default_map_pin_directory(&maps)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
