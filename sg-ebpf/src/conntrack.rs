@@ -37,6 +37,7 @@ use sg_common::{
 use crate::{
     buf::Buf,
     parse::{IpPacket, has_ports},
+    policy::copy_addr,
 };
 
 /// Preallocated: an entry added in the datapath takes one from a free
@@ -124,7 +125,8 @@ pub struct Scratch {
 
 /// The packet an ICMP error quotes: its IP header (IPv4's without
 /// options), the first bytes of its transport header, and its addresses
-/// (IPv4 mapped).
+/// (IPv4 mapped), 8-aligned as those of `IpPacket` are.
+#[repr(C, align(8))]
 pub struct Quote {
     ip: [u8; 40],
     l4: [u8; 8],
@@ -387,10 +389,11 @@ fn fill(
     // Copied from where they are: as values, both addresses would be
     // loaded byte by byte for the choice of local and remote, and kept on
     // the stack.
-    // SAFETY: 16 bytes each, from and to memory of this run.
+    // SAFETY: both ends 4-aligned: the key's addresses follow three words
+    // of it, and those of `IpPacket` and `Quote` are 8-aligned.
     unsafe {
-        copy(local.0.as_ptr().cast_mut(), key.local.as_mut_ptr(), 16);
-        copy(remote.0.as_ptr().cast_mut(), key.remote.as_mut_ptr(), 16);
+        copy_addr::<u32>(&mut key.local, local.0);
+        copy_addr::<u32>(&mut key.remote, remote.0);
     }
 }
 

@@ -50,19 +50,21 @@ pub struct Keys {
     pub conntrack: conntrack::Scratch,
 }
 
-/// Copies an address as two 8-byte loads and stores. Copied as an array,
-/// between two map values it cannot tell apart, the compiler makes it a
-/// call to a byte-wise `memmove`; volatile accesses it leaves as they are.
-/// Both ends are 8-aligned: the addresses lead `IpPacket`, and `Keys` pads
-/// its keys so that theirs are (asserted below).
+/// Copies an address in loads and stores of `W` (`u32` or `u64`) words.
+/// Copied as an array, between two map values it cannot tell apart, the
+/// compiler makes it a call to a byte-wise `memmove`, and copied as bytes
+/// it takes 32 instructions; volatile accesses it leaves as they are.
+///
+/// # Safety
+/// Both ends are aligned for `W`.
 #[inline(always)]
-fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
-    let to = (to as *mut [u8; 16]).cast::<u64>();
-    let from = (from as *const [u8; 16]).cast::<u64>();
-    // SAFETY: both 8-aligned (see above), 16 bytes each.
-    unsafe {
-        to.write_volatile(from.read_volatile());
-        to.add(1).write_volatile(from.add(1).read_volatile());
+pub unsafe fn copy_addr<W>(to: &mut [u8; 16], from: &[u8; 16]) {
+    const { assert!(16 % size_of::<W>() == 0) };
+    let to = (to as *mut [u8; 16]).cast::<W>();
+    let from = (from as *const [u8; 16]).cast::<W>();
+    for i in 0..16 / size_of::<W>() {
+        // SAFETY: aligned, as the caller promises, and within both.
+        unsafe { to.add(i).write_volatile(from.add(i).read_volatile()) };
     }
 }
 
@@ -205,7 +207,9 @@ fn lookup<I: Instance>(
         keys.local.prefix_len = SCOPE_BITS + 128;
         keys.local.data.policy = policy;
         keys.local.data.family = ip.family as u32;
-        copy_addr(&mut keys.local.data.addr, local);
+        // SAFETY: both 8-aligned: the addresses lead `IpPacket`, and `Keys`
+        // pads its keys so that theirs are (asserted above).
+        unsafe { copy_addr::<u64>(&mut keys.local.data.addr, local) };
         SG_LOCAL.get(keys.local.as_key()).copied().unwrap_or(0)
     };
     let scope = Scope {
@@ -216,12 +220,14 @@ fn lookup<I: Instance>(
     };
     keys.remote.prefix_len = SCOPE_BITS + 128;
     keys.remote.data.scope = scope;
-    copy_addr(&mut keys.remote.data.addr, remote);
+    // SAFETY: as above.
+    unsafe { copy_addr::<u64>(&mut keys.remote.data.addr, remote) };
     let exact = if skips(slot, policy, skip::REMOTE_EXACT) {
         None
     } else {
         keys.remote_exact.scope = scope;
-        copy_addr(&mut keys.remote_exact.addr, remote);
+        // SAFETY: as above.
+        unsafe { copy_addr::<u64>(&mut keys.remote_exact.addr, remote) };
         // SAFETY: a plain read of a hash map value.
         unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) }
     };
