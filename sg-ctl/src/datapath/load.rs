@@ -35,10 +35,10 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
     for (name, entries) in sizes.iter() {
         loader.map_max_entries(name, entries);
     }
+    check_layouts(pins)?;
     // Maps pinned by a version without the counts beside them: a table of
     // flows with no presence counters would have its flows taken as
     // absent, a blocklist with no counts its prefixes skipped.
-    check_layouts(pins)?;
     for (map, counted_by) in [
         (map_names::CONNTRACK, map_names::CONNTRACK_PRESENCE),
         (map_names::BLOCKED, map_names::PORT_BLOCKS),
