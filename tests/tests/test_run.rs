@@ -254,6 +254,26 @@ fn an_inactive_port_drops_and_counts_everything() {
     }
 }
 
+/// A policy that lets everything through, both ways.
+fn open_policy() -> Policy {
+    vm_policy(
+        serde_json::json!([{"name": "all", "rules": [
+            {"direction": "egress"},
+            {"direction": "ingress"},
+        ]}]),
+        &["all"],
+    )
+}
+
+/// Checks that each frame of `every_frame` passes, as the first of its
+/// flow (the other protocol's would be established the other way).
+fn every_frame_passes(port: &TestPort) {
+    for (direction, frame) in every_frame() {
+        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
+        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
+    }
+}
+
 #[test]
 fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
     require_root!();
@@ -261,20 +281,8 @@ fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
     for (direction, frame) in every_frame() {
         port.check(direction, &frame, Forward::Drop, Outcome::DropNoPolicy);
     }
-    let open = vm_policy(
-        serde_json::json!([{"name": "all", "rules": [
-            {"direction": "egress"},
-            {"direction": "ingress"},
-        ]}]),
-        &["all"],
-    );
-    port.install(&open, "vm").unwrap();
-    for (direction, frame) in every_frame() {
-        // Each the first of its flow (the other protocol's would be
-        // established the other way).
-        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
-        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
-    }
+    port.install(&open_policy(), "vm").unwrap();
+    every_frame_passes(&port);
     // Its policy taken away: closed again, the tracked flow's packets too.
     port.datapath.clear_policy(SLOT).unwrap();
     for (direction, frame) in every_frame() {
@@ -289,14 +297,7 @@ fn a_port_the_daemon_attached_drops_everything_until_its_policy_is_in_force() {
 fn pins_laid_out_otherwise_are_refused_by_name() {
     require_root!();
     let mut port = TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs");
-    let open = vm_policy(
-        serde_json::json!([{"name": "all", "rules": [
-            {"direction": "egress"},
-            {"direction": "ingress"},
-        ]}]),
-        &["all"],
-    );
-    port.install(&open, "vm").unwrap();
+    port.install(&open_policy(), "vm").unwrap();
     // The skip words as 8 bytes rather than 4.
     let path = port.pins().map(map_names::PORT_SKIPS);
     std::fs::remove_file(&path).unwrap();
@@ -316,10 +317,7 @@ fn pins_laid_out_otherwise_are_refused_by_name() {
     );
     let pinned = MapInfo::from_pin(&path).unwrap();
     assert_eq!((pinned.id(), pinned.value_size()), (other, 8));
-    for (direction, frame) in every_frame() {
-        port.datapath.flush_flows(&FlowFilter::default()).unwrap();
-        port.check(direction, &frame, Forward::Pass, passed_as(&frame));
-    }
+    every_frame_passes(&port);
     // As the error says, `detach --all` takes them away.
     assert_eq!(port.datapath.detach_all().unwrap(), 1);
     assert!(!port.pins().root().exists());
