@@ -924,6 +924,18 @@ impl ConntrackKey {
         let hash = (hash ^ hash >> 29).wrapping_mul(M);
         (hash >> 32) as u32 & counters.wrapping_sub(1)
     }
+
+    /// Where `presence_index` puts the key's counter among `counters`: the
+    /// entry of `SG_CONNTRACK_PRESENCE` and the lane in it (see
+    /// `PresenceCounters`).
+    #[inline(always)]
+    pub fn presence_place(&self, counters: u32) -> (u32, usize) {
+        let index = self.presence_index(counters);
+        (
+            index / PRESENCE_COUNTERS_PER_ENTRY,
+            (index % PRESENCE_COUNTERS_PER_ENTRY) as usize,
+        )
+    }
 }
 
 /// `SG_CONNTRACK` value. Times are `bpf_ktime_get_coarse_ns`

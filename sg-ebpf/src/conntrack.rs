@@ -588,9 +588,8 @@ fn remove(key: &ConntrackKey) -> bool {
 fn presence(key: &ConntrackKey) -> Option<*mut u32> {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let counters = unsafe { core::ptr::read_volatile(&CONNTRACK_PRESENCE) };
-    let index = key.presence_index(counters);
-    let entry = SG_CONNTRACK_PRESENCE.get_ptr_mut(index / PRESENCE_COUNTERS_PER_ENTRY)?;
-    let lane = (index % PRESENCE_COUNTERS_PER_ENTRY) as usize;
+    let (entry, lane) = key.presence_place(counters);
+    let entry = SG_CONNTRACK_PRESENCE.get_ptr_mut(entry)?;
     // SAFETY: a lane of the entry.
     Some(unsafe { entry.cast::<u32>().add(lane) })
 }

@@ -147,9 +147,8 @@ impl Shared<PresenceCounters> {
     /// One flow less of the share of `key` (see `SG_CONNTRACK_PRESENCE`),
     /// none below zero.
     fn release(&self, key: &ConntrackKey) {
-        let index = key.presence_index(self.len as u32 * PRESENCE_COUNTERS_PER_ENTRY);
-        if let Some(entry) = self.entry(index / PRESENCE_COUNTERS_PER_ENTRY) {
-            let lane = (index % PRESENCE_COUNTERS_PER_ENTRY) as usize;
+        let (entry, lane) = key.presence_place(self.len as u32 * PRESENCE_COUNTERS_PER_ENTRY);
+        if let Some(entry) = self.entry(entry) {
             // SAFETY: an aligned u32 of the mapping, only used atomically.
             let count = unsafe { AtomicU32::from_ptr(&raw mut (*entry)[lane]) };
             let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
