@@ -99,8 +99,10 @@ fn write_script(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The guest's PID 1: its network card up, DHCPv4 (SLAAC is the kernel's),
-/// a TCP service on each port, then a shell on the console for the test's
-/// commands. PID 1 never exits (the kernel would panic).
+/// a TCP service on each port, ready once both listen (or after ten
+/// seconds, for the test to find which does not), then a shell on the
+/// console for the test's commands. PID 1 never exits (the kernel would
+/// panic).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin PS1=
@@ -117,6 +119,9 @@ ip link set eth0 up
 udhcpc -i eth0 -n -q -t 20 -T 1 -s /udhcpc.sh || echo GUEST-DHCP-FAILED
 ( while true; do echo allowed | nc -l -p 8081; done ) &
 ( while true; do echo blocked | nc -l -p 8082; done ) &
+i=0; until netstat -ltn | grep -q ':8081 ' && netstat -ltn | grep -q ':8082 ' || [ $i -ge 100 ]; do
+  usleep 100000; i=$((i+1))
+done
 echo GUEST-READY
 while true; do sh; done
 "#;
