@@ -24,6 +24,10 @@ use sg_tests::{Netns, TestDaemon, addr, eventually, mac_of, require_root};
 /// How long a change may take to be in force on every host.
 const SETTLED: Duration = Duration::from_secs(10);
 
+/// How long etcd may take to revoke a lease (of `LEASE_TTL`, 5 s) that is
+/// no longer kept alive.
+const LEASE_REVOKED: Duration = Duration::from_secs(60);
+
 /// A single-member etcd on loopback, in a temporary data directory;
 /// stopped and removed when dropped.
 struct Etcd {
@@ -72,6 +76,17 @@ impl Etcd {
     /// `etcd://127.0.0.1:PORT`, for `--store`.
     fn store(&self) -> String {
         format!("etcd://127.0.0.1:{}", self.client)
+    }
+
+    /// Whether etcd holds `key`, as `etcdctl` reads it.
+    fn holds(&self, key: &str) -> Result<bool> {
+        let out = Command::new("etcdctl")
+            .args(["--endpoints", &format!("http://127.0.0.1:{}", self.client)])
+            .args(["get", "--keys-only", key])
+            .stderr(Stdio::inherit())
+            .output()?;
+        ensure!(out.status.success(), "etcdctl get {key}: {}", out.status);
+        Ok(!out.stdout.trim_ascii().is_empty())
     }
 
     /// Starts etcd (again) on its data directory and waits until it answers.
@@ -399,8 +414,18 @@ fn a_group_spans_hosts_and_outlives_etcd_and_a_daemon() {
 
     // A's daemon killed: the others go on; A shows down once its lease
     // expires, and its port stays a member (A's datapath still enforces
-    // its policy).
+    // its policy). When etcd revokes the lease is etcd's timing, which a
+    // loaded machine can stretch well past the TTL; sg's is from then on.
     a.kill().unwrap();
+    let killed = Instant::now();
+    eventually("etcd revoking A's lease", LEASE_REVOKED, || {
+        Ok(!etcd.holds("/sg/hosts/a")?)
+    })
+    .unwrap();
+    eprintln!(
+        "A's lease revoked {:?} after its daemon was killed",
+        killed.elapsed()
+    );
     eventually("A down", SETTLED, || Ok(!host_up(&c, "a"))).unwrap();
     assert_eq!(
         c.json(&["port", "show", "web1"]).unwrap()["status"]["state"],
