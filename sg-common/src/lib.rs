@@ -705,14 +705,16 @@ pub const L4_VALUE_OFFSET_BITS: u32 = SCOPE_BITS + 16;
 /// and the class's pairs with the other dimension's classes (rules that
 /// need both) when it has one or none: then the datapath needs no
 /// `SG_VERDICT` lookup, which holds only the pairs of two classes that
-/// both have more.
+/// both have more. An L4 class may also decide alone (`Class::ALONE`):
+/// then the remote address is not looked up at all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Class {
     pub best: u64,
     pub class: u32,
     /// The other dimension's class of this one's only pair, or
-    /// `Class::NO_PAIR`, or `Class::PAIRS`: look in `SG_VERDICT`.
+    /// `Class::NO_PAIR`, or `Class::PAIRS`: look in `SG_VERDICT`, or
+    /// `Class::ALONE`.
     pub pair: u32,
     /// The only pair's best candidate.
     pub pair_best: u64,
@@ -733,6 +735,10 @@ impl Class {
     pub const NO_PAIR: u32 = u32::MAX - 1;
     /// `Class::pair` of a class in more than one pair.
     pub const PAIRS: u32 = u32::MAX;
+    /// `Class::pair` of an L4 class in no pair whose best no remote
+    /// class of its scope beats: its best decides whatever the remote
+    /// address, which the datapath then does not look up.
+    pub const ALONE: u32 = u32::MAX - 2;
 }
 
 /// `SG_VERDICT` key: the best candidate among the rules that match both a

@@ -606,6 +606,15 @@ fn compile_scope(scope: Scope, rules: &[ScopedRule], default: u64, out: &mut Com
     for (value, pairs) in values {
         (value.pair, value.pair_best) = pairs[value.class as usize];
     }
+    let remote_least = remote_entries
+        .iter()
+        .map(|(.., value)| value.best)
+        .fold(candidate::NONE, u64::min);
+    for (.., value) in &mut l4_entries {
+        if value.pair == Class::NO_PAIR && value.best <= remote_least {
+            value.pair = Class::ALONE;
+        }
+    }
     out.remote.extend(remote_entries);
     out.l4.extend(l4_entries);
     out.verdict.extend(
@@ -758,6 +767,57 @@ mod tests {
         let (key, best) = verdicts[0];
         assert_eq!((key.remote_class, key.l4_class), (ten.class, ssh.class));
         assert_eq!(candidate::order(*best), 0);
+    }
+
+    #[test]
+    fn a_protocol_and_port_no_remote_can_overrule_decides_alone() {
+        // Port 22 from anywhere, then anything from 192.0.2.0/24, then
+        // port 80 from 10.0.0.0/8.
+        let tcp = |ports: &str| Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: ports.parse().unwrap(),
+            ..Rule::new(Direction::Ingress)
+        };
+        let mut group = crate::model::Group::empty("g").unwrap();
+        group.rules = vec![
+            tcp("22"),
+            Rule {
+                remote: "192.0.2.0/24".parse().unwrap(),
+                ..Rule::new(Direction::Ingress)
+            },
+            Rule {
+                remote: "10.0.0.0/8".parse().unwrap(),
+                ..tcp("80")
+            },
+        ];
+        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
+        port.groups = vec!["g".into()];
+        let policy = Policy {
+            groups: vec![group],
+            ports: vec![port],
+        };
+        let compiled = compile(&policy, "vm", 1, &counter_ids(&policy).unwrap()).unwrap();
+        let l4 = |protocol: u8, value: u16| {
+            compiled
+                .l4_exact
+                .iter()
+                .map(|(key, value)| (key, value))
+                .chain(compiled.l4.iter().map(|(_, key, value)| (key, value)))
+                .find(|(key, _)| {
+                    key.protocol == protocol
+                        && key.value == value.to_be_bytes()
+                        && key.scope.direction == sg_common::Direction::Ingress as u8
+                        && key.scope.family == FAMILY_IPV4
+                })
+                .map(|(_, value)| *value)
+                .unwrap()
+        };
+        // Rule 0 decides port 22 before any rule of a remote address can.
+        assert_eq!(l4(6, 22).pair, Class::ALONE);
+        // Port 80 pairs with 10.0.0.0/8.
+        assert_ne!(l4(6, 80).pair, Class::ALONE);
+        // Other protocols: rule 1 decides for 192.0.2.0/24.
+        assert_eq!(l4(0, 0).pair, Class::NO_PAIR);
     }
 
     #[test]

@@ -186,9 +186,10 @@ fn skips(slot: u32, policy: u32, lookup: u32) -> bool {
 
 /// The best candidate of the port's policy for the packet. A few lookups
 /// whatever the number of rules: the local address's class, then the
-/// remote address's and the protocol/port's (each an exact hash, then a
+/// protocol/port's and the remote address's (each an exact hash, then a
 /// trie on a miss), then the pair's when neither class carries it. The
-/// lookups the policy cannot need are skipped.
+/// lookups the policy cannot need are skipped, and so is the remote
+/// address when the protocol/port's class decides alone (`Class::ALONE`).
 #[inline(always)]
 fn lookup<I: Instance>(
     keys: &mut Keys,
@@ -218,23 +219,6 @@ fn lookup<I: Instance>(
         direction: direction as u8,
         family: ip.family,
     };
-    keys.remote.prefix_len = SCOPE_BITS + 128;
-    keys.remote.data.scope = scope;
-    // SAFETY: as above.
-    unsafe { copy_addr::<u64>(&mut keys.remote.data.addr, remote) };
-    let exact = if skips(slot, policy, skip::REMOTE_EXACT) {
-        None
-    } else {
-        keys.remote_exact.scope = scope;
-        // SAFETY: as above.
-        unsafe { copy_addr::<u64>(&mut keys.remote_exact.addr, remote) };
-        // SAFETY: a plain read of a hash map value.
-        unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) }
-    };
-    let remote = match exact {
-        Some(class) => Some(class),
-        None => SG_REMOTE.get(keys.remote.as_key()),
-    };
     keys.l4_exact = L4Key {
         scope,
         protocol: ip.protocol,
@@ -251,13 +235,29 @@ fn lookup<I: Instance>(
         // SAFETY: a plain read of a hash map value.
         unsafe { SG_L4_EXACT.get(&keys.l4_exact) }
     };
-    let l4 = match exact {
-        Some(class) => Some(class),
-        None => SG_L4.get(keys.l4.as_key()),
-    };
     // Every scope has root entries in both tries; a miss is a policy being
     // removed under this packet.
-    let (Some(remote), Some(l4)) = (remote, l4) else {
+    let Some(l4) = exact.or_else(|| SG_L4.get(keys.l4.as_key())) else {
+        return Err(Outcome::DropDefault);
+    };
+    // The tracer looks the remote address up even so, to show its class.
+    if l4.pair == Class::ALONE && !I::tracing() {
+        return Ok(l4.best);
+    }
+    keys.remote.prefix_len = SCOPE_BITS + 128;
+    keys.remote.data.scope = scope;
+    // SAFETY: as above.
+    unsafe { copy_addr::<u64>(&mut keys.remote.data.addr, remote) };
+    let exact = if skips(slot, policy, skip::REMOTE_EXACT) {
+        None
+    } else {
+        keys.remote_exact.scope = scope;
+        // SAFETY: as above.
+        unsafe { copy_addr::<u64>(&mut keys.remote_exact.addr, remote) };
+        // SAFETY: a plain read of a hash map value.
+        unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) }
+    };
+    let Some(remote) = exact.or_else(|| SG_REMOTE.get(keys.remote.as_key())) else {
         return Err(Outcome::DropDefault);
     };
     let best = if remote.best < l4.best {
