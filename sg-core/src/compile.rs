@@ -662,6 +662,19 @@ mod tests {
     use super::*;
     use crate::model::MacAddr;
 
+    /// `rules` in a group of port vm's, compiled as policy 1.
+    fn compile_rules(rules: Vec<Rule>) -> Compiled {
+        let mut group = crate::model::Group::empty("g").unwrap();
+        group.rules = rules;
+        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
+        port.groups = vec!["g".into()];
+        let policy = Policy {
+            groups: vec![group],
+            ports: vec![port],
+        };
+        compile(&policy, "vm", 1, &counter_ids(&policy).unwrap()).unwrap()
+    }
+
     #[test]
     fn dhcp_servers_go_with_the_policy_any_as_one_root_entry() {
         let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
@@ -708,19 +721,11 @@ mod tests {
             remote: remote.parse().unwrap(),
             ..Rule::new(Direction::Ingress)
         };
-        let mut group = crate::model::Group::empty("g").unwrap();
-        group.rules = vec![
+        let compiled = compile_rules(vec![
             rule("22", "10.0.0.0/8"),
             rule("22", "192.0.2.0/24"),
             rule("80", "10.0.0.0/8"),
-        ];
-        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
-        port.groups = vec!["g".into()];
-        let policy = Policy {
-            groups: vec![group],
-            ports: vec![port],
-        };
-        let compiled = compile(&policy, "vm", 1, &counter_ids(&policy).unwrap()).unwrap();
+        ]);
         let ingress_v4 = |scope: &Scope| {
             scope.direction == sg_common::Direction::Ingress as u8 && scope.family == FAMILY_IPV4
         };
@@ -778,8 +783,7 @@ mod tests {
             ports: ports.parse().unwrap(),
             ..Rule::new(Direction::Ingress)
         };
-        let mut group = crate::model::Group::empty("g").unwrap();
-        group.rules = vec![
+        let compiled = compile_rules(vec![
             tcp("22"),
             Rule {
                 remote: "192.0.2.0/24".parse().unwrap(),
@@ -789,14 +793,7 @@ mod tests {
                 remote: "10.0.0.0/8".parse().unwrap(),
                 ..tcp("80")
             },
-        ];
-        let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
-        port.groups = vec!["g".into()];
-        let policy = Policy {
-            groups: vec![group],
-            ports: vec![port],
-        };
-        let compiled = compile(&policy, "vm", 1, &counter_ids(&policy).unwrap()).unwrap();
+        ]);
         let l4 = |protocol: u8, value: u16| {
             compiled
                 .l4_exact
@@ -829,19 +826,7 @@ mod tests {
             local: local.iter().map(|net| net.parse().unwrap()).collect(),
             ..Rule::new(Direction::Ingress)
         };
-        let skips = |rules: Vec<Rule>| {
-            let mut group = crate::model::Group::empty("g").unwrap();
-            group.rules = rules;
-            let mut port = Port::new("vm", "tap0", MacAddr([2, 0, 0, 0, 0, 2]));
-            port.groups = vec!["g".into()];
-            let policy = Policy {
-                groups: vec![group],
-                ports: vec![port],
-            };
-            compile(&policy, "vm", 1, &counter_ids(&policy).unwrap())
-                .unwrap()
-                .skips()
-        };
+        let skips = |rules: Vec<Rule>| compile_rules(rules).skips();
         let ranges = rule("1000-1015", "10.0.0.0/8", &[]);
         assert_eq!(
             skips(vec![ranges.clone()]),
