@@ -78,10 +78,15 @@ impl Etcd {
         format!("etcd://127.0.0.1:{}", self.client)
     }
 
+    /// The URL etcd serves its clients on.
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
     /// Whether etcd holds `key`, as `etcdctl` reads it.
     fn holds(&self, key: &str) -> Result<bool> {
         let out = Command::new("etcdctl")
-            .args(["--endpoints", &format!("http://127.0.0.1:{}", self.client)])
+            .args(["--endpoints", &self.client_url()])
             .args(["get", "--keys-only", key])
             .stderr(Stdio::inherit())
             .output()?;
@@ -91,7 +96,7 @@ impl Etcd {
 
     /// Starts etcd (again) on its data directory and waits until it answers.
     fn resume(&mut self) -> Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client);
+        let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = fs::File::create(self.dir.join("etcd.log"))?;
         let child = Command::new("etcd")
