@@ -49,8 +49,8 @@ pub struct Compiled {
     /// Single addresses: the hash in front of the remote trie.
     pub remote_exact: Vec<(RemoteKey, Class)>,
     pub l4: Vec<TrieEntry<L4Key, Class>>,
-    /// Single ports and ICMP type/code pairs: the hash in front of the L4
-    /// trie.
+    /// Single ports, ICMP type/code pairs and the values of short ranges
+    /// (see `spread`): the hash in front of the L4 trie.
     pub l4_exact: Vec<(L4Key, Class)>,
     pub verdict: Vec<(VerdictKey, u64)>,
     /// The DHCP servers whose replies the port accepts.
@@ -88,19 +88,57 @@ impl Compiled {
     /// Moves the full-length trie entries to the exact hashes. The longest
     /// prefix that matches an address is the address itself when the trie
     /// holds it, so a hit in the hash is what the trie would answer, in
-    /// one hash lookup rather than a walk as deep as the trie.
+    /// one hash lookup rather than a walk as deep as the trie. The L4
+    /// trie's short blocks go there too, spread.
     fn split_exact(&mut self) {
         let (exact, prefixes) = std::mem::take(&mut self.remote)
             .into_iter()
             .partition(|&(bits, ..)| bits == SCOPE_BITS + 128);
         self.remote = prefixes;
         self.remote_exact = exact.into_iter().map(|(_, k, v)| (k, v)).collect();
-        let (exact, prefixes) = std::mem::take(&mut self.l4)
+        let (mut short, prefixes): (Vec<_>, Vec<_>) = std::mem::take(&mut self.l4)
             .into_iter()
-            .partition(|&(bits, ..)| bits == SCOPE_BITS + 32);
+            .partition(|&(bits, ..)| bits + L4_SPREAD_BITS >= SCOPE_BITS + 32);
         self.l4 = prefixes;
-        self.l4_exact = exact.into_iter().map(|(_, k, v)| (k, v)).collect();
+        self.l4_exact = spread(&mut short);
     }
+}
+
+/// L4-trie prefixes of up to `1 << L4_SPREAD_BITS` values (short port
+/// ranges) go to the exact hash too, an entry per value: a packet of such
+/// a range then takes one hash lookup where it took a trie walk, for at
+/// most eight entries where there were one or two.
+const L4_SPREAD_BITS: u32 = 3;
+
+/// The exact entries of L4-trie prefixes that cover few values: each
+/// value with the class of the longest of them that covers it, which is
+/// what the trie would answer (any prefix left in the trie is shorter).
+/// In key order.
+fn spread(prefixes: &mut [TrieEntry<L4Key, Class>]) -> Vec<(L4Key, Class)> {
+    prefixes.sort_by_key(|&(bits, ..)| bits);
+    let mut values = BTreeMap::new();
+    for &(bits, key, class) in prefixes.iter() {
+        let free = SCOPE_BITS + 32 - bits;
+        let last = ((1u32 << free) - 1) as u16;
+        let first = u16::from_be_bytes(key.value) & !last;
+        for value in first..=first | last {
+            let key = L4Key {
+                value: value.to_be_bytes(),
+                ..key
+            };
+            let scope = key.scope;
+            let id = (
+                scope.policy,
+                scope.local_class,
+                scope.direction,
+                scope.family,
+                key.protocol,
+                value,
+            );
+            values.insert(id, (key, class));
+        }
+    }
+    values.into_values().collect()
 }
 
 /// Why a policy cannot be compiled.
@@ -827,7 +865,7 @@ mod tests {
             ..Rule::new(Direction::Ingress)
         };
         let skips = |rules: Vec<Rule>| compile_rules(rules).skips();
-        let ranges = rule("1000-1015", "10.0.0.0/8", &[]);
+        let ranges = rule("1024-2047", "10.0.0.0/8", &[]);
         assert_eq!(
             skips(vec![ranges.clone()]),
             skip::LOCAL | skip::REMOTE_EXACT | skip::L4_EXACT
@@ -837,15 +875,60 @@ mod tests {
             skip::LOCAL | skip::REMOTE_EXACT
         );
         assert_eq!(
-            skips(vec![ranges.clone(), rule("1000-1015", "192.0.2.1", &[])]),
+            skips(vec![ranges.clone(), rule("1024-2047", "192.0.2.1", &[])]),
             skip::LOCAL | skip::L4_EXACT
         );
         assert_eq!(
             skips(vec![
                 ranges,
-                rule("1000-1015", "10.0.0.0/8", &["198.18.0.0/24"])
+                rule("1024-2047", "10.0.0.0/8", &["198.18.0.0/24"])
             ]),
             skip::REMOTE_EXACT | skip::L4_EXACT
+        );
+    }
+
+    #[test]
+    fn short_port_ranges_spread_into_the_exact_hash_with_the_longest_class() {
+        let tcp = |ports: &str| Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: ports.parse().unwrap(),
+            ..Rule::new(Direction::Ingress)
+        };
+        let compiled = compile_rules(vec![
+            Rule {
+                action: Action::Drop,
+                ..tcp("1004-1005")
+            },
+            tcp("1000-1015"),
+            tcp("2000-2999"),
+        ]);
+        let ingress_tcp_v4 = |key: &L4Key| {
+            key.protocol == 6
+                && key.scope.direction == sg_common::Direction::Ingress as u8
+                && key.scope.family == FAMILY_IPV4
+        };
+        let exact = |port: u16| {
+            compiled
+                .l4_exact
+                .iter()
+                .find(|(key, _)| ingress_tcp_v4(key) && key.value == port.to_be_bytes())
+                .map(|(_, class)| class.class)
+        };
+        let allowed = exact(1000).unwrap();
+        for port in 1000..=1015 {
+            let class = exact(port).unwrap();
+            assert_eq!(class == allowed, !(1004..=1005).contains(&port), "{port}");
+        }
+        assert_eq!((exact(999), exact(1016)), (None, None));
+        // 2000-2999: its last block, 2992-2999, spreads; the longer ones
+        // before it stay in the trie.
+        assert!((2992..=2999).all(|port| exact(port).is_some() && exact(port) == exact(2999)));
+        assert_eq!((exact(2000), exact(2991)), (None, None));
+        assert!(
+            compiled
+                .l4
+                .iter()
+                .all(|&(bits, ..)| bits + L4_SPREAD_BITS < SCOPE_BITS + 32)
         );
     }
 
