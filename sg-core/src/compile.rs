@@ -96,11 +96,11 @@ impl Compiled {
             .partition(|&(bits, ..)| bits == SCOPE_BITS + 128);
         self.remote = prefixes;
         self.remote_exact = exact.into_iter().map(|(_, k, v)| (k, v)).collect();
-        let (mut short, prefixes): (Vec<_>, Vec<_>) = std::mem::take(&mut self.l4)
+        let (short, prefixes) = std::mem::take(&mut self.l4)
             .into_iter()
             .partition(|&(bits, ..)| bits + L4_SPREAD_BITS >= SCOPE_BITS + 32);
         self.l4 = prefixes;
-        self.l4_exact = spread(&mut short);
+        self.l4_exact = spread(short);
     }
 }
 
@@ -114,10 +114,10 @@ const L4_SPREAD_BITS: u32 = 3;
 /// value with the class of the longest of them that covers it, which is
 /// what the trie would answer (any prefix left in the trie is shorter).
 /// In key order.
-fn spread(prefixes: &mut [TrieEntry<L4Key, Class>]) -> Vec<(L4Key, Class)> {
+fn spread(mut prefixes: Vec<TrieEntry<L4Key, Class>>) -> Vec<(L4Key, Class)> {
     prefixes.sort_by_key(|&(bits, ..)| bits);
     let mut values = BTreeMap::new();
-    for &(bits, key, class) in prefixes.iter() {
+    for (bits, key, class) in prefixes {
         let free = SCOPE_BITS + 32 - bits;
         let last = ((1u32 << free) - 1) as u16;
         let first = u16::from_be_bytes(key.value) & !last;
@@ -126,16 +126,7 @@ fn spread(prefixes: &mut [TrieEntry<L4Key, Class>]) -> Vec<(L4Key, Class)> {
                 value: value.to_be_bytes(),
                 ..key
             };
-            let scope = key.scope;
-            let id = (
-                scope.policy,
-                scope.local_class,
-                scope.direction,
-                scope.family,
-                key.protocol,
-                value,
-            );
-            values.insert(id, (key, class));
+            values.insert((key.scope, key.protocol, value), (key, class));
         }
     }
     values.into_values().collect()
