@@ -691,6 +691,15 @@ mod tests {
     use super::*;
     use crate::model::MacAddr;
 
+    /// An ingress rule of TCP `ports` from anywhere.
+    fn tcp(ports: &str) -> Rule {
+        Rule {
+            protocol: "tcp".parse().unwrap(),
+            ports: ports.parse().unwrap(),
+            ..Rule::new(Direction::Ingress)
+        }
+    }
+
     /// `rules` in a group of port vm's, compiled as policy 1.
     fn compile_rules(rules: Vec<Rule>) -> Compiled {
         let mut group = crate::model::Group::empty("g").unwrap();
@@ -807,11 +816,6 @@ mod tests {
     fn a_protocol_and_port_no_remote_can_overrule_decides_alone() {
         // Port 22 from anywhere, then anything from 192.0.2.0/24, then
         // port 80 from 10.0.0.0/8.
-        let tcp = |ports: &str| Rule {
-            protocol: "tcp".parse().unwrap(),
-            ports: ports.parse().unwrap(),
-            ..Rule::new(Direction::Ingress)
-        };
         let compiled = compile_rules(vec![
             tcp("22"),
             Rule {
@@ -880,11 +884,6 @@ mod tests {
 
     #[test]
     fn short_port_ranges_spread_into_the_exact_hash_with_the_longest_class() {
-        let tcp = |ports: &str| Rule {
-            protocol: "tcp".parse().unwrap(),
-            ports: ports.parse().unwrap(),
-            ..Rule::new(Direction::Ingress)
-        };
         let compiled = compile_rules(vec![
             Rule {
                 action: Action::Drop,
