@@ -5,15 +5,15 @@
 //! port security and connection tracking keep their maps beside their code.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use sg_common::{
     BlockKey, Class, Counter, FragmentKey, L4Key, LocalKey, MAX_BLOCKED_PREFIXES,
     MAX_FRAGMENT_ENTRIES, MAX_L4_ENTRIES, MAX_LOCAL_ENTRIES, MAX_PORTS, MAX_REMOTE_ENTRIES,
-    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, PortConfig, RemoteKey, STATS_ENTRIES, TraceRecord,
-    VerdictKey,
+    MAX_RULE_COUNTERS, MAX_VERDICT_ENTRIES, PortConfig, RemoteGroup, RemoteKey, STATS_ENTRIES,
+    TraceRecord, VerdictKey, remote_groups,
 };
 
 /// A tracer's record of its last frame; not pinned, so each instance has
@@ -53,10 +53,16 @@ pub static SG_LOCAL: LpmTrie<LocalKey, u32> = LpmTrie::pinned(MAX_LOCAL_ENTRIES,
 pub static SG_REMOTE: LpmTrie<RemoteKey, Class> = LpmTrie::pinned(MAX_REMOTE_ENTRIES, 0);
 
 /// Single remote addresses, looked up before `SG_REMOTE`: the same answer
-/// as the trie, without its walk.
+/// as the trie, without its walk. A group of slots per entry, the group a
+/// key's hash gives (`RemoteKey::group`): one read where a hash map takes
+/// two, its bucket and its element. Mapped by `sg-ctl`, which writes it.
 #[map(name = "SG_REMOTE_EXACT")]
-pub static SG_REMOTE_EXACT: HashMap<RemoteKey, Class> =
-    HashMap::pinned(MAX_REMOTE_ENTRIES, BPF_F_NO_PREALLOC);
+pub static SG_REMOTE_EXACT: Array<RemoteGroup> =
+    Array::pinned(remote_groups(MAX_REMOTE_ENTRIES), BPF_F_MMAPABLE);
+
+/// Groups of `SG_REMOTE_EXACT`; set by the loader (`REMOTE_GROUPS_GLOBAL`).
+#[unsafe(no_mangle)]
+pub static REMOTE_GROUPS: u32 = remote_groups(MAX_REMOTE_ENTRIES);
 
 /// Single ports and ICMP type/code pairs, looked up before `SG_L4`.
 #[map(name = "SG_L4_EXACT")]

@@ -23,8 +23,8 @@ use crate::{
     conntrack,
     instance::Instance,
     maps::{
-        SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_PORT_SKIPS, SG_REMOTE, SG_REMOTE_EXACT,
-        SG_RULE_STATS, SG_VERDICT,
+        REMOTE_GROUPS, SG_FRAGMENTS, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_PORT_SKIPS, SG_REMOTE,
+        SG_REMOTE_EXACT, SG_RULE_STATS, SG_VERDICT,
     },
     parse::IpPacket,
 };
@@ -39,8 +39,6 @@ use crate::{
 pub struct Keys {
     _pad_local: u32,
     local: TrieKey<LocalKey>,
-    /// For the exact hash; `remote` holds the same for the trie.
-    remote_exact: RemoteKey,
     _pad_remote: u32,
     remote: TrieKey<RemoteKey>,
     l4_exact: L4Key,
@@ -72,11 +70,10 @@ const _: () = {
     use core::mem::offset_of;
     let local =
         offset_of!(Keys, local) + offset_of!(TrieKey<LocalKey>, data) + offset_of!(LocalKey, addr);
-    let remote_exact = offset_of!(Keys, remote_exact) + offset_of!(RemoteKey, addr);
     let remote = offset_of!(Keys, remote)
         + offset_of!(TrieKey<RemoteKey>, data)
         + offset_of!(RemoteKey, addr);
-    assert!(local % 8 == 0 && remote_exact % 8 == 0 && remote % 8 == 0);
+    assert!(local % 8 == 0 && remote % 8 == 0);
     assert!(offset_of!(IpPacket, src) % 8 == 0 && offset_of!(IpPacket, dst) % 8 == 0);
 };
 
@@ -251,11 +248,7 @@ fn lookup<I: Instance>(
     let exact = if skips(slot, policy, skip::REMOTE_EXACT) {
         None
     } else {
-        keys.remote_exact.scope = scope;
-        // SAFETY: as above.
-        unsafe { copy_addr::<u64>(&mut keys.remote_exact.addr, remote) };
-        // SAFETY: a plain read of a hash map value.
-        unsafe { SG_REMOTE_EXACT.get(&keys.remote_exact) }
+        remote_exact(&scope, remote)
     };
     let Some(remote) = exact.or_else(|| SG_REMOTE.get(keys.remote.as_key())) else {
         return Err(Outcome::DropDefault);
@@ -297,6 +290,32 @@ fn lookup<I: Instance>(
         _ => Ok(best),
     }
 }
+
+/// The class of a single remote address in `SG_REMOTE_EXACT`: a slot of
+/// the key's group whose key is the same, in three words. `sg-ctl` writes
+/// a slot's policy id after the rest, and a policy id is looked up only
+/// once its slots are written; so a slot being written or freed never
+/// matches.
+#[inline(always)]
+fn remote_exact(scope: &Scope, addr: &[u8; 16]) -> Option<&'static Class> {
+    // SAFETY: 8-aligned, as `lookup` says of the addresses of `IpPacket`.
+    let addr = unsafe { &*(addr as *const [u8; 16]).cast::<[u64; 2]>() };
+    let words = [RemoteKey::scope_word(scope), addr[0], addr[1]];
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let groups = unsafe { core::ptr::read_volatile(&REMOTE_GROUPS) };
+    let group = SG_REMOTE_EXACT.get(RemoteKey::group(&words, groups))?;
+    group.slots.iter().find_map(|slot| {
+        // SAFETY: a slot is 8-aligned (its group is, and it is 48 bytes)
+        // and its key is three words at its start.
+        let key = unsafe { &*(&raw const slot.key).cast::<[u64; 3]>() };
+        (*key == words).then_some(&slot.class)
+    })
+}
+
+const _: () = {
+    assert!(size_of::<sg_common::RemoteSlot>() == 48 && size_of::<RemoteKey>() == 24);
+    assert!(core::mem::offset_of!(sg_common::RemoteSlot, key) == 0);
+};
 
 /// Counts the packet on the deciding rule and says what its action means.
 #[inline(always)]

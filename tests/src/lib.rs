@@ -25,10 +25,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::MapData;
+use aya::maps::{Array, Map, MapData};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
-use sg_common::{Direction, Outcome, PORT_ACTIVE, PortConfig, map_names};
+use sg_common::{Direction, NO_POLICY, Outcome, PORT_ACTIVE, PortConfig, RemoteGroup, map_names};
 use sg_core::{
     compile::{compile, counter_ids},
     model::Policy,
@@ -914,9 +914,27 @@ pub const POLICY_MAPS: [&str; 7] = [
     map_names::DHCP_SERVERS,
 ];
 
+/// The used slots of the pinned `SG_REMOTE_EXACT`.
+fn remote_slots(pins: &Pins) -> Result<usize> {
+    let map = MapData::from_pin(pins.root().join("maps").join(map_names::REMOTE_EXACT))?;
+    let groups: Array<MapData, RemoteGroup> = Array::try_from(Map::Array(map))?;
+    let mut used = 0;
+    for group in groups.iter() {
+        used += group?
+            .slots
+            .iter()
+            .filter(|slot| slot.key.scope.policy != NO_POLICY)
+            .count();
+    }
+    Ok(used)
+}
+
 /// The entries of the pinned map `name`, counted key by key
-/// (`BPF_MAP_GET_NEXT_KEY`).
+/// (`BPF_MAP_GET_NEXT_KEY`); of `SG_REMOTE_EXACT`, the used slots.
 pub fn map_entries(pins: &Pins, name: &str) -> Result<usize> {
+    if name == map_names::REMOTE_EXACT {
+        return remote_slots(pins);
+    }
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     #[repr(C)]
     struct NextKey {

@@ -9,9 +9,9 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use serde_json::{Value, json};
-use sg_common::{Class, RemoteKey, Scope, map_names};
+use sg_common::{Class, RemoteKey, SCOPE_BITS, Scope, map_names};
 use sg_tests::{Netns, TestDaemon, require_root};
 
 /// A document of group `web` (ingress TCP 80 from `remotes`, egress all)
@@ -110,11 +110,10 @@ fn a_policy_that_does_not_fit_is_refused_whole_and_every_port_keeps_its_own() {
     );
 }
 
-/// Fills the pinned `SG_REMOTE_EXACT` of the daemon with entries of a
-/// policy id no port has, as if the kernel had no room left.
-fn fill_remote_exact(d: &TestDaemon) {
-    let mut map: HashMap<MapData, RemoteKey, Class> =
-        d.pins.pins.open(map_names::REMOTE_EXACT).unwrap();
+/// Fills the pinned `SG_REMOTE` of the daemon with entries of a policy id
+/// no port has, as if the kernel had no room left.
+fn fill_remote(d: &TestDaemon) {
+    let mut map: LpmTrie<MapData, RemoteKey, Class> = d.pins.pins.open(map_names::REMOTE).unwrap();
     let class = Class {
         best: 0,
         class: 0,
@@ -135,7 +134,10 @@ fn fill_remote_exact(d: &TestDaemon) {
                 addr
             },
         };
-        if map.insert(key, class, 0).is_err() {
+        if map
+            .insert(&Key::new(SCOPE_BITS + 128, key), class, 0)
+            .is_err()
+        {
             break;
         }
     }
@@ -144,7 +146,13 @@ fn fill_remote_exact(d: &TestDaemon) {
 #[test]
 fn a_refused_install_keeps_the_previous_policy_and_delete_removes_the_programs() {
     require_root!();
-    let d = TestDaemon::start_with(&["--map-size", "SG_REMOTE_EXACT=1000"]).unwrap();
+    let d = TestDaemon::start_with(&[
+        "--map-size",
+        "SG_REMOTE=1000",
+        "--map-size",
+        "SG_REMOTE_EXACT=1000",
+    ])
+    .unwrap();
     let ns = Netns::with_interfaces(2).unwrap();
     let out = apply(&d, &document(&ns, 1, &hosts(10)));
     assert!(
@@ -153,7 +161,7 @@ fn a_refused_install_keeps_the_previous_policy_and_delete_removes_the_programs()
         String::from_utf8_lossy(&out.stderr)
     );
     let before = ports(&d);
-    fill_remote_exact(&d);
+    fill_remote(&d);
 
     // vm0 changes, vm1 is new: the kernel takes neither's entries.
     let out = apply(&d, &document(&ns, 2, &hosts(20)));
@@ -176,7 +184,7 @@ fn a_refused_install_keeps_the_previous_policy_and_delete_removes_the_programs()
     for port in ["vm0", "vm1"] {
         let view = d.json(&["port", "show", port]).unwrap();
         let reason = view["status"]["reason"].as_str().unwrap();
-        assert!(reason.contains("SG_REMOTE_EXACT"), "{view}");
+        assert!(reason.contains("writing SG_REMOTE "), "{view}");
     }
 
     for port in ["vm0", "vm1"] {

@@ -19,7 +19,7 @@ use sg_core::model::{
     reference::{self, LinkService, Tracked, Tracker, Verdict},
 };
 use sg_ctl::{
-    datapath::{Forward, WithoutPolicy, conntrack::FlowFilter},
+    datapath::{Forward, MapSizes, WithoutPolicy, conntrack::FlowFilter},
     frame::{self, TcpFlags, Transport},
 };
 use sg_tests::{RuleIds, TestPort, require_root, set_echo_id};
@@ -410,12 +410,22 @@ fn gets_reply(packet: &reference::Packet) -> bool {
 struct Datapath(TestPort);
 
 impl Datapath {
+    /// A port whose `SG_REMOTE_EXACT` has a few groups only: single
+    /// addresses fill them up, and the ones beyond go to the trie, so that
+    /// the cases take both ways.
     fn new() -> Datapath {
-        Datapath(TestPort::new(SLOT, WithoutPolicy::Drop).expect("loading the programs"))
+        let sizes = MapSizes::parse(["SG_REMOTE_EXACT=8"]).expect("a size");
+        Datapath(
+            TestPort::with_sizes(SLOT, WithoutPolicy::Drop, sizes).expect("loading the programs"),
+        )
     }
 
+    /// Installs `policy` and removes the one it replaced, as the daemon
+    /// does after its installs: the policy finds the groups free.
     fn install(&mut self, policy: &Policy) -> RuleIds {
-        self.0.install(policy, PORT).unwrap()
+        let ids = self.0.install(policy, PORT).unwrap();
+        self.0.datapath.remove_retired().unwrap();
+        ids
     }
 
     /// Runs the case on `port`; checks the verdict and that the counters

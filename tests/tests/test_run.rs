@@ -670,6 +670,59 @@ fn a_replaced_policy_leaves_only_its_own_entries() {
     assert_eq!(held(&port), [0; 7]);
 }
 
+/// Single remote addresses beyond what their group of `SG_REMOTE_EXACT`
+/// holds go to the trie, which decides them as the groups would: with a
+/// table of one group, four of the 24 addresses are in it and the rest in
+/// the trie, each with its own rule's action; an address of neither gets
+/// the default. Removed, the policy leaves the group free.
+#[test]
+fn single_addresses_whose_group_is_full_are_decided_by_the_trie() {
+    require_root!();
+    let sizes = MapSizes::parse(["SG_REMOTE_EXACT=2"]).unwrap();
+    let mut port = Port(TestPort::with_sizes(SLOT, WithoutPolicy::Pass, sizes).unwrap());
+    let peers: Vec<String> = (1..=12)
+        .flat_map(|i| [format!("198.18.1.{i}"), format!("2001:db8:1::{i:x}")])
+        .collect();
+    let rules: Vec<_> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| {
+            serde_json::json!({
+                "direction": "ingress", "protocol": "tcp", "ports": "443",
+                "remote": [peer], "action": if i % 4 < 2 { "allow" } else { "drop" },
+            })
+        })
+        .collect();
+    let policy = vm_policy(
+        serde_json::json!([{"name": "peers", "rules": rules}]),
+        &["peers"],
+    );
+    port.0.install(&policy, "vm").unwrap();
+    let slots = sg_tests::map_entries(port.0.pins(), map_names::REMOTE_EXACT).unwrap();
+    assert_eq!(slots, 4, "one group of four slots, full");
+    let strangers = ["198.18.1.13", "2001:db8:1::d"].map(String::from);
+    for (i, peer) in peers.iter().chain(&strangers).enumerate() {
+        let (want, outcome) = if i >= peers.len() {
+            (Forward::Drop, Outcome::DropDefault)
+        } else if i % 4 < 2 {
+            (Forward::Pass, Outcome::Pass)
+        } else {
+            (Forward::Drop, Outcome::DropRule)
+        };
+        let workload = if peer.contains(':') {
+            WORKLOAD6
+        } else {
+            WORKLOAD
+        };
+        let frame = packet(Direction::Ingress, workload, peer, transports()[0])
+            .frame()
+            .unwrap();
+        port.check(Direction::Ingress, &frame, want, outcome);
+    }
+    port.0.datapath.clear_policy(SLOT).unwrap();
+    assert_eq!(held(&port), [0; 7]);
+}
+
 /// An install whose policy the maps cannot hold beside the retired ones
 /// removes those first: it fits whenever the policy in force and the new
 /// one do.
@@ -770,15 +823,18 @@ fn two_writers_at_once_never_share_a_policy_id() {
     );
 }
 
-/// The entries the port's pins hold in each of `sg_tests::POLICY_MAPS`.
+/// The entries the port's pins hold in each of `sg_tests::POLICY_MAPS`,
+/// the single remote addresses counted with the trie's (`remote_as_one`).
 fn held(port: &Port) -> [usize; 7] {
-    sg_tests::POLICY_MAPS.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap())
+    remote_as_one(
+        sg_tests::POLICY_MAPS.map(|name| sg_tests::map_entries(port.0.pins(), name).unwrap()),
+    )
 }
 
 /// The entries `policy` compiles to, in the order of `held`.
 fn entries_of(policy: &Policy) -> [usize; 7] {
     let compiled = compile(policy, "vm", 1, &counter_ids(policy).unwrap()).unwrap();
-    [
+    remote_as_one([
         compiled.local.len(),
         compiled.remote.len(),
         compiled.remote_exact.len(),
@@ -786,7 +842,14 @@ fn entries_of(policy: &Policy) -> [usize; 7] {
         compiled.l4_exact.len(),
         compiled.verdict.len(),
         compiled.dhcp_servers.len(),
-    ]
+    ])
+}
+
+/// Entries of `SG_REMOTE_EXACT` counted as `SG_REMOTE`'s: a single
+/// address whose group is full goes to the trie.
+fn remote_as_one(mut entries: [usize; 7]) -> [usize; 7] {
+    entries[1] += std::mem::take(&mut entries[2]);
+    entries
 }
 
 fn sum(a: [usize; 7], b: [usize; 7]) -> [usize; 7] {

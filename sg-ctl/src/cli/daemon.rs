@@ -50,7 +50,8 @@ pub struct DaemonArgs {
     /// The entries a shared map holds, NAME=ENTRIES (repeat for more):
     /// SG_REMOTE, SG_REMOTE_EXACT, SG_L4, SG_L4_EXACT, SG_LOCAL, SG_VERDICT,
     /// SG_OWNED, SG_BLOCKED, SG_FRAGMENTS, SG_CONNTRACK (about 216 bytes of
-    /// kernel memory a flow, with the ring of started flows). Taken when the
+    /// kernel memory a flow, with the ring of started flows; SG_REMOTE_EXACT
+    /// takes 96 bytes an address, and SG_REMOTE room for as many). Taken when the
     /// maps are made, while no port is attached: the tracked flows go with
     /// the old maps.
     #[arg(long = "map-size", value_name = "NAME=ENTRIES")]

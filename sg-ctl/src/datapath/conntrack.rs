@@ -6,8 +6,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
@@ -25,6 +23,7 @@ use super::{
     error::{self, Context as _, DatapathError, Result},
     pins::Pins,
     ports::PortMaps,
+    shared::Shared,
     sys::ifname_of,
 };
 use sg_core::{flow::FlowState, model::IpProtocol, settings};
@@ -36,73 +35,6 @@ pub(super) struct ConntrackMaps {
     timeouts: Array<MapData, ConntrackTimeouts>,
     ports: Shared<PortFlows>,
     presence: Shared<PresenceCounters>,
-}
-
-/// A map mapped into this process whose entries the datapath adds to and
-/// takes from with atomic instructions on this same memory, so that this
-/// side does too (a map update would write back a value read before it):
-/// `SG_PORT_FLOWS` and `SG_CONNTRACK_PRESENCE`.
-struct Shared<T> {
-    entries: NonNull<T>,
-    len: usize,
-    bytes: usize,
-    /// Holds the map while it is mapped.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is shared memory that both sides use only through
-// atomic operations.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    fn open(pins: &Pins, name: &str) -> Result<Shared<T>> {
-        // An array's entries are 8-aligned in its memory: a `T` of another
-        // size would be read at the wrong places.
-        const { assert!(size_of::<T>().is_multiple_of(8)) };
-        let path = pins.map(name);
-        let what = || format!("mapping {}", path.display());
-        let map = MapData::from_pin(&path).context(what)?;
-        let info = map.info().context(what)?;
-        let len = info.max_entries() as usize;
-        // SAFETY: a plain query.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's own memory, of its size.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context(what);
-        }
-        Ok(Shared {
-            entries: NonNull::new(at.cast()).expect("mmap gives no null mapping"),
-            len,
-            bytes,
-            _map: map,
-        })
-    }
-
-    /// The entry at `index`, if the map has it.
-    fn entry(&self, index: u32) -> Option<*mut T> {
-        let index = index as usize;
-        // SAFETY: within the mapping.
-        (index < self.len).then(|| unsafe { self.entries.as_ptr().add(index) })
-    }
-}
-
-impl<T> Drop for Shared<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, of that size.
-        unsafe { libc::munmap(self.entries.as_ptr().cast(), self.bytes) };
-    }
 }
 
 impl Shared<PortFlows> {
@@ -147,7 +79,7 @@ impl Shared<PresenceCounters> {
     /// One flow less of the share of `key` (see `SG_CONNTRACK_PRESENCE`),
     /// none below zero.
     fn release(&self, key: &ConntrackKey) {
-        let (entry, lane) = key.presence_place(self.len as u32 * PRESENCE_COUNTERS_PER_ENTRY);
+        let (entry, lane) = key.presence_place(self.len() as u32 * PRESENCE_COUNTERS_PER_ENTRY);
         if let Some(entry) = self.entry(entry) {
             // SAFETY: an aligned u32 of the mapping, only used atomically.
             let count = unsafe { AtomicU32::from_ptr(&raw mut (*entry)[lane]) };

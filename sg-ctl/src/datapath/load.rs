@@ -10,8 +10,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use sg_common::{
-    CONNTRACK_PRESENCE_GLOBAL, CONNTRACK_RING_GLOBAL, PORT_SLOT_GLOBAL,
-    PRESENCE_COUNTERS_PER_ENTRY, TRACE_GLOBAL, map_names, presence_counters, program_names,
+    CONNTRACK_PRESENCE_GLOBAL, CONNTRACK_RING_GLOBAL, MAX_REMOTE_ENTRIES, PORT_SLOT_GLOBAL,
+    PRESENCE_COUNTERS_PER_ENTRY, REMOTE_GROUPS_GLOBAL, TRACE_GLOBAL, map_names, presence_counters,
+    program_names, remote_entries, remote_groups,
 };
 
 use super::{
@@ -60,8 +61,26 @@ pub(super) fn instance(pins: &Pins, sizes: &MapSizes, slot: u32, trace: bool) ->
         map_names::CONNTRACK_PRESENCE,
         presence / PRESENCE_COUNTERS_PER_ENTRY,
     );
+    // Sized in entries, made in groups of slots; the trie has room beside
+    // its own entries for every address the groups cannot take.
+    let groups = pinned_entries(pins, map_names::REMOTE_EXACT).unwrap_or_else(|| {
+        remote_groups(
+            sizes
+                .get(map_names::REMOTE_EXACT)
+                .unwrap_or(MAX_REMOTE_ENTRIES),
+        )
+    });
+    loader.map_max_entries(map_names::REMOTE_EXACT, groups);
+    loader.map_max_entries(
+        map_names::REMOTE,
+        sizes
+            .get(map_names::REMOTE)
+            .unwrap_or(MAX_REMOTE_ENTRIES)
+            .saturating_add(remote_entries(groups)),
+    );
     let ebpf = loader
         .default_map_pin_directory(&maps)
+        .override_global(REMOTE_GROUPS_GLOBAL, &groups, true)
         .override_global(PORT_SLOT_GLOBAL, &slot, true)
         .override_global(CONNTRACK_RING_GLOBAL, &ring, true)
         .override_global(CONNTRACK_PRESENCE_GLOBAL, &presence, true)

@@ -24,6 +24,7 @@ mod pins;
 mod policy;
 pub mod port_security;
 mod ports;
+mod shared;
 mod sizes;
 mod status;
 mod sys;
@@ -33,7 +34,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::MapInfo;
 use ipnet::IpNet;
-use sg_common::{Counter, Direction, Outcome, PortConfig, PortFlows, map_names};
+use sg_common::{Counter, Direction, Outcome, PortConfig, PortFlows, map_names, remote_entries};
 use sg_core::{
     capacity::{Table, Usage},
     compile::Compiled,
@@ -227,6 +228,13 @@ impl Datapath {
             } else {
                 self.sizes.get(name).unwrap_or_default() as usize
             };
+        }
+        // `SG_REMOTE_EXACT` is made in groups of slots for its entries, and
+        // `SG_REMOTE` with room for them too (see `load::instance`).
+        if self.pins.map(map_names::REMOTE_EXACT).exists() {
+            let exact = remote_entries(sizes[Table::RemoteExact as usize] as u32) as usize;
+            sizes[Table::RemoteExact as usize] = exact;
+            sizes[Table::Remote as usize] = sizes[Table::Remote as usize].saturating_sub(exact);
         }
         Ok(Usage::of_tables(|table| sizes[table as usize]))
     }

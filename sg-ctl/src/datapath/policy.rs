@@ -2,7 +2,11 @@
 //! force and switching to it with one write; the policy it replaced is
 //! retired, its entries removed once no program run can still hold it.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use aya::{
     Pod,
@@ -11,14 +15,15 @@ use aya::{
     },
 };
 use sg_common::{
-    Class, Counter, DhcpServerKey, FragmentKey, L4Key, LocalKey, NO_POLICY, RemoteKey, VerdictKey,
-    map_names, skip,
+    Class, Counter, DhcpServerKey, FragmentKey, L4Key, LocalKey, NO_POLICY, REMOTE_SLOTS,
+    RemoteGroup, RemoteKey, RemoteSlot, SCOPE_BITS, VerdictKey, map_names, skip,
 };
 
 use super::{
     error::{Context as _, DatapathError, Result},
     pins::Pins,
     ports::sum_cpus,
+    shared::Shared,
     sys,
 };
 use sg_core::compile::{Compiled, TrieEntry};
@@ -34,7 +39,7 @@ pub(super) struct PolicyMaps {
     port_skips: Array<MapData, u32>,
     local: LpmTrie<MapData, LocalKey, u32>,
     remote: LpmTrie<MapData, RemoteKey, Class>,
-    remote_exact: HashMap<MapData, RemoteKey, Class>,
+    remote_exact: Shared<RemoteGroup>,
     l4: LpmTrie<MapData, L4Key, Class>,
     l4_exact: HashMap<MapData, L4Key, Class>,
     verdict: HashMap<MapData, VerdictKey, u64>,
@@ -52,7 +57,7 @@ impl PolicyMaps {
             port_skips: pins.open(map_names::PORT_SKIPS)?,
             local: pins.open(map_names::LOCAL)?,
             remote: pins.open(map_names::REMOTE)?,
-            remote_exact: pins.open(map_names::REMOTE_EXACT)?,
+            remote_exact: Shared::open(pins, map_names::REMOTE_EXACT)?,
             l4: pins.open(map_names::L4)?,
             l4_exact: pins.open(map_names::L4_EXACT)?,
             verdict: pins.open(map_names::VERDICT)?,
@@ -166,20 +171,21 @@ impl PolicyMaps {
         written
     }
 
-    /// Writes the entries of `compiled`, each map's in one call.
+    /// Writes the entries of `compiled`, each map's in one call. The
+    /// single remote addresses whose groups are full go to the trie.
     fn write(&mut self, compiled: &Compiled) -> Result<()> {
+        let full = self.remote_exact.place(&compiled.remote_exact);
         write(&self.local, map_names::LOCAL, trie(&compiled.local))?;
-        write(&self.remote, map_names::REMOTE, trie(&compiled.remote))?;
+        write(
+            &self.remote,
+            map_names::REMOTE,
+            trie(&compiled.remote).chain(full),
+        )?;
         write(&self.l4, map_names::L4, trie(&compiled.l4))?;
         write(
             &self.dhcp_servers,
             map_names::DHCP_SERVERS,
             trie(&compiled.dhcp_servers),
-        )?;
-        write(
-            &self.remote_exact,
-            map_names::REMOTE_EXACT,
-            compiled.remote_exact.iter().copied(),
         )?;
         write(
             &self.l4_exact,
@@ -209,11 +215,7 @@ impl PolicyMaps {
             map_names::DHCP_SERVERS,
             |k: &Key<DhcpServerKey>| gone(k.data().policy),
         )?;
-        remove(
-            &self.remote_exact,
-            map_names::REMOTE_EXACT,
-            |k: &RemoteKey| gone(k.scope.policy),
-        )?;
+        self.remote_exact.free(&gone);
         remove(&self.l4_exact, map_names::L4_EXACT, |k: &L4Key| {
             gone(k.scope.policy)
         })?;
@@ -268,6 +270,69 @@ impl Drop for PolicyMaps {
     /// of it. A failure here leaves the entries of an id no slot uses.
     fn drop(&mut self) {
         let _ = self.remove_retired();
+    }
+}
+
+impl Shared<RemoteGroup> {
+    /// A slot of the table.
+    fn slot(&self, group: u32, slot: usize) -> *mut RemoteSlot {
+        let group = self.entry(group).expect("a group of the table");
+        // SAFETY: a slot of the group, within the mapping.
+        unsafe { &raw mut (*group).slots[slot] }
+    }
+
+    /// A slot's policy id, the word that makes it used (see `RemoteSlot`).
+    fn policy(&self, slot: *mut RemoteSlot) -> &AtomicU32 {
+        // SAFETY: an aligned u32 of the mapping (a slot of `slot`), written
+        // only atomically.
+        unsafe { AtomicU32::from_ptr(&raw mut (*slot).key.scope.policy) }
+    }
+
+    /// Puts each of `entries` in a free slot of its group, its policy id
+    /// last: a lookup takes a slot as that key's only once the id is in,
+    /// and none looks the id up before the port is switched to it. Those
+    /// whose groups are full come back as full-length prefixes for the
+    /// trie, which answers the same for them.
+    fn place(
+        &self,
+        entries: &[(RemoteKey, Class)],
+    ) -> impl Iterator<Item = (Key<RemoteKey>, Class)> + use<> {
+        let groups = self.len() as u32;
+        let mut full = Vec::new();
+        for &(key, class) in entries {
+            let group = RemoteKey::group(&key.words(), groups);
+            let free = (0..REMOTE_SLOTS)
+                .map(|slot| self.slot(group, slot))
+                .find(|&slot| self.policy(slot).load(Ordering::Relaxed) == NO_POLICY);
+            let Some(slot) = free else {
+                full.push((Key::new(SCOPE_BITS + 128, key), class));
+                continue;
+            };
+            // SAFETY: a free slot of the mapping, which no lookup takes
+            // for any key while its id is `NO_POLICY`.
+            unsafe {
+                (&raw mut (*slot).class).write(class);
+                (&raw mut (*slot).key.addr).write(key.addr);
+                (&raw mut (*slot).key.scope.local_class).write(key.scope.local_class);
+                (&raw mut (*slot).key.scope.direction).write(key.scope.direction);
+                (&raw mut (*slot).key.scope.family).write(key.scope.family);
+            }
+            self.policy(slot).store(key.scope.policy, Ordering::Release);
+        }
+        full.into_iter()
+    }
+
+    /// Frees the slots of the policy ids that `gone` takes.
+    fn free(&self, gone: impl Fn(u32) -> bool) {
+        for group in 0..self.len() as u32 {
+            for slot in 0..REMOTE_SLOTS {
+                let policy = self.policy(self.slot(group, slot));
+                let id = policy.load(Ordering::Relaxed);
+                if id != NO_POLICY && gone(id) {
+                    policy.store(NO_POLICY, Ordering::Release);
+                }
+            }
+        }
     }
 }
 

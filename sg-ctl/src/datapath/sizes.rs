@@ -2,8 +2,9 @@
 //! flows hold. A size is set when the maps are created, by the first attach
 //! while none are pinned; maps already pinned keep theirs (the capacities a
 //! change is checked against are read from them). The ring of started
-//! flows, `SG_CONNTRACK_RING`, takes the size of `SG_CONNTRACK` (see
-//! `load`).
+//! flows, `SG_CONNTRACK_RING`, takes the size of `SG_CONNTRACK`;
+//! `SG_REMOTE_EXACT` is sized in addresses and made in groups of slots for
+//! them, and `SG_REMOTE` with room for those beside its own (see `load`).
 
 use std::collections::BTreeMap;
 
